@@ -1,0 +1,127 @@
+"""The one place that picks an implementation of a hot op (DESIGN.md, Dispatch).
+
+Precedence: the `impl` argument, then the ATTNGAN_IMPL environment variable, then "auto".
+Auto on a CUDA tensor: Triton if importable and the shape is supported, else the CUDA
+extension, else the vectorized reference. Auto on a CPU tensor: the C++ kernel if built, else
+the reference. An explicitly requested implementation that is unavailable raises with the
+reason; auto falls back and warns once per (op, reason).
+
+Ops and the implementations each can have:
+    damsm_word_similarity: loop, reference, cpp, triton, cuda
+    word_attention:        reference, cpp, triton, cuda
+Triton kernels run on CPU tensors only under the interpreter (TRITON_INTERPRET=1).
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import warnings
+from typing import Callable, Optional
+
+import torch
+
+OP_IMPLS: dict[str, tuple[str, ...]] = {
+    "damsm_word_similarity": ("loop", "reference", "cpp", "triton", "cuda"),
+    "word_attention": ("reference", "cpp", "triton", "cuda"),
+}
+IMPL_CHOICES = ("auto", "loop", "reference", "cpp", "triton", "cuda")
+_warned: set[tuple[str, str]] = set()
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_extension():
+    """The compiled module attngan._C, or None when it was not built."""
+    try:
+        return importlib.import_module("attngan._C")
+    except ImportError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_kernels(op: str):
+    try:
+        importlib.import_module("triton")
+        return importlib.import_module(f"attngan.kernels.{op}")
+    except ImportError:
+        return None
+
+
+def triton_interpreter() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def unavailable_reason(op: str, impl: str, device: torch.device) -> Optional[str]:
+    """None if `impl` of `op` can run on `device`, else a sentence saying why not."""
+    if op not in OP_IMPLS:
+        raise ValueError(f"unknown op '{op}'; known ops: {', '.join(OP_IMPLS)}")
+    if impl not in OP_IMPLS[op]:
+        return f"'{impl}' is not an implementation of {op} (choose from {', '.join(OP_IMPLS[op])})"
+    if impl in ("loop", "reference"):
+        return None
+    if impl == "triton":
+        if _triton_kernels(op) is None:
+            return "triton is not installed (pip install triton)"
+        if device.type != "cuda" and not triton_interpreter():
+            return "Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 for the CPU interpreter)"
+        return None
+    extension = compiled_extension()
+    if extension is None:
+        return ("the compiled extension attngan._C is not built "
+                "(reinstall with `pip install --no-build-isolation -e .` and a C++ compiler)")
+    if not hasattr(torch.ops.attngan_C, f"{op}_fwd"):
+        return f"attngan._C was built without the {op} kernel"
+    if impl == "cpp" and device.type != "cpu":
+        return "the C++ kernel runs on CPU tensors only"
+    if impl == "cuda":
+        if not extension.with_cuda:
+            return "attngan._C was built without CUDA (no nvcc or a CPU-only torch at build time)"
+        if device.type != "cuda":
+            return "the CUDA kernel needs CUDA tensors"
+    return None
+
+
+def choose(op: str, device: torch.device, impl: str = "auto",
+           supported: Optional[Callable[[str], Optional[str]]] = None) -> str:
+    """Return the implementation to run.
+
+    Args:
+        op: a key of OP_IMPLS.
+        device: where the inputs are.
+        impl: "auto" or an implementation name; "auto" defers to ATTNGAN_IMPL when set.
+        supported: optional shape check, impl -> None if the inputs are supported, else why not.
+    """
+    if impl == "auto":
+        impl = os.environ.get("ATTNGAN_IMPL", "auto") or "auto"
+    if impl not in IMPL_CHOICES:
+        raise ValueError(f"impl='{impl}' is not known; choose from {', '.join(IMPL_CHOICES)}")
+    if impl != "auto":
+        reason = unavailable_reason(op, impl, device)
+        if reason is None and supported is not None:
+            reason = supported(impl)
+        if reason is not None:
+            raise RuntimeError(f"{op}: impl='{impl}' cannot run here: {reason}")
+        return impl
+    preferred = ("triton", "cuda") if device.type == "cuda" else ("cpp",)
+    for candidate in preferred:
+        reason = unavailable_reason(op, candidate, device)
+        if reason is None and supported is not None:
+            reason = supported(candidate)
+        if reason is None:
+            return candidate
+        if (op, reason) not in _warned:
+            _warned.add((op, reason))
+            warnings.warn(f"{op}: not using '{candidate}' ({reason}); falling back",
+                          RuntimeWarning, stacklevel=3)
+    return "reference"
+
+
+def describe() -> str:
+    """One line: which implementations this installation can run on CPU and CUDA."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    parts = []
+    for op, impls in OP_IMPLS.items():
+        cpu_ok = [i for i in impls if unavailable_reason(op, i, cpu) is None]
+        cuda_ok = [i for i in impls if unavailable_reason(op, i, cuda) is None]
+        parts.append(f"{op}: cpu[{','.join(cpu_ok)}] cuda[{','.join(cuda_ok)}]")
+    return "; ".join(parts)

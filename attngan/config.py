@@ -1,0 +1,260 @@
+"""Typed, frozen configuration: dataclasses, YAML presets and dotted command-line overrides.
+
+A run is described by one `Config` built from a YAML preset in `configs/` plus overrides such as
+`--set damsm.batch_size=8`. Loading is strict: an unknown key or a value of the wrong type is a
+`ConfigError` naming the key and the fix, never a silently ignored typo. The resolved config is
+written next to every run (`save_config`) so a run can be reproduced from its folder alone.
+The defaults are SPEC's CUB hyperparameters; presets override what differs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix (the message says how)."""
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """The built-in shapes data set (see SYNTHETIC.md), made by `attngan make-synthetic`."""
+    num_train: int = 2000
+    num_test: int = 500
+    canvas: int = 64                      # image side in pixels
+    max_objects: int = 1                  # 1 (level 1) or 2 (attribute binding)
+    colors: tuple[str, ...] = ("red", "green", "blue", "yellow")
+    held_out: tuple[str, ...] = ("green triangle", "blue circle")  # never drawn in train
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images and captions are and how they become tensors (SPEC section 4)."""
+    dataset: str = "cub"                  # "cub" or "shapes" (CUB layout), or "coco"
+    root: str = "data/birds"
+    words_num: int = 18                   # longer captions keep a random ordered subset
+    captions_per_image: int = 10
+    base_size: int = 64                   # smallest side of the image pyramid
+    branch_num: int = 3                   # pyramid levels: base_size * 2**i
+    bbox_crop: bool = True                # CUB: crop 1.5x the bird box before resizing
+    num_workers: int = 0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    @property
+    def image_sizes(self) -> tuple[int, ...]:
+        return tuple(self.base_size * 2 ** i for i in range(self.branch_num))
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """Bi-directional RNN text encoder of DAMSM (SPEC section 1)."""
+    embedding_dim: int = 300
+    hidden_dim: int = 256                 # D (nef): both directions together
+    rnn: str = "lstm"                     # "lstm" or "gru"
+    dropout: float = 0.5
+
+
+@dataclass(frozen=True)
+class ImageEncoderConfig:
+    """DAMSM image encoder: Inception-v3 trunk, or a small CNN for CPU-sized configs."""
+    backbone: str = "inception"           # "inception" or "small"
+    weights: Optional[str] = None         # torchvision inception_v3_google-*.pth; never fetched
+    random_init: bool = False             # allow an Inception trunk without weights (tests)
+    input_size: int = 299                 # images are resized to this before the backbone
+    width: int = 64                       # small CNN: channels of its first block
+
+
+@dataclass(frozen=True)
+class DAMSMConfig:
+    """DAMSM matching and its pretraining (SPEC sections 2 and 3)."""
+    gamma1: float = 4.0
+    gamma2: float = 5.0
+    gamma3: float = 10.0
+    batch_size: int = 48
+    epochs: int = 200
+    lr: float = 0.002
+    betas: tuple[float, ...] = (0.5, 0.999)
+    lr_decay: float = 0.98                # per epoch, down to lr * min_lr_ratio
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 0.25               # text encoder gradient norm
+    log_every: int = 50                   # steps between metrics lines
+    checkpoint_every: int = 10            # epochs between checkpoints (the last is always kept)
+    eval_candidates: int = 100            # R-precision: 1 true caption against 99 others
+    eval_folds: int = 10
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    """Generator, discriminators and their training (SPEC sections 1 and 3)."""
+    ngf: int = 32
+    ndf: int = 64
+    z_dim: int = 100
+    cond_dim: int = 100
+    r_num: int = 2
+    lambda_damsm: float = 5.0
+    batch_size: int = 20
+    epochs: int = 600
+    max_steps: int = 0                    # stop after this many steps (0: run all epochs)
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple[float, ...] = (0.5, 0.999)
+    ema_decay: float = 0.999
+    log_every: int = 50
+    sample_every: int = 500               # steps between fixed-noise sample grids
+    checkpoint_every: int = 1000          # steps between checkpoints (the last is always kept)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Things about a run that are not the model: seed, device, kernels, threads."""
+    seed: int = 0
+    device: str = "auto"                  # "auto", "cpu", "cuda", "cuda:1", ...
+    impl: str = "auto"                    # kernel implementation for the hot ops
+    threads: int = 0                      # torch.set_num_threads (0: leave torch's default)
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    damsm: DAMSMConfig = field(default_factory=DAMSMConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def _is_dataclass_type(annotation: Any) -> bool:
+    return isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _convert(value: Any, annotation: Any, key: str) -> Any:
+    """Check `value` against `annotation` and return it in the dataclass's form."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"config key '{key}' cannot be null")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        (item_type, *_) = typing.get_args(annotation)
+        return tuple(_convert(item, item_type, f"{key}[{i}]") for i, item in enumerate(value))
+    if _is_dataclass_type(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping of settings, got {value!r}")
+        return _build(annotation, value, key + ".")
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"config key '{key}' has an unsupported type {_type_name(annotation)}")
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else \
+                f"; valid keys here: {', '.join(names)}"
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+    kwargs = {name: _convert(values[name], hints[name], prefix + name)
+              for name in names if name in values}
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict) -> Config:
+    """Build a `Config` from nested plain values; unknown keys and wrong types raise."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(values).__name__}")
+    return _build(Config, values)
+
+
+def config_to_dict(config: Any) -> dict:
+    """Nested plain Python values (tuples as lists), ready for YAML or a checkpoint."""
+    def plain(value):
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+    return plain(dataclasses.asdict(config))
+
+
+def apply_overrides(values: dict, overrides: Sequence[str]) -> dict:
+    """Apply `section.key=value` strings (values parsed as YAML) to nested dict `values`."""
+    result = yaml.safe_load(yaml.safe_dump(values)) or {}
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"override '{override}' must look like section.key=value, "
+                              "for example --set damsm.batch_size=8")
+        dotted, raw = override.split("=", 1)
+        parts = dotted.strip().split(".")
+        if any(not part for part in parts):
+            raise ConfigError(f"override '{override}' has an empty key; write section.key=value")
+        node = result
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{override}': '{part}' is a value, not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return result
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML preset (or start from defaults when `path` is None) and apply overrides."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; presets live in configs/ "
+                              "(for example configs/shapes.yaml)")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    try:
+        return config_from_dict(apply_overrides(values, overrides))
+    except ConfigError as error:
+        where = f" (in {path})" if path is not None else ""
+        raise ConfigError(f"{error}{where}") from None
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (the file `load_config` reads back to the same)."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

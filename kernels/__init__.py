@@ -1,0 +1,1 @@
+"""Triton kernels of attngan, installed as attngan.kernels (one file per op)."""
