@@ -29,6 +29,10 @@ IMPL_CHOICES = ("auto", "loop", "reference", "cpp", "triton", "cuda")
 _warned: set[tuple[str, str]] = set()
 
 
+class ImplementationUnavailable(RuntimeError):
+    """An explicitly requested implementation cannot run here (the message says why)."""
+
+
 @functools.lru_cache(maxsize=None)
 def compiled_extension():
     """The compiled module attngan._C, or None when it was not built."""
@@ -100,7 +104,7 @@ def choose(op: str, device: torch.device, impl: str = "auto",
         if reason is None and supported is not None:
             reason = supported(impl)
         if reason is not None:
-            raise RuntimeError(f"{op}: impl='{impl}' cannot run here: {reason}")
+            raise ImplementationUnavailable(f"{op}: impl='{impl}' cannot run here: {reason}")
         return impl
     preferred = ("triton", "cuda") if device.type == "cuda" else ("cpp",)
     for candidate in preferred:

@@ -45,6 +45,8 @@ class DataConfig:
     base_size: int = 64                   # smallest side of the image pyramid
     branch_num: int = 3                   # pyramid levels: base_size * 2**i
     bbox_crop: bool = True                # CUB: crop 1.5x the bird box before resizing
+    random_crop: bool = True              # resize to size*76/64, then a random size crop
+    random_flip: bool = True              # off for shapes: a flip swaps "left" and "right"
     num_workers: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -173,6 +175,11 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
         return float(value)
@@ -251,7 +258,8 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
     try:
         return config_from_dict(apply_overrides(values, overrides))
     except ConfigError as error:
-        where = f" (in {path})" if path is not None else ""
+        where = f" (config {path}" if path is not None else " (config defaults"
+        where += " with --set overrides)" if overrides else ")"
         raise ConfigError(f"{error}{where}") from None
 
 

@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Metrics: R-precision, the synthetic shapes checker, generator evaluation."""

@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Training loops: DAMSM pretraining, the GAN, checkpoints and run set-up."""

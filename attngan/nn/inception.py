@@ -1,0 +1,275 @@
+"""Inception-v3 trunk up to Mixed_7c, for the DAMSM image encoder (SPEC section 1).
+
+AttnGAN's image encoder reads two layers of an ImageNet-trained Inception-v3 (Szegedy et al.,
+"Rethinking the Inception Architecture", 2016): Mixed_6e (768 x 17 x 17 at a 299 input) gives
+the local region features and Mixed_7c (2048 x 8 x 8) the global code. This file defines only
+that trunk, with torchvision's module and parameter names (`Conv2d_1a_3x3.conv.weight`,
+`Mixed_6e.branch7x7dbl_5.bn.running_var`, ...) so that torchvision's
+`inception_v3_google-*.pth` loads into it key for key. The auxiliary classifier and the final
+fully connected layer are not needed for features and are not built; their keys in such a file
+are ignored and reported. Weights are only ever read from a path the user names; nothing is
+downloaded.
+
+The Google weights expect images scaled to [-1, 1] (no ImageNet mean/std), which is what the
+data pipeline produces, so no input transform happens here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attngan.config import ConfigError
+
+__all__ = ["BasicConv2d", "InceptionTrunk", "load_inception_weights", "WEIGHTS_HINT"]
+
+WEIGHTS_HINT = (
+    "download torchvision's Inception-v3 weights yourself "
+    "(https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth) and pass "
+    "image_encoder.weights=PATH, or set image_encoder.random_init=true for an untrained trunk "
+    "(tests only), or use image_encoder.backbone=small")
+
+
+class BasicConv2d(nn.Module):
+    """Bias-free convolution -> BatchNorm (eps 0.001, as TensorFlow trained it) -> ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, **conv_kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **conv_kwargs)
+        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)), inplace=True)
+
+
+class InceptionA(nn.Module):
+    """35 x 35 block: 1x1, 5x5, double 3x3 and pooled branches."""
+
+    def __init__(self, in_channels: int, pool_features: int):
+        super().__init__()
+        self.branch1x1 = BasicConv2d(in_channels, 64, kernel_size=1)
+        self.branch5x5_1 = BasicConv2d(in_channels, 48, kernel_size=1)
+        self.branch5x5_2 = BasicConv2d(48, 64, kernel_size=5, padding=2)
+        self.branch3x3dbl_1 = BasicConv2d(in_channels, 64, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, padding=1)
+        self.branch_pool = BasicConv2d(in_channels, pool_features, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b1 = self.branch1x1(x)
+        b5 = self.branch5x5_2(self.branch5x5_1(x))
+        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+        return torch.cat([b1, b5, b3, bp], dim=1)
+
+
+class InceptionB(nn.Module):
+    """Grid reduction 35 -> 17: strided 3x3, strided double 3x3, max pool."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.branch3x3 = BasicConv2d(in_channels, 384, kernel_size=3, stride=2)
+        self.branch3x3dbl_1 = BasicConv2d(in_channels, 64, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b3 = self.branch3x3(x)
+        b3d = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        bp = F.max_pool2d(x, kernel_size=3, stride=2)
+        return torch.cat([b3, b3d, bp], dim=1)
+
+
+class InceptionC(nn.Module):
+    """17 x 17 block with factorized 7x7 convolutions (1x7 then 7x1)."""
+
+    def __init__(self, in_channels: int, channels_7x7: int):
+        super().__init__()
+        c7 = channels_7x7
+        self.branch1x1 = BasicConv2d(in_channels, 192, kernel_size=1)
+        self.branch7x7_1 = BasicConv2d(in_channels, c7, kernel_size=1)
+        self.branch7x7_2 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7_3 = BasicConv2d(c7, 192, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_1 = BasicConv2d(in_channels, c7, kernel_size=1)
+        self.branch7x7dbl_2 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_3 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7dbl_4 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_5 = BasicConv2d(c7, 192, kernel_size=(1, 7), padding=(0, 3))
+        self.branch_pool = BasicConv2d(in_channels, 192, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b1 = self.branch1x1(x)
+        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        b7d = self.branch7x7dbl_1(x)
+        for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
+                      self.branch7x7dbl_5):
+            b7d = layer(b7d)
+        bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+        return torch.cat([b1, b7, b7d, bp], dim=1)
+
+
+class InceptionD(nn.Module):
+    """Grid reduction 17 -> 8: strided 3x3, 7x7-then-strided-3x3, max pool."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.branch3x3_1 = BasicConv2d(in_channels, 192, kernel_size=1)
+        self.branch3x3_2 = BasicConv2d(192, 320, kernel_size=3, stride=2)
+        self.branch7x7x3_1 = BasicConv2d(in_channels, 192, kernel_size=1)
+        self.branch7x7x3_2 = BasicConv2d(192, 192, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7x3_3 = BasicConv2d(192, 192, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7x3_4 = BasicConv2d(192, 192, kernel_size=3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b3 = self.branch3x3_2(self.branch3x3_1(x))
+        b7 = self.branch7x7x3_1(x)
+        for layer in (self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
+            b7 = layer(b7)
+        bp = F.max_pool2d(x, kernel_size=3, stride=2)
+        return torch.cat([b3, b7, bp], dim=1)
+
+
+class InceptionE(nn.Module):
+    """8 x 8 block whose 3x3 branches split into parallel 1x3 and 3x1 outputs."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.branch1x1 = BasicConv2d(in_channels, 320, kernel_size=1)
+        self.branch3x3_1 = BasicConv2d(in_channels, 384, kernel_size=1)
+        self.branch3x3_2a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
+        self.branch3x3_2b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
+        self.branch3x3dbl_1 = BasicConv2d(in_channels, 448, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(448, 384, kernel_size=3, padding=1)
+        self.branch3x3dbl_3a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
+        self.branch3x3dbl_3b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
+        self.branch_pool = BasicConv2d(in_channels, 192, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b1 = self.branch1x1(x)
+        b3 = self.branch3x3_1(x)
+        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], dim=1)
+        b3d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        b3d = torch.cat([self.branch3x3dbl_3a(b3d), self.branch3x3dbl_3b(b3d)], dim=1)
+        bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+        return torch.cat([b1, b3, b3d, bp], dim=1)
+
+
+class InceptionTrunk(nn.Module):
+    """Inception-v3 from the image to Mixed_7c, returning Mixed_6e and Mixed_7c.
+
+    forward(x [B, 3, H, W]) -> (mixed_6e [B, 768, h, w], mixed_7c [B, 2048, h', w']); at
+    H = W = 299 these are 17 x 17 and 8 x 8. Any H, W >= 75 works (smaller inputs make the
+    grids smaller), which keeps tests fast.
+
+    A fresh trunk is randomly initialized with Kaiming-normal convolutions (fan-in, ReLU gain):
+    with BatchNorm at its initial running statistics (the trunk always runs in eval mode) that
+    keeps activations of order one through all layers, so an untrained trunk
+    (`image_encoder.random_init=true`) still gives non-degenerate features for tests.
+    """
+
+    MIN_INPUT_SIZE = 75
+
+    def __init__(self):
+        super().__init__()
+        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
+        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
+        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
+        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
+        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
+        self.Mixed_5b = InceptionA(192, pool_features=32)
+        self.Mixed_5c = InceptionA(256, pool_features=64)
+        self.Mixed_5d = InceptionA(288, pool_features=64)
+        self.Mixed_6a = InceptionB(288)
+        self.Mixed_6b = InceptionC(768, channels_7x7=128)
+        self.Mixed_6c = InceptionC(768, channels_7x7=160)
+        self.Mixed_6d = InceptionC(768, channels_7x7=160)
+        self.Mixed_6e = InceptionC(768, channels_7x7=192)
+        self.Mixed_7a = InceptionD(768)
+        self.Mixed_7b = InceptionE(1280)
+        self.Mixed_7c = InceptionE(2048)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.shape[-1] < self.MIN_INPUT_SIZE or x.shape[-2] < self.MIN_INPUT_SIZE:
+            raise ValueError(f"Inception-v3 needs inputs of at least {self.MIN_INPUT_SIZE}x"
+                             f"{self.MIN_INPUT_SIZE}, got {tuple(x.shape[-2:])}; set "
+                             "image_encoder.input_size to 299 (the size it was trained at)")
+        x = self.Conv2d_1a_3x3(x)                     # [B, 32, 149, 149] at 299
+        x = self.Conv2d_2a_3x3(x)                     # [B, 32, 147, 147]
+        x = self.Conv2d_2b_3x3(x)                     # [B, 64, 147, 147]
+        x = F.max_pool2d(x, kernel_size=3, stride=2)  # [B, 64, 73, 73]
+        x = self.Conv2d_3b_1x1(x)                     # [B, 80, 73, 73]
+        x = self.Conv2d_4a_3x3(x)                     # [B, 192, 71, 71]
+        x = F.max_pool2d(x, kernel_size=3, stride=2)  # [B, 192, 35, 35]
+        x = self.Mixed_5b(x)                          # [B, 256, 35, 35]
+        x = self.Mixed_5c(x)                          # [B, 288, 35, 35]
+        x = self.Mixed_5d(x)                          # [B, 288, 35, 35]
+        x = self.Mixed_6a(x)                          # [B, 768, 17, 17]
+        x = self.Mixed_6b(x)
+        x = self.Mixed_6c(x)
+        x = self.Mixed_6d(x)
+        mixed_6e = self.Mixed_6e(x)                   # [B, 768, 17, 17]: regions
+        x = self.Mixed_7a(mixed_6e)                   # [B, 1280, 8, 8]
+        x = self.Mixed_7b(x)                          # [B, 2048, 8, 8]
+        mixed_7c = self.Mixed_7c(x)                   # [B, 2048, 8, 8]: global code
+        return mixed_6e, mixed_7c
+
+
+def load_inception_weights(trunk: InceptionTrunk, path: Union[str, Path]) -> list[str]:
+    """Load torchvision's `inception_v3_google-*.pth` (a state dict) into `trunk`.
+
+    Every trunk parameter and BatchNorm statistic must be present with its exact shape;
+    `num_batches_tracked` counters may be absent (older torchvision files lack them). Keys the
+    trunk has no use for (AuxLogits.*, fc.*, anything else) are ignored.
+
+    Returns:
+        The sorted list of ignored keys, so the caller can report them.
+    Raises:
+        ConfigError naming the file and the fix when it is missing, unreadable, not a state
+        dict, or lacks keys / has keys of the wrong shape.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Inception weights file {path} does not exist; {WEIGHTS_HINT}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load fails in many ways on a corrupt file
+        reason = (str(error).splitlines() or [""])[0]
+        raise ConfigError(f"Inception weights file {path} could not be read as a PyTorch file "
+                          f"({type(error).__name__}: {reason}); it is corrupt or not a .pth "
+                          f"file; {WEIGHTS_HINT}") from None
+    if not isinstance(state, dict) or not all(
+            isinstance(key, str) and isinstance(value, torch.Tensor)
+            for key, value in state.items()):
+        raise ConfigError(f"Inception weights file {path} does not hold a state dict (a mapping "
+                          f"of parameter names to tensors), it holds a {type(state).__name__}; "
+                          f"{WEIGHTS_HINT}")
+
+    expected = trunk.state_dict()
+    missing = [key for key in expected
+               if key not in state and not key.endswith("num_batches_tracked")]
+    wrong_shape = [f"{key} {tuple(state[key].shape)} (expected {tuple(expected[key].shape)})"
+                   for key in expected
+                   if key in state and state[key].shape != expected[key].shape]
+    if missing or wrong_shape:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing keys (first: {', '.join(missing[:3])})")
+        if wrong_shape:
+            problems.append(f"{len(wrong_shape)} keys of the wrong shape "
+                            f"(first: {', '.join(wrong_shape[:3])})")
+        raise ConfigError(f"Inception weights file {path} is not torchvision's Inception-v3 "
+                          f"state dict: {'; '.join(problems)}; {WEIGHTS_HINT}")
+
+    ignored = sorted(key for key in state if key not in expected)
+    to_load = {key: state[key] for key in expected if key in state}
+    for key, value in expected.items():
+        if key not in to_load:  # an absent num_batches_tracked: keep the trunk's own counter
+            to_load[key] = value
+    trunk.load_state_dict(to_load, strict=True)
+    return ignored

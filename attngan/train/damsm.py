@@ -1,0 +1,248 @@
+"""DAMSM pretraining: teach the text and image encoders to match words to image regions.
+
+SPEC sections 2 and 3. Loss per batch: L_w0 + L_w1 (word level, Eq. 10-13 via the fused
+`damsm_word_loss`) + L_s0 + L_s1 (sentence level, cosine of global codes), with same-class
+pairs masked. Trains the text encoder and the image encoder's trainable parameters (the two
+heads of Inception, or all of the small CNN) with one Adam for the whole run (the original
+recreated Adam every epoch; that quirk is not kept), lr x0.98 per epoch until it falls below
+lr/10, gradient norm clipped at 0.25 on the text encoder.
+
+A run folder holds config.yaml, metrics.jsonl, checkpoints/damsm_last.pt (written at epoch
+ends, resumable exactly with `resume=True`) and r_precision.json: the encoders' R-precision on
+the test split, by cosine of global codes (the paper's protocol) and by the word-level score S.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from attngan.config import Config, config_from_dict, config_to_dict, save_config
+from attngan.data.dataset import build_dataset, collate
+from attngan.data.vocab import Vocabulary
+from attngan.metrics.r_precision import r_precision, r_precision_from_scores
+from attngan.nn.image_encoder import build_image_encoder
+from attngan.nn.text_encoder import TextEncoder
+from attngan.ops.damsm import damsm_sentence_loss, damsm_word_loss, damsm_word_similarity
+from attngan.train.checkpoint import (CheckpointError, load_checkpoint, rng_state,
+                                      save_checkpoint, set_rng_state)
+from attngan.train.runtime import prepare_run
+
+CHECKPOINT_NAME = "damsm_last.pt"
+
+
+def epoch_learning_rate(lr: float, decay: float, min_ratio: float, epoch: int) -> float:
+    """The original's schedule in closed form: lr x decay each epoch while lr > lr * min_ratio."""
+    decays = math.ceil(math.log(min_ratio) / math.log(decay)) if 0 < decay < 1 else 0
+    return lr * decay ** min(epoch, decays)
+
+
+def damsm_losses(text_encoder, image_encoder, batch: dict, config: Config,
+                 device: torch.device) -> dict[str, torch.Tensor]:
+    """The four DAMSM losses of one batch (image encoder fed the largest pyramid level)."""
+    captions = batch["captions"].to(device)
+    lengths = batch["lengths"].to(device)
+    class_ids = batch["class_ids"].to(device)
+    images = batch["images"][-1].to(device)
+    words, sentence = text_encoder(captions, lengths)            # [B, D, L], [B, D]
+    regions, code = image_encoder(images)                         # [B, D, h, w], [B, D]
+    gammas = config.damsm
+    w0, w1 = damsm_word_loss(words, lengths, regions, class_ids=class_ids, gamma1=gammas.gamma1,
+                             gamma2=gammas.gamma2, gamma3=gammas.gamma3, impl=config.run.impl)
+    s0, s1 = damsm_sentence_loss(code, sentence, class_ids=class_ids, gamma3=gammas.gamma3)
+    return {"w0": w0, "w1": w1, "s0": s0, "s1": s1, "loss": w0 + w1 + s0 + s1}
+
+
+@torch.no_grad()
+def encode_split(text_encoder, image_encoder, dataset, device: torch.device,
+                 batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """Encode every image of `dataset` with one of its captions (caption k % captions_per_image
+    of image k, so all caption slots are used), in order, without augmentation."""
+    text_encoder.eval()
+    image_encoder.eval()
+    per_image = dataset.captions_per_image
+    out: dict[str, list] = {"words": [], "lengths": [], "sentences": [], "regions": [],
+                            "codes": []}
+    for start in range(0, len(dataset.keys), batch_size):
+        indices = range(start, min(start + batch_size, len(dataset.keys)))
+        captions, lengths = zip(*(dataset.caption(k * per_image + k % per_image)
+                                  for k in indices))
+        captions = torch.stack(captions).to(device)
+        lengths = torch.tensor(lengths, device=device)
+        images = torch.stack([dataset[k]["images"][-1] for k in indices]).to(device)
+        words, sentence = text_encoder(captions, lengths)
+        regions, code = image_encoder(images)
+        for name, value in (("words", words), ("lengths", lengths), ("sentences", sentence),
+                            ("regions", regions), ("codes", code)):
+            out[name].append(value)
+    result = {name: torch.cat(values) for name, values in out.items()}
+    result["class_ids"] = torch.as_tensor(dataset.class_ids)
+    return result
+
+
+@torch.no_grad()
+def evaluate_r_precision(text_encoder, image_encoder, dataset, config: Config,
+                         device: torch.device) -> dict:
+    """R-precision of the encoders on `dataset`: by global-code cosine and by word-level S."""
+    encoded = encode_split(text_encoder, image_encoder, dataset, device)
+    settings = dict(candidates=config.damsm.eval_candidates, folds=config.damsm.eval_folds,
+                    seed=config.run.seed)
+    sentence = r_precision(encoded["codes"], encoded["sentences"], encoded["class_ids"],
+                           **settings)
+    regions = encoded["regions"].flatten(2)                           # [N, D, R]
+    scores = torch.cat([
+        damsm_word_similarity(encoded["words"], encoded["lengths"], regions[i:i + 64],
+                              gamma1=config.damsm.gamma1, gamma2=config.damsm.gamma2,
+                              impl=config.run.impl)
+        for i in range(0, regions.shape[0], 64)])                     # [N_img, N_cap]
+    word = r_precision_from_scores(scores, encoded["class_ids"], **settings)
+    return {"sentence": sentence, "word": word,
+            "protocol": {"split": "test", "images": int(scores.shape[0]),
+                         "caption_per_image": "caption k % captions_per_image of image k",
+                         "mismatched_from": "other classes", **settings}}
+
+
+@torch.no_grad()
+def mean_test_loss(text_encoder, image_encoder, loader, config: Config,
+                   device: torch.device) -> float:
+    text_encoder.eval()
+    image_encoder.eval()
+    totals = [damsm_losses(text_encoder, image_encoder, batch, config, device)["loss"].item()
+              for batch in loader]
+    return sum(totals) / max(len(totals), 1)
+
+
+def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
+                   progress: bool = True) -> dict:
+    """Pretrain the DAMSM encoders; returns the final R-precision results (also saved)."""
+    out_dir = Path(out_dir)
+    checkpoint_path = out_dir / "checkpoints" / CHECKPOINT_NAME
+    if checkpoint_path.exists() and not resume:
+        raise CheckpointError(f"{out_dir} already holds a DAMSM run ({checkpoint_path}); "
+                              "pass --resume to continue it or choose another --out folder")
+    device = prepare_run(config)
+    train_set = build_dataset(config.data, "train", augment=True)
+    test_set = build_dataset(config.data, "test", augment=False)
+    settings = config.damsm
+    if len(train_set) < settings.batch_size:
+        raise ValueError(f"the training split has {len(train_set)} items, fewer than "
+                         f"damsm.batch_size={settings.batch_size}: lower the batch size")
+    vocab = train_set.vocab
+    text_encoder = TextEncoder(len(vocab), config.text_encoder).to(device)
+    image_encoder = build_image_encoder(config.image_encoder,
+                                        config.text_encoder.hidden_dim).to(device)
+    trainable = list(text_encoder.parameters()) + list(image_encoder.trainable_parameters())
+    optimizer = torch.optim.Adam(trainable, lr=settings.lr, betas=tuple(settings.betas))
+
+    start_epoch, step = 0, 0
+    if resume:
+        payload = load_checkpoint(checkpoint_path, kind="damsm")
+        if payload["vocab_fingerprint"] != vocab.fingerprint():
+            raise CheckpointError(f"{checkpoint_path} was trained with another vocabulary "
+                                  f"than the data in {config.data.root}; resume with the data "
+                                  "it was trained on or start a new run")
+        text_encoder.load_state_dict(payload["text_encoder"])
+        image_encoder.load_state_dict(payload["image_encoder"])
+        optimizer.load_state_dict(payload["optimizer"])
+        start_epoch, step = payload["epoch"], payload["step"]
+        set_rng_state(payload["rng"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.yaml")
+
+    test_loader = DataLoader(test_set, batch_size=settings.batch_size, shuffle=False,
+                             drop_last=True, collate_fn=collate,
+                             num_workers=config.data.num_workers)
+    started = time.time()
+    with open(out_dir / "metrics.jsonl", "a") as metrics:
+        def log(record: dict) -> None:
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+
+        for epoch in range(start_epoch, settings.epochs):
+            lr = epoch_learning_rate(settings.lr, settings.lr_decay, settings.min_lr_ratio, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            order = torch.Generator().manual_seed(config.run.seed * 100_003 + epoch)
+            loader = DataLoader(train_set, batch_size=settings.batch_size, shuffle=True,
+                                drop_last=True, collate_fn=collate, generator=order,
+                                num_workers=config.data.num_workers)
+            text_encoder.train()
+            image_encoder.train()
+            bar = tqdm(loader, desc=f"DAMSM epoch {epoch + 1}/{settings.epochs}",
+                       disable=not progress, leave=False)
+            for batch in bar:
+                losses = damsm_losses(text_encoder, image_encoder, batch, config, device)
+                optimizer.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                torch.nn.utils.clip_grad_norm_(text_encoder.parameters(), settings.grad_clip)
+                optimizer.step()
+                step += 1
+                bar.set_postfix(loss=f"{losses['loss'].item():.3f}")
+                if step % settings.log_every == 0:
+                    log({"step": step, "epoch": epoch, "lr": lr,
+                         "seconds": round(time.time() - started, 2),
+                         **{name: round(value.item(), 5) for name, value in losses.items()}})
+            test_loss = mean_test_loss(text_encoder, image_encoder, test_loader, config, device)
+            log({"step": step, "epoch": epoch, "lr": lr, "test_loss": round(test_loss, 5),
+                 "seconds": round(time.time() - started, 2)})
+            if progress:
+                tqdm.write(f"DAMSM epoch {epoch + 1}/{settings.epochs}: "
+                           f"test loss {test_loss:.3f} (step {step})")
+            if (epoch + 1) % settings.checkpoint_every == 0 or epoch + 1 == settings.epochs:
+                save_checkpoint(checkpoint_path, {
+                    "kind": "damsm", "config": config_to_dict(config),
+                    "vocab": list(vocab.ixtoword), "vocab_fingerprint": vocab.fingerprint(),
+                    "text_encoder": text_encoder.state_dict(),
+                    "image_encoder": image_encoder.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1, "step": step, "rng": rng_state()})
+
+    results = evaluate_r_precision(text_encoder, image_encoder, test_set, config, device)
+    results["checkpoint"] = str(checkpoint_path)
+    results["epochs"] = settings.epochs
+    results["steps"] = step
+    (out_dir / "r_precision.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def resolve_damsm_checkpoint(path_or_run_dir: str | Path) -> Path:
+    """A DAMSM checkpoint file, or the last checkpoint of a DAMSM run folder."""
+    path = Path(path_or_run_dir)
+    if path.is_dir():
+        path = path / "checkpoints" / CHECKPOINT_NAME
+    return path
+
+
+def load_damsm(path_or_run_dir: str | Path, device: str | torch.device = "cpu",
+               expected_vocab: Optional[Vocabulary] = None):
+    """Frozen encoders of a DAMSM run: (text_encoder, image_encoder, vocab, config).
+
+    With `expected_vocab`, a checkpoint trained on another vocabulary is refused with an error
+    naming both (its word ids would index the wrong embeddings).
+    """
+    path = resolve_damsm_checkpoint(path_or_run_dir)
+    payload = load_checkpoint(path, kind="damsm", map_location=device)
+    config = config_from_dict(payload["config"])
+    vocab = Vocabulary(payload["vocab"])
+    if expected_vocab is not None and expected_vocab.fingerprint() != payload["vocab_fingerprint"]:
+        raise CheckpointError(
+            f"the DAMSM checkpoint {path} was trained on a vocabulary of {len(vocab)} words "
+            f"that differs from this data's ({len(expected_vocab)} words); pretrain DAMSM on "
+            "this data set (attngan pretrain-damsm) or point data.root at the data it was "
+            "trained on")
+    text_encoder = TextEncoder(len(vocab), config.text_encoder)
+    text_encoder.load_state_dict(payload["text_encoder"])
+    # The trunk's weights are inside the checkpoint, so no weights file is needed to rebuild.
+    image_config = dataclasses.replace(config.image_encoder, weights=None, random_init=True)
+    image_encoder = build_image_encoder(image_config, config.text_encoder.hidden_dim)
+    image_encoder.load_state_dict(payload["image_encoder"])
+    for module in (text_encoder, image_encoder):
+        module.to(device).eval().requires_grad_(False)
+    return text_encoder, image_encoder, vocab, config

@@ -1,0 +1,61 @@
+"""Checkpoints: atomic write, weights_only load, kind checks, exact RNG restore."""
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from attngan.train.checkpoint import (CheckpointError, load_checkpoint, rng_state,
+                                      save_checkpoint, set_rng_state)
+
+
+def test_round_trip_with_weights_only(tmp_path):
+    payload = {"kind": "damsm", "weights": {"w": torch.randn(3, 4)}, "step": 7,
+               "vocab": ["<end>", "a"], "betas": (0.5, 0.999)}
+    path = save_checkpoint(tmp_path / "sub" / "c.pt", payload)
+    loaded = load_checkpoint(path, kind="damsm")
+    assert torch.equal(loaded["weights"]["w"], payload["weights"]["w"])
+    assert loaded["step"] == 7 and loaded["vocab"] == ["<end>", "a"]
+    assert [p.name for p in path.parent.iterdir()] == ["c.pt"]   # no temporary left behind
+
+
+def test_wrong_kind_missing_and_corrupt_files(tmp_path):
+    path = save_checkpoint(tmp_path / "c.pt", {"kind": "gan"})
+    with pytest.raises(CheckpointError, match="'gan' checkpoint, but a 'damsm'"):
+        load_checkpoint(path, kind="damsm")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(corrupt)
+    torch.save({"no": "kind"}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not an attngan checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+class Pickled:
+    """An arbitrary class: weights_only loading must refuse to rebuild it."""
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    torch.save({"kind": "damsm", "x": Pickled()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    path = save_checkpoint(tmp_path / "c.pt", {"kind": "gan", "step": 1})
+    with pytest.raises(Exception):
+        save_checkpoint(path, {"kind": "gan", "bad": lambda: 0})   # lambdas cannot be pickled
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_rng_state_restores_every_generator(tmp_path):
+    random.gauss(0, 1)   # leaves a cached gauss value in Python's generator state
+    path = save_checkpoint(tmp_path / "r.pt", {"kind": "x", "rng": rng_state()})
+    first = (random.random(), random.gauss(0, 1), np.random.rand(), torch.rand(2).tolist())
+    set_rng_state(load_checkpoint(path)["rng"])
+    again = (random.random(), random.gauss(0, 1), np.random.rand(), torch.rand(2).tolist())
+    assert first == again
