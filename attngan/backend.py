@@ -25,6 +25,8 @@ OP_IMPLS: dict[str, tuple[str, ...]] = {
     "damsm_word_similarity": ("loop", "reference", "cpp", "triton", "cuda"),
     "word_attention": ("reference", "cpp", "triton", "cuda"),
 }
+# The Triton file of each op in kernels/ (installed as attngan.kernels.<module>).
+TRITON_MODULES = {"damsm_word_similarity": "damsm", "word_attention": "word_attention"}
 IMPL_CHOICES = ("auto", "loop", "reference", "cpp", "triton", "cuda")
 _warned: set[tuple[str, str]] = set()
 
@@ -46,7 +48,7 @@ def compiled_extension():
 def _triton_kernels(op: str):
     try:
         importlib.import_module("triton")
-        return importlib.import_module(f"attngan.kernels.{op}")
+        return importlib.import_module(f"attngan.kernels.{TRITON_MODULES[op]}")
     except ImportError:
         return None
 

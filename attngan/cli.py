@@ -2,7 +2,7 @@
 
 Subcommands:
     make-synthetic OUT          write the built-in shapes data set (CUB layout) to OUT
-    prepare ROOT                build ROOT/captions.pickle from ROOT/text (CUB layout)
+    prepare ROOT                build ROOT/captions.pickle (CUB text/ or COCO annotations)
     pretrain-damsm              pretrain the DAMSM text and image encoders, report R-precision
     train                       train AttnGAN with frozen DAMSM encoders
     sample                      generate images and attention figures for captions
@@ -45,8 +45,8 @@ def _make_synthetic(args) -> int:
 
 
 def _prepare(args) -> int:
-    from attngan.data.cub import prepare_captions
-    path = prepare_captions(args.root)
+    from attngan.data import prepare
+    path = prepare(args.root)
     print(f"captions written to {path}")
     return 0
 
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(p, "configs/shapes.yaml")
     p.set_defaults(run=_make_synthetic)
 
-    p = commands.add_parser("prepare", help="build captions.pickle from text/ (CUB layout)")
+    p = commands.add_parser("prepare", help="build captions.pickle (CUB text/ or COCO annotations)")
     p.add_argument("root", help="data folder holding text/ and train|test/filenames.pickle")
     p.set_defaults(run=_prepare)
 

@@ -1,10 +1,18 @@
 """Shared test setup: fixed threads and seeds, and the `gpu` marker that skips cleanly.
 
-No torch.cuda call happens at import; GPU tests are skipped at collection when no CUDA device
-is present.
+Without a CUDA device the Triton interpreter is switched on (TRITON_INTERPRET=1). Apart from
+that availability probe no torch.cuda call happens at import; GPU tests are skipped at
+collection when no CUDA device is present.
 """
+import os
+
 import pytest
 import torch
+
+# Triton reads TRITON_INTERPRET when kernels are decorated, so it is set before any test module
+# imports attngan.kernels: without a CUDA device the Triton kernels run in the CPU interpreter.
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 torch.set_num_threads(2)
 

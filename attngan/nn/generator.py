@@ -1,0 +1,179 @@
+"""AttnGAN generator: conditioning augmentation, a first stage and attention stages (SPEC 1).
+
+Paper section 3.1 (Eq. 1-2): h_0 = F_0(z, F^ca(ē)); h_i = F_i(h_{i-1}, F^attn_i(e, h_{i-1}));
+x̂_i = G_i(h_i). As the official code computes it:
+
+- Conditioning augmentation F^ca: Linear(D, 4·cond_dim) -> GLU -> (mu, logvar), each
+  cond_dim wide; c = mu + eps·exp(logvar / 2) with fresh eps ~ N(0, I) every call (also in
+  eval mode, as in the original sampler).
+- First stage F_0: concat(c, z) -> Linear(cond_dim + z_dim, 2·C0·4·4, no bias) -> BN1d -> GLU
+  -> `[C0, 4, 4]` -> log2(base_size / 4) upBlocks (nearest x2, conv3x3 no bias to 2·out, BN,
+  GLU), each halving the channels, ending at `[ngf, base_size, base_size]`. C0 = ngf·2^k for k
+  upBlocks: 16·ngf at base_size 64 exactly as SPEC; CPU presets with base_size 32 or 16 start
+  at 8·ngf or 4·ngf so that the stage still ends at ngf channels.
+- Attention stages F_i (i >= 1), one per further pyramid level: words projected
+  e' = U·e by a bias-free 1x1 conv D -> ngf `[B, ngf, L]`; `word_attention` at the incoming
+  resolution (per-sample mask; the original's `mask.repeat(R, 1)` defect is not reproduced)
+  gives the context `[B, ngf, H, W]` and the map `[B, L, H, W]`; concat [h, context] `2·ngf`;
+  r_num residual blocks (conv3x3 -> BN -> GLU -> conv3x3 -> BN, + skip); upBlock to ngf at 2x.
+- One image head per stage: conv3x3(ngf -> 3, no bias) -> tanh.
+- Init (the original's `weights_init`): conv and linear weights orthogonal (gain 1), linear
+  biases 0; BatchNorm weight N(1, 0.02), bias 0.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from attngan.config import ConfigError, GANConfig
+from attngan.ops.word_attention import word_attention
+
+__all__ = ["Generator", "ConditioningAugmentation", "ResBlock", "up_block", "init_weights"]
+
+
+def init_weights(module: nn.Module) -> None:
+    """The original's weights_init, applied with `Module.apply`."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+        nn.init.orthogonal_(module.weight, 1.0)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+
+
+def up_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Nearest x2 upsampling, conv3x3 to 2·out, BN, GLU: `[B, in, H, W]` -> `[B, out, 2H, 2W]`."""
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        _conv3x3(in_channels, out_channels * 2),
+        nn.BatchNorm2d(out_channels * 2),
+        nn.GLU(dim=1))
+
+
+class ResBlock(nn.Module):
+    """x + BN(conv3x3(GLU(BN(conv3x3(x))))): the residual block of the attention stages."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            _conv3x3(channels, channels * 2), nn.BatchNorm2d(channels * 2), nn.GLU(dim=1),
+            _conv3x3(channels, channels), nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ConditioningAugmentation(nn.Module):
+    """F^ca: sentence `[B, D]` -> (c, mu, logvar), each `[B, cond_dim]`."""
+
+    def __init__(self, text_dim: int, cond_dim: int):
+        super().__init__()
+        self.cond_dim = cond_dim
+        self.fc = nn.Linear(text_dim, cond_dim * 4)
+        self.glu = nn.GLU(dim=1)
+
+    def forward(self, sentence: torch.Tensor):
+        x = self.glu(self.fc(sentence))                                  # [B, 2·cond_dim]
+        mu, logvar = x[:, :self.cond_dim], x[:, self.cond_dim:]
+        eps = torch.randn_like(mu)
+        return mu + eps * torch.exp(0.5 * logvar), mu, logvar
+
+
+class _FirstStage(nn.Module):
+    """F_0: `[B, cond_dim + z_dim]` -> `[B, ngf, base_size, base_size]`."""
+
+    def __init__(self, in_dim: int, ngf: int, num_up: int):
+        super().__init__()
+        self.channels = ngf * 2 ** num_up
+        self.fc = nn.Sequential(
+            nn.Linear(in_dim, self.channels * 4 * 4 * 2, bias=False),
+            nn.BatchNorm1d(self.channels * 4 * 4 * 2),
+            nn.GLU(dim=1))
+        self.up = nn.Sequential(*[up_block(self.channels // 2 ** i, self.channels // 2 ** (i + 1))
+                                  for i in range(num_up)])
+
+    def forward(self, cz: torch.Tensor) -> torch.Tensor:
+        h = self.fc(cz).view(-1, self.channels, 4, 4)                    # [B, C0, 4, 4]
+        return self.up(h)
+
+
+class _AttentionStage(nn.Module):
+    """F_i: (h `[B, ngf, H, W]`, words `[B, D, L]`, lengths `[B]`) ->
+    (h' `[B, ngf, 2H, 2W]`, attn `[B, L, H, W]`)."""
+
+    def __init__(self, ngf: int, text_dim: int, r_num: int, impl: str):
+        super().__init__()
+        self.impl = impl
+        self.project = nn.Conv1d(text_dim, ngf, kernel_size=1, bias=False)   # U of e' = U e
+        self.residual = nn.Sequential(*[ResBlock(ngf * 2) for _ in range(r_num)])
+        self.up = up_block(ngf * 2, ngf)
+
+    def forward(self, h: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor):
+        projected = self.project(words)                                  # [B, ngf, L]
+        context, attn = word_attention(h, projected, lengths, impl=self.impl, return_attn=True)
+        out = self.residual(torch.cat([h, context], dim=1))              # [B, 2ngf, H, W]
+        return self.up(out), attn
+
+
+class Generator(nn.Module):
+    """The multi-stage attentional generator.
+
+    Args:
+        config: GANConfig (ngf, z_dim, cond_dim, r_num).
+        text_dim: D, the width of the DAMSM text features.
+        branch_num: number of stages (pyramid levels), >= 1.
+        base_size: first stage's image side, 4·2^k with k >= 1 (64 in the paper).
+        impl: implementation of `word_attention` ("auto", "reference", "cpp", ...).
+
+    forward(z [B, z_dim], sentence [B, D], words [B, D, L] (padded slots any value),
+            lengths [B] in 1..L) ->
+        (images: list of branch_num tensors [B, 3, s_i, s_i] in [-1, 1], s_i = base_size·2^i;
+         attention maps: list of branch_num - 1 tensors, the one of stage i >= 1 [B, L, s_{i-1},
+         s_{i-1}] (its incoming resolution; 0 at padded words); mu, logvar [B, cond_dim])
+    """
+
+    def __init__(self, config: GANConfig, text_dim: int, branch_num: int, base_size: int,
+                 impl: str = "auto"):
+        super().__init__()
+        num_up = math.log2(base_size / 4) if base_size >= 8 else 0
+        if base_size < 8 or num_up != int(num_up):
+            raise ConfigError(f"data.base_size must be 4·2^k with k >= 1 (8, 16, 32, 64, ...), "
+                              f"got {base_size}; set data.base_size=64 (or 32 for CPU presets)")
+        if branch_num < 1:
+            raise ConfigError(f"data.branch_num must be at least 1, got {branch_num}")
+        self.z_dim = config.z_dim
+        self.text_dim = text_dim
+        self.image_sizes = tuple(base_size * 2 ** i for i in range(branch_num))
+        self.ca = ConditioningAugmentation(text_dim, config.cond_dim)
+        self.first = _FirstStage(config.cond_dim + config.z_dim, config.ngf, int(num_up))
+        self.stages = nn.ModuleList([_AttentionStage(config.ngf, text_dim, config.r_num, impl)
+                                     for _ in range(branch_num - 1)])
+        self.heads = nn.ModuleList([nn.Sequential(_conv3x3(config.ngf, 3), nn.Tanh())
+                                    for _ in range(branch_num)])
+        self.apply(init_weights)
+
+    @classmethod
+    def from_config(cls, config, text_dim: int, impl: str | None = None) -> "Generator":
+        """Build from a full `Config`: stages and base size from `config.data`, impl from
+        `config.run.impl` unless given."""
+        return cls(config.gan, text_dim, config.data.branch_num, config.data.base_size,
+                   config.run.impl if impl is None else impl)
+
+    def forward(self, z: torch.Tensor, sentence: torch.Tensor, words: torch.Tensor,
+                lengths: torch.Tensor):
+        c, mu, logvar = self.ca(sentence)                                # [B, cond_dim] each
+        h = self.first(torch.cat([c, z], dim=1))                         # [B, ngf, s0, s0]
+        images = [self.heads[0](h)]
+        attention_maps = []
+        for stage, head in zip(self.stages, self.heads[1:]):
+            h, attn = stage(h, words, lengths)
+            images.append(head(h))
+            attention_maps.append(attn)
+        return images, attention_maps, mu, logvar

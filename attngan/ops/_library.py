@@ -1,0 +1,163 @@
+"""torch.library registration of the fused hot ops: one custom op per backend.
+
+Each fused backend (C++ "cpp", "triton", CUDA "cuda") of an op becomes a
+`torch.library.custom_op` named `attngan::<op>_<backend>` with
+- a fake (meta) function, so torch.compile traces it without running it (no graph break),
+- `register_autograd` whose backward calls the same backend's backward op (itself a custom op,
+  `attngan::<op>_<backend>_backward`), so `torch.library.opcheck` covers both directions.
+The launchers run only when an op is called: this module imports on a machine with neither
+triton nor the compiled extension. `torch.library.triton_op` + `wrap_triton` is not used: on
+CPU tensors under the Triton interpreter it fails opcheck and fullgraph compilation (fake
+tracing reaches the kernel), while custom_op + register_fake passes both.
+Launchers get contiguous inputs: gradients arriving from `.sum()` are stride-0 expanded views.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from attngan import backend
+
+FUSED_BACKENDS = ("cpp", "triton", "cuda")
+
+
+def _compiled_ops():
+    """torch.ops.attngan_C, after loading attngan._C (which registers the C++/CUDA kernels)."""
+    backend.compiled_extension()
+    return torch.ops.attngan_C
+
+
+# ---------------------------------------------------------------------------------------------
+# DAMSM word-level similarity (SPEC section 2; attngan.ops.damsm)
+# C++ and CUDA: torch.ops.attngan_C.damsm_word_similarity_{fwd,bwd} (csrc/cpu/damsm.cpp defines
+# the schemas, csrc/cuda adds the CUDA kernels); Triton: attngan.kernels.damsm, same signatures.
+# ---------------------------------------------------------------------------------------------
+
+def _damsm_launchers(impl: str) -> tuple[Callable, Callable]:
+    if impl == "triton":
+        from attngan.kernels import damsm as kernels
+        return kernels.damsm_word_similarity_fwd, kernels.damsm_word_similarity_bwd
+    ops = _compiled_ops()
+    return ops.damsm_word_similarity_fwd, ops.damsm_word_similarity_bwd
+
+
+def _register_damsm_word_similarity(impl: str):
+    """Define attngan::damsm_word_similarity_<impl> (+ _backward) and return the forward op."""
+    name = f"attngan::damsm_word_similarity_{impl}"
+
+    @torch.library.custom_op(name, mutates_args=())
+    def forward(words: Tensor, lengths: Tensor, regions: Tensor, gamma1: float,
+                gamma2: float) -> Tensor:
+        launch, _ = _damsm_launchers(impl)
+        return launch(words.contiguous(), lengths.contiguous(), regions.contiguous(), gamma1, gamma2)
+
+    @forward.register_fake
+    def _(words, lengths, regions, gamma1, gamma2):
+        dtype = torch.float64 if words.dtype == torch.float64 else torch.float32
+        return words.new_empty((regions.shape[0], words.shape[0]), dtype=dtype)
+
+    @torch.library.custom_op(name + "_backward", mutates_args=())
+    def backward_op(grad_s: Tensor, words: Tensor, lengths: Tensor, regions: Tensor,
+                    gamma1: float, gamma2: float, need_words_grad: bool) -> tuple[Tensor, Tensor]:
+        _, launch = _damsm_launchers(impl)
+        return launch(grad_s.contiguous(), words.contiguous(), lengths.contiguous(),
+                      regions.contiguous(), gamma1, gamma2, need_words_grad)
+
+    @backward_op.register_fake
+    def _(grad_s, words, lengths, regions, gamma1, gamma2, need_words_grad):
+        grad_words = words.new_empty(words.shape if need_words_grad else (0,))
+        return grad_words, regions.new_empty(regions.shape)
+
+    def setup_context(ctx, inputs, output):
+        words, lengths, regions, gamma1, gamma2 = inputs
+        ctx.save_for_backward(words, lengths, regions)
+        ctx.gammas = (gamma1, gamma2)
+
+    def backward(ctx, grad_s):
+        words, lengths, regions = ctx.saved_tensors
+        # A frozen text encoder (the GAN step) needs only the regions' gradient: skip the words'.
+        need_words = ctx.needs_input_grad[0]
+        grad_words, grad_regions = backward_op(grad_s, words, lengths, regions, *ctx.gammas,
+                                               need_words)
+        return (grad_words if need_words else None, None,
+                grad_regions if ctx.needs_input_grad[2] else None, None, None)
+
+    forward.register_autograd(backward, setup_context=setup_context)
+    return forward
+
+
+# impl name -> forward custom op: op(words [Bc, D, L], lengths [Bc] int64, regions [Bi, D, R],
+# gamma1, gamma2) -> S [Bi, Bc] float32 (float64 for float64 inputs), differentiable.
+damsm_word_similarity_ops = {impl: _register_damsm_word_similarity(impl)
+                             for impl in FUSED_BACKENDS}
+
+
+# ---------------------------------------------------------------------------------------------
+# Word attention of the generator (SPEC section 1, stages 2-3; attngan.ops.word_attention)
+# C++ and CUDA: torch.ops.attngan_C.word_attention_{fwd,bwd} (csrc/cpu/word_attention.cpp
+# defines the schemas, csrc/cuda adds the CUDA kernels); Triton: attngan.kernels.word_attention,
+# same signatures.
+# ---------------------------------------------------------------------------------------------
+
+def _word_attention_launchers(impl: str) -> tuple[Callable, Callable]:
+    if impl == "triton":
+        from attngan.kernels import word_attention as kernels
+        return kernels.word_attention_fwd, kernels.word_attention_bwd
+    ops = _compiled_ops()
+    return ops.word_attention_fwd, ops.word_attention_bwd
+
+
+def _register_word_attention(impl: str):
+    """Define attngan::word_attention_<impl> (+ _backward) and return the forward op."""
+    name = f"attngan::word_attention_{impl}"
+
+    @torch.library.custom_op(name, mutates_args=())
+    def forward(query: Tensor, words: Tensor, lengths: Tensor,
+                return_attn: bool) -> tuple[Tensor, Tensor]:
+        launch, _ = _word_attention_launchers(impl)
+        return launch(query.contiguous(), words.contiguous(), lengths.contiguous(), return_attn)
+
+    @forward.register_fake
+    def _(query, words, lengths, return_attn):
+        batch, _, height, width = query.shape
+        attn_shape = (batch, words.shape[2], height, width) if return_attn else (0,)
+        return query.new_empty(query.shape), query.new_empty(attn_shape)
+
+    @torch.library.custom_op(name + "_backward", mutates_args=())
+    def backward_op(grad_context: Tensor, grad_attn: Optional[Tensor], query: Tensor,
+                    words: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        _, launch = _word_attention_launchers(impl)
+        grad_attn = grad_attn.contiguous() if grad_attn is not None else None
+        return launch(grad_context.contiguous(), grad_attn, query.contiguous(), words.contiguous(),
+                      lengths.contiguous())
+
+    @backward_op.register_fake
+    def _(grad_context, grad_attn, query, words, lengths):
+        return query.new_empty(query.shape), words.new_empty(words.shape)
+
+    def setup_context(ctx, inputs, output):
+        query, words, lengths, return_attn = inputs
+        ctx.save_for_backward(query, words, lengths)
+        ctx.return_attn = return_attn
+        # An unused map (the usual case: it is only looked at) then arrives as None rather than
+        # a [B, L, H, W] tensor of zeros the kernel would have to read.
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, grad_context, grad_attn):
+        query, words, lengths = ctx.saved_tensors
+        if grad_context is None:
+            grad_context = torch.zeros_like(query)
+        if not ctx.return_attn or grad_attn is None or grad_attn.numel() == 0:
+            grad_attn = None
+        grad_query, grad_words = backward_op(grad_context, grad_attn, query, words, lengths)
+        return grad_query, grad_words, None, None
+
+    forward.register_autograd(backward, setup_context=setup_context)
+    return forward
+
+
+# impl name -> forward custom op: op(query [B, C, H, W], words [B, C, L], lengths [B] int64,
+# return_attn) -> (context [B, C, H, W], attn [B, L, H, W] or an empty tensor), differentiable.
+word_attention_ops = {impl: _register_word_attention(impl) for impl in FUSED_BACKENDS}

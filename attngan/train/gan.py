@@ -1,0 +1,327 @@
+"""AttnGAN training loop (SPEC section 3): discriminator steps, then a generator step.
+
+Per batch, as the original trainer: the frozen DAMSM text encoder (eval mode, no gradient)
+encodes the captions; one generator forward with fresh noise z ~ N(0, I); for each stage's
+discriminator: zero grad, L_D on the real image and the detached fake, backward, Adam step;
+then the generator: L_G = adversarial terms of all stages (discriminator parameters frozen
+for this backward) + λ·DAMSM losses of the final image + KL, backward, Adam step; then the
+exponential moving average of the generator's weights (`ema.py`). Adam lr 2e-4, betas
+(0.5, 0.999) for every network (config.gan).
+
+A run folder holds config.yaml (the resolved config), metrics.jsonl (one line per
+gan.log_every steps: step, epoch, seconds, every loss), samples/ (fixed-noise grids of the
+averaged generator for fixed training captions, every gan.sample_every steps and at the end,
+with samples/captions.txt) and checkpoints/gan_last.pt: the generator, discriminators, EMA,
+optimizers, step, epoch and position in the epoch, RNG state, config, vocabulary, the text
+encoder (so sampling needs no DAMSM file) and the DAMSM checkpoint's path and SHA-256.
+`resume=True` continues exactly where the checkpoint stopped: the batch order of an epoch is a
+permutation drawn from a generator seeded by (run.seed, epoch), data augmentation and noise
+draw from the restored global RNG. Exactness holds with data.num_workers = 0 (workers seed
+their own generators).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from attngan.config import Config, config_from_dict, config_to_dict, save_config
+from attngan.data.dataset import build_dataset, collate
+from attngan.data.vocab import Vocabulary
+from attngan.nn.discriminator import build_discriminators
+from attngan.nn.generator import Generator
+from attngan.nn.text_encoder import TextEncoder
+from attngan.train.checkpoint import (CheckpointError, load_checkpoint, rng_state,
+                                      save_checkpoint, set_rng_state)
+from attngan.train.damsm import load_damsm, resolve_damsm_checkpoint
+from attngan.train.ema import EMA
+from attngan.train.losses import (damsm_generator_loss, discriminator_loss,
+                                  generator_adversarial_loss, kl_loss)
+from attngan.train.runtime import prepare_run
+from attngan.viz import save_image_grid
+
+__all__ = ["GANTrainer", "train_gan", "load_gan", "generate", "resolve_gan_checkpoint", "file_sha256",
+           "CHECKPOINT_NAME"]
+
+CHECKPOINT_NAME = "gan_last.pt"
+FIXED_CAPTIONS = 8            # captions of the sample grids
+FIXED_NOISES = 2              # noise vectors per caption in the sample grids
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_gan_checkpoint(path_or_run_dir: str | Path) -> Path:
+    """A GAN checkpoint file, or the last checkpoint of a GAN run folder."""
+    path = Path(path_or_run_dir)
+    return path / "checkpoints" / CHECKPOINT_NAME if path.is_dir() else path
+
+
+class GANTrainer:
+    """Generator, discriminators, their optimizers and the EMA; `step(batch)` trains one batch.
+
+    Args:
+        config: the run's Config (gan, data sizes, damsm gammas, run.impl).
+        text_encoder, image_encoder: the frozen DAMSM encoders (eval mode).
+        device: where everything runs.
+    """
+
+    def __init__(self, config: Config, text_encoder, image_encoder, device: torch.device):
+        self.config = config
+        self.device = device
+        self.text_encoder = text_encoder
+        self.image_encoder = image_encoder
+        text_dim = text_encoder.embed_dim
+        gan = config.gan
+        self.netG = Generator.from_config(config, text_dim).to(device)
+        self.netsD = build_discriminators(config, text_dim).to(device)
+        betas = tuple(gan.betas)
+        self.optimizer_g = torch.optim.Adam(self.netG.parameters(), lr=gan.lr_g, betas=betas)
+        self.optimizers_d = [torch.optim.Adam(net.parameters(), lr=gan.lr_d, betas=betas)
+                             for net in self.netsD]
+        self.ema = EMA(self.netG, gan.ema_decay)
+
+    def step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """One training step on a collated batch; returns the losses as detached scalar
+        tensors (converting them to floats every step would wait for the device)."""
+        config, device = self.config, self.device
+        captions = batch["captions"].to(device)
+        lengths = batch["lengths"].to(device)
+        class_ids = batch["class_ids"].to(device)
+        reals = [image.to(device) for image in batch["images"]]
+        self.netG.train()
+        self.netsD.train()
+        with torch.no_grad():
+            words, sentence = self.text_encoder(captions, lengths)       # [B, D, L], [B, D]
+        noise = torch.randn(captions.shape[0], config.gan.z_dim, device=device)
+        fakes, _, mu, logvar = self.netG(noise, sentence, words, lengths)
+
+        losses: dict[str, torch.Tensor] = {}
+        for i, (net, optimizer, real, fake) in enumerate(
+                zip(self.netsD, self.optimizers_d, reals, fakes, strict=True)):
+            optimizer.zero_grad(set_to_none=True)
+            loss = discriminator_loss(net, real, fake.detach(), sentence)
+            loss.backward()
+            optimizer.step()
+            losses[f"d{i}"] = loss.detach()
+
+        self.netsD.requires_grad_(False)
+        adversarial = generator_adversarial_loss(self.netsD, fakes, sentence)
+        damsm = damsm_generator_loss(
+            self.image_encoder, fakes[-1], words, sentence, lengths, class_ids,
+            gamma1=config.damsm.gamma1, gamma2=config.damsm.gamma2, gamma3=config.damsm.gamma3,
+            impl=config.run.impl)
+        kl = kl_loss(mu, logvar)
+        total = adversarial + config.gan.lambda_damsm * sum(damsm.values()) + kl
+        self.optimizer_g.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer_g.step()
+        self.netsD.requires_grad_(True)
+        self.ema.update(self.netG)
+        losses.update(g_adv=adversarial.detach(), **{k: v.detach() for k, v in damsm.items()},
+                      kl=kl.detach(), g_total=total.detach())
+        return losses
+
+    def state_dict(self) -> dict:
+        return {"generator": self.netG.state_dict(),
+                "discriminators": [net.state_dict() for net in self.netsD],
+                "ema": self.ema.state_dict(),
+                "optimizer_g": self.optimizer_g.state_dict(),
+                "optimizers_d": [opt.state_dict() for opt in self.optimizers_d]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.netG.load_state_dict(state["generator"])
+        for net, net_state in zip(self.netsD, state["discriminators"], strict=True):
+            net.load_state_dict(net_state)
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer_g.load_state_dict(state["optimizer_g"])
+        for optimizer, opt_state in zip(self.optimizers_d, state["optimizers_d"], strict=True):
+            optimizer.load_state_dict(opt_state)
+
+
+@torch.no_grad()
+def generate(netG: Generator, text_encoder, captions: torch.Tensor, lengths: torch.Tensor,
+             noise: torch.Tensor, seed: int):
+    """Run `netG` (eval mode) on captions `[B, L]` with `noise` `[B, z_dim]`, drawing the
+    conditioning-augmentation noise from a generator seeded with `seed` without touching the
+    caller's global RNG state. Returns what Generator.forward returns."""
+    device = noise.device
+    devices = [device] if device.type == "cuda" else []
+    netG.eval()
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        words, sentence = text_encoder(captions.to(device), lengths.to(device))
+        return netG(noise, sentence, words, lengths.to(device))
+
+
+def _fixed_captions(dataset) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The first caption of FIXED_CAPTIONS images spread over the training set."""
+    count = min(FIXED_CAPTIONS, len(dataset))
+    images = [round(i * (len(dataset) - 1) / max(count - 1, 1)) for i in range(count)]
+    pairs = [dataset.caption(k * dataset.captions_per_image) for k in images]
+    captions = torch.stack([caption for caption, _ in pairs])
+    lengths = torch.tensor([length for _, length in pairs])
+    texts = [dataset.vocab.decode(caption[:length].tolist()) for caption, length in pairs]
+    return captions, lengths, texts
+
+
+def _trim_metrics(path: Path, last_step: int) -> None:
+    """Drop metrics lines written after the checkpoint a run resumes from."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resume: bool = False,
+              progress: bool = True) -> dict:
+    """Train the AttnGAN generator against frozen DAMSM encoders; returns a summary dict
+    (steps, epochs, seconds, checkpoint, last losses)."""
+    out_dir = Path(out_dir)
+    checkpoint_path = out_dir / "checkpoints" / CHECKPOINT_NAME
+    if checkpoint_path.exists() and not resume:
+        raise CheckpointError(f"{out_dir} already holds a GAN run ({checkpoint_path}); pass "
+                              "--resume to continue it or choose another --out folder")
+    if resume and not checkpoint_path.exists():
+        raise CheckpointError(f"--resume: {checkpoint_path} does not exist; train without "
+                              "--resume to start a new run in this folder")
+    device = prepare_run(config)
+    gan = config.gan
+    dataset = build_dataset(config.data, "train", augment=True)
+    vocab = dataset.vocab
+    damsm_file = resolve_damsm_checkpoint(damsm_path).resolve()
+    # Refuses a DAMSM of another vocabulary with an error naming both and the fix.
+    text_encoder, image_encoder, _, damsm_config = load_damsm(damsm_file, device,
+                                                               expected_vocab=vocab)
+    damsm_hash = file_sha256(damsm_file)
+    steps_per_epoch = len(dataset) // gan.batch_size
+    if gan.batch_size < 2 or steps_per_epoch == 0:
+        raise ValueError(f"gan.batch_size={gan.batch_size} must be at least 2 and at most the "
+                         f"{len(dataset)} training images; change gan.batch_size")
+    total_steps = gan.epochs * steps_per_epoch
+    if gan.max_steps > 0:
+        total_steps = min(total_steps, gan.max_steps)
+
+    trainer = GANTrainer(config, text_encoder, image_encoder, device)
+    step, epoch, batch_in_epoch, seconds_before = 0, 0, 0, 0.0
+    if resume:
+        payload = load_checkpoint(checkpoint_path, kind="gan")
+        if payload["vocab_fingerprint"] != vocab.fingerprint():
+            raise CheckpointError(f"{checkpoint_path} was trained with another vocabulary than "
+                                  f"the data in {config.data.root}; resume with the data it was "
+                                  "trained on or start a new run")
+        if payload["damsm_sha256"] != damsm_hash:
+            raise CheckpointError(f"{checkpoint_path} was trained against the DAMSM checkpoint "
+                                  f"{payload['damsm_checkpoint']} (sha256 "
+                                  f"{payload['damsm_sha256'][:12]}...), but {damsm_file} differs "
+                                  f"(sha256 {damsm_hash[:12]}...); resume with the same DAMSM")
+        trainer.load_state_dict(payload["trainer"])
+        step, epoch, batch_in_epoch = payload["step"], payload["epoch"], payload["batch_in_epoch"]
+        seconds_before = payload["seconds"]
+        set_rng_state(payload["rng"])
+        _trim_metrics(out_dir / "metrics.jsonl", step)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.yaml")
+
+    fixed_captions, fixed_lengths, fixed_texts = _fixed_captions(dataset)
+    fixed_noise = torch.randn(FIXED_NOISES, 1, gan.z_dim,
+                              generator=torch.Generator().manual_seed(config.run.seed))
+    fixed_noise = fixed_noise.expand(-1, len(fixed_texts), -1).reshape(-1, gan.z_dim).to(device)
+    (out_dir / "samples").mkdir(exist_ok=True)
+    (out_dir / "samples" / "captions.txt").write_text(
+        "".join(f"column {i}: {text}\n" for i, text in enumerate(fixed_texts)))
+
+    def sample_grid() -> Path:
+        images, _, _, _ = generate(trainer.ema.module, text_encoder,
+                                   fixed_captions.repeat(FIXED_NOISES, 1),
+                                   fixed_lengths.repeat(FIXED_NOISES), fixed_noise,
+                                   seed=config.run.seed)
+        return save_image_grid(images[-1], out_dir / "samples" / f"step_{step:07d}.png",
+                               nrow=len(fixed_texts), scale=max(1, 128 // images[-1].shape[-1]))
+
+    def save() -> None:
+        save_checkpoint(checkpoint_path, {
+            "kind": "gan", "config": config_to_dict(config),
+            "damsm_config": config_to_dict(damsm_config),
+            "damsm_checkpoint": str(damsm_file), "damsm_sha256": damsm_hash,
+            "vocab": list(vocab.ixtoword), "vocab_fingerprint": vocab.fingerprint(),
+            "text_encoder": text_encoder.state_dict(), "trainer": trainer.state_dict(),
+            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+            "seconds": seconds_before + time.time() - started, "rng": rng_state()})
+
+    started = time.time()
+    last: dict[str, float] = {}
+    bar = tqdm(total=total_steps, initial=step, desc="GAN", disable=not progress)
+    with open(out_dir / "metrics.jsonl", "a") as metrics:
+        while step < total_steps:
+            order = torch.Generator().manual_seed(config.run.seed * 100_003 + epoch)
+            permutation = torch.randperm(len(dataset), generator=order).tolist()
+            batches = [permutation[i * gan.batch_size:(i + 1) * gan.batch_size]
+                       for i in range(batch_in_epoch, steps_per_epoch)]
+            # The loader's own generator seeds workers, so the global RNG is not drawn from
+            # when an epoch (or a resumed one) starts.
+            loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
+                                num_workers=config.data.num_workers,
+                                generator=torch.Generator().manual_seed(
+                                    config.run.seed * 100_003 + epoch * 1_000 + batch_in_epoch))
+            for batch in loader:
+                losses = trainer.step(batch)
+                step += 1
+                batch_in_epoch += 1
+                if batch_in_epoch == steps_per_epoch:
+                    epoch, batch_in_epoch = epoch + 1, 0
+                bar.update(1)
+                done = step >= total_steps
+                if step % gan.log_every == 0 or done:
+                    last = {name: float(f"{float(value):.6g}") for name, value in losses.items()}
+                    metrics.write(json.dumps({
+                        "step": step, "epoch": epoch,
+                        "seconds": round(seconds_before + time.time() - started, 2),
+                        **last}) + "\n")
+                    metrics.flush()
+                    bar.set_postfix(d=f"{sum(v for k, v in last.items() if k[0] == 'd'):.3f}",
+                                    g=f"{last['g_total']:.3f}")
+                if step % gan.sample_every == 0 or done:
+                    sample_grid()
+                if step % gan.checkpoint_every == 0 or done:
+                    save()
+                if done:
+                    break
+    bar.close()
+    return {"steps": step, "epochs": epoch,
+            "seconds": round(seconds_before + time.time() - started, 2),
+            "checkpoint": str(checkpoint_path), "losses": last,
+            "samples": str(out_dir / "samples")}
+
+
+def load_gan(path_or_run_dir: str | Path, device: str | torch.device = "cpu"):
+    """The averaged generator of a GAN checkpoint and what sampling needs.
+
+    Returns (generator in eval mode, frozen text encoder, vocab, config, payload) where payload
+    is the checkpoint dict (step, damsm_checkpoint, damsm_sha256, ...).
+    """
+    path = resolve_gan_checkpoint(path_or_run_dir)
+    payload = load_checkpoint(path, kind="gan", map_location=device)
+    config = config_from_dict(payload["config"])
+    damsm_config = config_from_dict(payload["damsm_config"])
+    vocab = Vocabulary(payload["vocab"])
+    text_encoder = TextEncoder(len(vocab), damsm_config.text_encoder)
+    text_encoder.load_state_dict(payload["text_encoder"])
+    netG = Generator.from_config(config, damsm_config.text_encoder.hidden_dim)
+    netG.load_state_dict(payload["trainer"]["ema"])
+    for module in (text_encoder, netG):
+        module.to(device).eval().requires_grad_(False)
+    payload["path"] = str(path)
+    return netG, text_encoder, vocab, config, payload
+

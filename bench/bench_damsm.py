@@ -1,0 +1,244 @@
+"""Benchmark of the DAMSM word-level similarity (SPEC section 2), every provider, two sizes.
+
+Providers: "loop" (the original's per-caption loop), "reference" (vectorized PyTorch),
+"reference_compiled" (the same under torch.compile), and the project's fused kernels "cpp",
+"triton", "cuda" where the device has them. All go through the public
+`attngan.ops.damsm.damsm_word_similarity`, so all follow its precision policy (fp16/bf16 inputs,
+fp32 accumulation). Passes: "forward" (no autograd), "forward+backward" (gradients of both
+words and regions, as in DAMSM pretraining) and "forward+backward_regions" (the regions' only,
+as in the GAN step where the text encoder is frozen).
+
+Sizes: "cub" B_img = B_cap = 48, D = 256, L = 18, R = 17 x 17 = 289 (DAMSM pretraining on CUB),
+"cpu" the same with B = 32. Every caption has all L words (the most work; real captions are
+shorter and the fused kernels skip padded words, the reference does not).
+
+FLOP count (the useful work; the exps and the backward's recomputation are not counted): per
+(image, caption) pair with n words, the forward takes two products of D x R x n multiply-adds,
+s = v^T e and c = v alpha^T, that is 4 D R n FLOP; the backward four more, dalpha = v^T dc,
+dv += dc alpha^T, dv += e ds^T and de = v ds, 8 D R n (6 D R n without de). So
+    FLOP(forward)                  = 4  * B_img * sum_i(n_i) * D * R
+    FLOP(forward+backward)         = 12 * B_img * sum_i(n_i) * D * R
+    FLOP(forward+backward_regions) = 10 * B_img * sum_i(n_i) * D * R
+(B = 32: 5.45 / 16.4 / 13.6 GFLOP; B = 48: 12.3 / 36.8 / 30.7 GFLOP). Achieved GFLOP/s is set against the
+machine's own square-matmul rate in the same dtype, measured in the same run.
+
+Timing: CPU torch.utils.benchmark (median), CUDA triton.testing.do_bench (median). Peak memory
+on CUDA only (the CPU allocator keeps no statistics).
+
+    python bench/bench_damsm.py [--device cuda] [--dtype bf16] [--sizes cub,cpu] [--record]
+                                [--providers loop,reference,cpp] [--min-time 1.0]
+    pytest bench/bench_damsm.py          # pytest-benchmark, the "cpu" size
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (DTYPES, machine, markdown_table, matmul_gflops, median_seconds,  # noqa: E402
+                    peak_memory_bytes, record)
+
+from attngan import backend  # noqa: E402
+from attngan.ops import damsm  # noqa: E402
+
+SIZES = {"cub": dict(batch=48, dim=256, words=18, regions=289),
+         "cpu": dict(batch=32, dim=256, words=18, regions=289)}
+PYTORCH_PROVIDERS = ("loop", "reference", "reference_compiled")
+PROJECT_PROVIDERS = ("cpp", "triton", "cuda")
+# forward; forward + gradients of words and regions (DAMSM pretraining); forward + gradient of
+# the regions only (the GAN step: the text encoder is frozen).
+PASSES = ("forward", "forward+backward", "forward+backward_regions")
+FLOP_PER_DRN = {"forward": 4, "forward+backward": 12, "forward+backward_regions": 10}
+
+
+def make_inputs(size: dict, device: torch.device, dtype: torch.dtype, seed: int = 0,
+                scale: Optional[float] = None):
+    """Gaussian features times `scale`, by default D^-1/4 so that s = v^T e has unit spread
+    (softmaxes neither uniform nor one-hot). With scale 1, s spreads ~ sqrt(D) = 16: one-hot
+    word softmaxes whose tiny values (denormal floats) slow the PyTorch providers down."""
+    generator = torch.Generator().manual_seed(seed)
+    scale = size["dim"] ** -0.25 if scale is None else scale
+    words = torch.randn(size["batch"], size["dim"], size["words"], generator=generator) * scale
+    regions = torch.randn(size["batch"], size["dim"], size["regions"], generator=generator) * scale
+    lengths = torch.full((size["batch"],), size["words"], dtype=torch.long)
+    grad_s = torch.randn(size["batch"], size["batch"], generator=generator)
+    return (words.to(device, dtype), lengths.to(device), regions.to(device, dtype),
+            grad_s.to(device))
+
+
+def flop_count(num_images: int, lengths: torch.Tensor, dim: int, num_regions: int,
+               pass_name: str) -> int:
+    return FLOP_PER_DRN[pass_name] * num_images * int(lengths.sum()) * dim * num_regions
+
+
+def unavailable(provider: str, words: torch.Tensor, regions: torch.Tensor) -> Optional[str]:
+    """None if the provider runs on these inputs here, else why not."""
+    impl = "reference" if provider == "reference_compiled" else provider
+    reason = backend.unavailable_reason("damsm_word_similarity", impl, words.device)
+    return reason or damsm._unsupported(impl, words.dtype, damsm._shape_reasons(words, regions))
+
+
+def make_call(provider: str, words, lengths, regions, grad_s,
+              pass_name: str) -> Callable[[], object]:
+    """One timed call: S, or S and the gradients the pass asks for."""
+    if provider == "reference_compiled":
+        function = torch.compile(partial(damsm.damsm_word_similarity, impl="reference"),
+                                 dynamic=False)
+    else:
+        function = partial(damsm.damsm_word_similarity, impl=provider)
+    if pass_name == "forward":
+        def forward():
+            with torch.no_grad():
+                return function(words, lengths, regions)
+        return forward
+    words_leaf = words.detach().requires_grad_(pass_name == "forward+backward")
+    regions_leaf = regions.detach().requires_grad_()
+    leaves = (words_leaf, regions_leaf) if words_leaf.requires_grad else (regions_leaf,)
+
+    def forward_backward():
+        similarity = function(words_leaf, lengths, regions_leaf)
+        return torch.autograd.grad(similarity, leaves, grad_s)
+    return forward_backward
+
+
+def run_benchmarks(device: torch.device, dtype: torch.dtype, size_names, passes, providers,
+                   min_run_time: float, scale: Optional[float] = None) -> tuple[list[dict], float]:
+    matmul = matmul_gflops(device, dtype, min_run_time=min_run_time)
+    print(f"machine {dtype} matmul: {matmul:.0f} GFLOP/s", flush=True)
+    rows = []
+    for size_name in size_names:
+        size = SIZES[size_name]
+        words, lengths, regions, grad_s = make_inputs(size, device, dtype, scale=scale)
+        for pass_name in passes:
+            flop = flop_count(size["batch"], lengths, size["dim"], size["regions"], pass_name)
+            for provider in providers:
+                reason = unavailable(provider, words, regions)
+                if reason is not None:
+                    print(f"  {size_name} {pass_name} {provider}: skipped ({reason})", flush=True)
+                    continue
+                call = make_call(provider, words, lengths, regions, grad_s, pass_name)
+                started = time.perf_counter()
+                call()  # warm-up (and compilation for reference_compiled)
+                warmup = time.perf_counter() - started
+                seconds = median_seconds(call, device, min_run_time)
+                peak = peak_memory_bytes(call, device)
+                rows.append(dict(size=size_name, **size, dtype=str(dtype).split(".")[1],
+                                 feature_scale=scale or size["dim"] ** -0.25,
+                                 pass_=pass_name, provider=provider, median_ms=seconds * 1e3,
+                                 first_call_s=warmup, gflop=flop / 1e9,
+                                 gflops=flop / seconds / 1e9, matmul_gflops=matmul,
+                                 peak_mib=None if peak is None else peak / 2 ** 20))
+                print(f"  {size_name} {pass_name} {provider}: {seconds * 1e3:.1f} ms", flush=True)
+    for row in rows:
+        same = [r for r in rows if r["size"] == row["size"] and r["pass_"] == row["pass_"]]
+        loop = next((r["median_ms"] for r in same if r["provider"] == "loop"), None)
+        pytorch = [r["median_ms"] for r in same if r["provider"] in PYTORCH_PROVIDERS]
+        row["speedup_vs_loop"] = loop / row["median_ms"] if loop else None
+        row["speedup_vs_best_pytorch"] = min(pytorch) / row["median_ms"] if pytorch else None
+    return rows, matmul
+
+
+def render(rows: list[dict], info: dict, dtype: torch.dtype) -> str:
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+    headers = ["size", "pass", "provider", "median ms", "x loop", "x best PyTorch", "GFLOP/s",
+               "% matmul", "peak MiB"]
+    table = markdown_table(headers, [
+        [f"{r['size']} (B={r['batch']})", r["pass_"], r["provider"], fmt(r["median_ms"], ".1f"),
+         fmt(r["speedup_vs_loop"], ".2f"), fmt(r["speedup_vs_best_pytorch"], ".2f"),
+         fmt(r["gflops"], ".1f"), fmt(100 * r["gflops"] / r["matmul_gflops"], ".0f"),
+         fmt(r["peak_mib"], ".1f")] for r in rows])
+    where = info["gpu"] or (f"{info['cpu']}, {info['threads']} threads of {info['cpu_cores']} "
+                            f"cores, load average {info['load_average_1_5_15min']} at the start")
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+    matmul = rows[0]["matmul_gflops"] if rows else None
+    return "\n".join([
+        f"# DAMSM word similarity, {info['device']} {str(dtype).split('.')[1]}, {info['date_utc']} UTC",
+        "", f"- machine: {where}", f"- {versions}",
+        f"- commit {info['commit']}{' (uncommitted changes)' if info['uncommitted_changes'] else ''}",
+        f"- machine matmul ({str(dtype).split('.')[1]}): {fmt(matmul, '.0f')} GFLOP/s; "
+        "FLOP counts in bench/bench_damsm.py; D=256, L=18 (all words valid), R=289; "
+        f"features N(0, 1) x {rows[0]['feature_scale'] if rows else '-'}",
+        "", table])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    parser.add_argument("--sizes", default=None,
+                        help="comma list of: " + ",".join(SIZES) + " (default: both on CPU, "
+                        "cub on CUDA, where compiling the reference per size takes the time)")
+    parser.add_argument("--providers", default=",".join(PYTORCH_PROVIDERS + PROJECT_PROVIDERS))
+    parser.add_argument("--passes", default=None,
+                        help="comma list of: " + ",".join(PASSES) + " (default: all on CPU, the "
+                        "first two on CUDA)")
+    parser.add_argument("--min-time", type=float, default=1.0,
+                        help="seconds of timed runs per measurement (default 1)")
+    parser.add_argument("--scale", type=float, default=None,
+                        help="feature scale (default D^-1/4: s = v^T e of unit spread)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (torch.set_num_threads); default: torch's choice")
+    parser.add_argument("--record", action="store_true",
+                        help="write JSON and markdown to bench/results/")
+    args = parser.parse_args(argv)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    sizes = [s for s in (args.sizes or ("cub" if device.type == "cuda" else "cub,cpu")).split(",")
+             if s]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        parser.error(f"unknown size(s) {unknown}; choose from {list(SIZES)}")
+    providers = [p for p in args.providers.split(",") if p]
+    unknown = [p for p in providers if p not in PYTORCH_PROVIDERS + PROJECT_PROVIDERS]
+    if unknown:
+        parser.error(f"unknown provider(s) {unknown}; choose from "
+                     f"{list(PYTORCH_PROVIDERS + PROJECT_PROVIDERS)}")
+    passes = [p for p in (args.passes or (",".join(PASSES[:2]) if device.type == "cuda"
+                                          else ",".join(PASSES))).split(",") if p]
+    unknown = [p for p in passes if p not in PASSES]
+    if unknown:
+        parser.error(f"unknown pass(es) {unknown}; choose from {list(PASSES)}")
+    info = machine(device)
+    rows, _ = run_benchmarks(device, dtype, sizes, passes, providers, args.min_time, args.scale)
+    text = render(rows, info, dtype)
+    if args.record:
+        for path in record("damsm", info, rows, text):
+            print(f"recorded {path}")
+    print(text)
+    return 0
+
+
+# ------------------------------------------------------------------------ pytest-benchmark
+
+_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("pass_name", PASSES)
+@pytest.mark.parametrize("provider", list(PYTORCH_PROVIDERS[:2] + PROJECT_PROVIDERS))
+def test_damsm_word_similarity(benchmark, provider, pass_name):
+    size = SIZES["cpu"]
+    words, lengths, regions, grad_s = make_inputs(size, _DEVICE, torch.float32)
+    reason = unavailable(provider, words, regions)
+    if reason is not None:
+        pytest.skip(reason)
+    call = make_call(provider, words, lengths, regions, grad_s, pass_name)
+    timed = call if _DEVICE.type == "cpu" else (lambda: (call(), torch.cuda.synchronize()))
+    benchmark.extra_info.update(
+        gflop=flop_count(size["batch"], lengths, size["dim"], size["regions"], pass_name) / 1e9,
+        device=_DEVICE.type, threads=torch.get_num_threads(), **size)
+    benchmark.pedantic(timed, rounds=3, warmup_rounds=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

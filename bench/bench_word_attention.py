@@ -1,0 +1,291 @@
+"""Benchmark of the generator's word attention (SPEC section 1, stages 2-3), every provider.
+
+Providers: "reference" (vectorized PyTorch, eager), "reference_compiled" (the same under
+torch.compile), PyTorch's scaled_dot_product_attention with each backend forced ("sdpa_math",
+"sdpa_efficient", "sdpa_flash", "sdpa_cudnn"; the query viewed as [B, 1, R, C], words as keys
+and values [B, 1, L, C], a boolean [B, 1, 1, L] word mask, scale=1, and the transposes back to
+channel-first counted in its time; a backend that cannot take the mask or the device is listed
+as skipped with PyTorch's reason), and the project's fused kernels "cpp", "triton", "cuda" where
+the device has them (through the public `attngan.ops.word_attention.word_attention`, context
+only, no map: SDPA cannot return one). Passes: "forward" (no autograd) and "forward+backward"
+(gradients of query and words).
+
+Sizes: "cub64" / "cub128": B = 20, C = 32 (ngf), L = 18 at 64x64 / 128x128 (stages 2 and 3 on
+CUB); "coco64" / "coco128": B = 14, C = 48, L = 12; "cpu": B = 4, C = 32, L = 18 at 32x32 (the
+pytest-benchmark size). Lengths are ragged like real captions: drawn uniformly from L/2..L with a
+fixed seed (--full-lengths: all L; the fused kernels skip padded words, the others do not).
+
+Bytes (the least any implementation must move, e = bytes per element, R = H*W):
+    forward:          read query + words, write context          = e * (2 B C R + B C L)
+    forward+backward: the forward, then read query, grad_context
+                      and words, write grad_query and grad_words = e * (5 B C R + 3 B C L)
+Achieved GB/s is that count over the median time (the op is memory-bound on GPUs: about 2 C L
+multiply-adds per element moved).
+
+Timing: CPU torch.utils.benchmark (median, and the fastest block: on a shared machine other
+processes only add time), CUDA triton.testing.do_bench (median). Peak memory on CUDA only.
+
+    python bench/bench_word_attention.py [--device cuda] [--dtype bf16] [--sizes cub64,coco64]
+                                         [--full-lengths] [--threads 1] [--record]
+    pytest bench/bench_word_attention.py    # pytest-benchmark, the "cpu" size
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DTYPES, machine, markdown_table, median_seconds, peak_memory_bytes, record  # noqa: E402
+
+from attngan import backend  # noqa: E402
+from attngan.ops import word_attention as wa  # noqa: E402
+
+SIZES = {"cub64": dict(batch=20, channels=32, words=18, side=64),
+         "cub128": dict(batch=20, channels=32, words=18, side=128),
+         "coco64": dict(batch=14, channels=48, words=12, side=64),
+         "coco128": dict(batch=14, channels=48, words=12, side=128),
+         "cpu": dict(batch=4, channels=32, words=18, side=32)}
+# Defaults per device: on CUDA they fit bench/gpu_check.sh's two minutes (each size and pass
+# compiles the reference once).
+DEFAULT_SIZES = {"cpu": "cub64,coco64,cpu", "cuda": "cub64,cub128,coco64"}
+DEFAULT_MIN_TIME = {"cpu": 1.0, "cuda": 0.25}
+PYTORCH_PROVIDERS = ("reference", "reference_compiled", "sdpa_math", "sdpa_efficient",
+                     "sdpa_flash", "sdpa_cudnn")
+PROJECT_PROVIDERS = ("cpp", "triton", "cuda")
+PASSES = ("forward", "forward+backward")
+
+
+def make_inputs(size: dict, device: torch.device, dtype: torch.dtype, full_lengths: bool,
+                seed: int = 0):
+    """Features scaled so the scores h^T e' have unit spread (softmax neither uniform nor one-hot)."""
+    generator = torch.Generator().manual_seed(seed)
+    batch, channels, words, side = size["batch"], size["channels"], size["words"], size["side"]
+    scale = channels ** -0.25
+    query = torch.randn(batch, channels, side, side, generator=generator) * scale
+    projected = torch.randn(batch, channels, words, generator=generator) * scale
+    if full_lengths:
+        lengths = torch.full((batch,), words, dtype=torch.long)
+    else:
+        lengths = torch.randint(max(1, words // 2), words + 1, (batch,), generator=generator)
+    grad_context = torch.randn(batch, channels, side, side, generator=generator)
+    return (query.to(device, dtype), projected.to(device, dtype), lengths.to(device),
+            grad_context.to(device, dtype))
+
+
+def byte_count(size: dict, dtype: torch.dtype, backward: bool) -> int:
+    element = torch.finfo(dtype).bits // 8
+    maps = size["batch"] * size["channels"] * size["side"] ** 2
+    words = size["batch"] * size["channels"] * size["words"]
+    return element * ((5 * maps + 3 * words) if backward else (2 * maps + words))
+
+
+_SDPA_BACKENDS = {"sdpa_math": "MATH", "sdpa_efficient": "EFFICIENT_ATTENTION",
+                  "sdpa_flash": "FLASH_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION"}
+
+
+def sdpa_word_attention(query, words, lengths, backend_name: str):
+    """The same op through scaled_dot_product_attention with one backend forced."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    batch, channels, height, width = query.shape
+    # The fused SDPA kernels want the last dimension contiguous: the copies are part of the cost.
+    q = query.reshape(batch, channels, height * width).transpose(1, 2).contiguous()[:, None]  # [B, 1, R, C]
+    kv = words.transpose(1, 2).contiguous()[:, None]                                # [B, 1, L, C]
+    keep = (torch.arange(words.shape[2], device=words.device)[None, :]
+            < lengths[:, None])[:, None, None, :]                                   # [B, 1, 1, L]
+    with sdpa_kernel(getattr(SDPBackend, backend_name)), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # why a backend declined: reported as skipped
+        out = F.scaled_dot_product_attention(q, kv, kv, attn_mask=keep, scale=1.0)  # [B, 1, R, C]
+    return out[:, 0].transpose(1, 2).reshape(batch, channels, height, width)
+
+
+def unavailable(provider: str, device: torch.device, dtype: torch.dtype, size: dict) -> Optional[str]:
+    """None if the provider runs here (as far as can be told without running it), else why not."""
+    if provider.startswith("sdpa_"):
+        from torch.nn.attention import SDPBackend
+        name = _SDPA_BACKENDS[provider]
+        return None if hasattr(SDPBackend, name) else f"this torch has no SDPBackend.{name}"
+    impl = "reference" if provider == "reference_compiled" else provider
+    reason = backend.unavailable_reason("word_attention", impl, device)
+    return reason or wa._unsupported(impl, size["channels"], size["words"], dtype)
+
+
+def make_call(provider: str, query, words, lengths, grad_context, backward: bool) -> Callable[[], object]:
+    """One timed call: the context, or the context and the gradients of query and words."""
+    if provider == "reference_compiled":
+        function = torch.compile(partial(wa.word_attention, impl="reference"), dynamic=False)
+    elif provider.startswith("sdpa_"):
+        function = partial(sdpa_word_attention, backend_name=_SDPA_BACKENDS[provider])
+    else:
+        function = partial(wa.word_attention, impl=provider)
+    if not backward:
+        def forward():
+            with torch.no_grad():
+                return function(query, words, lengths)
+        return forward
+    query_leaf = query.detach().requires_grad_()
+    words_leaf = words.detach().requires_grad_()
+
+    def forward_backward():
+        context = function(query_leaf, words_leaf, lengths)
+        return torch.autograd.grad(context, (query_leaf, words_leaf), grad_context)
+    return forward_backward
+
+
+def cpu_seconds(fn: Callable[[], object], min_run_time: float) -> tuple[float, float]:
+    """(median, fastest) time of one call on CPU. On a shared machine the fastest block is the
+    steadier number: other processes only ever add time."""
+    from torch.utils import benchmark
+    fn()
+    timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    measurement = timer.blocked_autorange(min_run_time=min_run_time)
+    return measurement.median, min(measurement.times)
+
+
+def run_benchmarks(device: torch.device, dtype: torch.dtype, size_names, providers,
+                   min_run_time: float, full_lengths: bool) -> list[dict]:
+    rows = []
+    for size_name in size_names:
+        size = SIZES[size_name]
+        query, words, lengths, grad_context = make_inputs(size, device, dtype, full_lengths)
+        for pass_name in PASSES:
+            backward = pass_name == "forward+backward"
+            nbytes = byte_count(size, dtype, backward)
+            for provider in providers:
+                reason = unavailable(provider, device, dtype, size)
+                call = None if reason else make_call(provider, query, words, lengths, grad_context,
+                                                     backward)
+                started = time.perf_counter()
+                try:
+                    if call is not None:
+                        call()  # warm-up (and compilation for reference_compiled)
+                except RuntimeError as error:  # e.g. an SDPA backend refusing the mask or dtype
+                    reason = str(error).strip().splitlines()[0][:160]
+                if reason is not None:
+                    print(f"  {size_name} {pass_name} {provider}: skipped ({reason})", flush=True)
+                    rows.append(dict(size=size_name, **size, pass_=pass_name, provider=provider,
+                                     skipped=reason))
+                    continue
+                warmup = time.perf_counter() - started
+                if device.type == "cpu":
+                    seconds, fastest = cpu_seconds(call, min_run_time)
+                else:
+                    seconds, fastest = median_seconds(call, device, min_run_time), None
+                peak = peak_memory_bytes(call, device)
+                rows.append(dict(size=size_name, **size, dtype=str(dtype).split(".")[1],
+                                 lengths=lengths.tolist(), pass_=pass_name, provider=provider,
+                                 median_ms=seconds * 1e3,
+                                 min_ms=None if fastest is None else fastest * 1e3,
+                                 first_call_s=warmup, mbytes=nbytes / 1e6,
+                                 gbps=nbytes / seconds / 1e9,
+                                 peak_mib=None if peak is None else peak / 2 ** 20))
+                print(f"  {size_name} {pass_name} {provider}: {seconds * 1e3:.2f} ms", flush=True)
+    for row in rows:
+        if "skipped" in row:
+            continue
+        same = [r for r in rows if r["size"] == row["size"] and r["pass_"] == row["pass_"]
+                and "skipped" not in r]
+        eager = next((r["median_ms"] for r in same if r["provider"] == "reference"), None)
+        pytorch = [r["median_ms"] for r in same if r["provider"] in PYTORCH_PROVIDERS]
+        row["speedup_vs_reference"] = eager / row["median_ms"] if eager else None
+        row["speedup_vs_best_pytorch"] = min(pytorch) / row["median_ms"] if pytorch else None
+        eager_min = next((r["min_ms"] for r in same if r["provider"] == "reference"), None)
+        row["speedup_vs_reference_min"] = (eager_min / row["min_ms"]
+                                           if eager_min and row["min_ms"] else None)
+    return rows
+
+
+def render(rows: list[dict], info: dict, dtype: torch.dtype, full_lengths: bool) -> str:
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+    headers = ["size", "pass", "provider", "median ms", "x reference", "x best PyTorch", "GB/s",
+               "min ms", "x reference (min)", "peak MiB"]
+    body = []
+    for r in rows:
+        label = f"{r['size']} (B={r['batch']} C={r['channels']} L={r['words']} {r['side']}²)"
+        if "skipped" in r:
+            body.append([label, r["pass_"], r["provider"], "skipped: " + r["skipped"]] + [""] * 6)
+            continue
+        body.append([label, r["pass_"], r["provider"], fmt(r["median_ms"], ".2f"),
+                     fmt(r["speedup_vs_reference"], ".2f"), fmt(r["speedup_vs_best_pytorch"], ".2f"),
+                     fmt(r["gbps"], ".1f"), fmt(r["min_ms"], ".2f"),
+                     fmt(r["speedup_vs_reference_min"], ".2f"), fmt(r["peak_mib"], ".1f")])
+    where = info["gpu"] or (f"{info['cpu']}, {info['threads']} threads of {info['cpu_cores']} "
+                            f"cores, load average {info['load_average_1_5_15min']} at the start")
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+    return "\n".join([
+        f"# Word attention, {info['device']} {str(dtype).split('.')[1]}, {info['date_utc']} UTC",
+        "", f"- machine: {where}", f"- {versions}",
+        f"- commit {info['commit']}{' (uncommitted changes)' if info['uncommitted_changes'] else ''}",
+        "- lengths: " + ("all L" if full_lengths else "ragged, uniform in L/2..L (seed 0)")
+        + "; context only (no map); GB/s over the minimum bytes of bench/bench_word_attention.py",
+        "", markdown_table(headers, body)])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    parser.add_argument("--sizes", default=None,
+                        help="comma list of: " + ",".join(SIZES) + " (default: per device)")
+    parser.add_argument("--providers", default=",".join(PYTORCH_PROVIDERS + PROJECT_PROVIDERS))
+    parser.add_argument("--full-lengths", action="store_true", help="every caption has all L words")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: torch's; one thread is the steadier number on "
+                             "a shared machine, where a busy core stalls the other thread)")
+    parser.add_argument("--min-time", type=float, default=None,
+                        help="seconds of timed runs per measurement (default 1 on CPU, 0.25 on CUDA)")
+    parser.add_argument("--record", action="store_true",
+                        help="write JSON and markdown to bench/results/")
+    args = parser.parse_args(argv)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    sizes = [s for s in (args.sizes or DEFAULT_SIZES[device.type]).split(",") if s]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        parser.error(f"unknown size(s) {unknown}; choose from {list(SIZES)}")
+    info = machine(device)
+    min_time = args.min_time if args.min_time is not None else DEFAULT_MIN_TIME[device.type]
+    rows = run_benchmarks(device, dtype, sizes, args.providers.split(","), min_time,
+                          args.full_lengths)
+    text = render(rows, info, dtype, args.full_lengths)
+    if args.record:
+        for path in record("word_attention", info, rows, text):
+            print(f"recorded {path}")
+    print(text)
+    return 0
+
+
+# ------------------------------------------------------------------------ pytest-benchmark
+
+_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "forward_backward"])
+@pytest.mark.parametrize("provider", ["reference", "sdpa_math"] + list(PROJECT_PROVIDERS))
+def test_word_attention(benchmark, provider, backward):
+    size = SIZES["cpu"]
+    reason = unavailable(provider, _DEVICE, torch.float32, size)
+    if reason is not None:
+        pytest.skip(reason)
+    query, words, lengths, grad_context = make_inputs(size, _DEVICE, torch.float32, False)
+    call = make_call(provider, query, words, lengths, grad_context, backward)
+    timed = call if _DEVICE.type == "cpu" else (lambda: (call(), torch.cuda.synchronize()))
+    benchmark.extra_info.update(mbytes=byte_count(size, torch.float32, backward) / 1e6,
+                                device=_DEVICE.type, threads=torch.get_num_threads(), **size)
+    benchmark.pedantic(timed, rounds=5, warmup_rounds=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Shared helpers of the benchmarks in bench/: timing, the machine's own matmul rate, peak
+memory, a description of the machine and software, and recording results.
+
+Timing follows DESIGN.md: on CPU `torch.utils.benchmark` (median of blocked runs), on CUDA
+`triton.testing.do_bench` (median, after warm-up; CUDA events when triton is missing). Every
+recorded result names the machine (CPU model, GPU model via nvidia-ml-py), the thread count,
+versions and the git commit.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device,
+                   min_run_time: float = 1.0) -> float:
+    """Median wall time of one call of fn (fn synchronizes nothing itself)."""
+    if device.type == "cuda":
+        try:
+            from triton.testing import do_bench
+            return do_bench(fn, warmup=25, rep=max(100, int(min_run_time * 1000)),
+                            return_mode="median") / 1e3
+        except ImportError:
+            return _cuda_events_median(fn)
+    from torch.utils import benchmark
+    fn()  # warm-up: first-call allocations, lazy initialisation
+    timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def _cuda_events_median(fn: Callable[[], object], repeats: int = 50) -> float:
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, size: int = 2048,
+                  min_run_time: float = 1.0) -> float:
+    """The machine's own square-matmul rate in this dtype, measured now (the roofline we quote)."""
+    if device.type == "cuda":
+        size = max(size, 8192)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    seconds = median_seconds(lambda: torch.mm(a, b), device, min_run_time)
+    return 2 * size ** 3 / seconds / 1e9
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:
+    """Peak memory allocated above the baseline during one call; None where not measurable
+    (the CPU allocator keeps no statistics)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def _run(*cmd: str) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=20,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_model() -> Optional[str]:
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+        return name.decode() if isinstance(name, bytes) else name
+    except Exception:  # no driver, no GPU or no nvidia-ml-py
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def machine(device: torch.device) -> dict:
+    """Where and with what a result was measured."""
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "cuda": torch.version.cuda}
+    try:
+        import triton
+        versions["triton"] = triton.__version__
+    except ImportError:
+        versions["triton"] = None
+    commit = _run("git", "rev-parse", "HEAD") or "unknown"
+    dirty = bool(_run("git", "status", "--porcelain", "--untracked-files=no"))
+    # On a shared machine the CPU timings depend on what else runs: keep the load with them.
+    load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    return dict(device=device.type, cpu=cpu_model(), cpu_cores=os.cpu_count(),
+                threads=torch.get_num_threads(), load_average_1_5_15min=load, gpu=gpu_model() if device.type == "cuda" else None,
+                versions=versions, commit=commit, uncommitted_changes=dirty,
+                date_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"))
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def record(name: str, info: dict, rows: list[dict], markdown: str) -> tuple[Path, Path]:
+    """Write bench/results/<date>-<name>-<machine>.json and .md; return their paths."""
+    where = info["gpu"] if info.get("gpu") else f"{info['cpu']} {info['threads']}t"
+    slug = re.sub(r"[^a-z0-9]+", "-", where.lower()).strip("-")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M")
+    base = RESULTS / f"{stamp}-{name}-{slug}"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    base.with_suffix(".json").write_text(json.dumps(dict(machine=info, results=rows), indent=2)
+                                         + "\n")
+    base.with_suffix(".md").write_text(markdown + "\n")
+    return base.with_suffix(".json"), base.with_suffix(".md")

@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# The one script for a lent GPU machine (docs/DESIGN.md, "GPU validation").
+#
+# With that machine's own python3, torch and triton (no venv; nothing is downloaded) it
+#   1. builds attngan with its C++ and CUDA extension (pip install --no-deps --no-build-isolation -e .)
+#      and prints what was built,
+#   2. runs the GPU-marked tests (compiled Triton and the CUDA extension at the DESIGN sizes),
+#   3. runs the Triton test files compiled (their unmarked tests use the GPU when there is one),
+#   4. runs each benchmark in BENCHES that exists with --device cuda --dtype bf16 --record,
+#   5. runs compute-sanitizer (memcheck, racecheck) on a tiny CUDA-kernel case when time is left,
+#   6. writes bench/results/<date>-<gpu>.md and .json and prints a short table last.
+# Every step has a time limit and the whole run stays under 8 minutes (BUDGET_S); a failing step
+# is recorded and the next one still runs. Exit status: 0 only when every step that ran passed.
+#
+# Usage, from anywhere:  bash bench/gpu_check.sh
+#   PYTHON=...           interpreter to use (default python3)
+#   GPU_CHECK_OUT=dir    also copy the two result files and a tarball of the logs there
+# Adding an op: append its Triton test file to TRITON_TESTS, its bench script to BENCHES and, if
+# it has a CUDA kernel, a few lines to SANITIZER_CASE.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+BUDGET_S=${BUDGET_S:-470}
+export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
+unset TRITON_INTERPRET
+START=$(date +%s)
+STAMP=$(date -u +%Y%m%d-%H%M)
+LOGS=$(mktemp -d /tmp/gpu_check.XXXXXX)
+
+TRITON_TESTS=(tests/test_damsm_triton.py tests/test_word_attention.py)
+BENCHES=(bench/bench_damsm.py bench/bench_word_attention.py)
+SANITIZER_CASE='
+import torch
+import attngan._C  # registers torch.ops.attngan_C
+ops = torch.ops.attngan_C
+lengths = torch.tensor([7, 1, 4], device="cuda")
+words, regions = torch.randn(3, 40, 7, device="cuda"), torch.randn(2, 40, 37, device="cuda")
+for dtype in (torch.float32, torch.bfloat16):
+    ops.damsm_word_similarity_fwd(words.to(dtype), lengths, regions.to(dtype), 4.0, 5.0)
+    ops.damsm_word_similarity_bwd(torch.randn(2, 3, device="cuda"), words.to(dtype), lengths,
+                                  regions.to(dtype), 4.0, 5.0, True)
+query, projected = torch.randn(3, 40, 5, 7, device="cuda"), torch.randn(3, 40, 7, device="cuda")
+for dtype in (torch.float32, torch.bfloat16):
+    q, w = query.to(dtype), projected.to(dtype)
+    context, attn = ops.word_attention_fwd(q, w, lengths, True)
+    ops.word_attention_bwd(torch.randn_like(context), torch.randn_like(attn), q, w, lengths)
+    ops.word_attention_bwd(torch.randn_like(context), None, q, w, lengths)
+torch.cuda.synchronize()
+print("sanitizer case ran")
+'
+
+ENV_REPORT='
+import sys, torch, triton
+print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda,
+      "triton", triton.__version__, "gpu", torch.cuda.get_device_name(0))
+'
+STEPS=()      # "name|status|seconds"
+FAILED=0
+
+remaining() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
+
+# step NAME WANTED_LIMIT_S CMD...: run CMD with a limit (cut to the budget left), log it, record it.
+step() {
+  local name=$1 want=$2; shift 2
+  local left limit t0 rc status
+  left=$(( $(remaining) - 15 ))
+  limit=$(( want < left ? want : left ))
+  if (( limit < 20 )); then
+    echo "=== $name: skipped, ${left}s of the budget left"
+    STEPS+=("$name|skipped (budget)|0")
+    return
+  fi
+  echo "=== $name (limit ${limit}s): $*"
+  t0=$(date +%s)
+  timeout --kill-after=5 "$limit" "$@" > "$LOGS/$name.log" 2>&1
+  rc=$?
+  case $rc in
+    0) status=ok ;;
+    124|137) status="timeout (${limit}s)"; FAILED=1 ;;
+    *) status="failed (exit $rc)"; FAILED=1 ;;
+  esac
+  tail -n 30 "$LOGS/$name.log"
+  STEPS+=("$name|$status|$(( $(date +%s) - t0 ))")
+}
+
+step environment 30 bash -c "nvidia-smi -L; nvcc --version | tail -n 2; $PY -c '$ENV_REPORT'"
+step build 240 "$PY" -m pip install --no-deps --no-build-isolation -e .
+step built 30 "$PY" -c "import attngan, attngan.backend as b; ext = b.compiled_extension(); \
+print('attngan._C:', 'missing' if ext is None else ('with CUDA' if ext.with_cuda else 'CPU only')); \
+print(b.describe())"
+step pytest_gpu 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
+existing_tests=()
+for f in "${TRITON_TESTS[@]}"; do [[ -f $f ]] && existing_tests+=("$f"); done
+if (( ${#existing_tests[@]} )); then
+  step pytest_triton_compiled 120 "$PY" -m pytest -q -m "not gpu" -p no:cacheprovider "${existing_tests[@]}"
+fi
+for bench in "${BENCHES[@]}"; do
+  [[ -f $bench ]] || continue
+  step "$(basename "$bench" .py)" 180 "$PY" "$bench" --device cuda --dtype bf16 --record
+done
+if command -v compute-sanitizer > /dev/null; then
+  step sanitizer_memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 3 "$PY" -c "$SANITIZER_CASE"
+  step sanitizer_racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 3 "$PY" -c "$SANITIZER_CASE"
+else
+  STEPS+=("sanitizer|skipped (no compute-sanitizer)|0")
+fi
+
+# Results: bench/results/<date>-<gpu>.md and .json (machine, versions, commit, steps, log tails).
+RESULT=$(STAMP=$STAMP LOGS=$LOGS START=$START "$PY" - "${STEPS[@]}" <<'EOF'
+import json, os, platform, re, subprocess, sys, time
+from pathlib import Path
+
+logs = Path(os.environ["LOGS"])
+def run(*cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout.strip()
+    except Exception as error:
+        return f"unavailable ({error})"
+try:
+    import pynvml
+    pynvml.nvmlInit()
+    gpu = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+    gpu = gpu.decode() if isinstance(gpu, bytes) else gpu
+except Exception:
+    import torch
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no-gpu"
+cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")), platform.processor())
+versions = {}
+for module in ("torch", "triton", "numpy"):
+    try:
+        versions[module] = __import__(module).__version__
+    except Exception:
+        versions[module] = "missing"
+import torch
+versions["cuda"] = torch.version.cuda
+versions["python"] = platform.python_version()
+commit = run("git", "rev-parse", "HEAD") or "unknown (no git checkout)"
+dirty = bool(run("git", "status", "--porcelain", "--untracked-files=no"))
+steps = [dict(zip(("name", "status", "seconds"), s.split("|"))) for s in sys.argv[1:]]
+tails = {}
+for step in steps:
+    log = logs / f"{step['name']}.log"
+    if log.exists():
+        tails[step["name"]] = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
+base = Path("bench/results") / f"{os.environ['STAMP']}-{slug}"
+base.parent.mkdir(parents=True, exist_ok=True)
+record = dict(gpu=gpu, cpu=cpu, versions=versions, commit=commit, dirty_tree=dirty,
+              date_utc=os.environ["STAMP"], total_seconds=int(time.time()) - int(os.environ["START"]),
+              steps=steps, log_tails=tails)
+base.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+lines = [f"# GPU check {os.environ['STAMP']} on {gpu}", "",
+         f"- CPU: {cpu}", f"- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+         f"- commit: {commit}{' (with uncommitted changes)' if dirty else ''}",
+         f"- total: {record['total_seconds']} s", "", "| step | status | seconds |", "| --- | --- | --- |"]
+lines += [f"| {s['name']} | {s['status']} | {s['seconds']} |" for s in steps]
+for name, tail in tails.items():
+    lines += ["", f"## {name}", "", "```", tail, "```"]
+base.with_suffix(".md").write_text("\n".join(lines) + "\n")
+print(base)
+EOF
+)
+if [[ -n ${GPU_CHECK_OUT:-} ]]; then
+  mkdir -p "$GPU_CHECK_OUT"
+  cp "$RESULT.md" "$RESULT.json" "$GPU_CHECK_OUT"/ 2> /dev/null
+  tar -czf "$GPU_CHECK_OUT/gpu_check_logs.tar.gz" -C "$LOGS" .
+fi
+
+echo
+echo "=== results: $RESULT.md / .json (logs in $LOGS)"
+for bench in "${BENCHES[@]}"; do
+  name=$(basename "$bench" .py)
+  [[ -f $LOGS/$name.log ]] && { echo "--- $name"; tail -n 15 "$LOGS/$name.log"; }
+done
+printf '%-26s %-28s %s\n' step status seconds
+for s in "${STEPS[@]}"; do
+  IFS='|' read -r name status secs <<< "$s"
+  printf '%-26s %-28s %s\n' "$name" "$status" "$secs"
+done
+exit $FAILED

@@ -1,0 +1,654 @@
+// DAMSM word-level similarity on CPU, forward and backward (SPEC section 2; paper eqs. 7-10).
+//
+// For image j (regions v = V[j], [D, R]) and caption i (its n_i valid words e, [D, n_i]):
+//   s     = v^T e                          [R, n_i]   (eq. 7)
+//   p     = softmax over words of s        (eq. 8, per region)
+//   alpha = softmax over regions of g1 * p (eq. 9, per word)
+//   c_t   = sum_r alpha[t, r] v_r          (context of word t)
+//   R_t   = cos(e_t, c_t), norm product clamped at 1e-8
+//   S[j, i] = log sum_t exp(g2 * R_t)      (eq. 10 as the original codes it: no 1/g2)
+//
+// Layout and work split. The valid words of all captions are gathered once into E^T [N, D]
+// (N = sum of lengths; padded slots are never read, so garbage or NaN there changes nothing).
+// One work item is (image j, a contiguous block of captions): its rows of E^T against V[j]
+// make the big products GEMMs (at::mm, i.e. MKL/oneDNN, single-threaded inside the
+// parallel_for) of a few hundred rows each:
+//   forward : S^T = E^T v [n, R]  ->  P, alpha (in place, row passes)  ->  C^T = alpha v^T [n, D]
+//   backward: the same recomputed (nothing per pair is stored between the passes), then
+//             dC^T = a E^T + b C^T                  (cosine and log-sum-exp backward, per row)
+//             dalpha = dC^T v                     [n, R]
+//             dS = softmax backward over regions, then over words (row passes)
+//             dv  = [dC^T; E^T]^T [alpha; dS]     (one GEMM with inner size 2n)
+//             dE^T += (dS + a alpha) v^T          (the cosine's c_t / q term folded in, since
+//                                                  C^T = alpha v^T), plus a per-word multiple
+//                                                  of e_t added once at the end.
+// No [B_img, B_cap, R, L] tensor exists: per thread, a few [n, R] and [n, D] buffers.
+// Softmaxes, cosines and log-sum-exps are row loops over contiguous memory that the compiler
+// vectorizes (AVX-512 / AVX2 clones chosen at load time); exp is a polynomial accurate to
+// ~2 ulp. Inputs may be float, half or bfloat16 (computed in float) or double (for gradcheck).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/ParallelGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
+
+// Without it GCC will not if-convert the float compares of the max/clamp loops below, so they
+// would stay scalar; these loops never rely on floating-point traps.
+#pragma GCC optimize("no-trapping-math")
+
+#define ATTNGAN_INLINE inline __attribute__((always_inline))
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define ATTNGAN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define ATTNGAN_CLONES
+#endif
+
+namespace attngan {
+namespace {
+
+constexpr double kNormEps = 1e-8;  // clamp of the norm product, as the original's cosine
+
+// Flush denormals to zero on this thread while alive. The word softmax of real scores is very
+// peaked, so p and the score gradients are full of values below 1e-38; fed to the GEMMs as
+// denormals they made the backward twice as slow (microcode assists). Values that small carry
+// nothing at float precision.
+class FlushDenormals {
+ public:
+  FlushDenormals() {
+#if defined(__x86_64__)
+    saved_ = _mm_getcsr();
+    _mm_setcsr(saved_ | 0x8040);  // FTZ | DAZ
+#endif
+  }
+  ~FlushDenormals() {
+#if defined(__x86_64__)
+    _mm_setcsr(saved_);
+#endif
+  }
+  FlushDenormals(const FlushDenormals&) = delete;
+  FlushDenormals& operator=(const FlushDenormals&) = delete;
+
+ private:
+  unsigned int saved_ = 0;
+};
+
+template <typename T>
+ATTNGAN_INLINE T exp_approx(T x) {
+  return std::exp(x);
+}
+
+// exp for float in a form the vectorizer accepts: x = n ln2 + r, |r| <= ln2 / 2, e^r by a
+// degree-7 polynomial (Cephes' expf coefficients), 2^n assembled in the exponent bits. Inputs
+// here are always <= 0 (a max was subtracted); below -88 the result is 0 or a tiny normal.
+template <>
+ATTNGAN_INLINE float exp_approx<float>(float x) {
+  x = x > -88.0f ? x : -88.0f;
+  x = x < 88.0f ? x : 88.0f;
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+// Softmax over the words of each caption (per region), then over regions (per word).
+// scores: [n, R] rows of one block (caption after caption, lengths[c] rows each); on return it
+// holds p. alpha: [n, R] output. work: 2 R scratch values.
+template <typename T>
+ATTNGAN_INLINE void attention_rows(T* __restrict scores, T* __restrict alpha,
+                                   const int64_t* lengths, int64_t num_captions, int64_t R,
+                                   T gamma1, T* __restrict work) {
+  T* __restrict top = work;
+  T* __restrict sum = work + R;
+  int64_t t0 = 0;
+  for (int64_t c = 0; c < num_captions; ++c) {
+    const int64_t n = lengths[c];
+    T* seg = scores + t0 * R;
+    std::memcpy(top, seg, sizeof(T) * R);
+    for (int64_t t = 1; t < n; ++t) {
+      const T* __restrict row = seg + t * R;
+#pragma omp simd
+      for (int64_t r = 0; r < R; ++r) top[r] = row[r] > top[r] ? row[r] : top[r];
+    }
+    std::fill(sum, sum + R, T(0));
+    for (int64_t t = 0; t < n; ++t) {
+      T* __restrict row = seg + t * R;
+#pragma omp simd
+      for (int64_t r = 0; r < R; ++r) {
+        const T e = exp_approx<T>(row[r] - top[r]);
+        row[r] = e;
+        sum[r] += e;
+      }
+    }
+#pragma omp simd
+    for (int64_t r = 0; r < R; ++r) top[r] = T(1) / sum[r];
+    for (int64_t t = 0; t < n; ++t) {
+      T* __restrict row = seg + t * R;
+      T* __restrict out = alpha + (t0 + t) * R;
+      T row_max = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : row_max)
+      for (int64_t r = 0; r < R; ++r) {
+        const T p = row[r] * top[r];
+        row[r] = p;
+        const T z = gamma1 * p;
+        row_max = z > row_max ? z : row_max;
+      }
+      T row_sum = 0;
+#pragma omp simd reduction(+ : row_sum)
+      for (int64_t r = 0; r < R; ++r) {
+        const T e = exp_approx<T>(gamma1 * row[r] - row_max);
+        out[r] = e;
+        row_sum += e;
+      }
+      const T inv = T(1) / row_sum;
+#pragma omp simd
+      for (int64_t r = 0; r < R; ++r) out[r] *= inv;
+    }
+    t0 += n;
+  }
+}
+
+// Per word row t: dot = c_t . e_t, cc = |c_t|^2 (D contiguous values each).
+template <typename T>
+ATTNGAN_INLINE void context_dots(const T* __restrict context, const T* __restrict words,
+                                 int64_t n, int64_t D, T* __restrict dot, T* __restrict cc) {
+  for (int64_t t = 0; t < n; ++t) {
+    const T* __restrict c = context + t * D;
+    const T* __restrict e = words + t * D;
+    T ce = 0, c2 = 0;
+#pragma omp simd reduction(+ : ce, c2)
+    for (int64_t d = 0; d < D; ++d) {
+      ce += c[d] * e[d];
+      c2 += c[d] * c[d];
+    }
+    dot[t] = ce;
+    cc[t] = c2;
+  }
+}
+
+// R_t = dot / max(|c| |e|, eps) for each row.
+template <typename T>
+ATTNGAN_INLINE T cosine(T dot, T cc, T enorm, T* q_out) {
+  const T q = std::sqrt(cc) * enorm;
+  *q_out = q;
+  return dot / std::max(q, static_cast<T>(kNormEps));
+}
+
+// Backward of the region softmax then of the word softmax, in place.
+// d: [n, R] dalpha on entry, dS on return. p and alpha as attention_rows left them.
+// With need_words, p is overwritten by dS + a_t alpha (the rows the word gradient needs).
+template <typename T>
+ATTNGAN_INLINE void attention_rows_backward(T* __restrict p, const T* __restrict alpha,
+                                            T* __restrict d, const T* __restrict a,
+                                            const int64_t* lengths, int64_t num_captions,
+                                            int64_t R, T gamma1, bool need_words,
+                                            T* __restrict acc) {
+  int64_t t0 = 0;
+  for (int64_t c = 0; c < num_captions; ++c) {
+    const int64_t n = lengths[c];
+    std::fill(acc, acc + R, T(0));
+    for (int64_t t = t0; t < t0 + n; ++t) {
+      const T* __restrict al = alpha + t * R;
+      const T* __restrict pr = p + t * R;
+      T* __restrict dr = d + t * R;
+      T dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t r = 0; r < R; ++r) dot += al[r] * dr[r];
+#pragma omp simd
+      for (int64_t r = 0; r < R; ++r) {
+        const T dp = gamma1 * al[r] * (dr[r] - dot);
+        dr[r] = dp;
+        acc[r] += pr[r] * dp;
+      }
+    }
+    for (int64_t t = t0; t < t0 + n; ++t) {
+      const T* __restrict al = alpha + t * R;
+      T* __restrict pr = p + t * R;
+      T* __restrict dr = d + t * R;
+      if (need_words) {
+        const T at = a[t];
+#pragma omp simd
+        for (int64_t r = 0; r < R; ++r) {
+          const T ds = pr[r] * (dr[r] - acc[r]);
+          dr[r] = ds;
+          pr[r] = ds + at * al[r];
+        }
+      } else {
+#pragma omp simd
+        for (int64_t r = 0; r < R; ++r) dr[r] = pr[r] * (dr[r] - acc[r]);
+      }
+    }
+    t0 += n;
+  }
+}
+
+// rows[t] = a[t] * words[t] + b[t] * rows[t]  (rows holds C^T on entry, dC^T on return).
+template <typename T>
+ATTNGAN_INLINE void combine_rows(T* __restrict rows, const T* __restrict words,
+                                 const T* __restrict a, const T* __restrict b, int64_t n,
+                                 int64_t D) {
+  for (int64_t t = 0; t < n; ++t) {
+    T* __restrict out = rows + t * D;
+    const T* __restrict e = words + t * D;
+    const T at = a[t], bt = b[t];
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) out[d] = at * e[d] + bt * out[d];
+  }
+}
+
+// float row kernels, cloned for AVX-512 / AVX2 / baseline x86-64 and picked at load time.
+ATTNGAN_CLONES void attention_rows_f(float* s, float* al, const int64_t* len, int64_t nc,
+                                     int64_t R, float g1, float* w) {
+  attention_rows<float>(s, al, len, nc, R, g1, w);
+}
+ATTNGAN_CLONES void attention_rows_backward_f(float* p, const float* al, float* d, const float* a,
+                                              const int64_t* len, int64_t nc, int64_t R, float g1,
+                                              bool nw, float* acc) {
+  attention_rows_backward<float>(p, al, d, a, len, nc, R, g1, nw, acc);
+}
+ATTNGAN_CLONES void context_dots_f(const float* c, const float* e, int64_t n, int64_t D,
+                                   float* dot, float* cc) {
+  context_dots<float>(c, e, n, D, dot, cc);
+}
+ATTNGAN_CLONES void combine_rows_f(float* rows, const float* e, const float* a, const float* b,
+                                   int64_t n, int64_t D) {
+  combine_rows<float>(rows, e, a, b, n, D);
+}
+
+// The row kernels as called: float gets AVX-512 / AVX2 / baseline clones picked at load time,
+// double (gradcheck only) the baseline build.
+template <typename T> struct Rows;
+template <> struct Rows<float> {
+  static void attention(float* s, float* al, const int64_t* len, int64_t nc, int64_t R, float g1,
+                        float* w) {
+    attention_rows_f(s, al, len, nc, R, g1, w);
+  }
+  static void attention_backward(float* p, const float* al, float* d, const float* a,
+                                 const int64_t* len, int64_t nc, int64_t R, float g1, bool nw,
+                                 float* acc) {
+    attention_rows_backward_f(p, al, d, a, len, nc, R, g1, nw, acc);
+  }
+  static void dots(const float* c, const float* e, int64_t n, int64_t D, float* dot, float* cc) {
+    context_dots_f(c, e, n, D, dot, cc);
+  }
+  static void combine(float* rows, const float* e, const float* a, const float* b, int64_t n,
+                      int64_t D) {
+    combine_rows_f(rows, e, a, b, n, D);
+  }
+};
+template <> struct Rows<double> {
+  static void attention(double* s, double* al, const int64_t* len, int64_t nc, int64_t R,
+                        double g1, double* w) {
+    attention_rows<double>(s, al, len, nc, R, g1, w);
+  }
+  static void attention_backward(double* p, const double* al, double* d, const double* a,
+                                 const int64_t* len, int64_t nc, int64_t R, double g1, bool nw,
+                                 double* acc) {
+    attention_rows_backward<double>(p, al, d, a, len, nc, R, g1, nw, acc);
+  }
+  static void dots(const double* c, const double* e, int64_t n, int64_t D, double* dot,
+                   double* cc) {
+    context_dots<double>(c, e, n, D, dot, cc);
+  }
+  static void combine(double* rows, const double* e, const double* a, const double* b, int64_t n,
+                      int64_t D) {
+    combine_rows<double>(rows, e, a, b, n, D);
+  }
+};
+
+// Inputs checked, words gathered to E^T [N, D], regions as [B_img, D, R], in the compute type.
+struct Prepared {
+  at::Tensor words_t;                // [N, D] valid words only
+  at::Tensor regions;                // [B_img, D, R] contiguous
+  at::Tensor enorm;                  // [N] |e_t|
+  std::vector<int64_t> lengths;      // [B_cap]
+  std::vector<int64_t> offsets;      // [B_cap + 1] first row of each caption in words_t
+  at::Tensor valid_index;            // [N] flat index (i * L + t) of each row in [B_cap * L]
+  int64_t num_images, num_captions, D, L, R, N;
+  int64_t blocks;                    // caption blocks per image (work items = B_img * blocks)
+};
+
+void check_inputs(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions) {
+  TORCH_CHECK(words.dim() == 3, "damsm_word_similarity: words must be [B_cap, D, L], got ",
+              words.sizes());
+  TORCH_CHECK(regions.dim() == 3, "damsm_word_similarity: regions must be [B_img, D, R], got ",
+              regions.sizes(), " (flatten H and W first)");
+  TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == words.size(0),
+              "damsm_word_similarity: lengths must be [B_cap] = [", words.size(0), "], got ",
+              lengths.sizes());
+  TORCH_CHECK(lengths.scalar_type() == at::kLong,
+              "damsm_word_similarity: lengths must be int64, got ", lengths.scalar_type());
+  TORCH_CHECK(words.device().is_cpu() && regions.device().is_cpu() && lengths.device().is_cpu(),
+              "damsm_word_similarity (CPU kernel): all inputs must be CPU tensors");
+  TORCH_CHECK(words.scalar_type() == regions.scalar_type(),
+              "damsm_word_similarity: words and regions must share a dtype, got ",
+              words.scalar_type(), " and ", regions.scalar_type());
+  const auto dtype = words.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
+                  dtype == at::kBFloat16,
+              "damsm_word_similarity: dtype must be float32, float64, float16 or bfloat16, got ",
+              dtype);
+  TORCH_CHECK(words.size(1) == regions.size(1), "damsm_word_similarity: words have D = ",
+              words.size(1), " but regions have D = ", regions.size(1));
+  TORCH_CHECK(words.size(0) > 0 && words.size(1) > 0 && words.size(2) > 0 &&
+                  regions.size(0) > 0 && regions.size(2) > 0,
+              "damsm_word_similarity: empty input (words ", words.sizes(), ", regions ",
+              regions.sizes(), ")");
+}
+
+Prepared prepare(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions,
+                 at::ScalarType compute) {
+  check_inputs(words, lengths, regions);
+  const int64_t threads = at::get_num_threads();
+  // The preparation is a few small ATen ops: run them on this thread (they see themselves
+  // inside a parallel region). Each would otherwise fork and join the thread team, and on a
+  // machine shared with other work every join waits for a descheduled thread.
+  c10::ParallelGuard serial(true);
+  Prepared pr;
+  pr.num_captions = words.size(0);
+  pr.D = words.size(1);
+  pr.L = words.size(2);
+  pr.num_images = regions.size(0);
+  pr.R = regions.size(2);
+  const auto len = lengths.contiguous();
+  const int64_t* lp = len.data_ptr<int64_t>();
+  pr.lengths.assign(lp, lp + pr.num_captions);
+  pr.offsets.assign(pr.num_captions + 1, 0);
+  std::vector<int64_t> index;
+  for (int64_t i = 0; i < pr.num_captions; ++i) {
+    const int64_t n = pr.lengths[i];
+    TORCH_CHECK(n >= 1 && n <= pr.L, "damsm_word_similarity: lengths[", i, "] = ", n,
+                " is outside 1..L = 1..", pr.L, " (every caption needs at least one word)");
+    pr.offsets[i + 1] = pr.offsets[i] + n;
+    for (int64_t t = 0; t < n; ++t) index.push_back(i * pr.L + t);
+  }
+  pr.N = pr.offsets[pr.num_captions];
+  pr.valid_index = at::tensor(index, at::TensorOptions().dtype(at::kLong));
+  // [B_cap, D, L] -> [B_cap * L, D] -> the N valid rows.
+  // Detached: the kernel is differentiated by its backward op, never by autograd, and
+  // at::mm_out refuses inputs that require grad.
+  pr.words_t = words.detach().transpose(1, 2).reshape({pr.num_captions * pr.L, pr.D})
+                   .index_select(0, pr.valid_index).to(compute).contiguous();
+  pr.regions = regions.detach().to(compute).contiguous();
+  pr.enorm = at::linalg_vector_norm(pr.words_t, 2, {1}).contiguous();
+  // Enough items for every thread even when there are few images (R-precision: 1 image
+  // against 100 captions); one block per image when images alone keep the threads busy.
+  const int64_t want = (2 * threads + pr.num_images - 1) / pr.num_images;
+  pr.blocks = std::max<int64_t>(1, std::min<int64_t>(want, pr.num_captions));
+  return pr;
+}
+
+// Captions [c0, c1) of caption block b.
+std::pair<int64_t, int64_t> block_range(const Prepared& pr, int64_t b) {
+  const int64_t per = (pr.num_captions + pr.blocks - 1) / pr.blocks;
+  const int64_t c0 = std::min(b * per, pr.num_captions);
+  return {c0, std::min(c0 + per, pr.num_captions)};
+}
+
+int64_t max_block_rows(const Prepared& pr) {
+  int64_t rows = 0;
+  for (int64_t b = 0; b < pr.blocks; ++b) {
+    const auto [c0, c1] = block_range(pr, b);
+    rows = std::max(rows, pr.offsets[c1] - pr.offsets[c0]);
+  }
+  return rows;
+}
+
+// Runs body(state, k) for every k in [0, count) on the intra-op threads, each thread taking the
+// next k when it is done with its last: on a machine shared with other work the threads do
+// not run at the same speed, and a static split would wait for the slowest. state = init() is
+// built once per thread (its buffers).
+template <typename Init, typename Body>
+void parallel_dynamic(int64_t count, const Init& init, const Body& body) {
+  std::atomic<int64_t> next{0};
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), count));
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    FlushDenormals flush;
+    auto state = init();
+    for (int64_t k = next++; k < count; k = next++) body(state, k);
+  });
+}
+
+template <typename T>
+at::Tensor forward_impl(const Prepared& pr, double gamma1, double gamma2) {
+  const auto options = pr.words_t.options();
+  at::Tensor out = at::empty({pr.num_images, pr.num_captions}, options);
+  T* out_p = out.data_ptr<T>();
+  const int64_t R = pr.R, D = pr.D;
+  const int64_t max_rows = max_block_rows(pr);
+  const T g1 = static_cast<T>(gamma1), g2 = static_cast<T>(gamma2);
+  struct Buffers {
+    at::Tensor scores, alpha, context;  // s -> p [n, R]; alpha [n, R]; C^T [n, D]
+    std::vector<T> work, cosv, cc;
+  };
+  auto init = [&] {
+    return Buffers{at::empty({max_rows, R}, options), at::empty({max_rows, R}, options),
+                   at::empty({max_rows, D}, options), std::vector<T>(2 * R),
+                   std::vector<T>(max_rows), std::vector<T>(max_rows)};
+  };
+  parallel_dynamic(pr.num_images * pr.blocks, init, [&](Buffers& buf, int64_t item) {
+    const int64_t j = item / pr.blocks;
+    const auto [c0, c1] = block_range(pr, item % pr.blocks);
+    const int64_t r0 = pr.offsets[c0], n = pr.offsets[c1] - r0;
+    if (n == 0) return;
+    const at::Tensor v = pr.regions[j];                                    // [D, R]
+    const at::Tensor e = pr.words_t.narrow(0, r0, n);                      // [n, D]
+    at::Tensor s = buf.scores.narrow(0, 0, n), a = buf.alpha.narrow(0, 0, n);
+    at::Tensor ctx = buf.context.narrow(0, 0, n);
+    at::mm_out(s, e, v);                                                   // [n, R] eq. 7
+    Rows<T>::attention(s.data_ptr<T>(), a.data_ptr<T>(), pr.lengths.data() + c0, c1 - c0, R, g1,
+                       buf.work.data());                                   // eqs. 8, 9
+    at::mm_out(ctx, a, v.t());                                             // [n, D]
+    T* cosv = buf.cosv.data();
+    Rows<T>::dots(ctx.data_ptr<T>(), e.data_ptr<T>(), n, D, cosv, buf.cc.data());
+    const T* en = pr.enorm.data_ptr<T>() + r0;
+    int64_t t0 = 0;
+    for (int64_t i = c0; i < c1; ++i) {
+      const int64_t len = pr.lengths[i];
+      T top = -std::numeric_limits<T>::infinity();
+      for (int64_t t = t0; t < t0 + len; ++t) {
+        T q;
+        cosv[t] = g2 * cosine<T>(cosv[t], buf.cc[t], en[t], &q);
+        top = std::max(top, cosv[t]);
+      }
+      T sum = 0;
+      for (int64_t t = t0; t < t0 + len; ++t) sum += std::exp(cosv[t] - top);
+      out_p[j * pr.num_captions + i] = top + std::log(sum);                // eq. 10
+      t0 += len;
+    }
+  });
+  return out;
+}
+
+template <typename T>
+std::pair<at::Tensor, at::Tensor> backward_impl(const Prepared& pr, const at::Tensor& grad_s,
+                                                double gamma1, double gamma2, bool need_words) {
+  const auto options = pr.words_t.options();
+  const int64_t R = pr.R, D = pr.D, N = pr.N;
+  const int64_t max_rows = max_block_rows(pr);
+  const T g1 = static_cast<T>(gamma1), g2 = static_cast<T>(gamma2), eps = kNormEps;
+  const at::Tensor grad = grad_s.detach().to(options.dtype()).contiguous();
+  const T* grad_p = grad.data_ptr<T>();
+  const int64_t items = pr.num_images * pr.blocks;
+  // With one caption block per image, dv of image j is written in place; otherwise each
+  // block writes its own slot and the slots are summed.
+  at::Tensor grad_regions = pr.blocks == 1
+      ? at::empty({pr.num_images, D, R}, options)
+      : at::empty({pr.num_images, pr.blocks, D, R}, options);
+  // The word gradient sums over images. Items are handed out in fixed groups of consecutive
+  // items, each group with its own [N, D] accumulator, summed in group order at the end: the
+  // result does not depend on which thread ran what (deterministic), the threads still
+  // balance. About 4 groups per thread, fewer when the accumulators would pass ~64 MB.
+  const int64_t threads = at::get_num_threads();
+  const int64_t affordable = (int64_t{64} << 20) / std::max<int64_t>(1, N * D * sizeof(T));
+  const int64_t groups = need_words
+      ? std::min(items, std::max(threads, std::min(4 * threads, affordable))) : items;
+  const int64_t per_group = (items + groups - 1) / groups;
+  std::vector<at::Tensor> words_acc(groups), coef_acc(groups);
+  struct Buffers {
+    at::Tensor lhs, rhs, prob;  // [dC^T; E^T] [2n, D]; [alpha; dalpha -> dS] [2n, R];
+                                // s -> p -> dS + a alpha [n, R]
+    std::vector<T> work, dot, cc, a, b, cosv, qv;
+  };
+  auto init = [&] {
+    return Buffers{at::empty({2 * max_rows, D}, options), at::empty({2 * max_rows, R}, options),
+                   at::empty({max_rows, R}, options), std::vector<T>(2 * R),
+                   std::vector<T>(max_rows), std::vector<T>(max_rows), std::vector<T>(max_rows),
+                   std::vector<T>(max_rows), std::vector<T>(pr.L), std::vector<T>(pr.L)};
+  };
+  auto run_item = [&](Buffers& buf, int64_t item, T* coef_rows, at::Tensor* word_rows) {
+    const int64_t j = item / pr.blocks;
+    const auto [c0, c1] = block_range(pr, item % pr.blocks);
+    const int64_t r0 = pr.offsets[c0], n = pr.offsets[c1] - r0;
+    at::Tensor dv = pr.blocks == 1 ? grad_regions[j] : grad_regions[j][item % pr.blocks];
+    if (n == 0) {
+      dv.zero_();
+      return;
+    }
+    const at::Tensor v = pr.regions[j];
+    const at::Tensor e = pr.words_t.narrow(0, r0, n);
+    at::Tensor x = buf.lhs.narrow(0, 0, 2 * n), y = buf.rhs.narrow(0, 0, 2 * n);
+    at::Tensor ctx = x.narrow(0, 0, n), al = y.narrow(0, 0, n), d = y.narrow(0, n, n);
+    at::Tensor p = buf.prob.narrow(0, 0, n);
+    x.narrow(0, n, n).copy_(e);
+    at::mm_out(p, e, v);                                                   // s, recomputed
+    Rows<T>::attention(p.data_ptr<T>(), al.data_ptr<T>(), pr.lengths.data() + c0, c1 - c0, R, g1,
+                       buf.work.data());
+    at::mm_out(ctx, al, v.t());                                            // C^T, recomputed
+    T *dot = buf.dot.data(), *cc = buf.cc.data(), *a = buf.a.data(), *b = buf.b.data();
+    T *cosv = buf.cosv.data(), *qv = buf.qv.data();
+    Rows<T>::dots(ctx.data_ptr<T>(), e.data_ptr<T>(), n, D, dot, cc);
+    // Log-sum-exp and cosine backward: dL/dc_t = a_t e_t + b_t c_t and
+    // dL/de_t = a_t c_t + coef_t e_t, with g_t = dS[j, i] * g2 * softmax_t(g2 R)_t.
+    const T* en = pr.enorm.data_ptr<T>() + r0;
+    int64_t t0 = 0;
+    for (int64_t i = c0; i < c1; ++i) {
+      const int64_t len = pr.lengths[i];
+      const T gs = grad_p[j * pr.num_captions + i];
+      T top = -std::numeric_limits<T>::infinity();
+      for (int64_t t = 0; t < len; ++t) {
+        cosv[t] = cosine<T>(dot[t0 + t], cc[t0 + t], en[t0 + t], &qv[t]);
+        top = std::max(top, g2 * cosv[t]);
+      }
+      T sum = 0;
+      for (int64_t t = 0; t < len; ++t) sum += std::exp(g2 * cosv[t] - top);
+      for (int64_t t = 0; t < len; ++t) {
+        const T g = gs * g2 * std::exp(g2 * cosv[t] - top) / sum;
+        if (qv[t] >= eps) {
+          a[t0 + t] = g / qv[t];
+          b[t0 + t] = -g * cosv[t] / cc[t0 + t];
+          if (coef_rows) coef_rows[r0 + t0 + t] -= g * cosv[t] / (en[t0 + t] * en[t0 + t]);
+        } else {  // clamped norm product: only the dot product carries gradient
+          a[t0 + t] = g / eps;
+          b[t0 + t] = 0;
+        }
+      }
+      t0 += len;
+    }
+    Rows<T>::combine(ctx.data_ptr<T>(), e.data_ptr<T>(), a, b, n, D);      // dC^T
+    at::mm_out(d, ctx, v);                                                 // dalpha [n, R]
+    Rows<T>::attention_backward(p.data_ptr<T>(), al.data_ptr<T>(), d.data_ptr<T>(), a,
+                                pr.lengths.data() + c0, c1 - c0, R, g1, need_words,
+                                buf.work.data());
+    at::mm_out(dv, x.t(), y);                                              // dv [D, R]
+    if (word_rows) word_rows->narrow(0, r0, n).addmm_(p, v.t());           // de^T [n, D]
+  };
+  parallel_dynamic(groups, init, [&](Buffers& buf, int64_t group) {
+    at::Tensor* word_rows = nullptr;
+    T* coef_rows = nullptr;
+    if (need_words) {
+      words_acc[group] = at::zeros({N, D}, options);
+      coef_acc[group] = at::zeros({N}, options);
+      word_rows = &words_acc[group];
+      coef_rows = coef_acc[group].data_ptr<T>();
+    }
+    const int64_t last = std::min(items, (group + 1) * per_group);
+    for (int64_t item = group * per_group; item < last; ++item) {
+      run_item(buf, item, coef_rows, word_rows);
+    }
+  });
+  c10::ParallelGuard serial(true);  // the small reductions below: on this thread (see prepare)
+  if (pr.blocks != 1) grad_regions = grad_regions.sum(1);
+  at::Tensor grad_words;
+  if (need_words) {
+    at::Tensor total = words_acc[0], coef = coef_acc[0];
+    for (int64_t g = 1; g < groups; ++g) {
+      total.add_(words_acc[g]);
+      coef.add_(coef_acc[g]);
+    }
+    total.addcmul_(coef.unsqueeze(1), pr.words_t);
+    grad_words = at::zeros({pr.num_captions * pr.L, D}, options)
+                     .index_copy_(0, pr.valid_index, total)
+                     .view({pr.num_captions, pr.L, D})
+                     .transpose(1, 2);
+  }
+  return {grad_words, grad_regions};
+}
+
+at::ScalarType compute_type(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::Tensor damsm_word_similarity_fwd_cpu(const at::Tensor& words, const at::Tensor& lengths,
+                                         const at::Tensor& regions, double gamma1,
+                                         double gamma2) {
+  const auto compute = compute_type(words);
+  const Prepared pr = prepare(words, lengths, regions, compute);
+  return compute == at::kDouble ? forward_impl<double>(pr, gamma1, gamma2)
+                                : forward_impl<float>(pr, gamma1, gamma2);
+}
+
+std::tuple<at::Tensor, at::Tensor> damsm_word_similarity_bwd_cpu(
+    const at::Tensor& grad_s, const at::Tensor& words, const at::Tensor& lengths,
+    const at::Tensor& regions, double gamma1, double gamma2, bool need_words_grad) {
+  const auto compute = compute_type(words);
+  const Prepared pr = prepare(words, lengths, regions, compute);
+  TORCH_CHECK(grad_s.dim() == 2 && grad_s.size(0) == pr.num_images &&
+                  grad_s.size(1) == pr.num_captions,
+              "damsm_word_similarity_bwd: grad_s must be [B_img, B_cap] = [", pr.num_images,
+              ", ", pr.num_captions, "], got ", grad_s.sizes());
+  TORCH_CHECK(grad_s.device().is_cpu(), "damsm_word_similarity_bwd: grad_s must be on CPU");
+  auto [gw, gr] = compute == at::kDouble
+      ? backward_impl<double>(pr, grad_s, gamma1, gamma2, need_words_grad)
+      : backward_impl<float>(pr, grad_s, gamma1, gamma2, need_words_grad);
+  c10::ParallelGuard serial(true);
+  gr = gr.to(regions.scalar_type());
+  gw = need_words_grad ? gw.contiguous().to(words.scalar_type())
+                       : at::empty({0}, words.options());
+  return {gw, gr};
+}
+
+}  // namespace
+}  // namespace attngan
+
+TORCH_LIBRARY_FRAGMENT(attngan_C, m) {
+  m.def("damsm_word_similarity_fwd(Tensor words, Tensor lengths, Tensor regions, float gamma1, "
+        "float gamma2) -> Tensor");
+  m.def("damsm_word_similarity_bwd(Tensor grad_s, Tensor words, Tensor lengths, Tensor regions, "
+        "float gamma1, float gamma2, bool need_words_grad) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(attngan_C, CPU, m) {
+  m.impl("damsm_word_similarity_fwd", &attngan::damsm_word_similarity_fwd_cpu);
+  m.impl("damsm_word_similarity_bwd", &attngan::damsm_word_similarity_bwd_cpu);
+}

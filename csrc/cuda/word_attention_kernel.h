@@ -1,0 +1,39 @@
+// Plain launchers of the CUDA word-attention kernels (word_attention_kernel.cu), callable from the
+// ATen glue (word_attention.cpp) without either side seeing the other's headers: raw pointers,
+// sizes, a dtype code and a cudaStream_t. All tensors are contiguous; the math is in the .cu.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace attngan {
+
+// Element type of query, words, context, attn and the gradients.
+enum class WordAttentionDtype : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// Kernel limits: the caption [C, L rounded up to 8] and the grad_words accumulator of a block
+// live in shared memory (2 * C * L_pad * 4 bytes <= 32 KiB), the per-pixel scores in registers.
+constexpr int kWordAttentionMaxWords = 64;
+constexpr int kWordAttentionMaxChannels = 128;
+constexpr int kWordAttentionMaxTile = 4096;  // C * L_pad
+
+// The smallest supported L_pad (8, 16, 24, 32, 48 or 64) that holds `num_words` words.
+int word_attention_padded_words(int num_words);
+
+// context [B, C, R] and, when attn is not null, attn [B, L, R] (exact zeros at padded words),
+// from query [B, C, R], words [B, C, L] and lengths [B] (each in [1, L]).
+cudaError_t word_attention_fwd_cuda(WordAttentionDtype dtype, const void* query, const void* words,
+                                    const int64_t* lengths, void* context, void* attn, int batch,
+                                    int channels, int num_words, int num_regions, cudaStream_t stream);
+
+// grad_query [B, C, R] (written whole) and grad_words_f32 [B, C, L] (fp32, must be zeroed by
+// the caller: blocks add into it) from grad_context [B, C, R] and, when not null,
+// grad_attn [B, L, R].
+cudaError_t word_attention_bwd_cuda(WordAttentionDtype dtype, const void* grad_context,
+                                    const void* grad_attn, const void* query, const void* words,
+                                    const int64_t* lengths, void* grad_query, float* grad_words_f32,
+                                    int batch, int channels, int num_words, int num_regions,
+                                    cudaStream_t stream);
+
+}  // namespace attngan

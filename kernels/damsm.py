@@ -1,0 +1,392 @@
+"""DAMSM word-level image-caption similarity as Triton kernels, forward and backward.
+
+For every image j (regions v = regions[j], `[D, R]`) and caption i (words e = words[i], `[D, L]`,
+of which the first n = lengths[i] are real), SPEC section 2 / paper equations 7-10:
+
+    s[r, t]  = v_r . e_t                                   (Eq. 7)     [R, n]
+    P[r, t]  = softmax_t(s[r, :])[t]   (over the n words)  (Eq. 8)
+    a[t, r]  = softmax_r(gamma1 * P[:, t])[r]  (over regions)  (Eq. 9)
+    c_t      = sum_r a[t, r] v_r                           region context of word t
+    R_t      = (e_t . c_t) / max(|e_t| |c_t|, 1e-8)        cosine
+    S[j, i]  = log sum_{t < n} exp(gamma2 * R_t)           (Eq. 10, no 1/gamma2, as coded)
+
+Backward, derived by hand (checked against autograd in tests/test_damsm_triton.py), g = dL/dS[j, i]:
+
+    w_t  = softmax_t(gamma2 R_t),  gR_t = g gamma2 w_t
+    N_t  = |e_t||c_t|; unclamped (N_t >= 1e-8): dR/de = c/N - R e/|e|^2, dR/dc = e/N - R c/|c|^2
+                       clamped:                 dR/de = c/1e-8,           dR/dc = e/1e-8
+    so   gc_t = A_t e_t + B_t c_t   and  ge_t(direct) = A_t c_t + Bw_t e_t  with per-word scalars
+         A = gR/max(N, 1e-8), B = -gR R/|c|^2, Bw = -gR R/|e|^2 (B = Bw = 0 when clamped)
+    gA[r, t] = v_r . gc_t;  delta_t = sum_r a[t, r] gA[r, t] = gc_t . c_t
+    gP[r, t] = gamma1 a[t, r] (gA[r, t] - delta_t)                     (softmax over regions)
+    gs[r, t] = P[r, t] (gP[r, t] - sum_t' P[r, t'] gP[r, t'])          (softmax over words)
+    grad regions[j] = sum_i  gc a + e gs^T           `[D, L] @ [L, R]`
+    grad words[i]   = sum_j  (A c + Bw e) + v gs     `[D, R] @ [R, L]`
+
+Kernels and program-to-data mapping (one launch each, all pairs at once, nothing of size
+`[Bi, Bc, R, L]` ever in memory; all words of a caption on chip, padded to BLOCK_L, regions
+streamed in blocks of BLOCK_R, the whole embedding width D in one BLOCK_D tile):
+- `_damsm_word_similarity_fwd_kernel`: one program per (caption i, image j), captions fastest so
+  concurrent programs share an image's regions in L2. Online softmax over region blocks (running
+  max / sum per word, context accumulator `[D, L]` rescaled per block), then cosines and the
+  log-sum-exp. With SAVE_STATS it is the first pass of the backward: it also writes the
+  context c `[Bi, Bc, D, L]` (input dtype) and per-word fp32 scalars
+  (log-normaliser of the region softmax, A, B, Bw, delta) `[Bi, Bc, 5, BLOCK_L]`.
+- `_damsm_word_similarity_bwd_kernel`: gradient of the regions. One program per
+  (region block, image j) keeps its regions and a `[D, BLOCK_R]` fp32 accumulator on chip and
+  loops over all captions, recomputing s, P, a from the saved statistics: the reduction over
+  captions happens in registers, so no atomics and a deterministic result.
+- `_damsm_word_similarity_bwd_words_kernel`: gradient of the words. One program per
+  (caption i, block of images) accumulates `[D, L]` in registers over its images and region
+  blocks and writes an fp32 partial `[n_blocks, Bc, D, L]`; the launcher sums the partials
+  (two-pass reduction over images instead of atomics: deterministic, and the partials are small).
+
+Precision: inputs fp32/fp16/bf16; every dot accumulates in fp32 (fp32 inputs use IEEE fp32
+dots, not tf32, so fp32 results match an fp32 reference); softmaxes, cosines and log-sum-exps
+in fp32; S is fp32; gradients are returned in the input dtype. Shape rules the interpreter does
+not check are respected: every tl.dot operand is at least 16 x 16 (BLOCK_D, BLOCK_L, BLOCK_R >= 16).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["damsm_word_similarity_fwd", "damsm_word_similarity_bwd", "damsm_word_similarity_supported",
+           "MAX_DIM", "MAX_WORDS"]
+
+# Largest D and L the kernels take: the [D, L] word and context tiles live in registers.
+MAX_DIM = 256
+MAX_WORDS = 64
+_EPS = 1e-8  # clamp of the norm product in the cosine (SPEC 2, step 5)
+_N_STATS = 5  # per-word scalars saved by the first backward pass: lse, A, B, Bw, delta
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _word_softmax(s, t_ok):
+    """Softmax over words (axis 1) of the region-word scores, padded words get exactly 0 (Eq. 8)."""
+    s = tl.where(t_ok[None, :], s, float("-inf"))
+    p = tl.exp(s - tl.max(s, axis=1)[:, None])
+    return p / tl.sum(p, axis=1)[:, None]
+
+
+@triton.jit
+def _damsm_word_similarity_fwd_kernel(
+    words_ptr, lengths_ptr, regions_ptr, sim_ptr, grad_s_ptr, ctx_ptr, stats_ptr,
+    Bc, D, L, R, gamma1, gamma2,
+    SAVE_STATS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_R: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """S[j, i] for one (caption i = program 0, image j = program 1); see the module docstring."""
+    cap = tl.program_id(0)
+    img = tl.program_id(1)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_t = tl.arange(0, BLOCK_L)
+    offs_r = tl.arange(0, BLOCK_R)
+    n = tl.minimum(tl.maximum(tl.load(lengths_ptr + cap).to(tl.int32), 1), L)
+    d_ok = offs_d < D
+    t_ok = offs_t < n
+    e_mask = d_ok[:, None] & t_ok[None, :]
+    # padded word slots are never read: garbage or NaN there cannot reach any output
+    e = tl.load(words_ptr + tl.cast(cap, tl.int64) * D * L + offs_d[:, None] * L + offs_t[None, :],
+                mask=e_mask, other=0.0)                                          # [BD, BL]
+    v_base = regions_ptr + tl.cast(img, tl.int64) * D * R
+
+    m = tl.full([BLOCK_L], float("-inf"), tl.float32)    # running max of gamma1 * P over regions
+    l = tl.zeros([BLOCK_L], dtype=tl.float32)             # running sum of exp(gamma1 * P - m)
+    acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)  # running unnormalised context
+    for r0 in range(0, R, BLOCK_R):
+        r_ok = (r0 + offs_r) < R
+        vt = tl.load(v_base + offs_d[None, :] * R + (r0 + offs_r)[:, None],
+                     mask=r_ok[:, None] & d_ok[None, :], other=0.0)                 # [BR, BD]
+        s = tl.dot(vt, e, input_precision=DOT_PRECISION)                            # [BR, BL]
+        # padded regions drop out of the softmax over regions; padded words have P = 0, a
+        # finite value, so their (unused) columns never produce NaN
+        a = tl.where(r_ok[:, None], gamma1 * _word_softmax(s, t_ok), float("-inf"))
+        m_new = tl.maximum(m, tl.max(a, axis=0))
+        scale = tl.exp(m - m_new)
+        pe = tl.exp(a - m_new[None, :])
+        l = l * scale + tl.sum(pe, axis=0)
+        acc = acc * scale[None, :] + tl.dot(tl.trans(vt), pe.to(vt.dtype), input_precision=DOT_PRECISION)
+        m = m_new
+
+    c = acc / l[None, :]                                                            # [BD, BL]
+    ef = e.to(tl.float32)
+    ec = tl.sum(ef * c, axis=0)
+    ee = tl.sum(ef * ef, axis=0)
+    cc = tl.sum(c * c, axis=0)
+    norm = tl.sqrt(ee) * tl.sqrt(cc)
+    clamped = norm < 1e-8
+    norm_c = tl.maximum(norm, 1e-8)
+    rt = ec / norm_c
+    z = tl.where(t_ok, gamma2 * rt, float("-inf"))
+    z_max = tl.max(z, axis=0)
+    sim = z_max + tl.log(tl.sum(tl.exp(z - z_max), axis=0))
+    tl.store(sim_ptr + tl.cast(img, tl.int64) * Bc + cap, sim)
+
+    if SAVE_STATS:
+        pair = tl.cast(img, tl.int64) * Bc + cap
+        g = tl.load(grad_s_ptr + pair).to(tl.float32)
+        g_r = g * gamma2 * tl.exp(z - sim)                 # 0 on padded words
+        coef_a = g_r / norm_c
+        coef_b = tl.where(clamped, 0.0, -g_r * rt / tl.where(clamped, 1.0, cc))
+        coef_bw = tl.where(clamped, 0.0, -g_r * rt / tl.where(clamped, 1.0, ee))
+        gc = coef_a[None, :] * ef + coef_b[None, :] * c
+        delta = tl.sum(gc * c, axis=0)
+        tl.store(ctx_ptr + pair * D * L + offs_d[:, None] * L + offs_t[None, :],
+                 c.to(ctx_ptr.dtype.element_ty), mask=e_mask)
+        stats = stats_ptr + pair * 5 * BLOCK_L + offs_t
+        tl.store(stats, m + tl.log(l))
+        tl.store(stats + BLOCK_L, coef_a)
+        tl.store(stats + 2 * BLOCK_L, coef_b)
+        tl.store(stats + 3 * BLOCK_L, coef_bw)
+        tl.store(stats + 4 * BLOCK_L, delta)
+
+
+@triton.jit
+def _pair_backward_tile(vt, e, gc_lp, r_ok, t_ok, lse, delta, gamma1, DOT_PRECISION: tl.constexpr):
+    """For one region block of one pair: region attention a `[BR, BL]` and score gradient gs."""
+    s = tl.dot(vt, e, input_precision=DOT_PRECISION)
+    p = _word_softmax(s, t_ok)
+    alpha = tl.where(r_ok[:, None] & t_ok[None, :], tl.exp(gamma1 * p - lse[None, :]), 0.0)
+    g_alpha = tl.dot(vt, gc_lp, input_precision=DOT_PRECISION)
+    g_p = gamma1 * alpha * (g_alpha - delta[None, :])
+    gs = p * (g_p - tl.sum(p * g_p, axis=1)[:, None])
+    return alpha, gs
+
+
+@triton.jit
+def _load_pair_stats(words_ptr, lengths_ptr, ctx_ptr, stats_ptr, cap, img, Bc, D, L,
+                     offs_d, offs_t, d_ok, BLOCK_L: tl.constexpr):
+    """Words of caption `cap` and the saved context and scalars of pair (img, cap)."""
+    n = tl.minimum(tl.maximum(tl.load(lengths_ptr + cap).to(tl.int32), 1), L)
+    t_ok = offs_t < n
+    mask = d_ok[:, None] & t_ok[None, :]
+    e = tl.load(words_ptr + tl.cast(cap, tl.int64) * D * L + offs_d[:, None] * L + offs_t[None, :],
+                mask=mask, other=0.0)
+    pair = tl.cast(img, tl.int64) * Bc + cap
+    c = tl.load(ctx_ptr + pair * D * L + offs_d[:, None] * L + offs_t[None, :],
+                mask=mask, other=0.0).to(tl.float32)
+    stats = stats_ptr + pair * 5 * BLOCK_L + offs_t
+    lse = tl.load(stats)
+    coef_a = tl.load(stats + BLOCK_L)
+    coef_b = tl.load(stats + 2 * BLOCK_L)
+    coef_bw = tl.load(stats + 3 * BLOCK_L)
+    delta = tl.load(stats + 4 * BLOCK_L)
+    return e, c, t_ok, lse, coef_a, coef_b, coef_bw, delta
+
+
+@triton.jit
+def _damsm_word_similarity_bwd_kernel(
+    words_ptr, lengths_ptr, regions_ptr, ctx_ptr, stats_ptr, grad_regions_ptr,
+    Bc, D, L, R, gamma1,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_R: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """grad regions[j][:, block] for one (region block = program 0, image j = program 1)."""
+    rblk = tl.program_id(0)
+    img = tl.program_id(1)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_t = tl.arange(0, BLOCK_L)
+    offs_r = rblk * BLOCK_R + tl.arange(0, BLOCK_R)
+    d_ok = offs_d < D
+    r_ok = offs_r < R
+    v_mask = r_ok[:, None] & d_ok[None, :]
+    vt = tl.load(regions_ptr + tl.cast(img, tl.int64) * D * R + offs_d[None, :] * R + offs_r[:, None],
+                 mask=v_mask, other=0.0)                                            # [BR, BD]
+    acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
+    for cap in range(0, Bc):
+        e, c, t_ok, lse, coef_a, coef_b, coef_bw, delta = _load_pair_stats(
+            words_ptr, lengths_ptr, ctx_ptr, stats_ptr, cap, img, Bc, D, L,
+            offs_d, offs_t, d_ok, BLOCK_L)
+        gc = (coef_a[None, :] * e.to(tl.float32) + coef_b[None, :] * c).to(vt.dtype)  # [BD, BL]
+        alpha, gs = _pair_backward_tile(vt, e, gc, r_ok, t_ok, lse, delta, gamma1, DOT_PRECISION)
+        # grad v_r = sum_t a[t, r] gc_t + gs[r, t] e_t, as [BR, BD]
+        acc += tl.dot(alpha.to(vt.dtype), tl.trans(gc), input_precision=DOT_PRECISION)
+        acc += tl.dot(gs.to(vt.dtype), tl.trans(e), input_precision=DOT_PRECISION)
+    tl.store(grad_regions_ptr + tl.cast(img, tl.int64) * D * R + offs_d[None, :] * R + offs_r[:, None],
+             acc.to(grad_regions_ptr.dtype.element_ty), mask=v_mask)
+
+
+@triton.jit
+def _damsm_word_similarity_bwd_words_kernel(
+    words_ptr, lengths_ptr, regions_ptr, ctx_ptr, stats_ptr, partial_ptr,
+    Bi, Bc, D, L, R, gamma1, IMAGES_PER_PROGRAM,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_R: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """fp32 partial grad words[i] over one block of images (caption i = program 0, block = 1)."""
+    cap = tl.program_id(0)
+    blk = tl.program_id(1)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_t = tl.arange(0, BLOCK_L)
+    offs_r = tl.arange(0, BLOCK_R)
+    d_ok = offs_d < D
+    acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+    img_start = blk * IMAGES_PER_PROGRAM
+    img_stop = tl.minimum(img_start + IMAGES_PER_PROGRAM, Bi)
+    for img in range(img_start, img_stop):
+        e, c, t_ok, lse, coef_a, coef_b, coef_bw, delta = _load_pair_stats(
+            words_ptr, lengths_ptr, ctx_ptr, stats_ptr, cap, img, Bc, D, L,
+            offs_d, offs_t, d_ok, BLOCK_L)
+        ef = e.to(tl.float32)
+        acc += coef_a[None, :] * c + coef_bw[None, :] * ef    # through the cosine directly
+        gc = (coef_a[None, :] * ef + coef_b[None, :] * c).to(e.dtype)
+        v_base = regions_ptr + tl.cast(img, tl.int64) * D * R
+        for r0 in range(0, R, BLOCK_R):
+            r_ok = (r0 + offs_r) < R
+            vt = tl.load(v_base + offs_d[None, :] * R + (r0 + offs_r)[:, None],
+                         mask=r_ok[:, None] & d_ok[None, :], other=0.0)
+            alpha, gs = _pair_backward_tile(vt, e, gc, r_ok, t_ok, lse, delta, gamma1, DOT_PRECISION)
+            acc += tl.dot(tl.trans(vt), gs.to(vt.dtype), input_precision=DOT_PRECISION)  # [BD, BL]
+    offs_out = (tl.cast(blk, tl.int64) * (tl.num_programs(0)) + cap) * D * L
+    tl.store(partial_ptr + offs_out + offs_d[:, None] * L + offs_t[None, :], acc,
+             mask=d_ok[:, None] & (offs_t < L)[None, :])
+
+
+def damsm_word_similarity_supported(words: torch.Tensor, regions: torch.Tensor) -> Optional[str]:
+    """None if the Triton kernels take these shapes, else a sentence saying why not."""
+    if words.dim() == 3 and words.shape[1] > MAX_DIM:
+        return f"the Triton DAMSM kernel takes D <= {MAX_DIM}, got D = {words.shape[1]}"
+    if words.dim() == 3 and words.shape[2] > MAX_WORDS:
+        return f"the Triton DAMSM kernel takes L <= {MAX_WORDS} words, got L = {words.shape[2]}"
+    if regions.dim() == 3 and regions.shape[0] > 65535:   # images are the grid's second axis
+        return f"the Triton DAMSM kernel takes at most 65535 images per call, got {regions.shape[0]}"
+    return None
+
+
+def _check(name: str, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor) -> None:
+    """Raise one clear error for the first problem in the inputs of either launcher."""
+    for arg, tensor in (("words", words), ("lengths", lengths), ("regions", regions)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(tensor).__name__}")
+    if words.dim() != 3 or regions.dim() != 3 or lengths.dim() != 1:
+        raise ValueError(f"{name}: expected words [Bc, D, L], lengths [Bc], regions [Bi, D, R]; got "
+                         f"{tuple(words.shape)}, {tuple(lengths.shape)}, {tuple(regions.shape)} "
+                         f"(flatten [Bi, D, H, W] regions to [Bi, D, H*W])")
+    if words.dtype not in _DTYPES or regions.dtype != words.dtype:
+        raise TypeError(f"{name}: words and regions must share one dtype of float32/float16/bfloat16, "
+                        f"got {words.dtype} and {regions.dtype}; cast them first")
+    if lengths.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name}: lengths must be int64 (or int32), got {lengths.dtype}")
+    if words.device != regions.device or lengths.device != words.device:
+        raise ValueError(f"{name}: words ({words.device}), lengths ({lengths.device}) and regions "
+                         f"({regions.device}) must be on one device")
+    if lengths.shape[0] != words.shape[0]:
+        raise ValueError(f"{name}: {lengths.shape[0]} lengths for {words.shape[0]} captions; "
+                         f"pass one length per caption")
+    if regions.shape[1] != words.shape[1]:
+        raise ValueError(f"{name}: words have D = {words.shape[1]} but regions have D = {regions.shape[1]}; "
+                         f"both encoders must share the embedding width")
+    if min(words.shape) == 0 or min(regions.shape) == 0:
+        raise ValueError(f"{name}: empty input (words {tuple(words.shape)}, regions {tuple(regions.shape)}); "
+                         f"every size must be at least 1")
+    reason = damsm_word_similarity_supported(words, regions)
+    if reason is not None:
+        raise ValueError(f"{name}: {reason}; use impl='reference' (or 'cpp' on CPU) for such sizes")
+    max_len = words.shape[2]
+    # The value check syncs with the device, which a CUDA graph capture forbids; the kernels
+    # clamp lengths into [1, L] themselves, so a captured call stays memory-safe without it.
+    if lengths.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    if bool(((lengths < 1) | (lengths > max_len)).any()):
+        raise ValueError(f"{name}: every caption length must be in [1, L = {max_len}], got "
+                         f"min {int(lengths.min())}, max {int(lengths.max())}")
+
+
+def _blocks(words: torch.Tensor, regions: torch.Tensor) -> dict:
+    """Tile sizes (each >= 16 for tl.dot on 16-bit types) and launch options."""
+    _, dim, max_len = words.shape
+    num_regions = regions.shape[2]
+    return dict(
+        BLOCK_D=max(16, triton.next_power_of_2(dim)),
+        BLOCK_L=max(16, triton.next_power_of_2(max_len)),
+        BLOCK_R=max(16, min(32, triton.next_power_of_2(num_regions))),
+        DOT_PRECISION="ieee" if words.dtype == torch.float32 else "tf32",
+        num_warps=8 if dim > 64 else 4,
+        num_stages=2,
+    )
+
+
+def _first_pass(words, lengths, regions, gamma1, gamma2, grad_s):
+    """Launch the forward kernel; with grad_s also save the context and per-word scalars."""
+    num_caps, dim, max_len = words.shape
+    num_imgs = regions.shape[0]
+    blocks = _blocks(words, regions)
+    sim = torch.empty(num_imgs, num_caps, device=words.device, dtype=torch.float32)
+    save = grad_s is not None
+    if save:
+        ctx = torch.empty(num_imgs, num_caps, dim, max_len, device=words.device, dtype=words.dtype)
+        stats = torch.empty(num_imgs, num_caps, _N_STATS, blocks["BLOCK_L"], device=words.device,
+                            dtype=torch.float32)
+    else:  # never touched when SAVE_STATS is off
+        grad_s = ctx = stats = sim
+    _damsm_word_similarity_fwd_kernel[(num_caps, num_imgs)](
+        words, lengths, regions, sim, grad_s, ctx, stats,
+        num_caps, dim, max_len, regions.shape[2], float(gamma1), float(gamma2),
+        SAVE_STATS=save, **blocks)
+    return sim, ctx, stats, blocks
+
+
+def damsm_word_similarity_fwd(words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
+                              gamma1: float, gamma2: float) -> torch.Tensor:
+    """S[j, i] = word-level similarity of image j and caption i (SPEC 2).
+
+    Args:
+        words: `[Bc, D, L]` fp32/fp16/bf16 word features (slots at t >= lengths[i] are never read).
+        lengths: `[Bc]` int64 caption lengths, each in [1, L].
+        regions: `[Bi, D, R]` region features, same dtype and device as words.
+        gamma1, gamma2: the softmax sharpness of Eq. 9 and Eq. 10.
+    Returns:
+        S `[Bi, Bc]` float32 (rows images, columns captions).
+    """
+    _check("damsm_word_similarity_fwd", words, lengths, regions)
+    sim, _, _, _ = _first_pass(words.contiguous(), lengths.contiguous(), regions.contiguous(),
+                               gamma1, gamma2, None)
+    return sim
+
+
+def damsm_word_similarity_bwd(grad_s: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor,
+                              regions: torch.Tensor, gamma1: float, gamma2: float,
+                              need_words_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of sum(grad_s * S) with respect to words and regions (recomputes the forward).
+
+    Args:
+        grad_s: `[Bi, Bc]` gradient of S (any float dtype, any strides, e.g. expanded views).
+        words, lengths, regions, gamma1, gamma2: as for damsm_word_similarity_fwd.
+        need_words_grad: False skips the words-gradient kernel.
+    Returns:
+        (grad_words `[Bc, D, L]` in the input dtype with zeros at padded slots, or an empty tensor
+        when need_words_grad is False; grad_regions `[Bi, D, R]` in the input dtype).
+    """
+    name = "damsm_word_similarity_bwd"
+    _check(name, words, lengths, regions)
+    if not isinstance(grad_s, torch.Tensor) or grad_s.shape != (regions.shape[0], words.shape[0]):
+        got = tuple(grad_s.shape) if isinstance(grad_s, torch.Tensor) else type(grad_s).__name__
+        raise ValueError(f"{name}: grad_s must be [Bi, Bc] = [{regions.shape[0]}, {words.shape[0]}], "
+                         f"got {got}")
+    if grad_s.device != words.device:
+        raise ValueError(f"{name}: grad_s is on {grad_s.device} but the inputs are on {words.device}")
+    words, lengths, regions = words.contiguous(), lengths.contiguous(), regions.contiguous()
+    grad_s = grad_s.to(torch.float32).contiguous()
+    num_caps, dim, max_len = words.shape
+    num_imgs, _, num_regions = regions.shape
+    _, ctx, stats, blocks = _first_pass(words, lengths, regions, gamma1, gamma2, grad_s)
+
+    grad_regions = torch.empty_like(regions)
+    _damsm_word_similarity_bwd_kernel[(triton.cdiv(num_regions, blocks["BLOCK_R"]), num_imgs)](
+        words, lengths, regions, ctx, stats, grad_regions,
+        num_caps, dim, max_len, num_regions, float(gamma1), **blocks)
+
+    if not need_words_grad:
+        return words.new_empty(0), grad_regions
+    # enough programs to fill the GPU (about 2 per SM of an H100), few partials to sum
+    n_blocks = max(1, min(num_imgs, triton.cdiv(264, num_caps)))
+    images_per_program = triton.cdiv(num_imgs, n_blocks)
+    n_blocks = triton.cdiv(num_imgs, images_per_program)
+    partial = torch.empty(n_blocks, num_caps, dim, max_len, device=words.device, dtype=torch.float32)
+    _damsm_word_similarity_bwd_words_kernel[(num_caps, n_blocks)](
+        words, lengths, regions, ctx, stats, partial,
+        num_imgs, num_caps, dim, max_len, num_regions, float(gamma1), images_per_program, **blocks)
+    return partial.sum(dim=0).to(words.dtype), grad_regions

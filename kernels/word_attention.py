@@ -1,0 +1,185 @@
+"""Word-region attention of the AttnGAN generator as Triton kernels, forward and backward.
+
+For sample b with query h = query[b] `[C, R]` (R = H*W regions, channel-first), words
+e = words[b] `[C, L]` of which the first n = lengths[b] are real (SPEC section 1, stages 2-3;
+paper eq. 2, no 1/sqrt(d) scaling, per-sample mask):
+
+    s[r, l]   = sum_c h[c, r] e[c, l]              -inf for l >= n          [R, L]
+    p[r, :]   = softmax_l(s[r, :])                 exactly 0 at padded words
+    ctx[c, r] = sum_l e[c, l] p[r, l]                                       [C, R]
+
+Backward with gc = dLoss/dctx `[C, R]` and optional ga = dLoss/dattn `[L, R]`:
+
+    dp[r, l] = sum_c gc[c, r] e[c, l] + ga[l, r]
+    ds[r, l] = p[r, l] (dp[r, l] - sum_l' p[r, l'] dp[r, l'])             (softmax backward)
+    gh[c, r] = sum_l e[c, l] ds[r, l]
+    ge[c, l] = sum_r gc[c, r] p[r, l] + h[c, r] ds[r, l]                    (sum over all regions)
+
+Mapping: one program per (block of BLOCK_R regions, sample b). A program loads the whole caption
+e `[BLOCK_C, BLOCK_L]` once and its query tile `[BLOCK_C, BLOCK_R]` straight from the
+channel-first layout (consecutive regions are consecutive addresses, so loads coalesce), forms
+s with one tl.dot, the softmax in fp32 in registers, and the context with a second tl.dot; the
+map [B, L, H, W] is written only when asked. The backward recomputes s and p from h and e (no
+[B, R, L] tensor is ever stored), writes gh for its regions, and adds its partial ge
+`[C, L]` into an fp32 buffer with atomics (programs of one sample share it); the launcher casts
+that buffer to the input dtype.
+
+Precision: inputs fp32/fp16/bf16; dots accumulate in fp32 (IEEE fp32 dots for fp32 inputs, not
+tf32, so fp32 matches an fp32 reference); softmax in fp32; outputs in the input dtype. GPU shape
+rules the interpreter does not check are respected: every tl.dot operand is at least 16 x 16
+(BLOCK_C, BLOCK_L, BLOCK_R >= 16).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["word_attention_fwd", "word_attention_bwd", "MAX_CHANNELS", "MAX_WORDS"]
+
+# Largest C and L the kernels take: the caption tile [C, L] and the query tile live in registers.
+MAX_CHANNELS = 256
+MAX_WORDS = 64
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _softmax_over_words(q, e, n, offs_l, DOT_PRECISION: tl.constexpr):
+    """p [BLOCK_R, BLOCK_L] fp32: softmax over the n real words of s = q^T e."""
+    s = tl.dot(tl.trans(q), e, input_precision=DOT_PRECISION)                  # [BR, BL]
+    s = tl.where((offs_l < n)[None, :], s, float("-inf"))
+    p = tl.exp(s - tl.max(s, axis=1)[:, None])
+    return p / tl.sum(p, axis=1)[:, None]
+
+
+@triton.jit
+def _word_attention_fwd_kernel(
+    query_ptr, words_ptr, lengths_ptr, context_ptr, attn_ptr, C, L, R,
+    RETURN_ATTN: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_R: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    block, b = tl.program_id(0), tl.program_id(1).to(tl.int64)  # int64 offsets: large batches
+    n = tl.load(lengths_ptr + b)
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_l = tl.arange(0, BLOCK_L)
+    offs_r = block * BLOCK_R + tl.arange(0, BLOCK_R)
+    c_ok, r_ok = offs_c < C, offs_r < R
+    tile = b * C * R + offs_c[:, None] * R + offs_r[None, :]                   # [BC, BR]
+    q = tl.load(query_ptr + tile, mask=c_ok[:, None] & r_ok[None, :], other=0.0)
+    e = tl.load(words_ptr + b * C * L + offs_c[:, None] * L + offs_l[None, :],
+                mask=c_ok[:, None] & (offs_l < n)[None, :], other=0.0)         # [BC, BL]
+    p = _softmax_over_words(q, e, n, offs_l, DOT_PRECISION)                    # [BR, BL]
+    context = tl.dot(e, tl.trans(p.to(e.dtype)), input_precision=DOT_PRECISION)  # [BC, BR]
+    tl.store(context_ptr + tile, context.to(context_ptr.dtype.element_ty),
+             mask=c_ok[:, None] & r_ok[None, :])
+    if RETURN_ATTN:
+        attn_tile = b * L * R + offs_l[None, :] * R + offs_r[:, None]          # [BR, BL]
+        tl.store(attn_ptr + attn_tile, p.to(attn_ptr.dtype.element_ty),
+                 mask=r_ok[:, None] & (offs_l < L)[None, :])
+
+
+@triton.jit
+def _word_attention_bwd_kernel(
+    query_ptr, words_ptr, lengths_ptr, grad_context_ptr, grad_attn_ptr, grad_query_ptr,
+    grad_words_ptr, C, L, R,
+    HAS_GRAD_ATTN: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_R: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    block, b = tl.program_id(0), tl.program_id(1).to(tl.int64)  # int64 offsets: large batches
+    n = tl.load(lengths_ptr + b)
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_l = tl.arange(0, BLOCK_L)
+    offs_r = block * BLOCK_R + tl.arange(0, BLOCK_R)
+    c_ok, r_ok = offs_c < C, offs_r < R
+    tile = b * C * R + offs_c[:, None] * R + offs_r[None, :]                   # [BC, BR]
+    tile_ok = c_ok[:, None] & r_ok[None, :]
+    q = tl.load(query_ptr + tile, mask=tile_ok, other=0.0)
+    gc = tl.load(grad_context_ptr + tile, mask=tile_ok, other=0.0)
+    words_tile = b * C * L + offs_c[:, None] * L + offs_l[None, :]             # [BC, BL]
+    e = tl.load(words_ptr + words_tile, mask=c_ok[:, None] & (offs_l < n)[None, :], other=0.0)
+    p = _softmax_over_words(q, e, n, offs_l, DOT_PRECISION)                    # [BR, BL]
+    dp = tl.dot(tl.trans(gc), e, input_precision=DOT_PRECISION)                # [BR, BL]
+    if HAS_GRAD_ATTN:
+        dp += tl.load(grad_attn_ptr + b * L * R + offs_l[None, :] * R + offs_r[:, None],
+                      mask=r_ok[:, None] & (offs_l < n)[None, :], other=0.0).to(tl.float32)
+    ds = p * (dp - tl.sum(p * dp, axis=1)[:, None])                            # 0 at padded words
+    ds_lp = ds.to(e.dtype)
+    grad_query = tl.dot(e, tl.trans(ds_lp), input_precision=DOT_PRECISION)     # [BC, BR]
+    tl.store(grad_query_ptr + tile, grad_query.to(grad_query_ptr.dtype.element_ty), mask=tile_ok)
+    grad_words = tl.dot(gc, p.to(e.dtype), input_precision=DOT_PRECISION)      # [BC, BL]
+    grad_words += tl.dot(q, ds_lp, input_precision=DOT_PRECISION)
+    tl.atomic_add(grad_words_ptr + words_tile, grad_words,
+                  mask=c_ok[:, None] & (offs_l < n)[None, :])
+
+
+def _check(query: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor) -> None:
+    if query.dim() != 4 or words.dim() != 3 or lengths.dim() != 1:
+        raise ValueError(f"word_attention (triton): expected query [B, C, H, W], words [B, C, L], "
+                         f"lengths [B]; got {tuple(query.shape)}, {tuple(words.shape)}, "
+                         f"{tuple(lengths.shape)}")
+    if words.shape[:2] != query.shape[:2] or lengths.shape[0] != query.shape[0]:
+        raise ValueError(f"word_attention (triton): sizes do not match: query {tuple(query.shape)}, "
+                         f"words {tuple(words.shape)}, lengths {tuple(lengths.shape)}")
+    if query.dtype not in _DTYPES or words.dtype != query.dtype:
+        raise TypeError(f"word_attention (triton): query and words must share one of float32, "
+                        f"float16, bfloat16; got {query.dtype} and {words.dtype}")
+    if words.shape[1] > MAX_CHANNELS or words.shape[2] > MAX_WORDS:
+        raise ValueError(f"word_attention (triton): C={words.shape[1]}, L={words.shape[2]} exceed the "
+                         f"kernel limits C <= {MAX_CHANNELS}, L <= {MAX_WORDS}; "
+                         f"use impl='cuda' or 'reference'")
+
+
+def _launch_options(query: torch.Tensor, words: torch.Tensor) -> dict:
+    channels, num_words = words.shape[1], words.shape[2]
+    block_c = max(16, triton.next_power_of_2(channels))
+    return dict(
+        BLOCK_C=block_c,
+        BLOCK_L=max(16, triton.next_power_of_2(num_words)),
+        # keep the [BLOCK_C, BLOCK_R] tiles near 4096 elements per program
+        BLOCK_R=max(16, min(128, 4096 // block_c)),
+        DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
+        num_warps=8 if block_c > 64 else 4,
+    )
+
+
+def word_attention_fwd(query: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor,
+                       return_attn: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """context [B, C, H, W] and attn [B, L, H, W] (an empty tensor unless return_attn)."""
+    _check(query, words, lengths)
+    query, words, lengths = query.contiguous(), words.contiguous(), lengths.long().contiguous()
+    batch, channels, height, width = query.shape
+    num_words, regions = words.shape[2], height * width
+    context = torch.empty_like(query)
+    attn = (query.new_empty((batch, num_words, height, width)) if return_attn
+            else query.new_empty((0,)))
+    options = _launch_options(query, words)
+    grid = (triton.cdiv(regions, options["BLOCK_R"]), batch)
+    _word_attention_fwd_kernel[grid](
+        query, words, lengths, context, attn if return_attn else context,
+        channels, num_words, regions, RETURN_ATTN=return_attn, **options)
+    return context, attn
+
+
+def word_attention_bwd(grad_context: torch.Tensor, grad_attn: Optional[torch.Tensor],
+                       query: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_query [B, C, H, W], grad_words [B, C, L]); grad_attn may be None (map unused)."""
+    _check(query, words, lengths)
+    query, words, lengths = query.contiguous(), words.contiguous(), lengths.long().contiguous()
+    grad_context = grad_context.to(query.dtype).contiguous()
+    batch, channels, height, width = query.shape
+    num_words, regions = words.shape[2], height * width
+    has_grad_attn = grad_attn is not None and grad_attn.numel() > 0
+    if has_grad_attn:
+        grad_attn = grad_attn.to(query.dtype).contiguous()
+    grad_query = torch.empty_like(query)
+    grad_words = torch.zeros((batch, channels, num_words), dtype=torch.float32, device=query.device)
+    options = _launch_options(query, words)
+    options["num_warps"] = 8  # the backward holds twice the tiles of the forward
+    grid = (triton.cdiv(regions, options["BLOCK_R"]), batch)
+    _word_attention_bwd_kernel[grid](
+        query, words, lengths, grad_context, grad_attn if has_grad_attn else grad_context,
+        grad_query, grad_words, channels, num_words, regions, HAS_GRAD_ATTN=has_grad_attn, **options)
+    return grad_query, grad_words.to(query.dtype)

@@ -1,0 +1,124 @@
+"""GAN training loop (attngan/train/gan.py): a few steps on a tiny synthetic set move finite
+losses, the run folder is complete, resume continues exactly, and bad runs fail clearly.
+
+`make_tiny_run` (synthetic data + a one-epoch DAMSM, a few seconds) and the `single_thread`
+fixture are shared with test_sampling.py and test_evaluate.py.
+"""
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from attngan.config import load_config
+from attngan.data.synthetic import make_synthetic
+from attngan.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from attngan.train.damsm import pretrain_damsm, resolve_damsm_checkpoint
+from attngan.train.gan import load_gan, train_gan
+
+TINY = ["data.synthetic.num_train=16", "data.synthetic.num_test=12", "data.synthetic.canvas=32",
+        "data.base_size=16", "data.branch_num=2", "text_encoder.embedding_dim=16",
+        "text_encoder.hidden_dim=16", "image_encoder.input_size=32", "image_encoder.width=8",
+        "damsm.batch_size=4", "damsm.epochs=1", "damsm.eval_candidates=4", "damsm.eval_folds=2",
+        "gan.ngf=8", "gan.ndf=8", "gan.r_num=1", "gan.batch_size=4", "gan.log_every=1",
+        "gan.sample_every=2", "gan.checkpoint_every=2", "run.device=cpu", "run.impl=auto",
+        "run.threads=0"]
+
+
+def make_tiny_run(root: Path, *overrides: str):
+    """(config, damsm run folder) of a tiny shapes set: 16 train images at 16/32 px."""
+    config = load_config("configs/shapes.yaml", [f"data.root={root / 'data'}", *TINY, *overrides])
+    make_synthetic(root / "data", config.data.synthetic)
+    pretrain_damsm(config, root / "damsm", progress=False)
+    return config, root / "damsm"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """These models are tiny: a second thread only adds synchronisation, which on a shared
+    2-core machine made a training step over 10x slower. run.threads=0 above keeps it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory.mktemp("gan"))
+
+
+def _with(config, **gan):
+    return dataclasses.replace(config, gan=dataclasses.replace(config.gan, **gan))
+
+
+def _losses(run: Path) -> list[dict]:
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k != "seconds"} for line in lines]
+
+
+def test_a_few_steps_train_and_write_the_run(tiny, tmp_path):
+    config, damsm = tiny
+    run = tmp_path / "run"
+    summary = train_gan(_with(config, max_steps=5), damsm, run, progress=False)
+    assert summary["steps"] == 5 and summary["epochs"] == 1            # 4 batches per epoch
+    lines = _losses(run)
+    assert [line["step"] for line in lines] == [1, 2, 3, 4, 5]
+    for name in ("d0", "d1", "g_adv", "w0", "w1", "s0", "s1", "kl", "g_total"):
+        values = [line[name] for line in lines]
+        assert all(torch.isfinite(torch.tensor(values))), name
+        assert len(set(values)) > 1, f"{name} never changes"
+    assert load_config(run / "config.yaml") == _with(config, max_steps=5)
+    assert sorted(p.name for p in (run / "samples").iterdir()) == [
+        "captions.txt", "step_0000002.png", "step_0000004.png", "step_0000005.png"]
+    payload = load_checkpoint(run / "checkpoints" / "gan_last.pt", kind="gan")   # weights_only
+    assert payload["step"] == 5 and payload["epoch"] == 1 and payload["batch_in_epoch"] == 1
+    assert payload["damsm_sha256"] and Path(payload["damsm_checkpoint"]).is_file()
+    ema, live = payload["trainer"]["ema"], payload["trainer"]["generator"]
+    # The average lags the live weights only if these moved.
+    assert any(not torch.equal(ema[k], live[k]) for k in live if k.endswith("weight"))
+    netG, _, vocab, loaded_config, _ = load_gan(run)
+    assert loaded_config == _with(config, max_steps=5) and len(vocab) > 10
+    torch.testing.assert_close(netG.state_dict(), ema)
+
+
+def test_resume_continues_exactly(tiny, tmp_path):
+    config, damsm = tiny
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train_gan(_with(config, max_steps=5), damsm, whole, progress=False)
+    train_gan(_with(config, max_steps=3), damsm, split, progress=False)   # stops mid-epoch
+    train_gan(_with(config, max_steps=5), damsm, split, resume=True, progress=False)
+    assert _losses(split) == _losses(whole)
+    a = load_checkpoint(whole / "checkpoints" / "gan_last.pt")
+    b = load_checkpoint(split / "checkpoints" / "gan_last.pt")
+    for part in ("generator", "ema"):
+        for name, value in a["trainer"][part].items():
+            assert torch.equal(value, b["trainer"][part][name]), (part, name)
+    for net_a, net_b in zip(a["trainer"]["discriminators"], b["trainer"]["discriminators"]):
+        for name, value in net_a.items():
+            assert torch.equal(value, net_b[name]), name
+    state_a = a["trainer"]["optimizer_g"]["state"]
+    state_b = b["trainer"]["optimizer_g"]["state"]
+    assert all(torch.equal(state_a[k]["exp_avg"], state_b[k]["exp_avg"]) for k in state_a)
+
+
+def test_existing_run_needs_resume_and_resume_needs_a_run(tiny, tmp_path):
+    config, damsm = tiny
+    with pytest.raises(CheckpointError, match="without --resume"):
+        train_gan(_with(config, max_steps=1), damsm, tmp_path / "none", resume=True,
+                  progress=False)
+    train_gan(_with(config, max_steps=1), damsm, tmp_path / "run", progress=False)
+    with pytest.raises(CheckpointError, match="--resume"):
+        train_gan(_with(config, max_steps=2), damsm, tmp_path / "run", progress=False)
+
+
+def test_damsm_of_another_vocabulary_is_refused(tiny, tmp_path):
+    config, damsm = tiny
+    payload = load_checkpoint(resolve_damsm_checkpoint(damsm))
+    payload["vocab"] = payload["vocab"] + ["zebra"]
+    payload["vocab_fingerprint"] = "0123456789abcdef"
+    other = save_checkpoint(tmp_path / "other_damsm.pt", payload)
+    with pytest.raises(Exception, match="vocabulary") as error:
+        train_gan(_with(config, max_steps=1), other, tmp_path / "run", progress=False)
+    assert str(other) in str(error.value) and "pretrain" in str(error.value)

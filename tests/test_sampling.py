@@ -1,0 +1,83 @@
+"""Sampling (attngan/sampling.py) and figures (attngan/viz.py): files per stage and caption,
+an attention figure with the chosen words, clear errors for unknown words."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attngan.data.errors import DataError
+from attngan.sampling import sample_captions
+from attngan.train.gan import train_gan
+from attngan.viz import attention_figure, colormap, save_image_grid, word_confidence
+from test_gan_training import make_tiny_run, single_thread  # noqa: F401 (autouse)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sampling")
+    config, damsm = make_tiny_run(root)
+    config = dataclasses.replace(config, gan=dataclasses.replace(config.gan, max_steps=2))
+    train_gan(config, damsm, root / "gan", progress=False)
+    return root / "gan"
+
+
+def test_samples_and_attention_figure_are_written(checkpoint, tmp_path):
+    texts = ["there is a small red circle on the top left",
+             "a big blue square in the middle"]
+    paths = sample_captions(checkpoint, texts, n=3, out_dir=tmp_path, seed=1)
+    names = sorted(p.name for p in paths)
+    assert names == sorted([
+        "00_there_is_a_small_red_circle_on_the_top_stage1_16px.png",
+        "00_there_is_a_small_red_circle_on_the_top_stage2_32px.png",
+        "00_there_is_a_small_red_circle_on_the_top_attention.png",
+        "01_a_big_blue_square_in_the_middle_stage1_16px.png",
+        "01_a_big_blue_square_in_the_middle_stage2_32px.png",
+        "01_a_big_blue_square_in_the_middle_attention.png", "captions.txt"])
+    grid = Image.open(tmp_path / "00_there_is_a_small_red_circle_on_the_top_stage2_32px.png")
+    assert grid.size == (3 * (128 + 2) + 2, 128 + 4)                 # 3 samples, 4x enlarged
+    figure = Image.open(tmp_path / "00_there_is_a_small_red_circle_on_the_top_attention.png")
+    assert figure.size[0] == 6 * (128 + 2) + 2                       # image + 5 words
+    again = sample_captions(checkpoint, texts[:1], n=3, out_dir=tmp_path / "again", seed=1)
+    assert np.array_equal(np.asarray(Image.open(again[1])), np.asarray(Image.open(paths[1])))
+
+
+def test_unknown_word_is_named(checkpoint, tmp_path):
+    with pytest.raises(DataError, match="'zebra'"):
+        sample_captions(checkpoint, ["a red zebra"], out_dir=tmp_path)
+
+
+def test_word_confidence_counts_mass_above_twice_uniform():
+    """3 words, 16 regions: word 0 owns region 0, word 1 dominates regions 1-4, the rest is
+    spread below 2/3 (twice the uniform share 1/3) and counts for nobody."""
+    attn = torch.tensor([0.2, 0.4, 0.4])[:, None].repeat(1, 16)          # [L, R]
+    attn[:, 0] = torch.tensor([1.0, 0.0, 0.0])
+    attn[:, 1:5] = torch.tensor([0.0, 0.9, 0.1])[:, None]
+    confidence = word_confidence(attn.view(3, 4, 4), 3)
+    torch.testing.assert_close(confidence, torch.tensor([1.0, 3.6, 0.0]))
+
+
+def test_attention_figure_shows_all_words_of_a_short_caption(tmp_path):
+    images = [torch.zeros(3, 8, 8), torch.zeros(3, 16, 16), torch.zeros(3, 32, 32)]
+    maps = [torch.softmax(torch.randn(6, 8, 8), 0), torch.softmax(torch.randn(6, 16, 16), 0)]
+    path = attention_figure(images, maps, ["a", "red", "circle"], tmp_path / "f.png",
+                            tile_size=40)
+    assert Image.open(path).size == (4 * 42 + 2, 2 * (40 + 14 + 2) + 2)
+    with pytest.raises(ValueError, match="branch_num"):
+        attention_figure(images[:1], [], ["a"], tmp_path / "g.png")
+
+
+def test_colormap_and_grid():
+    colours = colormap(np.array([0.0, 0.5, 1.0]))
+    assert colours.dtype == np.uint8 and colours.shape == (3, 3)
+    assert colours[0, 2] > colours[0, 0] and colours[2, 0] > colours[2, 2]  # blue low, red high
+    assert colours[1, 1] == 255                                      # green in the middle
+
+
+def test_save_image_grid_values(tmp_path):
+    images = torch.stack([torch.full((3, 4, 4), -1.0), torch.full((3, 4, 4), 1.0)])
+    path = save_image_grid(images, tmp_path / "g.png", nrow=2)
+    pixels = np.asarray(Image.open(path))
+    assert pixels.shape == (8, 14, 3)
+    assert pixels[2, 2].tolist() == [0, 0, 0] and pixels[2, 8].tolist() == [255, 255, 255]
