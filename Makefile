@@ -18,7 +18,7 @@ venv: $(STAMP)
 
 $(STAMP): setup.py pyproject.toml $(EXT_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet "setuptools>=64" wheel
+	$(PIP) install --quiet "setuptools>=77" wheel
 	$(PIP) install --quiet "torch==$(TORCH_VERSION)"
 	$(PIP) install --quiet "triton==$(TRITON_VERSION)" numpy pyyaml tqdm pillow ninja pybind11 \
 		pytest pytest-benchmark nvidia-ml-py

@@ -45,8 +45,8 @@ from attngan.train.losses import (damsm_generator_loss, discriminator_loss,
 from attngan.train.runtime import prepare_run
 from attngan.viz import save_image_grid
 
-__all__ = ["GANTrainer", "train_gan", "load_gan", "generate", "resolve_gan_checkpoint", "file_sha256",
-           "CHECKPOINT_NAME"]
+__all__ = ["GANTrainer", "train_gan", "load_gan", "generate", "resolve_gan_checkpoint",
+           "file_sha256", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "gan_last.pt"
 FIXED_CAPTIONS = 8            # captions of the sample grids

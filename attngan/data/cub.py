@@ -1,0 +1,215 @@
+"""Reader of the CUB-200-2011 layout used by AttnGAN (birds, and the synthetic shapes set).
+
+Layout under ROOT (SPEC section 4; the original release's `birds.zip` metadata plus the images):
+
+    CUB_200_2011/images/<class>/<name>.jpg      the images (any extension images.txt names)
+    CUB_200_2011/images.txt                     "<id> <class>/<name>.jpg" per image
+    CUB_200_2011/bounding_boxes.txt             "<id> <x> <y> <w> <h>" per image (bird box)
+    text/<class>/<name>.txt                     the captions, one a line
+    train|test/filenames.pickle                 keys "<class>/<name>" of the split, in order
+    train|test/class_info.pickle                class id per key
+    captions.pickle                             [train captions, test captions, ixtoword,
+                                                 wordtoix], captions as word-id lists
+
+`captions.pickle` is made from text/ by `prepare_captions` (what `attngan prepare` runs) only
+when it is absent: released DAMSM encoders need the released vocabulary, so an existing file is
+never rebuilt. Each image keeps the first captions_per_image lines that have a word; lines with
+no word (blank lines) are skipped, as the original does. Text files are read as UTF-8 with bad
+bytes replaced (CUB's stray bytes become the U+FFFD pair the tokenizer treats as a space);
+images.txt and bounding_boxes.txt as Latin-1, like the pickles, so keys match byte for byte.
+
+Birds are cropped around their box (SPEC: side 1.5 max(w, h) centred on the box, clipped to the
+image); `crop_window` computes that window, the dataset applies it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from attngan.data.errors import DataError
+from attngan.data.records import SplitRecords, check_caption_lists, load_pickle, save_pickle
+from attngan.data.vocab import Vocabulary, tokenize
+
+SPLITS = ("train", "test")
+
+
+def cub_fix(root: Path) -> str:
+    """The fix for missing CUB files: where the images and the AttnGAN metadata go."""
+    return (f"put CUB-200-2011 (folder CUB_200_2011) and the AttnGAN birds metadata (text/, "
+            f"train/, test/) under {root}, or set data.root to where they are")
+
+
+def read_caption_file(path: Path, captions_per_image: int, fix: str) -> list[str]:
+    """The first `captions_per_image` lines of a text file that contain a word."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"caption file {path} is missing; {fix}") from None
+    except OSError as error:
+        raise DataError(f"caption file {path} cannot be read ({error}); {fix}") from None
+    lines = [line for line in raw.decode("utf-8", errors="replace").splitlines()
+             if tokenize(line)]
+    if len(lines) < captions_per_image:
+        raise DataError(f"caption file {path} has {len(lines)} captions with words, fewer than "
+                        f"data.captions_per_image={captions_per_image}; add captions to it or "
+                        "lower data.captions_per_image")
+    return lines[:captions_per_image]
+
+
+def _split_keys(root: Path, split: str, fix: str) -> list[str]:
+    keys = load_pickle(root / split / "filenames.pickle", fix)
+    if not isinstance(keys, (list, tuple)) or not all(isinstance(k, (str, bytes)) for k in keys):
+        raise DataError(f"{root / split / 'filenames.pickle'} is not a list of image keys; {fix}")
+    return [k.decode("latin1") if isinstance(k, bytes) else k for k in keys]
+
+
+def prepare_captions(root: str | Path, captions_per_image: int = 10, *, rebuild: bool = False,
+                     fix: Optional[str] = None) -> Path:
+    """Make ROOT/captions.pickle from the text files of both splits; return its path.
+
+    The vocabulary is every word of the train and test captions, sorted, after `<end>`. An
+    existing file is kept (returned untouched) unless `rebuild` is true: a rebuilt vocabulary
+    no longer matches encoders trained on the old one.
+    """
+    root = Path(root)
+    fix = fix or cub_fix(root)
+    target = root / "captions.pickle"
+    if target.is_file() and not rebuild:
+        return target
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist; {fix}")
+    tokenized = {}
+    for split in SPLITS:
+        tokenized[split] = [
+            tokenize(line)
+            for key in _split_keys(root, split, fix)
+            for line in read_caption_file(root / "text" / f"{key}.txt", captions_per_image, fix)]
+    vocab = Vocabulary.build(tokenized["train"] + tokenized["test"])
+    ixtoword, wordtoix = vocab.to_maps()
+    save_pickle(target, [[[vocab.wordtoix[w] for w in tokens] for tokens in tokenized[split]]
+                         for split in SPLITS] + [ixtoword, wordtoix])
+    return target
+
+
+def load_captions(root: str | Path) -> tuple[list, list, Vocabulary]:
+    """(train captions, test captions, vocabulary) of ROOT/captions.pickle as stored."""
+    path = Path(root) / "captions.pickle"
+    stored = load_pickle(path, f"run `attngan prepare {root}`")
+    if not isinstance(stored, (list, tuple)) or len(stored) != 4:
+        raise DataError(f"{path} is not [train captions, test captions, ixtoword, wordtoix]; "
+                        f"delete it and run `attngan prepare {root}` (this makes a new "
+                        "vocabulary: released encoders will not match it)")
+    train, test, ixtoword, wordtoix = stored
+    return train, test, Vocabulary.from_maps(ixtoword, wordtoix, source=str(path))
+
+
+def _image_list(root: Path) -> dict[str, tuple[int, str]]:
+    """key -> (image id, relative path) from CUB_200_2011/images.txt, {} when absent."""
+    listing = root / "CUB_200_2011" / "images.txt"
+    if not listing.is_file():
+        return {}
+    entries = {}
+    # Latin-1 like the pickles, so a key and its images.txt entry match byte for byte.
+    for number, line in enumerate(listing.read_text(encoding="latin1").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise DataError(f"{listing} line {number} is {line!r}, not '<id> <class>/<name>.jpg'; "
+                            f"the file is damaged: {cub_fix(root)}")
+        entries[parts[1].rsplit(".", 1)[0]] = (int(parts[0]), parts[1])
+    return entries
+
+
+def _boxes(root: Path, images: dict[str, tuple[int, str]], fix: str
+           ) -> dict[int, tuple[float, float, float, float]]:
+    """image id -> (x, y, w, h) from CUB_200_2011/bounding_boxes.txt."""
+    path = root / "CUB_200_2011" / "bounding_boxes.txt"
+    if not path.is_file() or not images:
+        missing = path if not path.is_file() else root / "CUB_200_2011" / "images.txt"
+        raise DataError(f"{missing} is missing and data.bbox_crop is true; {fix}, or set "
+                        "data.bbox_crop=false")
+    boxes = {}
+    for number, line in enumerate(path.read_text(encoding="latin1").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            image_id, x, y, w, h = int(parts[0]), *map(float, parts[1:])
+        except ValueError:
+            image_id = None
+        if image_id is None or len(parts) != 5 or w <= 0 or h <= 0:
+            raise DataError(f"{path} line {number} is {line!r}, not '<id> <x> <y> <w> <h>' with "
+                            f"a positive size; the file is damaged: {fix}")
+        boxes[image_id] = (x, y, w, h)
+    return boxes
+
+
+def crop_window(width: int, height: int, box: tuple[float, float, float, float]
+                ) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the square of side 1.5 max(w, h) centred on the box,
+    clipped to the image (SPEC section 4)."""
+    x, y, w, h = box
+    half = int(max(w, h) * 0.75)
+    centre_x, centre_y = int(x + w / 2), int(y + h / 2)
+    left, top = max(0, centre_x - half), max(0, centre_y - half)
+    right, bottom = min(width, centre_x + half), min(height, centre_y + half)
+    if right <= left or bottom <= top:
+        raise DataError(f"box {box} lies outside its {width}x{height} image; fix "
+                        "bounding_boxes.txt or set data.bbox_crop=false")
+    return left, top, right, bottom
+
+
+def read_cub(root: str | Path, split: str, *, captions_per_image: int = 10,
+             bbox_crop: bool = True, fix: Optional[str] = None) -> SplitRecords:
+    """One split of a CUB-layout folder; makes captions.pickle first when it is absent."""
+    root = Path(root)
+    fix = fix or cub_fix(root)
+    if split not in SPLITS:
+        raise DataError(f"split must be 'train' or 'test', got {split!r}")
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist; {fix}")
+    keys = _split_keys(root, split, fix)
+    class_ids = load_pickle(root / split / "class_info.pickle", fix)
+    if not isinstance(class_ids, (list, tuple)) or len(class_ids) != len(keys):
+        raise DataError(f"{root / split / 'class_info.pickle'} must hold one class id per key of "
+                        f"filenames.pickle ({len(keys)}); {fix}")
+    prepare_captions(root, captions_per_image, fix=fix)
+    train, test, vocab = load_captions(root)
+    where = f"{root / 'captions.pickle'} ({split} part)"
+    remedy = (f"the file does not belong to these images: delete it and run `attngan prepare "
+              f"{root}`")
+    captions = check_caption_lists(train if split == "train" else test, len(keys),
+                                   captions_per_image, vocab, where, remedy)
+    images = _image_list(root)
+    folder = root / "CUB_200_2011" / "images"
+    paths = [folder / images[key][1] if key in images else folder / f"{key}.jpg" for key in keys]
+    boxes = None
+    if bbox_crop:
+        by_id = _boxes(root, images, fix)
+        boxes = []
+        for key in keys:
+            if key not in images or images[key][0] not in by_id:
+                raise DataError(f"image {key} has no box in {root / 'CUB_200_2011'} (images.txt "
+                                f"and bounding_boxes.txt); {fix}, or set data.bbox_crop=false")
+            boxes.append(by_id[images[key][0]])
+    return SplitRecords(keys=keys, class_ids=[int(c) for c in class_ids], image_paths=paths,
+                        captions=captions, vocab=vocab, captions_per_image=captions_per_image,
+                        fix=fix, boxes=boxes,
+                        texts=CaptionTexts(root, keys, captions_per_image, fix))
+
+
+@dataclass(frozen=True)
+class CaptionTexts:
+    """texts(index): the raw captions of image `index`, read from its text file on demand
+    (a class, not a closure, so a data set still pickles into DataLoader worker processes)."""
+    root: Path
+    keys: list[str]
+    captions_per_image: int
+    fix: str
+
+    def __call__(self, index: int) -> list[str]:
+        return read_caption_file(self.root / "text" / f"{self.keys[index]}.txt",
+                                 self.captions_per_image, self.fix)

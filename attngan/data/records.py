@@ -1,0 +1,94 @@
+"""What a reader hands the dataset, and the pickle files of the AttnGAN metadata.
+
+Both readers (CUB layout in `cub.py`, COCO in `coco.py`) return a `SplitRecords`: per image its
+key, class id, image path and optional box, plus the flat caption list (captions_per_image per
+image, in image order) as word ids of one `Vocabulary`. The dataset turns that into tensors.
+
+The metadata pickles of the original release were written by Python 2, so they are read with
+`encoding="latin1"` (a Python-2 `str` becomes a Python-3 `str` byte for byte); the ones this
+project writes use protocol 2 so Python 2 can read them back.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from attngan.data.errors import DataError
+from attngan.data.vocab import Vocabulary
+
+
+@dataclass
+class SplitRecords:
+    """One split of a data set, before any image is read.
+
+    keys, class_ids, image_paths, boxes: one entry per image (boxes None when not cropping;
+    a box is (x, y, w, h) in pixels). captions: captions_per_image word-id lists per image, in
+    image order. texts: raw caption strings of image i, when the reader keeps them. fix: what to
+    tell the user when an image file is missing.
+    """
+    keys: list[str]
+    class_ids: list[int]
+    image_paths: list[Path]
+    captions: list[list[int]]
+    vocab: Vocabulary
+    captions_per_image: int
+    fix: str
+    boxes: Optional[list[tuple[float, float, float, float]]] = None
+    texts: Optional[Callable[[int], list[str]]] = field(default=None, repr=False)
+
+
+def load_pickle(path: Path, fix: str) -> Any:
+    """Unpickle `path` (Python 2 pickles included); a missing or damaged file is a DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} is missing; {fix}")
+    try:
+        with open(path, "rb") as handle:
+            return pickle.load(handle, encoding="latin1")
+    except Exception as error:  # pickle raises many types on damaged input
+        raise DataError(f"{path} cannot be read ({type(error).__name__}: {error}); the file is "
+                        f"damaged: {fix}") from None
+
+
+def save_pickle(path: Path, value: Any) -> None:
+    """Write a protocol-2 pickle atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            pickle.dump(value, stream, protocol=2)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def check_caption_lists(captions: Any, num_images: int, captions_per_image: int,
+                        vocab: Vocabulary, where: str, fix: str) -> list[list[int]]:
+    """Validate one split's caption lists of a captions.pickle against its images and words."""
+    if not isinstance(captions, list):
+        raise DataError(f"{where} is a {type(captions).__name__}, not a list of captions; {fix}")
+    expected = num_images * captions_per_image
+    if len(captions) != expected:
+        raise DataError(
+            f"{where} has {len(captions)} captions but the split has {num_images} images x "
+            f"data.captions_per_image={captions_per_image} = {expected}; set "
+            "data.captions_per_image to the data's count (10 for CUB and shapes, 5 for COCO), "
+            f"or {fix}")
+    size = len(vocab)
+    result = []
+    for index, caption in enumerate(captions):
+        ids = [int(word) for word in caption]
+        if not ids:
+            raise DataError(f"{where}: caption {index} (image {index // captions_per_image}) "
+                            f"is empty; {fix}")
+        if min(ids) < 1 or max(ids) >= size:
+            raise DataError(f"{where}: caption {index} uses word ids outside 1..{size - 1} of "
+                            f"its vocabulary; {fix}")
+        result.append(ids)
+    return result
