@@ -105,7 +105,8 @@ def _sample(args) -> int:
 def _evaluate(args) -> int:
     from attngan.metrics.evaluate import evaluate_generator
     results = evaluate_generator(args.ckpt, out_path=args.out, device=args.device,
-                                 max_images=args.max_images, seed=args.seed)
+                                 max_images=args.max_images, seed=args.seed,
+                                 damsm_path=args.damsm)
     print(json.dumps(results, indent=2))
     return 0
 
@@ -156,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="GAN checkpoint file or run folder")
     p.add_argument("--out", help="JSON file for the results")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--max-images", type=int, default=None,
+                   help="generate at most this many images (default: one per test caption)")
+    p.add_argument("--damsm", help="DAMSM run or checkpoint for R-precision "
+                                   "(default: the one the GAN was trained with)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_evaluate)
 

@@ -22,8 +22,10 @@ dv += dc alpha^T, dv += e ds^T and de = v ds, 8 D R n (6 D R n without de). So
 (B = 32: 5.45 / 16.4 / 13.6 GFLOP; B = 48: 12.3 / 36.8 / 30.7 GFLOP). Achieved GFLOP/s is set against the
 machine's own square-matmul rate in the same dtype, measured in the same run.
 
-Timing: CPU torch.utils.benchmark (median), CUDA triton.testing.do_bench (median). Peak memory
-on CUDA only (the CPU allocator keeps no statistics).
+Timing: CPU torch.utils.benchmark, single calls interleaved over the providers (this box is
+shared: all providers see the same load), median and minimum of --rounds; CUDA
+triton.testing.do_bench (median). Speed-ups compare medians. Peak memory on CUDA only (the CPU
+allocator keeps no statistics).
 
     python bench/bench_damsm.py [--device cuda] [--dtype bf16] [--sizes cub,cpu] [--record]
                                 [--providers loop,reference,cpp] [--min-time 1.0]
@@ -32,6 +34,7 @@ on CUDA only (the CPU allocator keeps no statistics).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from functools import partial
@@ -42,8 +45,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DTYPES, machine, markdown_table, matmul_gflops, median_seconds,  # noqa: E402
-                    peak_memory_bytes, record)
+from common import (DTYPES, interleaved_cpu_samples, machine, markdown_table,  # noqa: E402
+                    matmul_gflops, median_seconds, peak_memory_bytes, record)
 
 from attngan import backend  # noqa: E402
 from attngan.ops import damsm  # noqa: E402
@@ -109,7 +112,8 @@ def make_call(provider: str, words, lengths, regions, grad_s,
 
 
 def run_benchmarks(device: torch.device, dtype: torch.dtype, size_names, passes, providers,
-                   min_run_time: float, scale: Optional[float] = None) -> tuple[list[dict], float]:
+                   min_run_time: float, rounds: int,
+                   scale: Optional[float] = None) -> tuple[list[dict], float]:
     matmul = matmul_gflops(device, dtype, min_run_time=min_run_time)
     print(f"machine {dtype} matmul: {matmul:.0f} GFLOP/s", flush=True)
     rows = []
@@ -118,21 +122,32 @@ def run_benchmarks(device: torch.device, dtype: torch.dtype, size_names, passes,
         words, lengths, regions, grad_s = make_inputs(size, device, dtype, scale=scale)
         for pass_name in passes:
             flop = flop_count(size["batch"], lengths, size["dim"], size["regions"], pass_name)
+            calls, first_call = {}, {}
             for provider in providers:
                 reason = unavailable(provider, words, regions)
                 if reason is not None:
                     print(f"  {size_name} {pass_name} {provider}: skipped ({reason})", flush=True)
                     continue
-                call = make_call(provider, words, lengths, regions, grad_s, pass_name)
+                calls[provider] = make_call(provider, words, lengths, regions, grad_s, pass_name)
                 started = time.perf_counter()
-                call()  # warm-up (and compilation for reference_compiled)
-                warmup = time.perf_counter() - started
-                seconds = median_seconds(call, device, min_run_time)
-                peak = peak_memory_bytes(call, device)
+                calls[provider]()  # warm-up (and compilation for reference_compiled)
+                first_call[provider] = time.perf_counter() - started
+            if device.type == "cpu":
+                samples = interleaved_cpu_samples(calls, rounds)
+                medians = {p: statistics.median(t) for p, t in samples.items()}
+                minima = {p: min(t) for p, t in samples.items()}
+            else:
+                medians = {p: median_seconds(call, device, min_run_time)
+                           for p, call in calls.items()}
+                minima = {p: None for p in calls}
+            for provider, call in calls.items():
+                seconds, peak = medians[provider], peak_memory_bytes(call, device)
                 rows.append(dict(size=size_name, **size, dtype=str(dtype).split(".")[1],
                                  feature_scale=scale or size["dim"] ** -0.25,
                                  pass_=pass_name, provider=provider, median_ms=seconds * 1e3,
-                                 first_call_s=warmup, gflop=flop / 1e9,
+                                 min_ms=None if minima[provider] is None
+                                 else minima[provider] * 1e3,
+                                 first_call_s=first_call[provider], gflop=flop / 1e9,
                                  gflops=flop / seconds / 1e9, matmul_gflops=matmul,
                                  peak_mib=None if peak is None else peak / 2 ** 20))
                 print(f"  {size_name} {pass_name} {provider}: {seconds * 1e3:.1f} ms", flush=True)
@@ -148,10 +163,11 @@ def run_benchmarks(device: torch.device, dtype: torch.dtype, size_names, passes,
 def render(rows: list[dict], info: dict, dtype: torch.dtype) -> str:
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
-    headers = ["size", "pass", "provider", "median ms", "x loop", "x best PyTorch", "GFLOP/s",
-               "% matmul", "peak MiB"]
+    headers = ["size", "pass", "provider", "median ms", "min ms", "x loop", "x best PyTorch",
+               "GFLOP/s", "% matmul", "peak MiB"]
     table = markdown_table(headers, [
         [f"{r['size']} (B={r['batch']})", r["pass_"], r["provider"], fmt(r["median_ms"], ".1f"),
+         fmt(r["min_ms"], ".1f"),
          fmt(r["speedup_vs_loop"], ".2f"), fmt(r["speedup_vs_best_pytorch"], ".2f"),
          fmt(r["gflops"], ".1f"), fmt(100 * r["gflops"] / r["matmul_gflops"], ".0f"),
          fmt(r["peak_mib"], ".1f")] for r in rows])
@@ -181,7 +197,11 @@ def main(argv=None) -> int:
                         help="comma list of: " + ",".join(PASSES) + " (default: all on CPU, the "
                         "first two on CUDA)")
     parser.add_argument("--min-time", type=float, default=1.0,
-                        help="seconds of timed runs per measurement (default 1)")
+                        help="seconds of timed runs per measurement on CUDA and for the matmul "
+                        "rate (default 1)")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="CPU: timed calls per provider, interleaved over the providers "
+                        "(default 7)")
     parser.add_argument("--scale", type=float, default=None,
                         help="feature scale (default D^-1/4: s = v^T e of unit spread)")
     parser.add_argument("--threads", type=int, default=None,
@@ -210,7 +230,8 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown pass(es) {unknown}; choose from {list(PASSES)}")
     info = machine(device)
-    rows, _ = run_benchmarks(device, dtype, sizes, passes, providers, args.min_time, args.scale)
+    rows, _ = run_benchmarks(device, dtype, sizes, passes, providers, args.min_time, args.rounds,
+                             args.scale)
     text = render(rows, info, dtype)
     if args.record:
         for path in record("damsm", info, rows, text):

@@ -1,7 +1,8 @@
 """Shared helpers of the benchmarks in bench/: timing, the machine's own matmul rate, peak
 memory, a description of the machine and software, and recording results.
 
-Timing follows DESIGN.md: on CPU `torch.utils.benchmark` (median of blocked runs), on CUDA
+Timing follows DESIGN.md: on CPU `torch.utils.benchmark` (median of blocked runs, or of single
+calls interleaved over the providers on a shared machine), on CUDA
 `triton.testing.do_bench` (median, after warm-up; CUDA events when triton is missing). Every
 recorded result names the machine (CPU model, GPU model via nvidia-ml-py), the thread count,
 versions and the git commit.
@@ -39,6 +40,24 @@ def median_seconds(fn: Callable[[], object], device: torch.device,
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
+def interleaved_cpu_samples(calls: dict, rounds: int) -> dict:
+    """Seconds of single calls, taken round-robin over the providers, `rounds` each.
+
+    On a machine shared with other work the load changes within seconds; timing the providers
+    one after another would give each a different load. Interleaved, every provider sees the
+    same mix, so their ratios stay fair (report the median; the minimum approximates an
+    unloaded machine)."""
+    from torch.utils import benchmark
+    threads = torch.get_num_threads()
+    timers = {name: benchmark.Timer("fn()", globals={"fn": fn}, num_threads=threads)
+              for name, fn in calls.items()}
+    samples = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            samples[name].append(timer.timeit(1).times[0])
+    return samples
+
+
 def _cuda_events_median(fn: Callable[[], object], repeats: int = 50) -> float:
     for _ in range(5):
         fn()
@@ -55,12 +74,19 @@ def _cuda_events_median(fn: Callable[[], object], repeats: int = 50) -> float:
 
 def matmul_gflops(device: torch.device, dtype: torch.dtype, size: int = 2048,
                   min_run_time: float = 1.0) -> float:
-    """The machine's own square-matmul rate in this dtype, measured now (the roofline we quote)."""
+    """The machine's own square-matmul rate in this dtype, measured now (the roofline we quote).
+    On CPU the best of the timed blocks: what the cores can do when nothing else runs on them."""
     if device.type == "cuda":
         size = max(size, 8192)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    seconds = median_seconds(lambda: torch.mm(a, b), device, min_run_time)
+    if device.type == "cuda":
+        seconds = median_seconds(lambda: torch.mm(a, b), device, min_run_time)
+    else:
+        from torch.utils import benchmark
+        timer = benchmark.Timer("torch.mm(a, b)", globals={"torch": torch, "a": a, "b": b},
+                                num_threads=torch.get_num_threads())
+        seconds = min(timer.blocked_autorange(min_run_time=min_run_time).times)
     return 2 * size ** 3 / seconds / 1e9
 
 

@@ -8,11 +8,12 @@ flash-attention rule: error(kernel vs fp64) <= 2 * error(same-dtype reference vs
 Also: masking invariance (NaN in padded word slots changes nothing), gradcheck, opcheck,
 torch.compile(fullgraph=True), autocast, every input error, and dispatch.
 """
+import importlib
+
 import pytest
 import torch
 
 from attngan import backend
-from attngan.ops import word_attention as wa_module
 from attngan.ops._library import word_attention_ops
 from attngan.ops.reference import word_attention_reference
 from attngan.ops.word_attention import word_attention
@@ -256,6 +257,8 @@ def test_dispatch(monkeypatch):
             called.append(impl)
             return word_attention_ops[impl]
 
+    # The package re-exports the function under the module's name, so fetch the module itself.
+    wa_module = importlib.import_module("attngan.ops.word_attention")
     monkeypatch.setattr(wa_module, "word_attention_ops", Spy())
     monkeypatch.delenv("ATTNGAN_IMPL", raising=False)
     word_attention(q, w, n)

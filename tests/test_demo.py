@@ -1,0 +1,22 @@
+"""`attngan demo --quick`: the whole pipeline end to end through the CLI, at smoke-test size."""
+import json
+
+from attngan.cli import main
+
+
+def test_quick_demo_writes_every_output(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--set", "run.threads=0"]) == 0
+    assert "report:" in capsys.readouterr().out
+    report = (out / "report.md").read_text()
+    assert "R-precision, sentence level" in report and "| color |" in report
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert set(evaluation) == {"protocol", "checker", "r_precision"}
+    assert set(evaluation["checker"]["gap"]) >= {"color", "position", "size", "shape"}
+    assert (out / "damsm" / "r_precision.json").is_file()
+    assert (out / "gan" / "checkpoints" / "gan_last.pt").is_file()
+    figures = sorted((out / "samples").glob("*_attention.png"))
+    assert len(figures) == 4
+    for link in (line.split("](")[1].rstrip(")") for line in report.splitlines()
+                 if line.startswith("- [samples/")):
+        assert (out / link).is_file(), link
