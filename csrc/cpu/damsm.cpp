@@ -36,6 +36,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <cstdlib>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -405,11 +406,29 @@ std::pair<int64_t, int64_t> block_range(const Prepared& pr, int64_t b) {
   return {c0, std::min(c0 + per, pr.num_captions)};
 }
 
-int64_t max_block_rows(const Prepared& pr) {
+// Rows per chunk: a work item goes through its captions a chunk of whole captions at a time.
+// The backward's per-chunk buffers (about 3 [n, R] and 2 [n, D]) plus v then stay within a
+// core's L2 (2 MB here): with all 576 rows of a B = 32 block at once they were 3.5 MB and every
+// row pass and GEMM operand came from L3.
+static int64_t kChunkRows = std::getenv("ATTNGAN_CHUNK") ? std::atoll(std::getenv("ATTNGAN_CHUNK")) : 256;
+
+// End of the chunk that starts at caption c0 of a block ending at c1: whole captions, at most
+// kChunkRows rows unless one caption alone is longer.
+int64_t chunk_end(const Prepared& pr, int64_t c0, int64_t c1) {
+  int64_t c = c0 + 1;
+  while (c < c1 && pr.offsets[c + 1] - pr.offsets[c0] <= kChunkRows) ++c;
+  return c;
+}
+
+// Rows of the largest chunk (the per-thread buffers' size).
+int64_t max_chunk_rows(const Prepared& pr) {
   int64_t rows = 0;
   for (int64_t b = 0; b < pr.blocks; ++b) {
-    const auto [c0, c1] = block_range(pr, b);
-    rows = std::max(rows, pr.offsets[c1] - pr.offsets[c0]);
+    const auto [b0, b1] = block_range(pr, b);
+    for (int64_t c0 = b0, c1; c0 < b1; c0 = c1) {
+      c1 = chunk_end(pr, c0, b1);
+      rows = std::max(rows, pr.offsets[c1] - pr.offsets[c0]);
+    }
   }
   return rows;
 }
@@ -435,7 +454,7 @@ at::Tensor forward_impl(const Prepared& pr, double gamma1, double gamma2) {
   at::Tensor out = at::empty({pr.num_images, pr.num_captions}, options);
   T* out_p = out.data_ptr<T>();
   const int64_t R = pr.R, D = pr.D;
-  const int64_t max_rows = max_block_rows(pr);
+  const int64_t max_rows = max_chunk_rows(pr);
   const T g1 = static_cast<T>(gamma1), g2 = static_cast<T>(gamma2);
   struct Buffers {
     at::Tensor scores, alpha, context;  // s -> p [n, R]; alpha [n, R]; C^T [n, D]
@@ -446,11 +465,8 @@ at::Tensor forward_impl(const Prepared& pr, double gamma1, double gamma2) {
                    at::empty({max_rows, D}, options), std::vector<T>(2 * R),
                    std::vector<T>(max_rows), std::vector<T>(max_rows)};
   };
-  parallel_dynamic(pr.num_images * pr.blocks, init, [&](Buffers& buf, int64_t item) {
-    const int64_t j = item / pr.blocks;
-    const auto [c0, c1] = block_range(pr, item % pr.blocks);
+  auto run_chunk = [&](Buffers& buf, int64_t j, int64_t c0, int64_t c1) {
     const int64_t r0 = pr.offsets[c0], n = pr.offsets[c1] - r0;
-    if (n == 0) return;
     const at::Tensor v = pr.regions[j];                                    // [D, R]
     const at::Tensor e = pr.words_t.narrow(0, r0, n);                      // [n, D]
     at::Tensor s = buf.scores.narrow(0, 0, n), a = buf.alpha.narrow(0, 0, n);
@@ -476,6 +492,14 @@ at::Tensor forward_impl(const Prepared& pr, double gamma1, double gamma2) {
       out_p[j * pr.num_captions + i] = top + std::log(sum);                // eq. 10
       t0 += len;
     }
+  };
+  parallel_dynamic(pr.num_images * pr.blocks, init, [&](Buffers& buf, int64_t item) {
+    const int64_t j = item / pr.blocks;
+    const auto [b0, b1] = block_range(pr, item % pr.blocks);
+    for (int64_t c0 = b0, c1; c0 < b1; c0 = c1) {
+      c1 = chunk_end(pr, c0, b1);
+      run_chunk(buf, j, c0, c1);
+    }
   });
   return out;
 }
@@ -485,7 +509,7 @@ std::pair<at::Tensor, at::Tensor> backward_impl(const Prepared& pr, const at::Te
                                                 double gamma1, double gamma2, bool need_words) {
   const auto options = pr.words_t.options();
   const int64_t R = pr.R, D = pr.D, N = pr.N;
-  const int64_t max_rows = max_block_rows(pr);
+  const int64_t max_rows = max_chunk_rows(pr);
   const T g1 = static_cast<T>(gamma1), g2 = static_cast<T>(gamma2), eps = kNormEps;
   const at::Tensor grad = grad_s.detach().to(options.dtype()).contiguous();
   const T* grad_p = grad.data_ptr<T>();
@@ -506,31 +530,26 @@ std::pair<at::Tensor, at::Tensor> backward_impl(const Prepared& pr, const at::Te
   const int64_t per_group = (items + groups - 1) / groups;
   std::vector<at::Tensor> words_acc(groups), coef_acc(groups);
   struct Buffers {
-    at::Tensor lhs, rhs, prob;  // [dC^T; E^T] [2n, D]; [alpha; dalpha -> dS] [2n, R];
-                                // s -> p -> dS + a alpha [n, R]
+    at::Tensor context, alpha, dalpha, prob;  // C^T -> dC^T [n, D]; alpha [n, R];
+                                              // dalpha -> dS [n, R]; s -> p -> dS + a alpha [n, R]
     std::vector<T> work, dot, cc, a, b, cosv, qv;
   };
   auto init = [&] {
-    return Buffers{at::empty({2 * max_rows, D}, options), at::empty({2 * max_rows, R}, options),
-                   at::empty({max_rows, R}, options), std::vector<T>(2 * R),
-                   std::vector<T>(max_rows), std::vector<T>(max_rows), std::vector<T>(max_rows),
-                   std::vector<T>(max_rows), std::vector<T>(pr.L), std::vector<T>(pr.L)};
+    return Buffers{at::empty({max_rows, D}, options), at::empty({max_rows, R}, options),
+                   at::empty({max_rows, R}, options), at::empty({max_rows, R}, options),
+                   std::vector<T>(2 * R), std::vector<T>(max_rows), std::vector<T>(max_rows),
+                   std::vector<T>(max_rows), std::vector<T>(max_rows), std::vector<T>(pr.L),
+                   std::vector<T>(pr.L)};
   };
-  auto run_item = [&](Buffers& buf, int64_t item, T* coef_rows, at::Tensor* word_rows) {
-    const int64_t j = item / pr.blocks;
-    const auto [c0, c1] = block_range(pr, item % pr.blocks);
+  // Captions [c0, c1) against image j; dv = this chunk's part of the image's region gradient,
+  // written (first chunk of the item) or added.
+  auto run_chunk = [&](Buffers& buf, int64_t j, int64_t c0, int64_t c1, at::Tensor& dv,
+                       bool first, T* coef_rows, at::Tensor* word_rows) {
     const int64_t r0 = pr.offsets[c0], n = pr.offsets[c1] - r0;
-    at::Tensor dv = pr.blocks == 1 ? grad_regions[j] : grad_regions[j][item % pr.blocks];
-    if (n == 0) {
-      dv.zero_();
-      return;
-    }
     const at::Tensor v = pr.regions[j];
     const at::Tensor e = pr.words_t.narrow(0, r0, n);
-    at::Tensor x = buf.lhs.narrow(0, 0, 2 * n), y = buf.rhs.narrow(0, 0, 2 * n);
-    at::Tensor ctx = x.narrow(0, 0, n), al = y.narrow(0, 0, n), d = y.narrow(0, n, n);
-    at::Tensor p = buf.prob.narrow(0, 0, n);
-    x.narrow(0, n, n).copy_(e);
+    at::Tensor ctx = buf.context.narrow(0, 0, n), al = buf.alpha.narrow(0, 0, n);
+    at::Tensor d = buf.dalpha.narrow(0, 0, n), p = buf.prob.narrow(0, 0, n);
     at::mm_out(p, e, v);                                                   // s, recomputed
     Rows<T>::attention(p.data_ptr<T>(), al.data_ptr<T>(), pr.lengths.data() + c0, c1 - c0, R, g1,
                        buf.work.data());
@@ -570,8 +589,27 @@ std::pair<at::Tensor, at::Tensor> backward_impl(const Prepared& pr, const at::Te
     Rows<T>::attention_backward(p.data_ptr<T>(), al.data_ptr<T>(), d.data_ptr<T>(), a,
                                 pr.lengths.data() + c0, c1 - c0, R, g1, need_words,
                                 buf.work.data());
-    at::mm_out(dv, x.t(), y);                                              // dv [D, R]
+    // dv [D, R] = dC alpha^T + E dS^T: two GEMMs into one accumulator (no [dC^T; E^T] copy).
+    if (first) {
+      at::mm_out(dv, ctx.t(), al);
+    } else {
+      dv.addmm_(ctx.t(), al);
+    }
+    dv.addmm_(e.t(), d);
     if (word_rows) word_rows->narrow(0, r0, n).addmm_(p, v.t());           // de^T [n, D]
+  };
+  auto run_item = [&](Buffers& buf, int64_t item, T* coef_rows, at::Tensor* word_rows) {
+    const int64_t j = item / pr.blocks;
+    const auto [b0, b1] = block_range(pr, item % pr.blocks);
+    at::Tensor dv = pr.blocks == 1 ? grad_regions[j] : grad_regions[j][item % pr.blocks];
+    if (b0 == b1) {
+      dv.zero_();
+      return;
+    }
+    for (int64_t c0 = b0, c1; c0 < b1; c0 = c1) {
+      c1 = chunk_end(pr, c0, b1);
+      run_chunk(buf, j, c0, c1, dv, c0 == b0, coef_rows, word_rows);
+    }
   };
   parallel_dynamic(groups, init, [&](Buffers& buf, int64_t group) {
     at::Tensor* word_rows = nullptr;
