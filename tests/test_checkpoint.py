@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from attngan.train.checkpoint import (CheckpointError, load_checkpoint, rng_state,
-                                      save_checkpoint, set_rng_state)
+from attngan.train.checkpoint import (CheckpointError, load_checkpoint,
+                                      require_same_vocabulary, rng_state, save_checkpoint,
+                                      set_rng_state)
 
 
 def test_round_trip_with_weights_only(tmp_path):
@@ -59,3 +60,10 @@ def test_rng_state_restores_every_generator(tmp_path):
     set_rng_state(load_checkpoint(path)["rng"])
     again = (random.random(), random.gauss(0, 1), np.random.rand(), torch.rand(2).tolist())
     assert first == again
+
+
+def test_resume_on_another_vocabulary_is_refused():
+    payload = {"kind": "gan", "vocab_fingerprint": "abc"}
+    require_same_vocabulary(payload, "abc", "c.pt", "data/shapes")
+    with pytest.raises(CheckpointError, match="another vocabulary than the data in data/x"):
+        require_same_vocabulary(payload, "def", "c.pt", "data/x")

@@ -60,6 +60,16 @@ def load_checkpoint(path: str | Path, *, kind: str | None = None,
     return payload
 
 
+def require_same_vocabulary(payload: dict, fingerprint: str, path: str | Path,
+                            data_root: str) -> None:
+    """Refuse to resume a run on data whose vocabulary differs from the checkpoint's: its
+    word ids would index the wrong embeddings."""
+    if payload["vocab_fingerprint"] != fingerprint:
+        raise CheckpointError(f"{path} was trained with another vocabulary than the data in "
+                              f"{data_root}; resume with the data it was trained on or start "
+                              "a new run")
+
+
 def rng_state() -> dict[str, Any]:
     """The state of every random generator a run uses, as tensors and plain values."""
     numpy_state = np.random.get_state()

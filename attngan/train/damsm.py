@@ -31,8 +31,9 @@ from attngan.metrics.r_precision import r_precision, r_precision_from_scores
 from attngan.nn.image_encoder import build_image_encoder
 from attngan.nn.text_encoder import TextEncoder
 from attngan.ops.damsm import damsm_sentence_loss, damsm_word_loss, damsm_word_similarity
-from attngan.train.checkpoint import (CheckpointError, load_checkpoint, rng_state,
-                                      save_checkpoint, set_rng_state)
+from attngan.train.checkpoint import (CheckpointError, load_checkpoint,
+                                      require_same_vocabulary, rng_state, save_checkpoint,
+                                      set_rng_state)
 from attngan.train.runtime import prepare_run
 
 CHECKPOINT_NAME = "damsm_last.pt"
@@ -144,10 +145,8 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
     start_epoch, step = 0, 0
     if resume:
         payload = load_checkpoint(checkpoint_path, kind="damsm")
-        if payload["vocab_fingerprint"] != vocab.fingerprint():
-            raise CheckpointError(f"{checkpoint_path} was trained with another vocabulary "
-                                  f"than the data in {config.data.root}; resume with the data "
-                                  "it was trained on or start a new run")
+        require_same_vocabulary(payload, vocab.fingerprint(), checkpoint_path,
+                                config.data.root)
         text_encoder.load_state_dict(payload["text_encoder"])
         image_encoder.load_state_dict(payload["image_encoder"])
         optimizer.load_state_dict(payload["optimizer"])

@@ -36,8 +36,9 @@ from attngan.data.vocab import Vocabulary
 from attngan.nn.discriminator import build_discriminators
 from attngan.nn.generator import Generator
 from attngan.nn.text_encoder import TextEncoder
-from attngan.train.checkpoint import (CheckpointError, load_checkpoint, rng_state,
-                                      save_checkpoint, set_rng_state)
+from attngan.train.checkpoint import (CheckpointError, load_checkpoint,
+                                      require_same_vocabulary, rng_state, save_checkpoint,
+                                      set_rng_state)
 from attngan.train.damsm import load_damsm, resolve_damsm_checkpoint
 from attngan.train.ema import EMA
 from attngan.train.losses import (damsm_generator_loss, discriminator_loss,
@@ -217,10 +218,8 @@ def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resum
     step, epoch, batch_in_epoch, seconds_before = 0, 0, 0, 0.0
     if resume:
         payload = load_checkpoint(checkpoint_path, kind="gan")
-        if payload["vocab_fingerprint"] != vocab.fingerprint():
-            raise CheckpointError(f"{checkpoint_path} was trained with another vocabulary than "
-                                  f"the data in {config.data.root}; resume with the data it was "
-                                  "trained on or start a new run")
+        require_same_vocabulary(payload, vocab.fingerprint(), checkpoint_path,
+                                config.data.root)
         if payload["damsm_sha256"] != damsm_hash:
             raise CheckpointError(f"{checkpoint_path} was trained against the DAMSM checkpoint "
                                   f"{payload['damsm_checkpoint']} (sha256 "
