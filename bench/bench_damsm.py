@@ -45,8 +45,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DTYPES, interleaved_cpu_samples, machine, markdown_table,  # noqa: E402
-                    matmul_gflops, median_seconds, peak_memory_bytes, record)
+from common import (DTYPES, interleaved_cpu_samples, machine, machine_lines,  # noqa: E402
+                    markdown_table, matmul_gflops, median_seconds, peak_memory_bytes, record)
 
 from attngan import backend  # noqa: E402
 from attngan.ops import damsm  # noqa: E402
@@ -171,14 +171,10 @@ def render(rows: list[dict], info: dict, dtype: torch.dtype) -> str:
          fmt(r["speedup_vs_loop"], ".2f"), fmt(r["speedup_vs_best_pytorch"], ".2f"),
          fmt(r["gflops"], ".1f"), fmt(100 * r["gflops"] / r["matmul_gflops"], ".0f"),
          fmt(r["peak_mib"], ".1f")] for r in rows])
-    where = info["gpu"] or (f"{info['cpu']}, {info['threads']} threads of {info['cpu_cores']} "
-                            f"cores, load average {info['load_average_1_5_15min']} at the start")
-    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
     matmul = rows[0]["matmul_gflops"] if rows else None
     return "\n".join([
         f"# DAMSM word similarity, {info['device']} {str(dtype).split('.')[1]}, {info['date_utc']} UTC",
-        "", f"- machine: {where}", f"- {versions}",
-        f"- commit {info['commit']}{' (uncommitted changes)' if info['uncommitted_changes'] else ''}",
+        "", *machine_lines(info),
         f"- machine matmul ({str(dtype).split('.')[1]}): {fmt(matmul, '.0f')} GFLOP/s; "
         "FLOP counts in bench/bench_damsm.py; D=256, L=18 (all words valid), R=289; "
         f"features N(0, 1) x {rows[0]['feature_scale'] if rows else '-'}",

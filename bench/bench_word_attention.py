@@ -44,7 +44,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DTYPES, machine, markdown_table, median_seconds, peak_memory_bytes, record  # noqa: E402
+from common import (DTYPES, machine, machine_lines, markdown_table, median_seconds,  # noqa: E402
+                    peak_memory_bytes, record)
 
 from attngan import backend  # noqa: E402
 from attngan.ops import word_attention as wa  # noqa: E402
@@ -218,13 +219,9 @@ def render(rows: list[dict], info: dict, dtype: torch.dtype, full_lengths: bool)
                      fmt(r["speedup_vs_reference"], ".2f"), fmt(r["speedup_vs_best_pytorch"], ".2f"),
                      fmt(r["gbps"], ".1f"), fmt(r["min_ms"], ".2f"),
                      fmt(r["speedup_vs_reference_min"], ".2f"), fmt(r["peak_mib"], ".1f")])
-    where = info["gpu"] or (f"{info['cpu']}, {info['threads']} threads of {info['cpu_cores']} "
-                            f"cores, load average {info['load_average_1_5_15min']} at the start")
-    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
     return "\n".join([
         f"# Word attention, {info['device']} {str(dtype).split('.')[1]}, {info['date_utc']} UTC",
-        "", f"- machine: {where}", f"- {versions}",
-        f"- commit {info['commit']}{' (uncommitted changes)' if info['uncommitted_changes'] else ''}",
+        "", *machine_lines(info),
         "- lengths: " + ("all L" if full_lengths else "ragged, uniform in L/2..L (seed 0)")
         + "; context only (no map); GB/s over the minimum bytes of bench/bench_word_attention.py",
         "", markdown_table(headers, body)])

@@ -150,6 +150,15 @@ def machine(device: torch.device) -> dict:
                 date_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"))
 
 
+def machine_lines(info: dict) -> list[str]:
+    """The markdown lines naming where and with what a result was measured."""
+    where = info["gpu"] or (f"{info['cpu']}, {info['threads']} threads of {info['cpu_cores']} "
+                            f"cores, load average {info['load_average_1_5_15min']} at the start")
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+    dirty = " (uncommitted changes)" if info["uncommitted_changes"] else ""
+    return [f"- machine: {where}", f"- {versions}", f"- commit {info['commit']}{dirty}"]
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]

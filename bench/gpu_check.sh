@@ -6,7 +6,8 @@
 #      and prints what was built,
 #   2. runs the GPU-marked tests (compiled Triton and the CUDA extension at the DESIGN sizes),
 #   3. runs the Triton test files compiled (their unmarked tests use the GPU when there is one),
-#   4. runs each benchmark in BENCHES that exists with --device cuda --dtype bf16 --record,
+#   4. runs each benchmark in BENCHES that exists with --device cuda --dtype bf16 --record, then
+#      the end-to-end training step at the CUB preset (reference ops vs fused kernels),
 #   5. runs compute-sanitizer (memcheck, racecheck) on a tiny CUDA-kernel case when time is left,
 #   6. writes bench/results/<date>-<gpu>.md and .json and prints a short table last.
 # Every step has a time limit and the whole run stays under 8 minutes (BUDGET_S); a failing step
@@ -99,6 +100,8 @@ for bench in "${BENCHES[@]}"; do
   [[ -f $bench ]] || continue
   step "$(basename "$bench" .py)" 180 "$PY" "$bench" --device cuda --dtype bf16 --record
 done
+step bench_train_step 90 "$PY" bench/bench_train_step.py --preset cub --device cuda \
+  --impls reference,auto,cuda --min-time 2 --record
 if command -v compute-sanitizer > /dev/null; then
   step sanitizer_memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 3 "$PY" -c "$SANITIZER_CASE"
   step sanitizer_racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 3 "$PY" -c "$SANITIZER_CASE"
