@@ -18,15 +18,10 @@
 //             dC^T = a E^T + b C^T                  (cosine and log-sum-exp backward, per row)
 //             dalpha = dC^T v                     [n, R]
 //             dS = softmax backward over regions, then over words (row passes)
-//             dv  = dC alpha^T + E dS^T           [D, R] (two GEMMs into one output)
+//             dv  = [dC^T; E^T]^T [alpha; dS]     (one GEMM with inner size 2n)
 //             dE^T += (dS + a alpha) v^T          (the cosine's c_t / q term folded in, since
 //                                                  C^T = alpha v^T), plus a per-word multiple
 //                                                  of e_t added once at the end.
-// The GEMMs are ~90% of the time and run at the machine's sgemm rate; the backward's FLOPs are
-// fixed by the schema (the forward stores nothing, so s and C^T are recomputed). What is left to
-// save is sgemm's packing of its operands on every call: in the backward, the four products
-// with v or v^T on the right share one packed copy of each (SharedRhs: MKL's packed GEMM where
-// PyTorch links MKL, at::mm elsewhere).
 // No [B_img, B_cap, R, L] tensor exists: per thread, a few [n, R] and [n, D] buffers.
 // Softmaxes, cosines and log-sum-exps are row loops over contiguous memory that the compiler
 // vectorizes (AVX-512 / AVX2 clones chosen at load time); exp is a polynomial accurate to
@@ -59,18 +54,6 @@
 #else
 #define ATTNGAN_CLONES
 #endif
-
-// MKL's packed-GEMM CBLAS calls (LP64, as PyTorch uses MKL), exported by libtorch_cpu where
-// PyTorch links MKL statically (its x86-64 builds). Declared weak: where they are missing the
-// addresses are null and every product goes through at::mm.
-extern "C" {
-size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
-void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha,
-                      const float* src, int ld, float* dest) __attribute__((weak));
-void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a,
-                         int lda, const float* b, int ldb, float beta, float* c, int ldc)
-    __attribute__((weak));
-}
 
 namespace attngan {
 namespace {
@@ -333,56 +316,6 @@ template <> struct Rows<double> {
   }
 };
 
-// The right operand b [k, n] of several products out [m, n] = a [m, k] b (or +=) in a row.
-// sgemm packs its operands into its blocked layout on every call; for float with MKL, b is packed
-// once here and each product reuses it (cblas_sgemm_compute): the backward's four products with
-// v or v^T on the right ran ~5% faster. Otherwise (double, or no MKL) at::mm_out / addmm_ on b.
-class SharedRhs {
- public:
-  // b: a [k, n] view with unit stride along one dim; m: rows of every left operand. packed: a
-  // float buffer the caller keeps (grown here when too small).
-  SharedRhs(const at::Tensor& b, int64_t m, at::Tensor& packed) : b_(b) {
-    if (b.scalar_type() != at::kFloat || cblas_sgemm_pack_get_size == nullptr ||
-        cblas_sgemm_pack == nullptr || cblas_sgemm_compute == nullptr) {
-      return;
-    }
-    const int k = static_cast<int>(b.size(0)), n = static_cast<int>(b.size(1));
-    const int64_t bytes = static_cast<int64_t>(
-        cblas_sgemm_pack_get_size(kBMatrix, static_cast<int>(m), n, k));
-    const int64_t floats = (bytes + sizeof(float) - 1) / sizeof(float);
-    if (packed.numel() < floats) packed = at::empty({floats}, b.options());  // 64-byte aligned
-    // b is row-major itself (v) or the transpose of a row-major [n, k] (v^T). The stride of a
-    // dim of size 1 is arbitrary, so it decides nothing and is not used as a leading dim.
-    const bool row_major = n == 1 || b.stride(1) == 1;
-    const int64_t ld = row_major ? (k == 1 ? n : b.stride(0)) : (n == 1 ? k : b.stride(1));
-    packed_ = packed.data_ptr<float>();
-    cblas_sgemm_pack(kRowMajor, kBMatrix, row_major ? kNoTrans : kTrans, static_cast<int>(m), n,
-                     k, 1.0f, b.data_ptr<float>(), static_cast<int>(ld), packed_);
-  }
-
-  // out [m, n] = a [m, k] b, or out += a b with accumulate. a and out have contiguous rows.
-  void mm(at::Tensor out, const at::Tensor& a, bool accumulate) const {
-    if (packed_ == nullptr) {
-      if (accumulate) {
-        out.addmm_(a, b_);
-      } else {
-        at::mm_out(out, a, b_);
-      }
-      return;
-    }
-    cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, static_cast<int>(a.size(0)),
-                        static_cast<int>(b_.size(1)), static_cast<int>(b_.size(0)),
-                        a.data_ptr<float>(), static_cast<int>(a.stride(0)), packed_,
-                        static_cast<int>(b_.size(1)), accumulate ? 1.0f : 0.0f,
-                        out.data_ptr<float>(), static_cast<int>(out.stride(0)));
-  }
-
- private:
-  enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162 };
-  at::Tensor b_;
-  float* packed_ = nullptr;
-};
-
 // Inputs checked, words gathered to E^T [N, D], regions as [B_img, D, R], in the compute type.
 struct Prepared {
   at::Tensor words_t;                // [N, D] valid words only
@@ -573,15 +506,13 @@ std::pair<at::Tensor, at::Tensor> backward_impl(const Prepared& pr, const at::Te
   const int64_t per_group = (items + groups - 1) / groups;
   std::vector<at::Tensor> words_acc(groups), coef_acc(groups);
   struct Buffers {
-    at::Tensor context, alpha, dalpha, prob;  // C^T -> dC^T [n, D]; alpha [n, R];
-                                              // dalpha -> dS [n, R]; s -> p -> dS + a alpha [n, R]
-    at::Tensor packed_v, packed_vt;           // v and v^T as SharedRhs packed them
+    at::Tensor lhs, rhs, prob;  // [dC^T; E^T] [2n, D]; [alpha; dalpha -> dS] [2n, R];
+                                // s -> p -> dS + a alpha [n, R]
     std::vector<T> work, dot, cc, a, b, cosv, qv;
   };
   auto init = [&] {
-    return Buffers{at::empty({max_rows, D}, options), at::empty({max_rows, R}, options),
-                   at::empty({max_rows, R}, options), at::empty({max_rows, R}, options),
-                   at::empty({0}, options), at::empty({0}, options), std::vector<T>(2 * R),
+    return Buffers{at::empty({2 * max_rows, D}, options), at::empty({2 * max_rows, R}, options),
+                   at::empty({max_rows, R}, options), std::vector<T>(2 * R),
                    std::vector<T>(max_rows), std::vector<T>(max_rows), std::vector<T>(max_rows),
                    std::vector<T>(max_rows), std::vector<T>(pr.L), std::vector<T>(pr.L)};
   };
@@ -596,13 +527,14 @@ std::pair<at::Tensor, at::Tensor> backward_impl(const Prepared& pr, const at::Te
     }
     const at::Tensor v = pr.regions[j];
     const at::Tensor e = pr.words_t.narrow(0, r0, n);
-    at::Tensor ctx = buf.context.narrow(0, 0, n), al = buf.alpha.narrow(0, 0, n);
-    at::Tensor d = buf.dalpha.narrow(0, 0, n), p = buf.prob.narrow(0, 0, n);
-    const SharedRhs times_v(v, n, buf.packed_v), times_vt(v.t(), n, buf.packed_vt);
-    times_v.mm(p, e, false);                                               // s, recomputed
+    at::Tensor x = buf.lhs.narrow(0, 0, 2 * n), y = buf.rhs.narrow(0, 0, 2 * n);
+    at::Tensor ctx = x.narrow(0, 0, n), al = y.narrow(0, 0, n), d = y.narrow(0, n, n);
+    at::Tensor p = buf.prob.narrow(0, 0, n);
+    x.narrow(0, n, n).copy_(e);
+    at::mm_out(p, e, v);                                                   // s, recomputed
     Rows<T>::attention(p.data_ptr<T>(), al.data_ptr<T>(), pr.lengths.data() + c0, c1 - c0, R, g1,
                        buf.work.data());
-    times_vt.mm(ctx, al, false);                                           // C^T, recomputed
+    at::mm_out(ctx, al, v.t());                                            // C^T, recomputed
     T *dot = buf.dot.data(), *cc = buf.cc.data(), *a = buf.a.data(), *b = buf.b.data();
     T *cosv = buf.cosv.data(), *qv = buf.qv.data();
     Rows<T>::dots(ctx.data_ptr<T>(), e.data_ptr<T>(), n, D, dot, cc);
@@ -634,14 +566,12 @@ std::pair<at::Tensor, at::Tensor> backward_impl(const Prepared& pr, const at::Te
       t0 += len;
     }
     Rows<T>::combine(ctx.data_ptr<T>(), e.data_ptr<T>(), a, b, n, D);      // dC^T
-    times_v.mm(d, ctx, false);                                             // dalpha [n, R]
+    at::mm_out(d, ctx, v);                                                 // dalpha [n, R]
     Rows<T>::attention_backward(p.data_ptr<T>(), al.data_ptr<T>(), d.data_ptr<T>(), a,
                                 pr.lengths.data() + c0, c1 - c0, R, g1, need_words,
                                 buf.work.data());
-    // dv [D, R] = dC alpha^T + E dS^T, as two products into one output (no stacked copy of E^T).
-    at::mm_out(dv, ctx.t(), al);
-    dv.addmm_(e.t(), d);
-    if (word_rows) times_vt.mm(word_rows->narrow(0, r0, n), p, true);      // de^T [n, D]
+    at::mm_out(dv, x.t(), y);                                              // dv [D, R]
+    if (word_rows) word_rows->narrow(0, r0, n).addmm_(p, v.t());           // de^T [n, D]
   };
   parallel_dynamic(groups, init, [&](Buffers& buf, int64_t group) {
     at::Tensor* word_rows = nullptr;
