@@ -32,6 +32,7 @@ processes only add time), CUDA triton.testing.do_bench (median). Peak memory on 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 import warnings
@@ -48,7 +49,8 @@ from common import (DTYPES, machine, machine_lines, markdown_table, median_secon
                     peak_memory_bytes, record)
 
 from attngan import backend  # noqa: E402
-from attngan.ops import word_attention as wa  # noqa: E402
+# attngan.ops re-exports the function under the module's name: fetch the module itself.
+wa = importlib.import_module("attngan.ops.word_attention")
 
 SIZES = {"cub64": dict(batch=20, channels=32, words=18, side=64),
          "cub128": dict(batch=20, channels=32, words=18, side=128),
