@@ -1,23 +1,19 @@
 """Generator evaluation (attngan/metrics/evaluate.py): the JSON's keys, the protocol it
 records, and the checker gap as true minus shuffled."""
-import dataclasses
 import json
 
 import pytest
 
 from attngan.metrics.evaluate import evaluate_generator
 from attngan.train.damsm import resolve_damsm_checkpoint
-from attngan.train.gan import file_sha256, train_gan
-from test_gan_training import make_tiny_run, single_thread  # noqa: F401 (autouse)
+from attngan.train.gan import file_sha256
+from test_gan_training import single_thread, train_tiny_gan  # noqa: F401 (autouse)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evaluate")
-    config, damsm = make_tiny_run(root)
-    config = dataclasses.replace(config, gan=dataclasses.replace(config.gan, max_steps=2))
-    train_gan(config, damsm, root / "gan", progress=False)
-    return root / "gan", damsm
+    gan, damsm = train_tiny_gan(tmp_path_factory.mktemp("evaluate"))
+    return gan, damsm
 
 
 def test_evaluation_json(run, tmp_path):

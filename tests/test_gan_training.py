@@ -1,8 +1,8 @@
 """GAN training loop (attngan/train/gan.py): a few steps on a tiny synthetic set move finite
 losses, the run folder is complete, resume continues exactly, and bad runs fail clearly.
 
-`make_tiny_run` (synthetic data + a one-epoch DAMSM, a few seconds) and the `single_thread`
-fixture are shared with test_sampling.py and test_evaluate.py.
+`make_tiny_run` (synthetic data + a one-epoch DAMSM, a few seconds), `train_tiny_gan` and the
+`single_thread` fixture are shared with test_sampling.py and test_evaluate.py.
 """
 import dataclasses
 import json
@@ -32,6 +32,13 @@ def make_tiny_run(root: Path, *overrides: str):
     make_synthetic(root / "data", config.data.synthetic)
     pretrain_damsm(config, root / "damsm", progress=False)
     return config, root / "damsm"
+
+
+def train_tiny_gan(root: Path, steps: int = 2) -> tuple[Path, Path]:
+    """(GAN run folder, DAMSM run folder) of a tiny run trained for `steps` steps."""
+    config, damsm = make_tiny_run(root)
+    train_gan(_with(config, max_steps=steps), damsm, root / "gan", progress=False)
+    return root / "gan", damsm
 
 
 @pytest.fixture(scope="module", autouse=True)

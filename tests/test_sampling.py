@@ -1,6 +1,5 @@
 """Sampling (attngan/sampling.py) and figures (attngan/viz.py): files per stage and caption,
 an attention figure with the chosen words, clear errors for unknown words."""
-import dataclasses
 
 import numpy as np
 import pytest
@@ -9,18 +8,14 @@ from PIL import Image
 
 from attngan.data.errors import DataError
 from attngan.sampling import sample_captions
-from attngan.train.gan import train_gan
 from attngan.viz import attention_figure, colormap, save_image_grid, word_confidence
-from test_gan_training import make_tiny_run, single_thread  # noqa: F401 (autouse)
+from test_gan_training import single_thread, train_tiny_gan  # noqa: F401 (autouse)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sampling")
-    config, damsm = make_tiny_run(root)
-    config = dataclasses.replace(config, gan=dataclasses.replace(config.gan, max_steps=2))
-    train_gan(config, damsm, root / "gan", progress=False)
-    return root / "gan"
+    gan, damsm = train_tiny_gan(tmp_path_factory.mktemp("sampling"))
+    return gan
 
 
 def test_samples_and_attention_figure_are_written(checkpoint, tmp_path):
