@@ -10,6 +10,13 @@ the device has them (through the public `attngan.ops.word_attention.word_attenti
 only, no map: SDPA cannot return one). Passes: "forward" (no autograd) and "forward+backward"
 (gradients of query and words).
 
+Passes "cat-forward" and "cat-forward+backward" time what the generator's next layer reads,
+torch.cat([h, context], 1) `[B, 2C, H, W]`: "reference" and "reference_compiled" compute the
+context then torch.cat, "<impl>" (a fused kernel) the same, and "<impl>_concat" the fused
+kernel's concat=True variant, which writes h and the context in one pass (and adds h's direct
+gradient in its backward). They decide whether the generator uses the variant; they run for the
+--cat-sizes only (SDPA is left out of them).
+
 Sizes: "cub64" / "cub128": B = 20, C = 32 (ngf), L = 18 at 64x64 / 128x128 (stages 2 and 3 on
 CUB); "coco64" / "coco128": B = 14, C = 48, L = 12; "cpu": B = 4, C = 32, L = 18 at 32x32 (the
 pytest-benchmark size). Lengths are ragged like real captions: drawn uniformly from L/2..L with a
@@ -19,6 +26,10 @@ Bytes (the least any implementation must move, e = bytes per element, R = H*W):
     forward:          read query + words, write context          = e * (2 B C R + B C L)
     forward+backward: the forward, then read query, grad_context
                       and words, write grad_query and grad_words = e * (5 B C R + 3 B C L)
+    cat-forward:      read query + words, write query and context = e * (3 B C R + B C L)
+    cat-forward+backward: that, then read query, the [B, 2C, R]
+                      gradient and words, write grad_query and
+                      grad_words                                 = e * (7 B C R + 3 B C L)
 Achieved GB/s is that count over the median time (the op is memory-bound on GPUs: about 2 C L
 multiply-adds per element moved).
 
@@ -26,7 +37,8 @@ Timing: CPU torch.utils.benchmark (median, and the fastest block: on a shared ma
 processes only add time), CUDA triton.testing.do_bench (median). Peak memory on CUDA only.
 
     python bench/bench_word_attention.py [--device cuda] [--dtype bf16] [--sizes cub64,coco64]
-                                         [--full-lengths] [--threads 1] [--record]
+                                         [--cat-sizes cub64] [--full-lengths] [--threads 1]
+                                         [--record]
     pytest bench/bench_word_attention.py    # pytest-benchmark, the "cpu" size
 """
 from __future__ import annotations
@@ -60,11 +72,13 @@ SIZES = {"cub64": dict(batch=20, channels=32, words=18, side=64),
 # Defaults per device: on CUDA they fit bench/gpu_check.sh's two minutes (each size and pass
 # compiles the reference once).
 DEFAULT_SIZES = {"cpu": "cub64,coco64,cpu", "cuda": "cub64,cub128,coco64"}
+DEFAULT_CAT_SIZES = {"cpu": "cub64,cpu", "cuda": "cub128"}
 DEFAULT_MIN_TIME = {"cpu": 1.0, "cuda": 0.25}
 PYTORCH_PROVIDERS = ("reference", "reference_compiled", "sdpa_math", "sdpa_efficient",
                      "sdpa_flash", "sdpa_cudnn")
 PROJECT_PROVIDERS = ("cpp", "triton", "cuda")
 PASSES = ("forward", "forward+backward")
+CAT_PASSES = ("cat-forward", "cat-forward+backward")
 
 
 def make_inputs(size: dict, device: torch.device, dtype: torch.dtype, full_lengths: bool,
@@ -79,16 +93,19 @@ def make_inputs(size: dict, device: torch.device, dtype: torch.dtype, full_lengt
         lengths = torch.full((batch,), words, dtype=torch.long)
     else:
         lengths = torch.randint(max(1, words // 2), words + 1, (batch,), generator=generator)
-    grad_context = torch.randn(batch, channels, side, side, generator=generator)
+    # the gradient of [h; context]; its last C channels are the context's gradient
+    grad_out = torch.randn(batch, 2 * channels, side, side, generator=generator)
     return (query.to(device, dtype), projected.to(device, dtype), lengths.to(device),
-            grad_context.to(device, dtype))
+            grad_out.to(device, dtype))
 
 
-def byte_count(size: dict, dtype: torch.dtype, backward: bool) -> int:
+def byte_count(size: dict, dtype: torch.dtype, pass_name: str) -> int:
     element = torch.finfo(dtype).bits // 8
     maps = size["batch"] * size["channels"] * size["side"] ** 2
     words = size["batch"] * size["channels"] * size["words"]
-    return element * ((5 * maps + 3 * words) if backward else (2 * maps + words))
+    map_passes = {"forward": 2, "forward+backward": 5, "cat-forward": 3, "cat-forward+backward": 7}
+    return element * (map_passes[pass_name] * maps
+                      + (3 if pass_name.endswith("backward") else 1) * words)
 
 
 _SDPA_BACKENDS = {"sdpa_math": "MATH", "sdpa_efficient": "EFFICIENT_ATTENTION",
@@ -116,19 +133,36 @@ def unavailable(provider: str, device: torch.device, dtype: torch.dtype, size: d
         from torch.nn.attention import SDPBackend
         name = _SDPA_BACKENDS[provider]
         return None if hasattr(SDPBackend, name) else f"this torch has no SDPBackend.{name}"
-    impl = "reference" if provider == "reference_compiled" else provider
+    impl = _implementation(provider)
     reason = backend.unavailable_reason("word_attention", impl, device)
     return reason or wa._unsupported(impl, size["channels"], size["words"], dtype)
 
 
-def make_call(provider: str, query, words, lengths, grad_context, backward: bool) -> Callable[[], object]:
-    """One timed call: the context, or the context and the gradients of query and words."""
-    if provider == "reference_compiled":
-        function = torch.compile(partial(wa.word_attention, impl="reference"), dynamic=False)
-    elif provider.startswith("sdpa_"):
+def _implementation(provider: str) -> str:
+    """The word_attention impl behind a provider name."""
+    return "reference" if provider == "reference_compiled" else provider.removesuffix("_concat")
+
+
+def _with_cat(function: Callable) -> Callable:
+    def attention_then_cat(query, words, lengths):
+        return torch.cat([query, function(query, words, lengths)], dim=1)
+    return attention_then_cat
+
+
+def make_call(provider: str, query, words, lengths, grad_out, pass_name: str) -> Callable[[], object]:
+    """One timed call: the pass's output, or it and the gradients of query and words."""
+    cat = pass_name.startswith("cat-")
+    if provider.startswith("sdpa_"):
         function = partial(sdpa_word_attention, backend_name=_SDPA_BACKENDS[provider])
+    elif provider.endswith("_concat"):
+        function = partial(wa.word_attention, impl=_implementation(provider), concat=True)
     else:
-        function = partial(wa.word_attention, impl=provider)
+        function = partial(wa.word_attention, impl=_implementation(provider))
+        function = _with_cat(function) if cat else function
+    if provider == "reference_compiled":
+        function = torch.compile(function, dynamic=False)
+    grad = grad_out if cat else grad_out[:, query.shape[1]:].contiguous()
+    backward = pass_name.endswith("backward")
     if not backward:
         def forward():
             with torch.no_grad():
@@ -138,9 +172,25 @@ def make_call(provider: str, query, words, lengths, grad_context, backward: bool
     words_leaf = words.detach().requires_grad_()
 
     def forward_backward():
-        context = function(query_leaf, words_leaf, lengths)
-        return torch.autograd.grad(context, (query_leaf, words_leaf), grad_context)
+        out = function(query_leaf, words_leaf, lengths)
+        return torch.autograd.grad(out, (query_leaf, words_leaf), grad)
     return forward_backward
+
+
+def timed_in(provider: str, pass_name: str) -> bool:
+    """SDPA is timed in the plain passes only, the _concat variants in the cat passes only."""
+    cat = pass_name.startswith("cat-")
+    if provider.startswith("sdpa_"):
+        return not cat
+    return cat if provider.endswith("_concat") else True
+
+
+def pass_providers(pass_name: str, providers) -> list[str]:
+    """Providers timed in a pass: each fused kernel followed by its _concat variant."""
+    expanded = [name for provider in providers
+                for name in ((provider, provider + "_concat") if provider in PROJECT_PROVIDERS
+                             else (provider,))]
+    return [provider for provider in expanded if timed_in(provider, pass_name)]
 
 
 def cpu_seconds(fn: Callable[[], object], min_run_time: float) -> tuple[float, float]:
@@ -154,18 +204,19 @@ def cpu_seconds(fn: Callable[[], object], min_run_time: float) -> tuple[float, f
 
 
 def run_benchmarks(device: torch.device, dtype: torch.dtype, size_names, providers,
-                   min_run_time: float, full_lengths: bool) -> list[dict]:
+                   min_run_time: float, full_lengths: bool, cat_size_names=()) -> list[dict]:
     rows = []
-    for size_name in size_names:
+    for size_name in dict.fromkeys(list(size_names) + list(cat_size_names)):
         size = SIZES[size_name]
-        query, words, lengths, grad_context = make_inputs(size, device, dtype, full_lengths)
-        for pass_name in PASSES:
-            backward = pass_name == "forward+backward"
-            nbytes = byte_count(size, dtype, backward)
-            for provider in providers:
+        query, words, lengths, grad_out = make_inputs(size, device, dtype, full_lengths)
+        passes = ((PASSES if size_name in size_names else ())
+                  + (CAT_PASSES if size_name in cat_size_names else ()))
+        for pass_name in passes:
+            nbytes = byte_count(size, dtype, pass_name)
+            for provider in pass_providers(pass_name, providers):
                 reason = unavailable(provider, device, dtype, size)
-                call = None if reason else make_call(provider, query, words, lengths, grad_context,
-                                                     backward)
+                call = None if reason else make_call(provider, query, words, lengths, grad_out,
+                                                     pass_name)
                 started = time.perf_counter()
                 try:
                     if call is not None:
@@ -196,6 +247,10 @@ def run_benchmarks(device: torch.device, dtype: torch.dtype, size_names, provide
             continue
         same = [r for r in rows if r["size"] == row["size"] and r["pass_"] == row["pass_"]
                 and "skipped" not in r]
+        # the cat passes' rows for one kernel: the fused variant against attention + torch.cat
+        unfused = next((r["median_ms"] for r in same
+                        if r["provider"] + "_concat" == row["provider"]), None)
+        row["speedup_vs_attention_then_cat"] = unfused / row["median_ms"] if unfused else None
         eager = next((r["median_ms"] for r in same if r["provider"] == "reference"), None)
         pytorch = [r["median_ms"] for r in same if r["provider"] in PYTORCH_PROVIDERS]
         row["speedup_vs_reference"] = eager / row["median_ms"] if eager else None
@@ -210,22 +265,24 @@ def render(rows: list[dict], info: dict, dtype: torch.dtype, full_lengths: bool)
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
     headers = ["size", "pass", "provider", "median ms", "x reference", "x best PyTorch", "GB/s",
-               "min ms", "x reference (min)", "peak MiB"]
+               "min ms", "x reference (min)", "x same kernel + cat", "peak MiB"]
     body = []
     for r in rows:
         label = f"{r['size']} (B={r['batch']} C={r['channels']} L={r['words']} {r['side']}²)"
         if "skipped" in r:
-            body.append([label, r["pass_"], r["provider"], "skipped: " + r["skipped"]] + [""] * 6)
+            body.append([label, r["pass_"], r["provider"], "skipped: " + r["skipped"]] + [""] * 7)
             continue
         body.append([label, r["pass_"], r["provider"], fmt(r["median_ms"], ".2f"),
                      fmt(r["speedup_vs_reference"], ".2f"), fmt(r["speedup_vs_best_pytorch"], ".2f"),
                      fmt(r["gbps"], ".1f"), fmt(r["min_ms"], ".2f"),
-                     fmt(r["speedup_vs_reference_min"], ".2f"), fmt(r["peak_mib"], ".1f")])
+                     fmt(r["speedup_vs_reference_min"], ".2f"),
+                     fmt(r["speedup_vs_attention_then_cat"], ".2f"), fmt(r["peak_mib"], ".1f")])
     return "\n".join([
         f"# Word attention, {info['device']} {str(dtype).split('.')[1]}, {info['date_utc']} UTC",
         "", *machine_lines(info),
         "- lengths: " + ("all L" if full_lengths else "ragged, uniform in L/2..L (seed 0)")
-        + "; context only (no map); GB/s over the minimum bytes of bench/bench_word_attention.py",
+        + "; context only (no map); GB/s over the minimum bytes of bench/bench_word_attention.py;"
+        " cat-* passes output torch.cat([h, context], 1)",
         "", markdown_table(headers, body)])
 
 
@@ -234,7 +291,11 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--sizes", default=None,
-                        help="comma list of: " + ",".join(SIZES) + " (default: per device)")
+                        help="comma list of: " + ",".join(SIZES) + " (default: per device; "
+                             "'none' for none)")
+    parser.add_argument("--cat-sizes", default=None,
+                        help="sizes for the cat-* passes, [h; context] (default: per device; "
+                             "'none' for none)")
     parser.add_argument("--providers", default=",".join(PYTORCH_PROVIDERS + PROJECT_PROVIDERS))
     parser.add_argument("--full-lengths", action="store_true", help="every caption has all L words")
     parser.add_argument("--threads", type=int, default=None,
@@ -250,14 +311,17 @@ def main(argv=None) -> int:
         parser.error("--device cuda: no CUDA device is available")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    sizes = [s for s in (args.sizes or DEFAULT_SIZES[device.type]).split(",") if s]
-    unknown = [s for s in sizes if s not in SIZES]
+    def size_list(given: Optional[str], default: str) -> list[str]:
+        return [s for s in (given or default).split(",") if s and s != "none"]
+    sizes = size_list(args.sizes, DEFAULT_SIZES[device.type])
+    cat_sizes = size_list(args.cat_sizes, DEFAULT_CAT_SIZES[device.type])
+    unknown = [s for s in sizes + cat_sizes if s not in SIZES]
     if unknown:
         parser.error(f"unknown size(s) {unknown}; choose from {list(SIZES)}")
     info = machine(device)
     min_time = args.min_time if args.min_time is not None else DEFAULT_MIN_TIME[device.type]
     rows = run_benchmarks(device, dtype, sizes, args.providers.split(","), min_time,
-                          args.full_lengths)
+                          args.full_lengths, cat_sizes)
     text = render(rows, info, dtype, args.full_lengths)
     if args.record:
         for path in record("word_attention", info, rows, text):
@@ -271,17 +335,20 @@ def main(argv=None) -> int:
 _DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@pytest.mark.parametrize("backward", [False, True], ids=["forward", "forward_backward"])
-@pytest.mark.parametrize("provider", ["reference", "sdpa_math"] + list(PROJECT_PROVIDERS))
-def test_word_attention(benchmark, provider, backward):
+@pytest.mark.parametrize("pass_name", PASSES + CAT_PASSES)
+@pytest.mark.parametrize("provider", ["reference", "sdpa_math"] + list(PROJECT_PROVIDERS)
+                         + [p + "_concat" for p in PROJECT_PROVIDERS])
+def test_word_attention(benchmark, provider, pass_name):
     size = SIZES["cpu"]
+    if not timed_in(provider, pass_name):
+        pytest.skip(f"{provider} is not timed in the {pass_name} pass")
     reason = unavailable(provider, _DEVICE, torch.float32, size)
     if reason is not None:
         pytest.skip(reason)
-    query, words, lengths, grad_context = make_inputs(size, _DEVICE, torch.float32, False)
-    call = make_call(provider, query, words, lengths, grad_context, backward)
+    query, words, lengths, grad_out = make_inputs(size, _DEVICE, torch.float32, False)
+    call = make_call(provider, query, words, lengths, grad_out, pass_name)
     timed = call if _DEVICE.type == "cpu" else (lambda: (call(), torch.cuda.synchronize()))
-    benchmark.extra_info.update(mbytes=byte_count(size, torch.float32, backward) / 1e6,
+    benchmark.extra_info.update(mbytes=byte_count(size, torch.float32, pass_name) / 1e6,
                                 device=_DEVICE.type, threads=torch.get_num_threads(), **size)
     benchmark.pedantic(timed, rounds=5, warmup_rounds=1)
 

@@ -44,9 +44,11 @@ for dtype in (torch.float32, torch.bfloat16):
 query, projected = torch.randn(3, 40, 5, 7, device="cuda"), torch.randn(3, 40, 7, device="cuda")
 for dtype in (torch.float32, torch.bfloat16):
     q, w = query.to(dtype), projected.to(dtype)
-    context, attn = ops.word_attention_fwd(q, w, lengths, True)
-    ops.word_attention_bwd(torch.randn_like(context), torch.randn_like(attn), q, w, lengths)
-    ops.word_attention_bwd(torch.randn_like(context), None, q, w, lengths)
+    context, attn = ops.word_attention_fwd(q, w, lengths, True, False)
+    ops.word_attention_bwd(torch.randn_like(context), torch.randn_like(attn), q, w, lengths, False)
+    ops.word_attention_bwd(torch.randn_like(context), None, q, w, lengths, False)
+    joined, _ = ops.word_attention_fwd(q, w, lengths, False, True)
+    ops.word_attention_bwd(torch.randn_like(joined), None, q, w, lengths, True)
 torch.cuda.synchronize()
 print("sanitizer case ran")
 '

@@ -24,6 +24,11 @@ map [B, L, H, W] is written only when asked. The backward recomputes s and p fro
 `[C, L]` into an fp32 buffer with atomics (programs of one sample share it); the launcher casts
 that buffer to the input dtype.
 
+With CONCAT the forward writes [h; ctx] as one `[B, 2C, H, W]` tensor (the input of the
+generator's next layer, which torch.cat would otherwise assemble with one more copy), storing
+the query tile it already holds; the backward then reads gc from the last C channels of that
+tensor's gradient and adds its first C channels to gh.
+
 Precision: inputs fp32/fp16/bf16; dots accumulate in fp32 (IEEE fp32 dots for fp32 inputs, not
 tf32, so fp32 matches an fp32 reference); softmax in fp32; outputs in the input dtype. GPU shape
 rules the interpreter does not check are respected: every tl.dot operand is at least 16 x 16
@@ -56,8 +61,8 @@ def _softmax_over_words(q, e, n, offs_l, DOT_PRECISION: tl.constexpr):
 
 @triton.jit
 def _word_attention_fwd_kernel(
-    query_ptr, words_ptr, lengths_ptr, context_ptr, attn_ptr, C, L, R,
-    RETURN_ATTN: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+    query_ptr, words_ptr, lengths_ptr, out_ptr, attn_ptr, C, L, R,
+    RETURN_ATTN: tl.constexpr, CONCAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
     BLOCK_R: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     block, b = tl.program_id(0), tl.program_id(1).to(tl.int64)  # int64 offsets: large batches
@@ -72,8 +77,13 @@ def _word_attention_fwd_kernel(
                 mask=c_ok[:, None] & (offs_l < n)[None, :], other=0.0)         # [BC, BL]
     p = _softmax_over_words(q, e, n, offs_l, DOT_PRECISION)                    # [BR, BL]
     context = tl.dot(e, tl.trans(p.to(e.dtype)), input_precision=DOT_PRECISION)  # [BC, BR]
-    tl.store(context_ptr + tile, context.to(context_ptr.dtype.element_ty),
-             mask=c_ok[:, None] & r_ok[None, :])
+    tile_ok = c_ok[:, None] & r_ok[None, :]
+    if CONCAT:  # out [B, 2C, R]: the query, then the context
+        out_tile = b * 2 * C * R + offs_c[:, None] * R + offs_r[None, :]       # [BC, BR]
+        tl.store(out_ptr + out_tile, q, mask=tile_ok)
+        tl.store(out_ptr + out_tile + C * R, context.to(out_ptr.dtype.element_ty), mask=tile_ok)
+    else:
+        tl.store(out_ptr + tile, context.to(out_ptr.dtype.element_ty), mask=tile_ok)
     if RETURN_ATTN:
         attn_tile = b * L * R + offs_l[None, :] * R + offs_r[:, None]          # [BR, BL]
         tl.store(attn_ptr + attn_tile, p.to(attn_ptr.dtype.element_ty),
@@ -82,9 +92,9 @@ def _word_attention_fwd_kernel(
 
 @triton.jit
 def _word_attention_bwd_kernel(
-    query_ptr, words_ptr, lengths_ptr, grad_context_ptr, grad_attn_ptr, grad_query_ptr,
+    query_ptr, words_ptr, lengths_ptr, grad_out_ptr, grad_attn_ptr, grad_query_ptr,
     grad_words_ptr, C, L, R,
-    HAS_GRAD_ATTN: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+    HAS_GRAD_ATTN: tl.constexpr, CONCAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
     BLOCK_R: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     block, b = tl.program_id(0), tl.program_id(1).to(tl.int64)  # int64 offsets: large batches
@@ -96,7 +106,10 @@ def _word_attention_bwd_kernel(
     tile = b * C * R + offs_c[:, None] * R + offs_r[None, :]                   # [BC, BR]
     tile_ok = c_ok[:, None] & r_ok[None, :]
     q = tl.load(query_ptr + tile, mask=tile_ok, other=0.0)
-    gc = tl.load(grad_context_ptr + tile, mask=tile_ok, other=0.0)
+    # grad_out is [B, C, R] (gc), or with CONCAT [B, 2C, R]: the query's direct gradient, then gc
+    out_tile = b * 2 * C * R + offs_c[:, None] * R + offs_r[None, :] if CONCAT else tile
+    gc = tl.load(grad_out_ptr + out_tile + C * R if CONCAT else grad_out_ptr + tile,
+                 mask=tile_ok, other=0.0)
     words_tile = b * C * L + offs_c[:, None] * L + offs_l[None, :]             # [BC, BL]
     e = tl.load(words_ptr + words_tile, mask=c_ok[:, None] & (offs_l < n)[None, :], other=0.0)
     p = _softmax_over_words(q, e, n, offs_l, DOT_PRECISION)                    # [BR, BL]
@@ -107,6 +120,8 @@ def _word_attention_bwd_kernel(
     ds = p * (dp - tl.sum(p * dp, axis=1)[:, None])                            # 0 at padded words
     ds_lp = ds.to(e.dtype)
     grad_query = tl.dot(e, tl.trans(ds_lp), input_precision=DOT_PRECISION)     # [BC, BR]
+    if CONCAT:
+        grad_query += tl.load(grad_out_ptr + out_tile, mask=tile_ok, other=0.0).to(tl.float32)
     tl.store(grad_query_ptr + tile, grad_query.to(grad_query_ptr.dtype.element_ty), mask=tile_ok)
     grad_words = tl.dot(gc, p.to(e.dtype), input_precision=DOT_PRECISION)      # [BC, BL]
     grad_words += tl.dot(q, ds_lp, input_precision=DOT_PRECISION)
@@ -145,31 +160,37 @@ def _launch_options(query: torch.Tensor, words: torch.Tensor) -> dict:
 
 
 def word_attention_fwd(query: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor,
-                       return_attn: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """context [B, C, H, W] and attn [B, L, H, W] (an empty tensor unless return_attn)."""
+                       return_attn: bool, concat: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """out and attn [B, L, H, W] (an empty tensor unless return_attn); out is context
+    [B, C, H, W], or with concat [query; context] [B, 2C, H, W]."""
     _check(query, words, lengths)
     query, words, lengths = query.contiguous(), words.contiguous(), lengths.long().contiguous()
     batch, channels, height, width = query.shape
     num_words, regions = words.shape[2], height * width
-    context = torch.empty_like(query)
+    out = query.new_empty((batch, 2 * channels if concat else channels, height, width))
     attn = (query.new_empty((batch, num_words, height, width)) if return_attn
             else query.new_empty((0,)))
     options = _launch_options(query, words)
     grid = (triton.cdiv(regions, options["BLOCK_R"]), batch)
     _word_attention_fwd_kernel[grid](
-        query, words, lengths, context, attn if return_attn else context,
-        channels, num_words, regions, RETURN_ATTN=return_attn, **options)
-    return context, attn
+        query, words, lengths, out, attn if return_attn else out,
+        channels, num_words, regions, RETURN_ATTN=return_attn, CONCAT=concat, **options)
+    return out, attn
 
 
-def word_attention_bwd(grad_context: torch.Tensor, grad_attn: Optional[torch.Tensor],
-                       query: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(grad_query [B, C, H, W], grad_words [B, C, L]); grad_attn may be None (map unused)."""
+def word_attention_bwd(grad_out: torch.Tensor, grad_attn: Optional[torch.Tensor],
+                       query: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor,
+                       concat: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_query [B, C, H, W], grad_words [B, C, L]) from the gradient of the forward's out
+    ([B, 2C, H, W] with concat); grad_attn may be None (map unused)."""
     _check(query, words, lengths)
     query, words, lengths = query.contiguous(), words.contiguous(), lengths.long().contiguous()
-    grad_context = grad_context.to(query.dtype).contiguous()
     batch, channels, height, width = query.shape
+    expected = (batch, 2 * channels if concat else channels, height, width)
+    if tuple(grad_out.shape) != expected:
+        raise ValueError(f"word_attention (triton): the output gradient must be {expected}, got "
+                         f"{tuple(grad_out.shape)}")
+    grad_out = grad_out.to(query.dtype).contiguous()
     num_words, regions = words.shape[2], height * width
     has_grad_attn = grad_attn is not None and grad_attn.numel() > 0
     if has_grad_attn:
@@ -180,6 +201,7 @@ def word_attention_bwd(grad_context: torch.Tensor, grad_attn: Optional[torch.Ten
     options["num_warps"] = 8  # the backward holds twice the tiles of the forward
     grid = (triton.cdiv(regions, options["BLOCK_R"]), batch)
     _word_attention_bwd_kernel[grid](
-        query, words, lengths, grad_context, grad_attn if has_grad_attn else grad_context,
-        grad_query, grad_words, channels, num_words, regions, HAS_GRAD_ATTN=has_grad_attn, **options)
+        query, words, lengths, grad_out, grad_attn if has_grad_attn else grad_out,
+        grad_query, grad_words, channels, num_words, regions, HAS_GRAD_ATTN=has_grad_attn,
+        CONCAT=concat, **options)
     return grad_query, grad_words.to(query.dtype)

@@ -1,5 +1,7 @@
 """Generator (attngan/nn/generator.py): shapes at 1, 2 and 3 stages, per-sample masking,
-the SPEC initialisation, gradients, and that `impl` reaches the word attention op."""
+the SPEC initialisation, gradients, that `impl` reaches the word attention op, that the fused
+kernel (its concat variant) gives the reference's images and gradients, and that training
+without attention maps changes nothing else."""
 import pytest
 import torch
 
@@ -110,15 +112,52 @@ def test_impl_is_passed_to_word_attention(monkeypatch):
     seen = []
     real = generator_module.word_attention
 
-    def recording(*args, impl, return_attn):
+    def recording(*args, impl, return_attn, concat):
         seen.append(impl)
-        return real(*args, impl="reference", return_attn=return_attn)
+        return real(*args, impl="reference", return_attn=return_attn, concat=concat)
 
     monkeypatch.setattr(generator_module, "word_attention", recording)
     monkeypatch.setenv("ATTNGAN_IMPL", "cpp")           # a module never reads the environment
     netG = Generator(GAN, D, 3, 16, impl="reference")
     netG(*_inputs())
     assert seen == ["reference", "reference"]
+
+
+def _images_and_grads(netG, inputs, return_attention=True):
+    netG.zero_grad(set_to_none=True)
+    images, maps, mu, logvar = netG(*inputs, return_attention=return_attention)
+    (sum(x.square().mean() for x in images) + mu.mean()).backward()
+    return images, maps, {name: p.grad.clone() for name, p in netG.named_parameters()}
+
+
+def test_fused_kernel_gives_the_reference_images_and_gradients():
+    torch.manual_seed(0)
+    netG = Generator(GAN, D, 3, 16, impl="reference").double()
+    inputs = [t.double() if t.is_floating_point() else t for t in _inputs()]
+    torch.manual_seed(1)                          # same conditioning-augmentation noise
+    expected = _images_and_grads(netG, inputs)
+    for stage in netG.stages:
+        stage.impl = "cpp"
+    torch.manual_seed(1)
+    got = _images_and_grads(netG, inputs)
+    for a, b in zip(expected[0] + expected[1], got[0] + got[1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for name in expected[2]:
+        torch.testing.assert_close(expected[2][name], got[2][name], rtol=1e-9, atol=1e-12)
+
+
+def test_training_without_attention_maps_changes_nothing_else():
+    netG = Generator(GAN, D, 3, 16, impl="cpp")
+    inputs = _inputs()
+    torch.manual_seed(1)
+    images, maps, grads = _images_and_grads(netG, inputs)
+    torch.manual_seed(1)
+    images_only, no_maps, grads_only = _images_and_grads(netG, inputs, return_attention=False)
+    assert len(maps) == 2 and no_maps == []
+    for a, b in zip(images, images_only):
+        assert torch.equal(a, b)
+    for name in grads:
+        assert torch.equal(grads[name], grads_only[name]), name
 
 
 @pytest.mark.parametrize("base_size", [4, 12, 48])

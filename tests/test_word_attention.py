@@ -6,7 +6,8 @@ fp32/fp16, set up by conftest; cuda and compiled triton under the `gpu` marker),
 context and map and both gradients. fp32 is held to ~1e-5 of an fp64 reference; fp16/bf16 to the
 flash-attention rule: error(kernel vs fp64) <= 2 * error(same-dtype reference vs fp64) + floor.
 Also: masking invariance (NaN in padded word slots changes nothing), gradcheck, opcheck,
-torch.compile(fullgraph=True), autocast, every input error, and dispatch.
+torch.compile(fullgraph=True), autocast, every input error, and dispatch; and all of it for the
+`concat=True` variant, whose output is torch.cat([query, context], 1).
 """
 import importlib
 
@@ -168,24 +169,81 @@ def test_gradcheck_fp64(impl):
 
 
 @pytest.mark.parametrize("impl", FUSED_CPU_IMPLS)
-@pytest.mark.parametrize("return_attn", [True, False])
-def test_opcheck(impl, return_attn):
+@pytest.mark.parametrize("return_attn,concat", [(True, False), (False, False), (False, True)])
+def test_opcheck(impl, return_attn, concat):
     dtype = torch.float64 if impl == "cpp" else torch.float32
     query, words, lengths = _inputs(2, 4, 5, 3, 4, [5, 2], dtype=dtype, device=_device(impl))
     torch.library.opcheck(word_attention_ops[impl], (query.requires_grad_(), words.requires_grad_(),
-                                                    lengths, return_attn))
+                                                    lengths, return_attn, concat))
+
+
+def _run_concat(impl, query, words, lengths, grad_out, grad_attn):
+    """The concat variant: out [B, 2C, H, W], attn, and the gradients of sum(out*go) + sum(attn*ga)."""
+    query = query.detach().requires_grad_()
+    words = words.detach().requires_grad_()
+    out, attn = word_attention(query, words, lengths, impl=impl, return_attn=True, concat=True)
+    loss = (out.double() * grad_out).sum() + (attn.double() * grad_attn).sum()
+    grad_query, grad_words = torch.autograd.grad(loss, (query, words))
+    return out, attn, grad_query, grad_words
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[2], SHAPES[4]])
+def test_concat_is_query_then_context(impl, dtype, shape):
+    """out = [query; context]: the query half is the query bit for bit, the context half and
+    both gradients (the query's now has the direct path added) match the fp64 reference."""
+    query, words, lengths = _inputs(*shape, device=_device(impl))
+    B, C, L, H, W = shape[:5]
+    grad_out = torch.randn(B, 2 * C, H, W, dtype=torch.float64, device=query.device)
+    grad_attn = torch.randn(B, L, H, W, dtype=torch.float64, device=query.device)
+    truth = _run("reference", query, words, lengths, grad_out[:, C:], grad_attn)
+    truth = (truth[0], truth[1], truth[2] + grad_out[:, :C], truth[3])
+    plain = _run(impl, query.to(dtype), words.to(dtype), lengths, grad_out[:, C:], grad_attn)
+    out, attn, grad_query, grad_words = _run_concat(impl, query.to(dtype), words.to(dtype), lengths,
+                                                    grad_out, grad_attn)
+    assert out.shape == (B, 2 * C, H, W) and out.dtype == dtype
+    assert torch.equal(out[:, :C], query.to(dtype))
+    # the same kernel computes the context with or without concat
+    assert torch.equal(out[:, C:], plain[0]) and torch.equal(attn, plain[1])
+    limit = 2e-5 if dtype == torch.float32 else 5e-3
+    for name, value, expected in zip(("context", "attn", "grad_query", "grad_words"),
+                                     (out[:, C:], attn, grad_query, grad_words), truth):
+        assert value.dtype == dtype, name
+        assert _error(value, expected) < limit, (name, _error(value, expected))
+
+
+def test_gradcheck_concat_fp64():
+    query, words, lengths = _inputs(2, 3, 4, 3, 2, [4, 2])
+    query.requires_grad_()
+    words.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda q, w: word_attention(q, w, lengths, impl="cpp", return_attn=True, concat=True),
+        (query, words))
+
+
+def test_concat_backward_checks_the_gradient_shape():
+    q, w, n = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 3), torch.tensor([3])
+    with pytest.raises(RuntimeError, match=r"must be \[B, 2C, H, W\]"):
+        torch.ops.attngan_C.word_attention_bwd(torch.randn(1, 4, 2, 2), None, q, w, n, True)
+    with pytest.raises(ValueError, match="output gradient must be"):
+        from attngan.kernels.word_attention import word_attention_bwd
+        word_attention_bwd(torch.randn(1, 4, 2, 2), None, q, w, n, True)
 
 
 @pytest.mark.parametrize("impl", ["reference", "cpp"])
-def test_torch_compile_fullgraph(impl):
+@pytest.mark.parametrize("concat", [False, True])
+def test_torch_compile_fullgraph(impl, concat):
     query, words, lengths = _inputs(2, 4, 5, 3, 4, [5, 2], dtype=torch.float32)
     query.requires_grad_()
-    compiled = torch.compile(lambda q, w, n: word_attention(q, w, n, impl=impl, return_attn=True),
-                             fullgraph=True, backend="aot_eager")
-    context, attn = compiled(query, words, lengths)
-    (context.sum() + attn[:, 0].sum()).backward()
+    compiled = torch.compile(
+        lambda q, w, n: word_attention(q, w, n, impl=impl, return_attn=True, concat=concat),
+        fullgraph=True, backend="aot_eager")
+    out, attn = compiled(query, words, lengths)
+    (out.sum() + attn[:, 0].sum()).backward()
     expected = word_attention_reference(query.detach(), words, lengths, return_attn=True)
-    torch.testing.assert_close(context, expected[0])
+    torch.testing.assert_close(out, torch.cat([query.detach(), expected[0]], 1) if concat
+                               else expected[0])
     torch.testing.assert_close(attn, expected[1])
     assert query.grad is not None and torch.isfinite(query.grad).all()
 
@@ -229,7 +287,7 @@ def test_bad_inputs_raise_one_clear_error(case):
 def test_cpp_kernel_checks_lengths_itself():
     q, w = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 3)
     with pytest.raises(RuntimeError, match="outside 1..L"):
-        torch.ops.attngan_C.word_attention_fwd(q, w, torch.tensor([4]), False)
+        torch.ops.attngan_C.word_attention_fwd(q, w, torch.tensor([4]), False, False)
 
 
 def test_unsupported_shape_for_a_kernel():
@@ -317,8 +375,30 @@ def test_gpu_masking_and_opcheck(impl):
     for a, b in zip(clean, dirty):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)   # GPU atomics: order may differ
     assert dirty[3][padded].abs().max() == 0
-    torch.library.opcheck(word_attention_ops[impl], (query.requires_grad_(), words.requires_grad_(),
-                                                    lengths, True))
+    for return_attn, concat in ((True, False), (False, True)):
+        torch.library.opcheck(word_attention_ops[impl], (query.requires_grad_(), words.requires_grad_(),
+                                                        lengths, return_attn, concat))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", GPU_IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_concat_is_query_then_context(impl, dtype):
+    B, C, L, H, W = CUB_64
+    lengths = torch.randint(1, L + 1, (B,))
+    lengths[0] = L
+    query, words, _ = _inputs(B, C, L, H, W, lengths.tolist(), device="cuda")
+    lengths = lengths.cuda()
+    grad_out = torch.randn(B, 2 * C, H, W, dtype=torch.float64, device="cuda")
+    grad_attn = torch.randn(B, L, H, W, dtype=torch.float64, device="cuda")
+    plain = _run(impl, query.to(dtype), words.to(dtype), lengths, grad_out[:, C:], grad_attn)
+    out, attn, grad_query, grad_words = _run_concat(impl, query.to(dtype), words.to(dtype), lengths,
+                                                    grad_out, grad_attn)
+    assert torch.equal(out[:, :C], query.to(dtype))
+    assert torch.equal(out[:, C:], plain[0]) and torch.equal(attn, plain[1])
+    expected_grad_query = plain[2].double() + grad_out[:, :C]
+    assert _error(grad_query, expected_grad_query) < (2e-5 if dtype == torch.float32 else 8e-3)
+    assert _error(grad_words, plain[3].double()) < (2e-5 if dtype == torch.float32 else 8e-3)
 
 
 @pytest.mark.gpu

@@ -114,50 +114,55 @@ def _register_word_attention(impl: str):
     name = f"attngan::word_attention_{impl}"
 
     @torch.library.custom_op(name, mutates_args=())
-    def forward(query: Tensor, words: Tensor, lengths: Tensor,
-                return_attn: bool) -> tuple[Tensor, Tensor]:
+    def forward(query: Tensor, words: Tensor, lengths: Tensor, return_attn: bool,
+                concat: bool) -> tuple[Tensor, Tensor]:
         launch, _ = _word_attention_launchers(impl)
-        return launch(query.contiguous(), words.contiguous(), lengths.contiguous(), return_attn)
+        return launch(query.contiguous(), words.contiguous(), lengths.contiguous(), return_attn,
+                      concat)
 
     @forward.register_fake
-    def _(query, words, lengths, return_attn):
-        batch, _, height, width = query.shape
+    def _(query, words, lengths, return_attn, concat):
+        batch, channels, height, width = query.shape
         attn_shape = (batch, words.shape[2], height, width) if return_attn else (0,)
-        return query.new_empty(query.shape), query.new_empty(attn_shape)
+        out_shape = (batch, 2 * channels if concat else channels, height, width)
+        return query.new_empty(out_shape), query.new_empty(attn_shape)
 
     @torch.library.custom_op(name + "_backward", mutates_args=())
-    def backward_op(grad_context: Tensor, grad_attn: Optional[Tensor], query: Tensor,
-                    words: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def backward_op(grad_out: Tensor, grad_attn: Optional[Tensor], query: Tensor,
+                    words: Tensor, lengths: Tensor, concat: bool) -> tuple[Tensor, Tensor]:
         _, launch = _word_attention_launchers(impl)
         grad_attn = grad_attn.contiguous() if grad_attn is not None else None
-        return launch(grad_context.contiguous(), grad_attn, query.contiguous(), words.contiguous(),
-                      lengths.contiguous())
+        return launch(grad_out.contiguous(), grad_attn, query.contiguous(), words.contiguous(),
+                      lengths.contiguous(), concat)
 
     @backward_op.register_fake
-    def _(grad_context, grad_attn, query, words, lengths):
+    def _(grad_out, grad_attn, query, words, lengths, concat):
         return query.new_empty(query.shape), words.new_empty(words.shape)
 
     def setup_context(ctx, inputs, output):
-        query, words, lengths, return_attn = inputs
+        query, words, lengths, return_attn, concat = inputs
         ctx.save_for_backward(query, words, lengths)
-        ctx.return_attn = return_attn
+        ctx.return_attn, ctx.concat = return_attn, concat
+        ctx.out_shape = output[0].shape
         # An unused map (the usual case: it is only looked at) then arrives as None rather than
         # a [B, L, H, W] tensor of zeros the kernel would have to read.
         ctx.set_materialize_grads(False)
 
-    def backward(ctx, grad_context, grad_attn):
+    def backward(ctx, grad_out, grad_attn):
         query, words, lengths = ctx.saved_tensors
-        if grad_context is None:
-            grad_context = torch.zeros_like(query)
+        if grad_out is None:
+            grad_out = query.new_zeros(ctx.out_shape)
         if not ctx.return_attn or grad_attn is None or grad_attn.numel() == 0:
             grad_attn = None
-        grad_query, grad_words = backward_op(grad_context, grad_attn, query, words, lengths)
-        return grad_query, grad_words, None, None
+        grad_query, grad_words = backward_op(grad_out, grad_attn, query, words, lengths,
+                                             ctx.concat)
+        return grad_query, grad_words, None, None, None
 
     forward.register_autograd(backward, setup_context=setup_context)
     return forward
 
 
 # impl name -> forward custom op: op(query [B, C, H, W], words [B, C, L], lengths [B] int64,
-# return_attn) -> (context [B, C, H, W], attn [B, L, H, W] or an empty tensor), differentiable.
+# return_attn, concat) -> (out, attn [B, L, H, W] or an empty tensor), differentiable; out is
+# context [B, C, H, W], or with concat [query; context] [B, 2C, H, W].
 word_attention_ops = {impl: _register_word_attention(impl) for impl in FUSED_BACKENDS}

@@ -29,14 +29,17 @@ def _cosine_over_dim1(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-8) -> to
 
 def damsm_word_similarity_loop(words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
                                gamma1: float = 4.0, gamma2: float = 5.0) -> torch.Tensor:
-    """The word-level DAMSM similarity computed as the original does: one caption at a time.
+    """The word-level DAMSM similarity computed as the original code does: one caption at a time.
 
-    For caption i its n_i valid words are repeated over all B_img images and attended as in the
-    original `func_attention`: s = v^T e `[B_img, R, n_i]` (eq. 7), softmax over words (eq. 8),
-    softmax over regions of gamma1 * s (eq. 9), context c = v alpha^T; then
-    R_t = cos(e_t, c_t) and S[:, i] = log(sum_t exp(gamma2 * R_t)) (eq. 10 as coded, no 1/gamma2;
-    exp, sum, log without max subtraction like the original, which cannot overflow for the
-    gammas in use since |R_t| <= 1).
+    The same sequence of tensor operations as the original `words_loss` and `func_attention`
+    (copies included: the caption repeated over all B_img images, the transposes made contiguous,
+    the softmaxes over 2-D views), so that this is the faithful baseline the fused kernels are
+    measured against. For caption i its n_i valid words are attended by every image:
+    s = v^T e `[B_img, R, n_i]` (eq. 7), softmax over words (eq. 8), softmax over regions of
+    gamma1 * s (eq. 9), context c = v alpha^T; then R_t = cos(e_t, c_t) and
+    S[:, i] = log(sum_t exp(gamma2 * R_t)) (eq. 10 as coded, no 1/gamma2; exp, sum, log without
+    max subtraction like the original, which cannot overflow for the gammas in use since
+    |R_t| <= 1).
 
     Args:
         words: `[B_cap, D, L]` word features, padded after each caption's length.
@@ -46,16 +49,27 @@ def damsm_word_similarity_loop(words: torch.Tensor, lengths: torch.Tensor, regio
         S `[B_img, B_cap]` in the inputs' dtype; S[j, i] scores image j against caption i.
     """
     num_images, dim = regions.shape[0], regions.shape[1]
-    regions = regions.reshape(num_images, dim, -1)                                 # [Bi, D, R]
+    context = regions.reshape(num_images, dim, -1)                                # [Bi, D, R]
+    num_regions = context.shape[2]
     columns = []
     for i, words_num in enumerate(lengths.tolist()):
-        word = words[i, :, :words_num].unsqueeze(0).expand(num_images, -1, -1)    # [Bi, D, n]
-        scores = torch.bmm(regions.transpose(1, 2), word)                         # [Bi, R, n]
-        attn = torch.softmax(scores, dim=2)                                       # over words
-        attn = torch.softmax(gamma1 * attn.transpose(1, 2), dim=2)                # [Bi, n, R]
-        context = torch.bmm(regions, attn.transpose(1, 2))                        # [Bi, D, n]
-        row_sim = _cosine_over_dim1(word, context)                                # [Bi, n]
-        columns.append(torch.log(torch.exp(gamma2 * row_sim).sum(dim=1, keepdim=True)))
+        word = words[i, :, :words_num].unsqueeze(0).contiguous()
+        word = word.repeat(num_images, 1, 1)                                      # [Bi, D, n]
+        # func_attention(word, context, gamma1)
+        context_t = torch.transpose(context, 1, 2).contiguous()                   # [Bi, R, D]
+        attn = torch.bmm(context_t, word)                                         # [Bi, R, n]
+        attn = torch.softmax(attn.view(num_images * num_regions, words_num), dim=1)  # over words
+        attn = attn.view(num_images, num_regions, words_num)
+        attn = torch.transpose(attn, 1, 2).contiguous()                           # [Bi, n, R]
+        attn = attn.view(num_images * words_num, num_regions) * gamma1
+        attn = torch.softmax(attn, dim=1).view(num_images, words_num, num_regions)  # over regions
+        weighted = torch.bmm(context, torch.transpose(attn, 1, 2).contiguous())   # [Bi, D, n]
+        # back in words_loss: cosine of every (word, weighted context) row
+        word = word.transpose(1, 2).contiguous().view(num_images * words_num, -1)
+        weighted = weighted.transpose(1, 2).contiguous().view(num_images * words_num, -1)
+        row_sim = _cosine_over_dim1(word, weighted).view(num_images, words_num)
+        row_sim = torch.exp(row_sim * gamma2).sum(dim=1, keepdim=True)
+        columns.append(torch.log(row_sim))
     return torch.cat(columns, dim=1)                                              # [Bi, Bc]
 
 

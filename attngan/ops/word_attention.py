@@ -11,6 +11,11 @@ with e' = U e the words already projected to the image channels. The mask is per
 original code's `mask.repeat(R, 1)` gave region r of sample b the mask of another sample (its
 issue #93), which this op does not reproduce.
 
+With `concat=True` the op returns torch.cat([h, context], 1) `[B, 2C, H, W]`, the input of the
+generator's next layer, written by the fused kernels in the same pass that computes the context
+(and, in the backward, the gradient of h's copy added in the same pass), which saves the copy
+torch.cat makes in each direction.
+
 `word_attention` is the one public entry point: it checks the inputs, applies the precision
 policy, asks `attngan.backend.choose` for an implementation and calls exactly one of them:
 "reference" (pure PyTorch, `attngan.ops.reference.word_attention_reference`), "cpp"
@@ -125,7 +130,7 @@ def _precision(query: torch.Tensor, words: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def word_attention(query: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor, *,
-                   impl: str = "auto", return_attn: bool = False
+                   impl: str = "auto", return_attn: bool = False, concat: bool = False
                    ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """Attend from every image region to the words of its caption (SPEC section 1, paper eq. 2).
 
@@ -139,10 +144,13 @@ def word_attention(query: torch.Tensor, words: torch.Tensor, lengths: torch.Tens
         impl: "auto", "reference", "cpp", "triton" or "cuda" (see attngan.backend; "auto" also
             honours ATTNGAN_IMPL).
         return_attn: also return the attention map.
+        concat: return torch.cat([query, context], 1) `[B, 2C, H, W]` instead of the context
+            alone (written in one pass by the fused kernels).
 
     Returns:
-        context `[B, C, H, W]` in the input dtype, and with `return_attn` also attn `[B, L, H, W]`
-        (softmax over L for each region; exactly 0 at padded words).
+        context `[B, C, H, W]` (with `concat`, [query; context] `[B, 2C, H, W]`) in the input
+        dtype, and with `return_attn` also attn `[B, L, H, W]` (softmax over L for each region;
+        exactly 0 at padded words).
 
     Precision: scores and softmax accumulate in float32 (float64 for float64 inputs); outputs come
     back in the input dtype. Under torch.autocast both inputs are first cast to the autocast dtype.
@@ -159,6 +167,8 @@ def word_attention(query: torch.Tensor, words: torch.Tensor, lengths: torch.Tens
     if chosen == "reference":
         with torch.autocast(query.device.type, enabled=False):
             result = word_attention_reference(query, words, lengths, return_attn=return_attn)
-        return result
-    context, attn = word_attention_ops[chosen](query, words, lengths, return_attn)
-    return (context, attn) if return_attn else context
+        context, attn = result if return_attn else (result, None)
+        out = torch.cat([query, context], dim=1) if concat else context
+    else:
+        out, attn = word_attention_ops[chosen](query, words, lengths, return_attn, concat)
+    return (out, attn) if return_attn else out

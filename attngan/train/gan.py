@@ -105,7 +105,7 @@ class GANTrainer:
         with torch.no_grad():
             words, sentence = self.text_encoder(captions, lengths)       # [B, D, L], [B, D]
         noise = torch.randn(captions.shape[0], config.gan.z_dim, device=device)
-        fakes, _, mu, logvar = self.netG(noise, sentence, words, lengths)
+        fakes, _, mu, logvar = self.netG(noise, sentence, words, lengths, return_attention=False)
 
         losses: dict[str, torch.Tensor] = {}
         for i, (net, optimizer, real, fake) in enumerate(

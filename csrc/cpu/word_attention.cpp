@@ -10,6 +10,11 @@
 //   gq[c, r] = sum_l e[c, l] ds[l, r];  ge[c, l] = sum_r gc[c, r] p[l, r] + q[c, r] ds[l, r]
 // The softmax is recomputed in the backward (cheaper than storing p [B, L, R]).
 //
+// With `concat` the forward writes [q; ctx] as one [B, 2C, H, W] tensor, the input of the
+// generator's next layer, instead of ctx alone (which torch.cat would then copy with q), and the
+// backward takes that tensor's gradient: its first C channels are added to grad_query, its last
+// C are gc.
+//
 // Mapping: at::parallel_for over (sample, block of 256 pixels). Tensors stay channel-first; a
 // block's C rows are copied (converted to the compute type) into a scratch buffer as contiguous
 // runs, which the hardware prefetchers follow, and processed as tiles of 16 pixels, each one GCC
@@ -332,15 +337,29 @@ void prefetch_rows(const scalar_t* src, int64_t stride, int64_t rows, int64_t va
     for (int64_t i = 0; i < valid; i += kLine) __builtin_prefetch(src + i, 0, 3);
 }
 
+// src [rows, kBlock] in acc_t -> `valid` pixels of each row at dst (row stride `stride`), plus
+// the same pixels of `addend` (row stride `stride`) when it is not null.
 template <typename scalar_t, typename acc_t>
-void store_rows(const acc_t* src, int64_t stride, int64_t rows, int64_t valid, scalar_t* dst) {
+void store_rows(const acc_t* src, int64_t stride, int64_t rows, int64_t valid, scalar_t* dst,
+                const scalar_t* addend = nullptr) {
   for (int64_t row = 0; row < rows; ++row, src += kBlock, dst += stride) {
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (addend != nullptr) {
+      const scalar_t* add = addend + row * stride;
+      for (int64_t i = 0; i < valid; ++i)
+        dst[i] = static_cast<scalar_t>(src[i] + static_cast<acc_t>(add[i]));
+    } else if constexpr (std::is_same_v<scalar_t, acc_t>) {
       std::memcpy(dst, src, valid * sizeof(acc_t));
     } else {
       for (int64_t i = 0; i < valid; ++i) dst[i] = static_cast<scalar_t>(src[i]);
     }
   }
+}
+
+// `valid` pixels of `rows` rows from src to dst, both with row stride `stride`.
+template <typename scalar_t>
+void copy_rows(const scalar_t* src, int64_t stride, int64_t rows, int64_t valid, scalar_t* dst) {
+  for (int64_t row = 0; row < rows; ++row, src += stride, dst += stride)
+    std::memcpy(dst, src, valid * sizeof(scalar_t));
 }
 
 // words[b] [C, L] -> [C, padded] in acc_t, the first n columns copied, the rest zero.
@@ -385,13 +404,15 @@ std::vector<int64_t> checked_lengths(const at::Tensor& lengths, int64_t L) {
 std::tuple<at::Tensor, at::Tensor> word_attention_fwd_cpu(const at::Tensor& query_in,
                                                           const at::Tensor& words_in,
                                                           const at::Tensor& lengths,
-                                                          bool return_attn) {
+                                                          bool return_attn, bool concat) {
   check_inputs(query_in, words_in, lengths);
   const at::Tensor query = query_in.contiguous(), words = words_in.contiguous();
   const int64_t B = query.size(0), C = query.size(1), R = query.size(2) * query.size(3);
   const int64_t L = words.size(2);
   const std::vector<int64_t> lens = checked_lengths(lengths, L);
-  at::Tensor context = at::empty_like(query);
+  // Output channels: [q; ctx] with concat, else ctx alone.
+  const int64_t out_channels = concat ? 2 * C : C, context_offset = concat ? C * R : 0;
+  at::Tensor out = at::empty({B, out_channels, query.size(2), query.size(3)}, query.options());
   at::Tensor attn = return_attn ? at::empty({B, L, query.size(2), query.size(3)}, query.options())
                                 : at::empty({0}, query.options());
   const int64_t blocks = (R + kBlock - 1) / kBlock;
@@ -399,7 +420,7 @@ std::tuple<at::Tensor, at::Tensor> word_attention_fwd_cpu(const at::Tensor& quer
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* q = query.const_data_ptr<scalar_t>();
     const scalar_t* w = words.const_data_ptr<scalar_t>();
-    scalar_t* ctx = context.mutable_data_ptr<scalar_t>();
+    scalar_t* out_p = out.mutable_data_ptr<scalar_t>();
     scalar_t* att = return_attn ? attn.mutable_data_ptr<scalar_t>() : nullptr;
     const int64_t padded = round_up(L, kWordBlock);
     at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
@@ -421,7 +442,9 @@ std::tuple<at::Tensor, at::Tensor> word_attention_fwd_cpu(const at::Tensor& quer
         forward_block_any(query_buf.data, word_buf.data, C, n, round_up(n, kWordBlock),
                           (valid + kLanes - 1) / kLanes, prob_buf.data, context_buf.data,
                           return_attn ? attn_buf.data : nullptr);
-        store_rows(context_buf.data, R, C, valid, ctx + b * C * R + p0);
+        scalar_t* out_b = out_p + b * out_channels * R + p0;
+        store_rows(context_buf.data, R, C, valid, out_b + context_offset);
+        if (concat) copy_rows(q + b * C * R + p0, R, C, valid, out_b);
         if (att != nullptr) {
           store_rows(attn_buf.data, R, n, valid, att + b * L * R + p0);
           for (int64_t l = n; l < L; ++l)  // padded words: exactly zero
@@ -430,21 +453,23 @@ std::tuple<at::Tensor, at::Tensor> word_attention_fwd_cpu(const at::Tensor& quer
       }
     });
   });
-  return {context, attn};
+  return {out, attn};
 }
 
-std::tuple<at::Tensor, at::Tensor> word_attention_bwd_cpu(const at::Tensor& grad_context_in,
+std::tuple<at::Tensor, at::Tensor> word_attention_bwd_cpu(const at::Tensor& grad_out_in,
                                                           const c10::optional<at::Tensor>& grad_attn_in,
                                                           const at::Tensor& query_in,
                                                           const at::Tensor& words_in,
-                                                          const at::Tensor& lengths) {
+                                                          const at::Tensor& lengths, bool concat) {
   check_inputs(query_in, words_in, lengths);
-  TORCH_CHECK(grad_context_in.sizes() == query_in.sizes(), "word_attention_bwd: grad_context must be ",
-              query_in.sizes(), ", got ", grad_context_in.sizes());
   const at::Tensor query = query_in.contiguous(), words = words_in.contiguous();
-  const at::Tensor grad_context = grad_context_in.to(query.scalar_type()).contiguous();
   const int64_t B = query.size(0), C = query.size(1), H = query.size(2), W = query.size(3);
   const int64_t R = H * W, L = words.size(2);
+  const int64_t out_channels = concat ? 2 * C : C, context_offset = concat ? C * R : 0;
+  TORCH_CHECK(grad_out_in.sizes() == at::IntArrayRef({B, out_channels, H, W}),
+              "word_attention_bwd: the output gradient must be [B, ", concat ? "2C" : "C",
+              ", H, W] = ", at::IntArrayRef({B, out_channels, H, W}), ", got ", grad_out_in.sizes());
+  const at::Tensor grad_out = grad_out_in.to(query.scalar_type()).contiguous();
   at::Tensor grad_attn;
   if (grad_attn_in.has_value() && grad_attn_in->defined() && grad_attn_in->numel() > 0) {
     TORCH_CHECK(grad_attn_in->sizes() == at::IntArrayRef({B, L, H, W}),
@@ -460,7 +485,7 @@ std::tuple<at::Tensor, at::Tensor> word_attention_bwd_cpu(const at::Tensor& grad
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* q = query.const_data_ptr<scalar_t>();
     const scalar_t* w = words.const_data_ptr<scalar_t>();
-    const scalar_t* gc = grad_context.const_data_ptr<scalar_t>();
+    const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
     const scalar_t* ga = grad_attn.defined() ? grad_attn.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* gq = grad_query.mutable_data_ptr<scalar_t>();
     // Per-thread partial sums of grad_words [threads, B, C, L], reduced below.
@@ -494,18 +519,20 @@ std::tuple<at::Tensor, at::Tensor> word_attention_bwd_cpu(const at::Tensor& grad
           loaded = b;
         }
         load_rows(q + b * C * R + p0, R, C, valid, query_buf.data);
-        load_rows(gc + b * C * R + p0, R, C, valid, grad_buf.data);
+        const scalar_t* go_b = go + b * out_channels * R + p0;  // [gq direct; gc] or [gc]
+        load_rows(go_b + context_offset, R, C, valid, grad_buf.data);
         if (item + 1 < end) {
           const int64_t next_b = (item + 1) / blocks, next_p0 = ((item + 1) % blocks) * kBlock;
           const int64_t next_valid = std::min<int64_t>(kBlock, R - next_p0);
           prefetch_rows(q + next_b * C * R + next_p0, R, C, next_valid);
-          prefetch_rows(gc + next_b * C * R + next_p0, R, C, next_valid);
+          prefetch_rows(go + next_b * out_channels * R + next_p0 + context_offset, R, C, next_valid);
         }
         if (ga != nullptr) load_rows(ga + b * L * R + p0, R, n, valid, grad_attn_buf.data);
         backward_block_any(query_buf.data, grad_buf.data, ga != nullptr ? grad_attn_buf.data : nullptr,
                            word_buf.data, C, n, round_up(n, kWordBlock), (valid + kLanes - 1) / kLanes,
                            prob_buf.data, grad_score_buf.data, grad_query_buf.data, acc_buf.data);
-        store_rows(grad_query_buf.data, R, C, valid, gq + b * C * R + p0);
+        store_rows(grad_query_buf.data, R, C, valid, gq + b * C * R + p0,
+                   concat ? go_b : static_cast<const scalar_t*>(nullptr));
       }
       if (loaded >= 0) flush(loaded);
     });
@@ -517,11 +544,14 @@ std::tuple<at::Tensor, at::Tensor> word_attention_bwd_cpu(const at::Tensor& grad
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(attngan_C, m) {
-  // context [B, C, H, W]; attn [B, L, H, W] when return_attn, else an empty tensor.
-  m.def("word_attention_fwd(Tensor query, Tensor words, Tensor lengths, bool return_attn) -> (Tensor, Tensor)");
-  // grad_attn may be None or empty (attn unused); returns (grad_query, grad_words).
-  m.def("word_attention_bwd(Tensor grad_context, Tensor? grad_attn, Tensor query, Tensor words, "
-        "Tensor lengths) -> (Tensor, Tensor)");
+  // out: context [B, C, H, W], or with concat [query; context] [B, 2C, H, W]; attn [B, L, H, W]
+  // when return_attn, else an empty tensor.
+  m.def("word_attention_fwd(Tensor query, Tensor words, Tensor lengths, bool return_attn, "
+        "bool concat) -> (Tensor, Tensor)");
+  // grad_out: the gradient of out (its shape follows concat); grad_attn may be None or empty
+  // (attn unused); returns (grad_query, grad_words).
+  m.def("word_attention_bwd(Tensor grad_out, Tensor? grad_attn, Tensor query, Tensor words, "
+        "Tensor lengths, bool concat) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(attngan_C, CPU, m) {

@@ -13,6 +13,7 @@
 
 #include <limits>
 #include <tuple>
+#include <vector>
 
 #include "cuda/word_attention_kernel.h"
 
@@ -68,37 +69,41 @@ void check_launch(cudaError_t err) {
 }
 
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& query, const at::Tensor& words,
-                                           const at::Tensor& lengths, bool return_attn) {
+                                           const at::Tensor& lengths, bool return_attn,
+                                           bool concat) {
   check_inputs(query, words, lengths);
   const c10::cuda::CUDAGuard guard(query.device());
   const at::Tensor q = query.contiguous(), w = words.contiguous();
   const at::Tensor len = lengths.to(at::kLong).contiguous();
   const int64_t batch = q.size(0), channels = q.size(1), height = q.size(2), width = q.size(3);
   const int64_t num_words = w.size(2);
-  at::Tensor context = at::empty(q.sizes(), q.options());
+  at::Tensor out = at::empty({batch, concat ? 2 * channels : channels, height, width}, q.options());
   at::Tensor attn = return_attn ? at::empty({batch, num_words, height, width}, q.options())
                                 : at::empty({0}, q.options());
   check_launch(word_attention_fwd_cuda(
       dtype_code(q.scalar_type()), q.data_ptr(), w.data_ptr(), len.data_ptr<int64_t>(),
-      context.data_ptr(), return_attn ? attn.data_ptr() : nullptr, static_cast<int>(batch),
+      out.data_ptr(), return_attn ? attn.data_ptr() : nullptr, static_cast<int>(batch),
       static_cast<int>(channels), static_cast<int>(num_words), static_cast<int>(height * width),
-      at::cuda::getCurrentCUDAStream()));
-  return {context, attn};
+      concat, at::cuda::getCurrentCUDAStream()));
+  return {out, attn};
 }
 
-std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_context,
+std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out,
                                             const c10::optional<at::Tensor>& grad_attn,
                                             const at::Tensor& query, const at::Tensor& words,
-                                            const at::Tensor& lengths) {
+                                            const at::Tensor& lengths, bool concat) {
   check_inputs(query, words, lengths);
-  TORCH_CHECK(grad_context.sizes() == query.sizes() && grad_context.device() == query.device(), kName,
-              ": grad_context must be ", query.sizes(), " on ", query.device(), ", got ",
-              grad_context.sizes(), " on ", grad_context.device());
+  const int64_t batch = query.size(0), channels = query.size(1);
+  const int64_t height = query.size(2), width = query.size(3);
+  const std::vector<int64_t> out_shape{batch, concat ? 2 * channels : channels, height, width};
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(out_shape) && grad_out.device() == query.device(),
+              kName, ": the output gradient must be ", at::IntArrayRef(out_shape), " on ",
+              query.device(), ", got ",
+              grad_out.sizes(), " on ", grad_out.device());
   const c10::cuda::CUDAGuard guard(query.device());
   const at::Tensor q = query.contiguous(), w = words.contiguous();
   const at::Tensor len = lengths.to(at::kLong).contiguous();
-  const at::Tensor gc = grad_context.to(q.scalar_type()).contiguous();
-  const int64_t batch = q.size(0), channels = q.size(1), height = q.size(2), width = q.size(3);
+  const at::Tensor go = grad_out.to(q.scalar_type()).contiguous();
   const int64_t num_words = w.size(2);
   at::Tensor ga;
   if (grad_attn.has_value() && grad_attn->defined() && grad_attn->numel() > 0) {
@@ -110,10 +115,10 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_context,
   at::Tensor grad_query = at::empty(q.sizes(), q.options());
   at::Tensor grad_words = at::zeros({batch, channels, num_words}, q.options().dtype(at::kFloat));
   check_launch(word_attention_bwd_cuda(
-      dtype_code(q.scalar_type()), gc.data_ptr(), ga.defined() ? ga.data_ptr() : nullptr, q.data_ptr(),
+      dtype_code(q.scalar_type()), go.data_ptr(), ga.defined() ? ga.data_ptr() : nullptr, q.data_ptr(),
       w.data_ptr(), len.data_ptr<int64_t>(), grad_query.data_ptr(), grad_words.data_ptr<float>(),
       static_cast<int>(batch), static_cast<int>(channels), static_cast<int>(num_words),
-      static_cast<int>(height * width), at::cuda::getCurrentCUDAStream()));
+      static_cast<int>(height * width), concat, at::cuda::getCurrentCUDAStream()));
   return {grad_query, grad_words.to(q.scalar_type())};
 }
 

@@ -20,6 +20,9 @@
 // into a block accumulator in shared memory, and the block adds that into an fp32 global buffer
 // with atomics. A block covers `iters` x kThreads pixels (more when the grid would be large) so
 // fewer blocks reach the global atomics. Softmax and all sums are fp32; fp16/bf16 in and out.
+// With `concat` the output is [q; ctx] [B, 2C, R] (each thread copies its pixel's query column
+// next to its context), and the backward's output gradient has that shape too: its last C
+// channels are gc, its first C are added to gq.
 #include "cuda/word_attention_kernel.h"
 
 #include <cuda_bf16.h>
@@ -127,8 +130,8 @@ __device__ __forceinline__ float warp_transpose_sum(float (&v)[32]) {
 template <typename T, int LP>
 __global__ void __launch_bounds__(kThreads)
 word_attention_fwd_kernel(const T* __restrict__ query, const T* __restrict__ words,
-                          const int64_t* __restrict__ lengths, T* __restrict__ context,
-                          T* __restrict__ attn, int C, int L, int R, int iters) {
+                          const int64_t* __restrict__ lengths, T* __restrict__ out,
+                          T* __restrict__ attn, int C, int L, int R, int iters, bool concat) {
   extern __shared__ float4 shared[];
   float* e = reinterpret_cast<float*>(shared);  // [C, LP]
   const int b = blockIdx.y;
@@ -141,8 +144,14 @@ word_attention_fwd_kernel(const T* __restrict__ query, const T* __restrict__ wor
     const size_t base = static_cast<size_t>(b) * C * R + r;
     float p[LP];
     scores_softmax<T, LP>(query + base, R, C, e, n, true, p);
-    for (int c = 0; c < C; ++c)
-      context[base + static_cast<size_t>(c) * R] = from_float<T>(row_dot<LP>(e + c * LP, p));
+    // out [B, C, R] (context) or [B, 2C, R] (query, then context)
+    T* out_r = out + static_cast<size_t>(b) * (concat ? 2 * C : C) * R + r;
+    T* context = concat ? out_r + static_cast<size_t>(C) * R : out_r;
+    for (int c = 0; c < C; ++c) {
+      const size_t at = static_cast<size_t>(c) * R;
+      context[at] = from_float<T>(row_dot<LP>(e + c * LP, p));
+      if (concat) out_r[at] = query[base + at];
+    }
     if (attn != nullptr) {
       T* a = attn + static_cast<size_t>(b) * L * R + r;
 #pragma unroll
@@ -154,10 +163,11 @@ word_attention_fwd_kernel(const T* __restrict__ query, const T* __restrict__ wor
 
 template <typename T, int LP>
 __global__ void __launch_bounds__(kThreads)
-word_attention_bwd_kernel(const T* __restrict__ grad_context, const T* __restrict__ grad_attn,
+word_attention_bwd_kernel(const T* __restrict__ grad_out, const T* __restrict__ grad_attn,
                           const T* __restrict__ query, const T* __restrict__ words,
                           const int64_t* __restrict__ lengths, T* __restrict__ grad_query,
-                          float* __restrict__ grad_words, int C, int L, int R, int iters) {
+                          float* __restrict__ grad_words, int C, int L, int R, int iters,
+                          bool concat) {
   constexpr int kChunks = (LP + 31) / 32;
   extern __shared__ float4 shared[];
   float* e = reinterpret_cast<float*>(shared);  // [C, LP]
@@ -175,7 +185,9 @@ word_attention_bwd_kernel(const T* __restrict__ grad_context, const T* __restric
     const bool in_range = r < R;
     const size_t base = static_cast<size_t>(b) * C * R + (in_range ? r : 0);
     const T* q = query + base;
-    const T* g = grad_context + base;
+    // grad_out [B, C, R] (gc) or [B, 2C, R] (gq's direct part, then gc)
+    const T* direct = grad_out + static_cast<size_t>(b) * (concat ? 2 * C : C) * R + (in_range ? r : 0);
+    const T* g = concat ? direct + static_cast<size_t>(C) * R : direct;
     float p[LP], ds[LP];
     scores_softmax<T, LP>(q, R, C, e, n, in_range, p);
 #pragma unroll
@@ -206,8 +218,11 @@ word_attention_bwd_kernel(const T* __restrict__ grad_context, const T* __restric
     for (int c = 0; c < C; ++c) {
       const float qc = in_range ? to_float(q[static_cast<size_t>(c) * R]) : 0.f;
       const float gc = in_range ? to_float(g[static_cast<size_t>(c) * R]) : 0.f;
-      if (in_range)
-        grad_query[base + static_cast<size_t>(c) * R] = from_float<T>(row_dot<LP>(e + c * LP, ds));
+      if (in_range) {
+        const size_t at = static_cast<size_t>(c) * R;
+        const float gq = row_dot<LP>(e + c * LP, ds) + (concat ? to_float(direct[at]) : 0.f);
+        grad_query[base + at] = from_float<T>(gq);
+      }
 #pragma unroll
       for (int chunk = 0; chunk < kChunks; ++chunk) {
         float v[32];
@@ -238,32 +253,32 @@ int iterations(int batch, int num_regions) {
 }
 
 template <typename T, int LP>
-cudaError_t launch_fwd(const void* query, const void* words, const int64_t* lengths, void* context,
+cudaError_t launch_fwd(const void* query, const void* words, const int64_t* lengths, void* out,
                        void* attn, int batch, int channels, int num_words, int num_regions,
-                       cudaStream_t stream) {
+                       bool concat, cudaStream_t stream) {
   const int iters = iterations(batch, num_regions);
   const int per_block = kThreads * iters;
   const dim3 grid((num_regions + per_block - 1) / per_block, batch);
   const size_t shared = static_cast<size_t>(channels) * LP * sizeof(float);
   word_attention_fwd_kernel<T, LP><<<grid, kThreads, shared, stream>>>(
-      static_cast<const T*>(query), static_cast<const T*>(words), lengths, static_cast<T*>(context),
-      static_cast<T*>(attn), channels, num_words, num_regions, iters);
+      static_cast<const T*>(query), static_cast<const T*>(words), lengths, static_cast<T*>(out),
+      static_cast<T*>(attn), channels, num_words, num_regions, iters, concat);
   return cudaGetLastError();
 }
 
 template <typename T, int LP>
-cudaError_t launch_bwd(const void* grad_context, const void* grad_attn, const void* query,
+cudaError_t launch_bwd(const void* grad_out, const void* grad_attn, const void* query,
                        const void* words, const int64_t* lengths, void* grad_query,
                        float* grad_words, int batch, int channels, int num_words, int num_regions,
-                       cudaStream_t stream) {
+                       bool concat, cudaStream_t stream) {
   const int iters = iterations(batch, num_regions);
   const int per_block = kThreads * iters;
   const dim3 grid((num_regions + per_block - 1) / per_block, batch);
   const size_t shared = 2 * static_cast<size_t>(channels) * LP * sizeof(float);
   word_attention_bwd_kernel<T, LP><<<grid, kThreads, shared, stream>>>(
-      static_cast<const T*>(grad_context), static_cast<const T*>(grad_attn),
+      static_cast<const T*>(grad_out), static_cast<const T*>(grad_attn),
       static_cast<const T*>(query), static_cast<const T*>(words), lengths,
-      static_cast<T*>(grad_query), grad_words, channels, num_words, num_regions, iters);
+      static_cast<T*>(grad_query), grad_words, channels, num_words, num_regions, iters, concat);
   return cudaGetLastError();
 }
 
@@ -271,19 +286,20 @@ struct FwdArgs {
   const void* query;
   const void* words;
   const int64_t* lengths;
-  void* context;
+  void* out;
   void* attn;
   int batch, channels, num_words, num_regions;
+  bool concat;
   cudaStream_t stream;
   template <typename T, int LP>
   cudaError_t run() const {
-    return launch_fwd<T, LP>(query, words, lengths, context, attn, batch, channels, num_words,
-                             num_regions, stream);
+    return launch_fwd<T, LP>(query, words, lengths, out, attn, batch, channels, num_words,
+                             num_regions, concat, stream);
   }
 };
 
 struct BwdArgs {
-  const void* grad_context;
+  const void* grad_out;
   const void* grad_attn;
   const void* query;
   const void* words;
@@ -291,11 +307,12 @@ struct BwdArgs {
   void* grad_query;
   float* grad_words;
   int batch, channels, num_words, num_regions;
+  bool concat;
   cudaStream_t stream;
   template <typename T, int LP>
   cudaError_t run() const {
-    return launch_bwd<T, LP>(grad_context, grad_attn, query, words, lengths, grad_query, grad_words,
-                             batch, channels, num_words, num_regions, stream);
+    return launch_bwd<T, LP>(grad_out, grad_attn, query, words, lengths, grad_query, grad_words,
+                             batch, channels, num_words, num_regions, concat, stream);
   }
 };
 
@@ -336,26 +353,27 @@ int word_attention_padded_words(int num_words) {
 }
 
 cudaError_t word_attention_fwd_cuda(WordAttentionDtype dtype, const void* query, const void* words,
-                                    const int64_t* lengths, void* context, void* attn, int batch,
-                                    int channels, int num_words, int num_regions, cudaStream_t stream) {
-  const int padded = word_attention_padded_words(num_words);
-  if (!supported(channels, num_words, padded)) return cudaErrorInvalidValue;
-  if (batch == 0 || num_regions == 0) return cudaSuccess;
-  return dispatch(dtype, padded, FwdArgs{query, words, lengths, context, attn, batch, channels,
-                                         num_words, num_regions, stream});
-}
-
-cudaError_t word_attention_bwd_cuda(WordAttentionDtype dtype, const void* grad_context,
-                                    const void* grad_attn, const void* query, const void* words,
-                                    const int64_t* lengths, void* grad_query, float* grad_words_f32,
-                                    int batch, int channels, int num_words, int num_regions,
+                                    const int64_t* lengths, void* out, void* attn, int batch,
+                                    int channels, int num_words, int num_regions, bool concat,
                                     cudaStream_t stream) {
   const int padded = word_attention_padded_words(num_words);
   if (!supported(channels, num_words, padded)) return cudaErrorInvalidValue;
   if (batch == 0 || num_regions == 0) return cudaSuccess;
-  return dispatch(dtype, padded, BwdArgs{grad_context, grad_attn, query, words, lengths, grad_query,
+  return dispatch(dtype, padded, FwdArgs{query, words, lengths, out, attn, batch, channels,
+                                         num_words, num_regions, concat, stream});
+}
+
+cudaError_t word_attention_bwd_cuda(WordAttentionDtype dtype, const void* grad_out,
+                                    const void* grad_attn, const void* query, const void* words,
+                                    const int64_t* lengths, void* grad_query, float* grad_words_f32,
+                                    int batch, int channels, int num_words, int num_regions,
+                                    bool concat, cudaStream_t stream) {
+  const int padded = word_attention_padded_words(num_words);
+  if (!supported(channels, num_words, padded)) return cudaErrorInvalidValue;
+  if (batch == 0 || num_regions == 0) return cudaSuccess;
+  return dispatch(dtype, padded, BwdArgs{grad_out, grad_attn, query, words, lengths, grad_query,
                                          grad_words_f32, batch, channels, num_words, num_regions,
-                                         stream});
+                                         concat, stream});
 }
 
 }  // namespace attngan

@@ -21,19 +21,21 @@ constexpr int kWordAttentionMaxTile = 4096;  // C * L_pad
 // The smallest supported L_pad (8, 16, 24, 32, 48 or 64) that holds `num_words` words.
 int word_attention_padded_words(int num_words);
 
-// context [B, C, R] and, when attn is not null, attn [B, L, R] (exact zeros at padded words),
-// from query [B, C, R], words [B, C, L] and lengths [B] (each in [1, L]).
+// out = context [B, C, R] (or, with concat, [query; context] [B, 2C, R]) and, when attn is not
+// null, attn [B, L, R] (exact zeros at padded words), from query [B, C, R], words [B, C, L] and
+// lengths [B] (each in [1, L]).
 cudaError_t word_attention_fwd_cuda(WordAttentionDtype dtype, const void* query, const void* words,
-                                    const int64_t* lengths, void* context, void* attn, int batch,
-                                    int channels, int num_words, int num_regions, cudaStream_t stream);
+                                    const int64_t* lengths, void* out, void* attn, int batch,
+                                    int channels, int num_words, int num_regions, bool concat,
+                                    cudaStream_t stream);
 
 // grad_query [B, C, R] (written whole) and grad_words_f32 [B, C, L] (fp32, must be zeroed by
-// the caller: blocks add into it) from grad_context [B, C, R] and, when not null,
-// grad_attn [B, L, R].
-cudaError_t word_attention_bwd_cuda(WordAttentionDtype dtype, const void* grad_context,
+// the caller: blocks add into it) from grad_out (the gradient of the forward's out, [B, 2C, R]
+// with concat) and, when not null, grad_attn [B, L, R].
+cudaError_t word_attention_bwd_cuda(WordAttentionDtype dtype, const void* grad_out,
                                     const void* grad_attn, const void* query, const void* words,
                                     const int64_t* lengths, void* grad_query, float* grad_words_f32,
                                     int batch, int channels, int num_words, int num_regions,
-                                    cudaStream_t stream);
+                                    bool concat, cudaStream_t stream);
 
 }  // namespace attngan
