@@ -39,12 +39,14 @@ def _extension_and_cmdclass():
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
     define_macros = []
-    extra = {"cxx": ["-O3", "-std=c++17", "-fopenmp"]}
+    # No -std flag: BuildExtension adds the C++ standard the installed torch's headers need
+    # (C++20 for torch 2.14, whose ATen.h refuses C++17).
+    extra = {"cxx": ["-O3", "-fopenmp"]}
     with_cuda = bool(cuda_sources) and torch.version.cuda is not None \
         and cpp_extension.CUDA_HOME is not None
     if with_cuda:
         define_macros.append(("ATTNGAN_WITH_CUDA", None))
-        extra["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        extra["nvcc"] = ["-O3", "--use_fast_math", "-lineinfo"]
         extension_type = cpp_extension.CUDAExtension
         sources += cuda_sources
         _say(f"building attngan._C with CUDA kernels (nvcc from {cpp_extension.CUDA_HOME})")
