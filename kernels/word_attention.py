@@ -106,10 +106,13 @@ def _word_attention_bwd_kernel(
     tile = b * C * R + offs_c[:, None] * R + offs_r[None, :]                   # [BC, BR]
     tile_ok = c_ok[:, None] & r_ok[None, :]
     q = tl.load(query_ptr + tile, mask=tile_ok, other=0.0)
-    # grad_out is [B, C, R] (gc), or with CONCAT [B, 2C, R]: the query's direct gradient, then gc
-    out_tile = b * 2 * C * R + offs_c[:, None] * R + offs_r[None, :] if CONCAT else tile
-    gc = tl.load(grad_out_ptr + out_tile + C * R if CONCAT else grad_out_ptr + tile,
-                 mask=tile_ok, other=0.0)
+    if CONCAT:  # grad_out [B, 2C, R]: the query's direct gradient, then gc
+        direct_tile = b * 2 * C * R + offs_c[:, None] * R + offs_r[None, :]    # [BC, BR]
+        gc_tile = direct_tile + C * R
+    else:       # grad_out [B, C, R]: gc
+        direct_tile = tile
+        gc_tile = tile
+    gc = tl.load(grad_out_ptr + gc_tile, mask=tile_ok, other=0.0)
     words_tile = b * C * L + offs_c[:, None] * L + offs_l[None, :]             # [BC, BL]
     e = tl.load(words_ptr + words_tile, mask=c_ok[:, None] & (offs_l < n)[None, :], other=0.0)
     p = _softmax_over_words(q, e, n, offs_l, DOT_PRECISION)                    # [BR, BL]
@@ -121,7 +124,7 @@ def _word_attention_bwd_kernel(
     ds_lp = ds.to(e.dtype)
     grad_query = tl.dot(e, tl.trans(ds_lp), input_precision=DOT_PRECISION)     # [BC, BR]
     if CONCAT:
-        grad_query += tl.load(grad_out_ptr + out_tile, mask=tile_ok, other=0.0).to(tl.float32)
+        grad_query += tl.load(grad_out_ptr + direct_tile, mask=tile_ok, other=0.0).to(tl.float32)
     tl.store(grad_query_ptr + tile, grad_query.to(grad_query_ptr.dtype.element_ty), mask=tile_ok)
     grad_words = tl.dot(gc, p.to(e.dtype), input_precision=DOT_PRECISION)      # [BC, BL]
     grad_words += tl.dot(q, ds_lp, input_precision=DOT_PRECISION)
