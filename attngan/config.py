@@ -41,6 +41,8 @@ class DataConfig:
     dataset: str = "cub"                  # "cub" or "shapes" (CUB layout), or "coco"
     root: str = "data/birds"
     words_num: int = 18                   # longer captions keep a random ordered subset
+    eval_words_num: Optional[int] = None  # words kept per caption by `attngan evaluate`
+                                          # (SPEC: 25 CUB, 20 COCO); None: words_num
     captions_per_image: int = 10
     base_size: int = 64                   # smallest side of the image pyramid
     branch_num: int = 3                   # pyramid levels: base_size * 2**i

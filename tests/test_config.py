@@ -22,6 +22,7 @@ def test_presets_carry_spec_hyperparameters():
     assert (coco.gan.ngf, coco.gan.ndf, coco.gan.r_num, coco.gan.batch_size) == (48, 96, 3, 14)
     assert (birds.gan.lambda_damsm, coco.gan.lambda_damsm) == (5.0, 50.0)
     assert (birds.data.words_num, coco.data.words_num) == (18, 12)
+    assert (birds.data.eval_words_num, coco.data.eval_words_num) == (25, 20)
     assert birds.data.image_sizes == (64, 128, 256)
     damsm = load_config("configs/birds_damsm.yaml").damsm
     assert (damsm.gamma1, damsm.gamma2, damsm.gamma3, damsm.lr, damsm.grad_clip) == \

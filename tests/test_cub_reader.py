@@ -126,6 +126,20 @@ def test_existing_captions_pickle_is_never_rebuilt(cub):
     assert (cub / "captions.pickle").read_bytes() != before
 
 
+def test_caption_length_of_a_split_can_differ_from_words_num(cub):
+    """attngan evaluate cuts test captions at data.eval_words_num: build_dataset(words_num=)."""
+    default = build_dataset(config(cub), "test", augment=False)
+    short = build_dataset(config(cub), "test", augment=False, words_num=3)
+    assert default.words_num == 6 and short.words_num == 3
+    for index in range(len(short.captions)):
+        caption, length = short.caption(index)
+        assert caption.shape == (3,) and length == min(3, len(short.captions[index]))
+        kept = caption[:length].tolist()      # an ordered subset of the caption's words
+        assert all(word in short.captions[index] for word in kept)
+    with pytest.raises(DataError, match="at least 1"):
+        build_dataset(config(cub), "test", augment=False, words_num=0)
+
+
 def test_items_pyramid_and_collate(cub):
     data = build_dataset(config(cub), "train", augment=True)
     assert len(data) == 3 and data.keys == [k for k, _, s, _, _ in IMAGES if s == "train"]

@@ -1,9 +1,12 @@
 """Generator evaluation (attngan/metrics/evaluate.py): the JSON's keys, the protocol it
 records, and the checker gap as true minus shuffled."""
+import dataclasses
 import json
 
 import pytest
 
+from attngan.data.errors import DataError
+from attngan.metrics import evaluate as evaluate_module
 from attngan.metrics.evaluate import evaluate_generator
 from attngan.train.damsm import resolve_damsm_checkpoint
 from attngan.train.gan import file_sha256
@@ -25,6 +28,7 @@ def test_evaluation_json(run, tmp_path):
     assert protocol["samples"] == 20 and protocol["split"] == "test" and protocol["seed"] == 3
     assert protocol["test_images"] == 12 and protocol["resolution"] == 32
     assert protocol["checkpoint_step"] == 2 and protocol["damsm_is_training_damsm"]
+    assert protocol["words_per_caption"] == 18         # data.eval_words_num unset: words_num
     assert protocol["damsm_sha256"] == file_sha256(resolve_damsm_checkpoint(damsm))
     checker = result["checker"]
     for name in ("color", "position", "size", "shape", "all", "image_all", "color_precision"):
@@ -41,6 +45,43 @@ def test_evaluation_is_reproducible(run):
     a = evaluate_generator(gan, max_images=8, seed=1)
     b = evaluate_generator(gan, max_images=8, seed=1)
     assert a["checker"] == b["checker"] and a["r_precision"] == b["r_precision"]
+
+
+def _evaluate_with_eval_words(run, monkeypatch, eval_words_num):
+    """evaluate_generator on the tiny run, its stored config given data.eval_words_num; returns
+    (result, the data sets it built)."""
+    load_gan, build_dataset = evaluate_module.load_gan, evaluate_module.build_dataset
+    seen = []
+
+    def load_with_eval_words(*args, **kwargs):
+        netG, text_encoder, vocab, config, payload = load_gan(*args, **kwargs)
+        data = dataclasses.replace(config.data, eval_words_num=eval_words_num)
+        return netG, text_encoder, vocab, dataclasses.replace(config, data=data), payload
+
+    def spy(*args, **kwargs):
+        seen.append(build_dataset(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(evaluate_module, "load_gan", load_with_eval_words)
+    monkeypatch.setattr(evaluate_module, "build_dataset", spy)
+    return evaluate_generator(run[0], max_images=20, seed=0), seen
+
+
+def test_test_captions_are_cut_at_eval_words_num(run, monkeypatch):
+    """A config with data.eval_words_num (SPEC: 25 CUB, 20 COCO) evaluates on captions of that
+    many words, whatever the training length."""
+    result, seen = _evaluate_with_eval_words(run, monkeypatch, 25)
+    assert result["protocol"]["words_per_caption"] == 25
+    assert [dataset.words_num for dataset in seen] == [25]
+
+
+def test_captions_cut_below_what_the_checker_reads_fail_before_generating(run, monkeypatch):
+    generated = []
+    monkeypatch.setattr(evaluate_module, "generate",
+                        lambda *args, **kwargs: generated.append(1))
+    with pytest.raises(DataError, match="raise data.eval_words_num"):
+        _evaluate_with_eval_words(run, monkeypatch, 2)
+    assert generated == []
 
 
 def test_too_few_images_is_a_clear_error(run):

@@ -78,6 +78,18 @@ def test_each_wrong_attribute_is_caught():
         assert result["fg_shape"] == float(wrong != "shape"), caption
 
 
+def test_caption_without_a_color_is_scored_by_what_it_names():
+    """A caption cut short (data.eval_words_num) may name a shape but no colour: no object can
+    be found by colour, so the attributes it names are wrong, and colour is not scored."""
+    obj = SceneObject("blue", "square", "small", (0, 0), (1 / 6, 1 / 6), 0.09)
+    image = to_tensor(render_scene([obj], 64))[None]
+    assert parse_caption("a small square") == [ObjectSpec(None, "square", "small", None)]
+    result = check_images(image, ["a small square"])
+    assert result["size"] == result["shape"] == result["all"] == 0.0
+    assert result["color"] != result["color"]                 # NaN: no colour named anywhere
+    assert result["fg_size"] == result["fg_shape"] == 1.0     # the colour-blind scores read it
+
+
 def test_color_precision_punishes_painting_every_color():
     stripes = torch.zeros(1, 3, 60, 60)
     for index, color in enumerate(PALETTE.values()):

@@ -61,16 +61,19 @@ class TextImageDataset(torch.utils.data.Dataset):
     captions_per_image per image in image order), captions_per_image, image_sizes, augment.
     """
 
-    def __init__(self, records: SplitRecords, data_config: DataConfig, *, augment: bool):
-        if data_config.words_num < 1:
-            raise DataError(f"data.words_num must be at least 1, got {data_config.words_num}")
+    def __init__(self, records: SplitRecords, data_config: DataConfig, *, augment: bool,
+                 words_num: Optional[int] = None):
+        words_num = data_config.words_num if words_num is None else words_num
+        if words_num < 1:
+            raise DataError(f"words per caption must be at least 1, got {words_num} "
+                            f"(data.words_num / data.eval_words_num)")
         self.records = records
         self.vocab = records.vocab
         self.keys = records.keys
         self.class_ids = records.class_ids
         self.captions = records.captions
         self.captions_per_image = records.captions_per_image
-        self.words_num = data_config.words_num
+        self.words_num = words_num
         self.image_sizes = tuple(sorted(data_config.image_sizes))
         self.augment = augment
         self.random_crop = data_config.random_crop
@@ -204,11 +207,14 @@ def read_split(data_config: DataConfig, split: str) -> SplitRecords:
     raise DataError(f"data.dataset is {data_config.dataset!r}; use one of {', '.join(DATASETS)}")
 
 
-def build_dataset(data_config: DataConfig, split: str, *, augment: bool) -> TextImageDataset:
-    """The data set of one split ("train" or "test") as data_config describes it."""
+def build_dataset(data_config: DataConfig, split: str, *, augment: bool,
+                  words_num: Optional[int] = None) -> TextImageDataset:
+    """The data set of one split ("train" or "test") as data_config describes it, its captions
+    cut to `words_num` words (default data.words_num)."""
     if split not in ("train", "test"):
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
-    return TextImageDataset(read_split(data_config, split), data_config, augment=augment)
+    return TextImageDataset(read_split(data_config, split), data_config, augment=augment,
+                            words_num=words_num)
 
 
 def prepare(root: str | Path, dataset: Optional[str] = None, *,

@@ -4,7 +4,8 @@ Protocol (recorded in the output): one image per test caption from the averaged 
 generator, noise from a generator seeded with `seed`; captions taken round-robin (caption 0
 of every test image, then caption 1 of every image, ...), so `max_images` below the number of
 captions still spreads over all images. Each caption is the deterministic evaluation form of
-the data set (`dataset.caption`, a fixed ordered subset for captions over data.words_num).
+the data set (`dataset.caption`, a fixed ordered subset for captions over data.eval_words_num
+words, which defaults to data.words_num; SPEC's evaluation lengths are 25 for CUB, 20 for COCO).
 
 - Shapes checker (synthetic shapes data only, `attngan.metrics.shapes_checker`): each
   attribute scored against the true captions and against captions shuffled across images
@@ -24,13 +25,24 @@ from typing import Optional
 import torch
 
 from attngan.data.dataset import build_dataset
+from attngan.data.errors import DataError
 from attngan.metrics.r_precision import r_precision
-from attngan.metrics.shapes_checker import check_against_shuffled
+from attngan.metrics.shapes_checker import check_against_shuffled, parse_caption
 from attngan.train.checkpoint import CheckpointError
 from attngan.train.damsm import load_damsm, resolve_damsm_checkpoint
 from attngan.train.gan import file_sha256, generate, load_gan
 
 __all__ = ["evaluate_generator"]
+
+def _check_readable(texts: list[str], words: int) -> None:
+    """Every caption must name a colour or a shape for the shapes checker to score it."""
+    unreadable = [text for text in texts if not parse_caption(text)]
+    if unreadable:
+        raise DataError(f"{len(unreadable)} of {len(texts)} test captions name no colour or shape "
+                        f"once cut to {words} words (e.g. {unreadable[0]!r}), so the shapes "
+                        f"checker cannot score them; raise data.eval_words_num (unset, it is "
+                        f"data.words_num)")
+
 
 @torch.no_grad()
 def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] = None,
@@ -41,7 +53,9 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
     writes as JSON) dict(protocol, checker (shapes data only, else None), r_precision)."""
     device = torch.device(device)
     netG, gan_text_encoder, vocab, config, payload = load_gan(ckpt_path, device)
-    dataset = build_dataset(config.data, "test", augment=False)
+    eval_words = (config.data.words_num if config.data.eval_words_num is None
+                  else config.data.eval_words_num)
+    dataset = build_dataset(config.data, "test", augment=False, words_num=eval_words)
     if dataset.vocab.fingerprint() != vocab.fingerprint():
         raise CheckpointError(f"{payload['path']} was trained with another vocabulary than the "
                               f"data in {config.data.root}; evaluate it on the data it was "
@@ -58,11 +72,15 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
         count = min(count, max_images)
     pairs = [(image, slot) for slot in range(per_image)
              for image in range(len(dataset.keys))][:count]
+    encoded_all = [dataset.caption(image * per_image + slot) for image, slot in pairs]
+    texts = [vocab.decode(caption[:length].tolist()) for caption, length in encoded_all]
+    if config.data.dataset == "shapes":
+        _check_readable(texts, eval_words)                 # before any image is generated
     noise_source = torch.Generator().manual_seed(seed)
-    images, texts, codes, sentences = [], [], [], []
+    images, codes, sentences = [], [], []
     for start in range(0, count, batch_size):
         chunk = pairs[start:start + batch_size]
-        encoded = [dataset.caption(image * per_image + slot) for image, slot in chunk]
+        encoded = encoded_all[start:start + batch_size]
         captions = torch.stack([caption for caption, _ in encoded]).to(device)
         lengths = torch.tensor([length for _, length in encoded], device=device)
         noise = torch.randn(len(chunk), netG.z_dim, generator=noise_source).to(device)
@@ -73,7 +91,6 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
         images.append(generated.cpu())
         sentences.append(sentence.cpu())
         codes.append(code.cpu())
-        texts += [vocab.decode(caption[:length].tolist()) for caption, length in encoded]
     images = torch.cat(images)
     class_ids = torch.tensor([dataset.class_ids[image] for image, _ in pairs])
 
@@ -92,6 +109,7 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
         "protocol": {
             "split": "test", "samples": count, "test_images": len(dataset.keys),
             "captions": "round-robin: caption 0 of every test image, then caption 1, ...",
+            "words_per_caption": eval_words,
             "resolution": int(images.shape[-1]), "generator": "EMA weights",
             "checkpoint": payload["path"], "checkpoint_step": payload["step"],
             "damsm_checkpoint": str(damsm_file), "damsm_sha256": damsm_hash,

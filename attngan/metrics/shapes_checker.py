@@ -178,8 +178,9 @@ def check_images(images: torch.Tensor, captions: Sequence[str]) -> dict:
             for spec in objects:
                 found = _score(spec, at, COLORS.index(spec.color) if spec.color else None,
                                height, width)
-                if spec.color is not None:
-                    hits["color"].append(found.pop("present"))
+                present = found.pop("present")
+                if spec.color is not None:            # no colour named: nothing to score it by
+                    hits["color"].append(present)
                 for name, value in found.items():
                     hits[name].append(value)
                 every &= found["all"]
