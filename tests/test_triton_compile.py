@@ -3,7 +3,8 @@
 The real launchers are called at the project's sizes, dtypes and flags with the kernel launch
 replaced by a recorder, and each recorded launch goes through triton.compile down to a cubin
 for GPUTarget("cuda", 90, 32): Triton's front end, its GPU lowering (which the CPU interpreter
-of the other tests never exercises) and ptxas. Checked with the installed Triton and with each
+of the other tests never exercises) and ptxas, whose register report must show no spills in the
+word-attention kernels at the CUB and COCO sizes. Checked with the installed Triton and with each
 interpreter listed in ATTNGAN_TRITON_PYTHONS (os.pathsep-separated; .ci/run adds one with
 Triton 3.6, the version on the GPU machine, when this machine has its wheel).
 """
@@ -48,3 +49,8 @@ def test_every_triton_kernel_compiles_for_sm90(python):
               if "word_attention" in line["kernel"]}
     assert len(concat) == 4
     assert all(line["cubin_bytes"] > 0 for line in launches)
+    # The word-attention kernels are memory-bound: a register spill would cost as much as the
+    # op's own traffic. None at the CUB and COCO sizes, in any dtype.
+    spilling = [line for line in launches if "word_attention" in line["kernel"]
+                and line["case"].split()[1] in ("cub", "coco") and line["spill_bytes"] > 0]
+    assert not spilling, f"Triton {header['triton']}: register spills in {spilling[0]}"

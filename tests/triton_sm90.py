@@ -11,16 +11,20 @@ The real launchers (kernels/damsm.py, kernels/word_attention.py) are called on C
 the project's sizes, with each kernel's `run` replaced by a recorder, so the tile sizes,
 constexpr flags and num_warps are exactly what a GPU run would use; each recorded launch is then
 compiled by triton.compile for GPUTarget("cuda", 90, 32) down to a cubin with the ptxas Triton
-ships. This proves the kernels pass Triton's front end, its GPU lowering (tl.dot shape and
-layout rules the interpreter never checks) and ptxas, for the installed Triton. It does not run
-them: numerical correctness on the hardware is for bench/gpu_check.sh.
+ships, and ptxas -v reports its registers and spilled bytes. This proves the kernels pass
+Triton's front end, its GPU lowering (tl.dot shape and layout rules the interpreter never
+checks) and ptxas, for the installed Triton. It does not run them: numerical correctness on the
+hardware is for bench/gpu_check.sh.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import re
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 if os.environ.get("TRITON_INTERPRET") == "1":
@@ -72,6 +76,20 @@ def _signature(kernel, args, kwargs):
             raise TypeError(f"{kernel.__name__}: argument {param.name} of type {type(value)}")
     options = {k: kwargs[k] for k in _OPTIONS if k in kwargs}
     return signature, constexprs, options
+
+
+def ptxas_usage(ptx: str) -> dict:
+    """registers and spill_bytes (stores) of the kernel in `ptx`, from the ptxas Triton ships."""
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    arch = re.search(r"^\.target\s+(sm_\w+)", ptx, re.MULTILINE).group(1)
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "kernel.ptx"
+        source.write_text(ptx)
+        report = subprocess.run([str(ptxas), "-v", f"-arch={arch}", str(source), "-o",
+                                 str(Path(folder) / "kernel.cubin")],
+                                capture_output=True, text=True, check=True).stderr
+    return dict(registers=int(re.search(r"Used (\d+) registers", report).group(1)),
+                spill_bytes=int(re.search(r"(\d+) bytes spill stores", report).group(1)))
 
 
 def record_launches(kernels, call):
@@ -139,7 +157,8 @@ def main() -> int:
                 compiled = triton.compile(ASTSource(kernel, signature, constexprs),
                                           target=H100, options=options)
                 line.update(ok=True, cubin_bytes=len(compiled.asm["cubin"]),
-                            shared_bytes=compiled.metadata.shared)
+                            shared_bytes=compiled.metadata.shared,
+                            **ptxas_usage(compiled.asm["ptx"]))
             except Exception as error:  # reported per launch, the run goes on
                 failures += 1
                 line.update(ok=False, error=f"{type(error).__name__}: {str(error)[-2000:]}")
