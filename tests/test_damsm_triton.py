@@ -256,6 +256,13 @@ def _cuda_extension_ops():
     return torch.ops.attngan_C.damsm_word_similarity_fwd, torch.ops.attngan_C.damsm_word_similarity_bwd
 
 
+def _gpu_ops(backend_name):
+    """(fwd, bwd) launchers of the compiled Triton kernels or of the CUDA extension."""
+    if backend_name == "triton":
+        return tk.damsm_word_similarity_fwd, tk.damsm_word_similarity_bwd
+    return _cuda_extension_ops()
+
+
 def _check_against_fp64(fwd, bwd, dtype):
     words, lengths, regions = _inputs(CUB["num_imgs"], CUB["num_caps"], CUB["dim"], CUB["max_len"],
                                       CUB["num_regions"], dtype=torch.float64, device="cuda")
@@ -292,10 +299,7 @@ def test_cuda_extension_cub_size(dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend_name", ["triton", "cuda"])
 def test_gpu_small_shapes_and_masking(backend_name):
-    if backend_name == "triton":
-        fwd, bwd = tk.damsm_word_similarity_fwd, tk.damsm_word_similarity_bwd
-    else:
-        fwd, bwd = _cuda_extension_ops()
+    fwd, bwd = _gpu_ops(backend_name)
     for num_imgs, num_caps, dim, max_len, num_regions, lengths in SHAPES + [(5, 3, 256, 32, 64, [32, 17, 1])]:
         words, lengths, regions = _inputs(num_imgs, num_caps, dim, max_len, num_regions, lengths=lengths,
                                           device="cuda")
@@ -315,10 +319,7 @@ def test_gpu_small_shapes_and_masking(backend_name):
 @pytest.mark.parametrize("backend_name", ["triton", "cuda"])
 def test_gpu_cuda_graph_capture(backend_name):
     """Forward and backward replay inside a CUDA graph (no host sync in the launchers)."""
-    if backend_name == "triton":
-        fwd, bwd = tk.damsm_word_similarity_fwd, tk.damsm_word_similarity_bwd
-    else:
-        fwd, bwd = _cuda_extension_ops()
+    fwd, bwd = _gpu_ops(backend_name)
     words, lengths, regions = _inputs(3, 4, 64, 9, 50, dtype=torch.bfloat16, lengths=[9, 3, 1, 6],
                                       device="cuda")
     grad_s = torch.randn(3, 4, device="cuda")

@@ -60,14 +60,15 @@ def _inputs(B, C, L, H, W, lengths, dtype=torch.float64, device="cpu"):
     return query, words, torch.tensor(lengths, device=device)
 
 
-def _run(impl, query, words, lengths, grad_context, grad_attn):
-    """Forward (context, attn) and the gradients of sum(context*gc) + sum(attn*ga)."""
+def _run(impl, query, words, lengths, grad_out, grad_attn, concat=False):
+    """Forward (out, attn) and the gradients of sum(out*go) + sum(attn*ga); out is the context,
+    or with concat [query; context] [B, 2C, H, W]."""
     query = query.detach().requires_grad_()
     words = words.detach().requires_grad_()
-    context, attn = word_attention(query, words, lengths, impl=impl, return_attn=True)
-    loss = (context.double() * grad_context).sum() + (attn.double() * grad_attn).sum()
+    out, attn = word_attention(query, words, lengths, impl=impl, return_attn=True, concat=concat)
+    loss = (out.double() * grad_out).sum() + (attn.double() * grad_attn).sum()
     grad_query, grad_words = torch.autograd.grad(loss, (query, words))
-    return context, attn, grad_query, grad_words
+    return out, attn, grad_query, grad_words
 
 
 def _error(value, truth):
@@ -177,16 +178,6 @@ def test_opcheck(impl, return_attn, concat):
                                                     lengths, return_attn, concat))
 
 
-def _run_concat(impl, query, words, lengths, grad_out, grad_attn):
-    """The concat variant: out [B, 2C, H, W], attn, and the gradients of sum(out*go) + sum(attn*ga)."""
-    query = query.detach().requires_grad_()
-    words = words.detach().requires_grad_()
-    out, attn = word_attention(query, words, lengths, impl=impl, return_attn=True, concat=True)
-    loss = (out.double() * grad_out).sum() + (attn.double() * grad_attn).sum()
-    grad_query, grad_words = torch.autograd.grad(loss, (query, words))
-    return out, attn, grad_query, grad_words
-
-
 @pytest.mark.parametrize("impl", CPU_IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[2], SHAPES[4]])
@@ -200,8 +191,8 @@ def test_concat_is_query_then_context(impl, dtype, shape):
     truth = _run("reference", query, words, lengths, grad_out[:, C:], grad_attn)
     truth = (truth[0], truth[1], truth[2] + grad_out[:, :C], truth[3])
     plain = _run(impl, query.to(dtype), words.to(dtype), lengths, grad_out[:, C:], grad_attn)
-    out, attn, grad_query, grad_words = _run_concat(impl, query.to(dtype), words.to(dtype), lengths,
-                                                    grad_out, grad_attn)
+    out, attn, grad_query, grad_words = _run(impl, query.to(dtype), words.to(dtype), lengths,
+                                             grad_out, grad_attn, concat=True)
     assert out.shape == (B, 2 * C, H, W) and out.dtype == dtype
     assert torch.equal(out[:, :C], query.to(dtype))
     # the same kernel computes the context with or without concat
@@ -392,8 +383,8 @@ def test_gpu_concat_is_query_then_context(impl, dtype):
     grad_out = torch.randn(B, 2 * C, H, W, dtype=torch.float64, device="cuda")
     grad_attn = torch.randn(B, L, H, W, dtype=torch.float64, device="cuda")
     plain = _run(impl, query.to(dtype), words.to(dtype), lengths, grad_out[:, C:], grad_attn)
-    out, attn, grad_query, grad_words = _run_concat(impl, query.to(dtype), words.to(dtype), lengths,
-                                                    grad_out, grad_attn)
+    out, attn, grad_query, grad_words = _run(impl, query.to(dtype), words.to(dtype), lengths,
+                                             grad_out, grad_attn, concat=True)
     assert torch.equal(out[:, :C], query.to(dtype))
     assert torch.equal(out[:, C:], plain[0]) and torch.equal(attn, plain[1])
     expected_grad_query = plain[2].double() + grad_out[:, :C]

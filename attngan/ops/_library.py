@@ -13,6 +13,7 @@ Launchers get contiguous inputs: gradients arriving from `.sum()` are stride-0 e
 """
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Optional
 
 import torch
@@ -29,19 +30,19 @@ def _compiled_ops():
     return torch.ops.attngan_C
 
 
+def _launchers(module: str, op: str, impl: str) -> tuple[Callable, Callable]:
+    """(<op>_fwd, <op>_bwd) of one backend: the Triton launchers in attngan.kernels.<module>, or
+    the compiled ops torch.ops.attngan_C.<op>_{fwd,bwd} (C++ on CPU tensors, CUDA on CUDA ones)."""
+    kernels = (importlib.import_module(f"attngan.kernels.{module}") if impl == "triton"
+               else _compiled_ops())
+    return getattr(kernels, f"{op}_fwd"), getattr(kernels, f"{op}_bwd")
+
+
 # ---------------------------------------------------------------------------------------------
 # DAMSM word-level similarity (SPEC section 2; attngan.ops.damsm)
 # C++ and CUDA: torch.ops.attngan_C.damsm_word_similarity_{fwd,bwd} (csrc/cpu/damsm.cpp defines
 # the schemas, csrc/cuda adds the CUDA kernels); Triton: attngan.kernels.damsm, same signatures.
 # ---------------------------------------------------------------------------------------------
-
-def _damsm_launchers(impl: str) -> tuple[Callable, Callable]:
-    if impl == "triton":
-        from attngan.kernels import damsm as kernels
-        return kernels.damsm_word_similarity_fwd, kernels.damsm_word_similarity_bwd
-    ops = _compiled_ops()
-    return ops.damsm_word_similarity_fwd, ops.damsm_word_similarity_bwd
-
 
 def _register_damsm_word_similarity(impl: str):
     """Define attngan::damsm_word_similarity_<impl> (+ _backward) and return the forward op."""
@@ -50,7 +51,7 @@ def _register_damsm_word_similarity(impl: str):
     @torch.library.custom_op(name, mutates_args=())
     def forward(words: Tensor, lengths: Tensor, regions: Tensor, gamma1: float,
                 gamma2: float) -> Tensor:
-        launch, _ = _damsm_launchers(impl)
+        launch, _ = _launchers("damsm", "damsm_word_similarity", impl)
         return launch(words.contiguous(), lengths.contiguous(), regions.contiguous(), gamma1, gamma2)
 
     @forward.register_fake
@@ -61,7 +62,7 @@ def _register_damsm_word_similarity(impl: str):
     @torch.library.custom_op(name + "_backward", mutates_args=())
     def backward_op(grad_s: Tensor, words: Tensor, lengths: Tensor, regions: Tensor,
                     gamma1: float, gamma2: float, need_words_grad: bool) -> tuple[Tensor, Tensor]:
-        _, launch = _damsm_launchers(impl)
+        _, launch = _launchers("damsm", "damsm_word_similarity", impl)
         return launch(grad_s.contiguous(), words.contiguous(), lengths.contiguous(),
                       regions.contiguous(), gamma1, gamma2, need_words_grad)
 
@@ -101,14 +102,6 @@ damsm_word_similarity_ops = {impl: _register_damsm_word_similarity(impl)
 # same signatures.
 # ---------------------------------------------------------------------------------------------
 
-def _word_attention_launchers(impl: str) -> tuple[Callable, Callable]:
-    if impl == "triton":
-        from attngan.kernels import word_attention as kernels
-        return kernels.word_attention_fwd, kernels.word_attention_bwd
-    ops = _compiled_ops()
-    return ops.word_attention_fwd, ops.word_attention_bwd
-
-
 def _register_word_attention(impl: str):
     """Define attngan::word_attention_<impl> (+ _backward) and return the forward op."""
     name = f"attngan::word_attention_{impl}"
@@ -116,7 +109,7 @@ def _register_word_attention(impl: str):
     @torch.library.custom_op(name, mutates_args=())
     def forward(query: Tensor, words: Tensor, lengths: Tensor, return_attn: bool,
                 concat: bool) -> tuple[Tensor, Tensor]:
-        launch, _ = _word_attention_launchers(impl)
+        launch, _ = _launchers("word_attention", "word_attention", impl)
         return launch(query.contiguous(), words.contiguous(), lengths.contiguous(), return_attn,
                       concat)
 
@@ -130,7 +123,7 @@ def _register_word_attention(impl: str):
     @torch.library.custom_op(name + "_backward", mutates_args=())
     def backward_op(grad_out: Tensor, grad_attn: Optional[Tensor], query: Tensor,
                     words: Tensor, lengths: Tensor, concat: bool) -> tuple[Tensor, Tensor]:
-        _, launch = _word_attention_launchers(impl)
+        _, launch = _launchers("word_attention", "word_attention", impl)
         grad_attn = grad_attn.contiguous() if grad_attn is not None else None
         return launch(grad_out.contiguous(), grad_attn, query.contiguous(), words.contiguous(),
                       lengths.contiguous(), concat)

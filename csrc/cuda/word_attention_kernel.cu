@@ -59,26 +59,34 @@ __device__ void load_words(const T* __restrict__ words, int C, int L, int n, flo
   }
 }
 
-// p[l] = softmax over l < n of s[l] = sum_c q[c * R] e[c, l]; p[l] = 0 for l >= n. When the
-// pixel is out of range (tail of the last block) q is taken as 0.
+// out[l] = sum_c x[c * R] e[c, l] for every l < LP: one pixel's channel column x (R apart)
+// against the caption in shared memory. Out of range (tail of the last block) x is taken as 0.
 template <typename T, int LP>
-__device__ __forceinline__ void scores_softmax(const T* __restrict__ q, int R, int C,
-                                               const float* e, int n, bool in_range,
-                                               float (&p)[LP]) {
+__device__ __forceinline__ void project_onto_words(const T* __restrict__ x, int R, int C,
+                                                   const float* e, bool in_range,
+                                                   float (&out)[LP]) {
 #pragma unroll
-  for (int l = 0; l < LP; ++l) p[l] = 0.f;
+  for (int l = 0; l < LP; ++l) out[l] = 0.f;
   for (int c = 0; c < C; ++c) {
-    const float qc = in_range ? to_float(q[static_cast<size_t>(c) * R]) : 0.f;
+    const float xc = in_range ? to_float(x[static_cast<size_t>(c) * R]) : 0.f;
     const float4* row = reinterpret_cast<const float4*>(e + c * LP);
 #pragma unroll
     for (int k = 0; k < LP / 4; ++k) {
       const float4 w = row[k];
-      p[4 * k] += qc * w.x;
-      p[4 * k + 1] += qc * w.y;
-      p[4 * k + 2] += qc * w.z;
-      p[4 * k + 3] += qc * w.w;
+      out[4 * k] += xc * w.x;
+      out[4 * k + 1] += xc * w.y;
+      out[4 * k + 2] += xc * w.z;
+      out[4 * k + 3] += xc * w.w;
     }
   }
+}
+
+// p[l] = softmax over l < n of s[l] = sum_c q[c * R] e[c, l]; p[l] = 0 for l >= n.
+template <typename T, int LP>
+__device__ __forceinline__ void scores_softmax(const T* __restrict__ q, int R, int C,
+                                               const float* e, int n, bool in_range,
+                                               float (&p)[LP]) {
+  project_onto_words<T, LP>(q, R, C, e, in_range, p);
   float top = -INFINITY;
 #pragma unroll
   for (int l = 0; l < LP; ++l)
@@ -190,20 +198,7 @@ word_attention_bwd_kernel(const T* __restrict__ grad_out, const T* __restrict__ 
     const T* g = concat ? direct + static_cast<size_t>(C) * R : direct;
     float p[LP], ds[LP];
     scores_softmax<T, LP>(q, R, C, e, n, in_range, p);
-#pragma unroll
-    for (int l = 0; l < LP; ++l) ds[l] = 0.f;
-    for (int c = 0; c < C; ++c) {
-      const float gc = in_range ? to_float(g[static_cast<size_t>(c) * R]) : 0.f;
-      const float4* row = reinterpret_cast<const float4*>(e + c * LP);
-#pragma unroll
-      for (int k = 0; k < LP / 4; ++k) {
-        const float4 w = row[k];
-        ds[4 * k] += gc * w.x;
-        ds[4 * k + 1] += gc * w.y;
-        ds[4 * k + 2] += gc * w.z;
-        ds[4 * k + 3] += gc * w.w;
-      }
-    }
+    project_onto_words<T, LP>(g, R, C, e, in_range, ds);   // dp from gc
     if (grad_attn != nullptr && in_range) {
       const T* ga = grad_attn + static_cast<size_t>(b) * L * R + r;
 #pragma unroll
