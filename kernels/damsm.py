@@ -295,17 +295,33 @@ def _check(name: str, words: torch.Tensor, lengths: torch.Tensor, regions: torch
                          f"min {int(lengths.min())}, max {int(lengths.max())}")
 
 
-def _blocks(words: torch.Tensor, regions: torch.Tensor) -> dict:
-    """Tile sizes (each >= 16 for tl.dot on 16-bit types) and launch options."""
+# Per kernel: (largest BLOCK_R, num_warps, num_stages) for 16-bit inputs and for fp32, whose IEEE
+# dots run on the FMA units and need more registers. Chosen by the ptxas report for sm_90 at the
+# CUB size (D = 256, L = 18, R = 289; tests/triton_sm90.py prints it), bytes spilled per thread
+# with Triton 3.8 (3.6, the GPU machine's, within 30 bytes of these):
+#   forward  bf16 0    (was 0)      fp32 0     (was 96 with 32-region tiles)
+#   regions  bf16 108  (was 1,080)  fp32 1,616 (was 12,812 with 32-region tiles and 8 warps)
+#   words    bf16 0    (was 40)     fp32 160   (was 1,720)
+# The region-gradient kernel keeps a [BLOCK_R, D] fp32 accumulator and [D, L] word, context and
+# gradient tiles live across its loop over captions, hence the small region tiles. Timings on an
+# H100 are still to be taken (bench/gpu_check.sh); spills are the one measure available here.
+_TILES = {"forward": ((32, 8, 2), (16, 8, 2)),
+          "regions": ((16, 8, 3), (16, 16, 1)),
+          "words": ((16, 8, 2), (16, 16, 1))}
+
+
+def _blocks(words: torch.Tensor, regions: torch.Tensor, kernel: str) -> dict:
+    """Tile sizes (each >= 16 for tl.dot on 16-bit types) and launch options of one kernel."""
     _, dim, max_len = words.shape
     num_regions = regions.shape[2]
+    block_r, num_warps, num_stages = _TILES[kernel][words.dtype == torch.float32]
     return dict(
         BLOCK_D=max(16, triton.next_power_of_2(dim)),
         BLOCK_L=max(16, triton.next_power_of_2(max_len)),
-        BLOCK_R=max(16, min(32, triton.next_power_of_2(num_regions))),
+        BLOCK_R=max(16, min(block_r, triton.next_power_of_2(num_regions))),
         DOT_PRECISION="ieee" if words.dtype == torch.float32 else "tf32",
-        num_warps=8 if dim > 64 else 4,
-        num_stages=2,
+        num_warps=num_warps if dim > 64 else 4,
+        num_stages=num_stages,
     )
 
 
@@ -313,7 +329,7 @@ def _first_pass(words, lengths, regions, gamma1, gamma2, grad_s):
     """Launch the forward kernel; with grad_s also save the context and per-word scalars."""
     num_caps, dim, max_len = words.shape
     num_imgs = regions.shape[0]
-    blocks = _blocks(words, regions)
+    blocks = _blocks(words, regions, "forward")
     sim = torch.empty(num_imgs, num_caps, device=words.device, dtype=torch.float32)
     save = grad_s is not None
     if save:
@@ -326,7 +342,7 @@ def _first_pass(words, lengths, regions, gamma1, gamma2, grad_s):
         words, lengths, regions, sim, grad_s, ctx, stats,
         num_caps, dim, max_len, regions.shape[2], float(gamma1), float(gamma2),
         SAVE_STATS=save, **blocks)
-    return sim, ctx, stats, blocks
+    return sim, ctx, stats
 
 
 def damsm_word_similarity_fwd(words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
@@ -342,7 +358,7 @@ def damsm_word_similarity_fwd(words: torch.Tensor, lengths: torch.Tensor, region
         S `[Bi, Bc]` float32 (rows images, columns captions).
     """
     _check("damsm_word_similarity_fwd", words, lengths, regions)
-    sim, _, _, _ = _first_pass(words.contiguous(), lengths.contiguous(), regions.contiguous(),
+    sim, _, _ = _first_pass(words.contiguous(), lengths.contiguous(), regions.contiguous(),
                                gamma1, gamma2, None)
     return sim
 
@@ -372,9 +388,10 @@ def damsm_word_similarity_bwd(grad_s: torch.Tensor, words: torch.Tensor, lengths
     grad_s = grad_s.to(torch.float32).contiguous()
     num_caps, dim, max_len = words.shape
     num_imgs, _, num_regions = regions.shape
-    _, ctx, stats, blocks = _first_pass(words, lengths, regions, gamma1, gamma2, grad_s)
+    _, ctx, stats = _first_pass(words, lengths, regions, gamma1, gamma2, grad_s)
 
     grad_regions = torch.empty_like(regions)
+    blocks = _blocks(words, regions, "regions")
     _damsm_word_similarity_bwd_kernel[(triton.cdiv(num_regions, blocks["BLOCK_R"]), num_imgs)](
         words, lengths, regions, ctx, stats, grad_regions,
         num_caps, dim, max_len, num_regions, float(gamma1), **blocks)
@@ -388,5 +405,6 @@ def damsm_word_similarity_bwd(grad_s: torch.Tensor, words: torch.Tensor, lengths
     partial = torch.empty(n_blocks, num_caps, dim, max_len, device=words.device, dtype=torch.float32)
     _damsm_word_similarity_bwd_words_kernel[(num_caps, n_blocks)](
         words, lengths, regions, ctx, stats, partial,
-        num_imgs, num_caps, dim, max_len, num_regions, float(gamma1), images_per_program, **blocks)
+        num_imgs, num_caps, dim, max_len, num_regions, float(gamma1), images_per_program,
+        **_blocks(words, regions, "words"))
     return partial.sum(dim=0).to(words.dtype), grad_regions

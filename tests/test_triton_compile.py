@@ -4,7 +4,8 @@ The real launchers are called at the project's sizes, dtypes and flags with the 
 replaced by a recorder, and each recorded launch goes through triton.compile down to a cubin
 for GPUTarget("cuda", 90, 32): Triton's front end, its GPU lowering (which the CPU interpreter
 of the other tests never exercises) and ptxas, whose register report must show no spills in the
-word-attention kernels at the CUB and COCO sizes. Checked with the installed Triton and with each
+word-attention kernels at the CUB and COCO sizes and no more than the tuned tiles leave in the
+DAMSM kernels at the CUB size. Checked with the installed Triton and with each
 interpreter listed in ATTNGAN_TRITON_PYTHONS (os.pathsep-separated; .ci/run adds one with
 Triton 3.6, the version on the GPU machine, when this machine has its wheel).
 """
@@ -53,4 +54,12 @@ def test_every_triton_kernel_compiles_for_sm90(python):
     # op's own traffic. None at the CUB and COCO sizes, in any dtype.
     spilling = [line for line in launches if "word_attention" in line["kernel"]
                 and line["case"].split()[1] in ("cub", "coco") and line["spill_bytes"] > 0]
+    assert not spilling, f"Triton {header['triton']}: register spills in {spilling[0]}"
+    # The DAMSM kernels keep [D, L] tiles across their loops; their tiles were chosen by these
+    # reports (kernels/damsm.py, _TILES). At the CUB size a few hundred bytes per thread for 16-bit
+    # inputs and ~2 KB for fp32 are what the best tiles found leave (they were 1 KB and 12.8 KB).
+    limit = {"bf16": 256, "fp32": 2048}
+    spilling = [line for line in launches if "damsm" in line["kernel"]
+                and line["case"].split()[1] == "cub"
+                and line["spill_bytes"] > limit[line["case"].split()[2]]]
     assert not spilling, f"Triton {header['triton']}: register spills in {spilling[0]}"
