@@ -299,9 +299,10 @@ def _check(name: str, words: torch.Tensor, lengths: torch.Tensor, regions: torch
 # dots run on the FMA units and need more registers. Chosen by the ptxas report for sm_90 at the
 # CUB size (D = 256, L = 18, R = 289; tests/triton_sm90.py prints it), bytes spilled per thread
 # with Triton 3.8 (3.6, the GPU machine's, within 30 bytes of these):
-#   forward  bf16 0    (was 0)      fp32 0     (was 96 with 32-region tiles)
-#   regions  bf16 108  (was 1,080)  fp32 1,616 (was 12,812 with 32-region tiles and 8 warps)
-#   words    bf16 0    (was 40)     fp32 160   (was 1,720)
+#   kernel    bf16 (with 32-region tiles)   fp32 (with 32-region tiles and 8 warps)
+#   forward      0 (0)                          0 (96)
+#   regions    108 (1,080)                  1,616 (12,812)
+#   words        0 (40)                       160 (1,720)
 # The region-gradient kernel keeps a [BLOCK_R, D] fp32 accumulator and [D, L] word, context and
 # gradient tiles live across its loop over captions, hence the small region tiles. Timings on an
 # H100 are still to be taken (bench/gpu_check.sh); spills are the one measure available here.
@@ -359,7 +360,7 @@ def damsm_word_similarity_fwd(words: torch.Tensor, lengths: torch.Tensor, region
     """
     _check("damsm_word_similarity_fwd", words, lengths, regions)
     sim, _, _ = _first_pass(words.contiguous(), lengths.contiguous(), regions.contiguous(),
-                               gamma1, gamma2, None)
+                            gamma1, gamma2, None)
     return sim
 
 
