@@ -128,6 +128,25 @@ __device__ __forceinline__ void pair_backward(float s, float g_alpha, bool word_
   gs = p * (g_p - warp_sum(p * g_p));
 }
 
+// Backward of the attention for the tile regions r = warp + 8 k of this warp and word t = lane:
+// a (only where alpha_s is given) and gs written to [region][word] shared tiles of row stride
+// `stride`. n = valid words of the caption, r0 = first region of the tile.
+__device__ __forceinline__ void tile_backward(const float* v_s, const float* e_s, const float* gc_s,
+                                              int dim, int warp, int lane, int n, int r0,
+                                              int num_regions, const WordStats& st, float gamma1,
+                                              float* alpha_s, float* gs_s, int stride) {
+  float s[kTileRows], g_alpha[kTileRows];
+  dual_dot(v_s, e_s, gc_s, dim, warp, lane, s, g_alpha);
+#pragma unroll
+  for (int k = 0; k < kTileRows; ++k) {
+    const int r = warp + kWarps * k;
+    float alpha, gs;
+    pair_backward(s[k], g_alpha[k], lane < n, r0 + r < num_regions, st, gamma1, alpha, gs);
+    if (alpha_s != nullptr) alpha_s[r * stride + lane] = alpha;
+    gs_s[r * stride + lane] = gs;
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
 damsm_fwd_kernel(const T* __restrict__ words, const int64_t* __restrict__ lengths,
@@ -318,16 +337,8 @@ damsm_bwd_regions_kernel(const T* __restrict__ words, const int64_t* __restrict_
     const int n = load_pair(e_s, gc_s, static_cast<float*>(nullptr), words, lengths, ctx, st, cap,
                             pair, dim, max_len, warp, lane);
     __syncthreads();
-    float s[kTileRows], g_alpha[kTileRows];
-    dual_dot(v_s, e_s, gc_s, dim, warp, lane, s, g_alpha);
-#pragma unroll
-    for (int k = 0; k < kTileRows; ++k) {
-      const int r = warp + kWarps * k;
-      float alpha, gs;
-      pair_backward(s[k], g_alpha[k], lane < n, r0 + r < num_regions, st, gamma1, alpha, gs);
-      alpha_s[r * kPad + lane] = alpha;
-      gs_s[r * kPad + lane] = gs;
-    }
+    tile_backward(v_s, e_s, gc_s, dim, warp, lane, n, r0, num_regions, st, gamma1, alpha_s, gs_s,
+                  kPad);
     __syncthreads();
     for (int t = 0; t < n; ++t) {
       const float alpha = alpha_s[lane * kPad + t], gs = gs_s[lane * kPad + t];
@@ -376,15 +387,8 @@ damsm_bwd_words_kernel(const T* __restrict__ words, const int64_t* __restrict__ 
       __syncthreads();   // previous tile consumed (and e_s, gc_s written)
       load_region_tile(v_s, v_g, r0, dim, num_regions, warp, lane);
       __syncthreads();
-      float s[kTileRows], g_alpha[kTileRows];
-      dual_dot(v_s, e_s, gc_s, dim, warp, lane, s, g_alpha);
-#pragma unroll
-      for (int k = 0; k < kTileRows; ++k) {
-        const int r = warp + kWarps * k;
-        float alpha, gs;
-        pair_backward(s[k], g_alpha[k], lane < n, r0 + r < num_regions, st, gamma1, alpha, gs);
-        gs_s[r * kWords + lane] = gs;
-      }
+      tile_backward(v_s, e_s, gc_s, dim, warp, lane, n, r0, num_regions, st, gamma1, nullptr,
+                    gs_s, kWords);
       __syncthreads();
       const int tile = min(kTile, num_regions - r0);
       for (int r = 0; r < tile; ++r) {
