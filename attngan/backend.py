@@ -130,4 +130,7 @@ def describe() -> str:
         cpu_ok = [i for i in impls if unavailable_reason(op, i, cpu) is None]
         cuda_ok = [i for i in impls if unavailable_reason(op, i, cuda) is None]
         parts.append(f"{op}: cpu[{','.join(cpu_ok)}] cuda[{','.join(cuda_ok)}]")
+    if unavailable_reason("damsm_word_similarity", "cpp", cpu) is None:
+        amx = torch.ops.attngan_C.damsm_cpu_amx()
+        parts.append(f"cpp bfloat16 products: {'AMX tiles' if amx else 'in float32'}")
     return "; ".join(parts)

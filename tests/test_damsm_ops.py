@@ -110,6 +110,31 @@ def test_low_precision_flash_attention_rule(impl):
             assert _relative_error(a, e) <= bound, (impl, dtype, name)
 
 
+@pytest.mark.parametrize("shape", SHAPES["cpp"])
+def test_cpp_bfloat16_products_on_amx_and_as_float(shape, monkeypatch):
+    """bfloat16 inputs: products on the AMX tiles where the CPU has them (operands rounded to
+    bfloat16 as the GPU kernels round them; D, R, lengths padded to the tile sizes), or in
+    float with ATTNGAN_CPU_AMX=0. Both by the flash-attention rule at every odd shape."""
+    _require("cpp")
+    words, lengths, regions = _inputs(*shape, dtype=torch.float32)
+    words, regions = words.bfloat16(), regions.bfloat16()
+    grad_s = torch.randn(shape[0], shape[1], dtype=torch.float64)
+    expected = _run(None, words.double(), lengths, regions.double(), grad_s)
+    same_dtype_reference = _run(None, words, lengths, regions, grad_s)
+    results = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("ATTNGAN_CPU_AMX", flag)
+        uses_amx = torch.ops.attngan_C.damsm_cpu_amx()
+        assert not (flag == "0" and uses_amx)
+        results[uses_amx] = _run("cpp", words, lengths, regions, grad_s)
+        for name, a, r, e in zip(("S", "grad words", "grad regions"), results[uses_amx],
+                                 same_dtype_reference, expected):
+            bound = 2 * _relative_error(r, e) + 1e-4
+            assert _relative_error(a, e) <= bound, (shape, uses_amx, name)
+    if True in results:  # an AMX machine: the two engines really are different computations
+        assert any(not torch.equal(a, f) for a, f in zip(results[True], results[False]))
+
+
 def test_cpp_gradcheck_fp64():
     _require("cpp")
     words, lengths, regions = _inputs(2, 3, 5, 4, 6)
@@ -121,9 +146,11 @@ def test_cpp_gradcheck_fp64():
                                     (regions,))
 
 
-def test_cpp_regions_only_backward_equals_full():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpp_regions_only_backward_equals_full(dtype):
     _require("cpp")
     words, lengths, regions = _inputs(3, 4, 16, 18, 49, dtype=torch.float32)
+    words, regions = words.to(dtype), regions.to(dtype)
     grad_s = torch.randn(3, 4)
     full = torch.ops.attngan_C.damsm_word_similarity_bwd(grad_s, words, lengths, regions, 4.0,
                                                          5.0, True)
@@ -191,10 +218,12 @@ def test_torch_compile_fullgraph(impl):
     torch.testing.assert_close(compiled(words, lengths, regions), loss(words, lengths, regions))
 
 
-def test_cpp_backward_is_deterministic():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpp_backward_is_deterministic(dtype):
     """Threads take work dynamically; the word gradient still sums in a fixed order."""
     _require("cpp")
     words, lengths, regions = _inputs(9, 7, 16, 18, 25, dtype=torch.float32)
+    words, regions = words.to(dtype), regions.to(dtype)
     grad_s = torch.randn(9, 7)
     first = torch.ops.attngan_C.damsm_word_similarity_bwd(grad_s, words, lengths, regions, 4.0,
                                                           5.0, True)

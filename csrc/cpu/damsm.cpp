@@ -25,9 +25,13 @@
 // No [B_img, B_cap, R, L] tensor exists: per thread, a few [n, R] and [n, D] buffers.
 // Softmaxes, cosines and log-sum-exps are row loops over contiguous memory that the compiler
 // vectorizes (AVX-512 / AVX2 clones chosen at load time); exp is a polynomial accurate to
-// ~2 ulp. Inputs may be float, half or bfloat16 (computed in float) or double (for gradcheck).
+// ~2 ulp. They always run in float (double for gradcheck inputs). The GEMMs run on one of two
+// engines (FloatGemm, AmxGemm below): float or double on MKL for float, half and double
+// inputs; for bfloat16 inputs on a CPU with AMX, bfloat16 products with float accumulation on
+// the AMX tiles, several times the float rate (else as float).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
 #include <c10/util/ParallelGuard.h>
 #include <torch/library.h>
 
@@ -35,13 +39,14 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <utility>
 #include <vector>
 
 #if defined(__x86_64__)
-#include <xmmintrin.h>
+#include <immintrin.h>
 #endif
 
 // Without it GCC will not if-convert the float compares of the max/clamp loops below, so they
@@ -59,6 +64,12 @@ namespace attngan {
 namespace {
 
 constexpr double kNormEps = 1e-8;  // clamp of the norm product, as the original's cosine
+// AMX products (AmxGemm): operand sizes padded to multiples of kAmxAlign; B packed in column
+// panels of at most kAmxPanel (the widths the oneDNN ukernel packs: 16, 32, 48, 64).
+constexpr int64_t kAmxAlign = 16;
+constexpr int64_t kAmxPanel = 64;
+
+int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
 // Flush denormals to zero on this thread while alive. The word softmax of real scores is very
 // peaked, so p and the score gradients are full of values below 1e-38; fed to the GEMMs as
@@ -112,27 +123,27 @@ ATTNGAN_INLINE float exp_approx<float>(float x) {
 }
 
 // Softmax over the words of each caption (per region), then over regions (per word).
-// scores: [n, R] rows of one block (caption after caption, lengths[c] rows each); on return it
-// holds p. alpha: [n, R] output. work: 2 R scratch values.
+// scores: [n, R] rows of one block (caption after caption, lengths[c] rows each, ld apart); on
+// return it holds p. alpha: [n, R] output, rows ld apart. work: 2 R scratch values.
 template <typename T>
 ATTNGAN_INLINE void attention_rows(T* __restrict scores, T* __restrict alpha,
                                    const int64_t* lengths, int64_t num_captions, int64_t R,
-                                   T gamma1, T* __restrict work) {
+                                   int64_t ld, T gamma1, T* __restrict work) {
   T* __restrict top = work;
   T* __restrict sum = work + R;
   int64_t t0 = 0;
   for (int64_t c = 0; c < num_captions; ++c) {
     const int64_t n = lengths[c];
-    T* seg = scores + t0 * R;
+    T* seg = scores + t0 * ld;
     std::memcpy(top, seg, sizeof(T) * R);
     for (int64_t t = 1; t < n; ++t) {
-      const T* __restrict row = seg + t * R;
+      const T* __restrict row = seg + t * ld;
 #pragma omp simd
       for (int64_t r = 0; r < R; ++r) top[r] = row[r] > top[r] ? row[r] : top[r];
     }
     std::fill(sum, sum + R, T(0));
     for (int64_t t = 0; t < n; ++t) {
-      T* __restrict row = seg + t * R;
+      T* __restrict row = seg + t * ld;
 #pragma omp simd
       for (int64_t r = 0; r < R; ++r) {
         const T e = exp_approx<T>(row[r] - top[r]);
@@ -143,8 +154,8 @@ ATTNGAN_INLINE void attention_rows(T* __restrict scores, T* __restrict alpha,
 #pragma omp simd
     for (int64_t r = 0; r < R; ++r) top[r] = T(1) / sum[r];
     for (int64_t t = 0; t < n; ++t) {
-      T* __restrict row = seg + t * R;
-      T* __restrict out = alpha + (t0 + t) * R;
+      T* __restrict row = seg + t * ld;
+      T* __restrict out = alpha + (t0 + t) * ld;
       T row_max = -std::numeric_limits<T>::infinity();
 #pragma omp simd reduction(max : row_max)
       for (int64_t r = 0; r < R; ++r) {
@@ -195,22 +206,23 @@ ATTNGAN_INLINE T cosine(T dot, T cc, T enorm, T* q_out) {
 }
 
 // Backward of the region softmax then of the word softmax, in place.
-// d: [n, R] dalpha on entry, dS on return. p and alpha as attention_rows left them.
-// With need_words, p is overwritten by dS + a_t alpha (the rows the word gradient needs).
+// d: [n, R] dalpha on entry, dS on return. p and alpha as attention_rows left them (all three
+// with rows ld apart). With need_words, p is overwritten by dS + a_t alpha (the rows the word
+// gradient needs).
 template <typename T>
 ATTNGAN_INLINE void attention_rows_backward(T* __restrict p, const T* __restrict alpha,
                                             T* __restrict d, const T* __restrict a,
                                             const int64_t* lengths, int64_t num_captions,
-                                            int64_t R, T gamma1, bool need_words,
+                                            int64_t R, int64_t ld, T gamma1, bool need_words,
                                             T* __restrict acc) {
   int64_t t0 = 0;
   for (int64_t c = 0; c < num_captions; ++c) {
     const int64_t n = lengths[c];
     std::fill(acc, acc + R, T(0));
     for (int64_t t = t0; t < t0 + n; ++t) {
-      const T* __restrict al = alpha + t * R;
-      const T* __restrict pr = p + t * R;
-      T* __restrict dr = d + t * R;
+      const T* __restrict al = alpha + t * ld;
+      const T* __restrict pr = p + t * ld;
+      T* __restrict dr = d + t * ld;
       T dot = 0;
 #pragma omp simd reduction(+ : dot)
       for (int64_t r = 0; r < R; ++r) dot += al[r] * dr[r];
@@ -222,9 +234,9 @@ ATTNGAN_INLINE void attention_rows_backward(T* __restrict p, const T* __restrict
       }
     }
     for (int64_t t = t0; t < t0 + n; ++t) {
-      const T* __restrict al = alpha + t * R;
-      T* __restrict pr = p + t * R;
-      T* __restrict dr = d + t * R;
+      const T* __restrict al = alpha + t * ld;
+      T* __restrict pr = p + t * ld;
+      T* __restrict dr = d + t * ld;
       if (need_words) {
         const T at = a[t];
 #pragma omp simd
@@ -258,13 +270,13 @@ ATTNGAN_INLINE void combine_rows(T* __restrict rows, const T* __restrict words,
 
 // float row kernels, cloned for AVX-512 / AVX2 / baseline x86-64 and picked at load time.
 ATTNGAN_CLONES void attention_rows_f(float* s, float* al, const int64_t* len, int64_t nc,
-                                     int64_t R, float g1, float* w) {
-  attention_rows<float>(s, al, len, nc, R, g1, w);
+                                     int64_t R, int64_t ld, float g1, float* w) {
+  attention_rows<float>(s, al, len, nc, R, ld, g1, w);
 }
 ATTNGAN_CLONES void attention_rows_backward_f(float* p, const float* al, float* d, const float* a,
-                                              const int64_t* len, int64_t nc, int64_t R, float g1,
-                                              bool nw, float* acc) {
-  attention_rows_backward<float>(p, al, d, a, len, nc, R, g1, nw, acc);
+                                              const int64_t* len, int64_t nc, int64_t R,
+                                              int64_t ld, float g1, bool nw, float* acc) {
+  attention_rows_backward<float>(p, al, d, a, len, nc, R, ld, g1, nw, acc);
 }
 ATTNGAN_CLONES void context_dots_f(const float* c, const float* e, int64_t n, int64_t D,
                                    float* dot, float* cc) {
@@ -274,19 +286,18 @@ ATTNGAN_CLONES void combine_rows_f(float* rows, const float* e, const float* a, 
                                    int64_t n, int64_t D) {
   combine_rows<float>(rows, e, a, b, n, D);
 }
-
 // The row kernels as called: float gets AVX-512 / AVX2 / baseline clones picked at load time,
 // double (gradcheck only) the baseline build.
 template <typename T> struct Rows;
 template <> struct Rows<float> {
-  static void attention(float* s, float* al, const int64_t* len, int64_t nc, int64_t R, float g1,
-                        float* w) {
-    attention_rows_f(s, al, len, nc, R, g1, w);
+  static void attention(float* s, float* al, const int64_t* len, int64_t nc, int64_t R,
+                        int64_t ld, float g1, float* w) {
+    attention_rows_f(s, al, len, nc, R, ld, g1, w);
   }
   static void attention_backward(float* p, const float* al, float* d, const float* a,
-                                 const int64_t* len, int64_t nc, int64_t R, float g1, bool nw,
-                                 float* acc) {
-    attention_rows_backward_f(p, al, d, a, len, nc, R, g1, nw, acc);
+                                 const int64_t* len, int64_t nc, int64_t R, int64_t ld, float g1,
+                                 bool nw, float* acc) {
+    attention_rows_backward_f(p, al, d, a, len, nc, R, ld, g1, nw, acc);
   }
   static void dots(const float* c, const float* e, int64_t n, int64_t D, float* dot, float* cc) {
     context_dots_f(c, e, n, D, dot, cc);
@@ -298,13 +309,13 @@ template <> struct Rows<float> {
 };
 template <> struct Rows<double> {
   static void attention(double* s, double* al, const int64_t* len, int64_t nc, int64_t R,
-                        double g1, double* w) {
-    attention_rows<double>(s, al, len, nc, R, g1, w);
+                        int64_t ld, double g1, double* w) {
+    attention_rows<double>(s, al, len, nc, R, ld, g1, w);
   }
   static void attention_backward(double* p, const double* al, double* d, const double* a,
-                                 const int64_t* len, int64_t nc, int64_t R, double g1, bool nw,
-                                 double* acc) {
-    attention_rows_backward<double>(p, al, d, a, len, nc, R, g1, nw, acc);
+                                 const int64_t* len, int64_t nc, int64_t R, int64_t ld,
+                                 double g1, bool nw, double* acc) {
+    attention_rows_backward<double>(p, al, d, a, len, nc, R, ld, g1, nw, acc);
   }
   static void dots(const double* c, const double* e, int64_t n, int64_t D, double* dot,
                    double* cc) {
@@ -318,13 +329,14 @@ template <> struct Rows<double> {
 
 // Inputs checked, words gathered to E^T [N, D], regions as [B_img, D, R], in the compute type.
 struct Prepared {
-  at::Tensor words_t;                // [N, D] valid words only
+  at::Tensor words_t;                // [N, ld_d] valid words only, zero past column D
   at::Tensor regions;                // [B_img, D, R] contiguous
   at::Tensor enorm;                  // [N] |e_t|
   std::vector<int64_t> lengths;      // [B_cap]
   std::vector<int64_t> offsets;      // [B_cap + 1] first row of each caption in words_t
   at::Tensor valid_index;            // [N] flat index (i * L + t) of each row in [B_cap * L]
   int64_t num_images, num_captions, D, L, R, N;
+  int64_t ld_d, ld_r;                // row strides of the D-long and R-long row buffers
   int64_t blocks;                    // caption blocks per image (work items = B_img * blocks)
 };
 
@@ -357,7 +369,7 @@ void check_inputs(const at::Tensor& words, const at::Tensor& lengths, const at::
 }
 
 Prepared prepare(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions,
-                 at::ScalarType compute) {
+                 at::ScalarType compute, bool amx) {
   check_inputs(words, lengths, regions);
   const int64_t threads = at::get_num_threads();
   // The preparation is a few small ATen ops: run them on this thread (they see themselves
@@ -384,11 +396,18 @@ Prepared prepare(const at::Tensor& words, const at::Tensor& lengths, const at::T
   }
   pr.N = pr.offsets[pr.num_captions];
   pr.valid_index = at::tensor(index, at::TensorOptions().dtype(at::kLong));
+  // The AMX products take operands zero-padded to multiples of 16 (see AmxGemm); rows of D
+  // values may carry that padding everywhere (zeros change no dot product), rows of R values
+  // may not (the softmaxes), so R-long rows keep R values ld_r apart.
+  pr.ld_d = amx ? round_up(pr.D, kAmxAlign) : pr.D;
+  pr.ld_r = amx ? round_up(pr.R, kAmxAlign) : pr.R;
   // [B_cap, D, L] -> [B_cap * L, D] -> the N valid rows.
   // Detached: the kernel is differentiated by its backward op, never by autograd, and
   // at::mm_out refuses inputs that require grad.
   pr.words_t = words.detach().transpose(1, 2).reshape({pr.num_captions * pr.L, pr.D})
-                   .index_select(0, pr.valid_index).to(compute).contiguous();
+                   .index_select(0, pr.valid_index).to(compute);
+  if (pr.ld_d != pr.D) pr.words_t = at::constant_pad_nd(pr.words_t, {0, pr.ld_d - pr.D});
+  pr.words_t = pr.words_t.contiguous();
   pr.regions = regions.detach().to(compute).contiguous();
   pr.enorm = at::linalg_vector_norm(pr.words_t, 2, {1}).contiguous();
   // Enough items for every thread even when there are few images (R-precision: 1 image
@@ -429,38 +448,274 @@ void parallel_dynamic(int64_t count, const Init& init, const Body& body) {
   });
 }
 
+// ------------------------------------------------------------------- the matrix products
+// Every GEMM of a work item multiplies by image j's regions v [D, R] or by v^T. Float rows in,
+// float rows out, D-long rows ld_d apart and R-long rows ld_r apart (Prepared):
+//   set_image(j)
+//   times_v(rows [n, D], n, out [n, R])            out = rows v
+//   times_vt(rows [n, R], n, out [n, D], add)      out = rows v^T  (or += with add)
+//   region_gradient(x [2n, D], y [2n, R], n, dv)   dv [D, R] (contiguous) = x^T y
+// Two engines:
+//   FloatGemm<T>: at::mm_out in T (MKL's sgemm / dgemm), ld_d = D, ld_r = R.
+//   AmxGemm: bfloat16 operands, float accumulation and results, on the AMX tiles through
+//     ATen's oneDNN brgemm ukernel (at::native::cpublas). For bfloat16 inputs on a CPU that
+//     has AMX: the operands the products see are the ones the GPU kernels' bfloat16 tensor-core
+//     dots see (inputs as given, alpha, dC and dS rounded to bfloat16).
+
 template <typename T>
+class FloatGemm {
+ public:
+  FloatGemm(const Prepared& pr, int64_t /*max_rows*/) : pr_(pr), options_(pr.words_t.options()) {}
+  void set_image(int64_t j) { v_ = pr_.regions[j]; }
+  void times_v(const T* rows, int64_t n, T* out) {
+    at::Tensor result = wrap(out, n, pr_.R);
+    at::mm_out(result, wrap(rows, n, pr_.D), v_);
+  }
+  void times_vt(const T* rows, int64_t n, T* out, bool add) {
+    at::Tensor result = wrap(out, n, pr_.D);
+    if (add) {
+      result.addmm_(wrap(rows, n, pr_.R), v_.t());
+    } else {
+      at::mm_out(result, wrap(rows, n, pr_.R), v_.t());
+    }
+  }
+  void region_gradient(const T* x, const T* y, int64_t n, at::Tensor& dv) {
+    at::mm_out(dv, wrap(x, 2 * n, pr_.D).t(), wrap(y, 2 * n, pr_.R));
+  }
+
+ private:
+  at::Tensor wrap(const T* data, int64_t rows, int64_t cols) const {
+    return at::from_blob(const_cast<T*>(data), {rows, cols}, options_);
+  }
+  const Prepared& pr_;
+  at::TensorOptions options_;
+  at::Tensor v_;
+};
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// Float to bfloat16 (round to nearest even, as the GPU kernels' casts) with AVX512-BF16, which
+// every CPU with AMX-BF16 has; only AmxGemm calls these.
+#define ATTNGAN_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+ATTNGAN_AVX512_BF16 ATTNGAN_INLINE __m256i bfloat16_of(__m512 x) {
+  return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x));
+}
+
+// out [rows, ld_out] = in [rows, cols] (rows ld_in apart) in bfloat16; ld_out is a multiple of
+// 16 >= cols and the columns [cols, ld_out) become 0.
+ATTNGAN_AVX512_BF16 void rows_to_bfloat16(const float* in, int64_t rows, int64_t cols,
+                                          int64_t ld_in, uint16_t* out, int64_t ld_out) {
+  const int64_t full = cols / 16 * 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (cols - full)) - 1u);
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* x = in + i * ld_in;
+    uint16_t* y = out + i * ld_out;
+    int64_t c = 0;
+    for (; c < full; c += 16) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + c), bfloat16_of(_mm512_loadu_ps(x + c)));
+    }
+    for (; c < ld_out; c += 16) {
+      const __mmask16 m = c == full ? tail : 0;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + c),
+                          bfloat16_of(_mm512_maskz_loadu_ps(m, x + c)));
+    }
+  }
+}
+
+// out [cols, ld_out] = in^T for in [rows, cols] (rows ld_in apart), in bfloat16, through 16 x 16
+// tiles (contiguous loads, 32-byte stores).
+ATTNGAN_AVX512_BF16 void columns_to_bfloat16(const float* in, int64_t rows, int64_t cols,
+                                             int64_t ld_in, uint16_t* out, int64_t ld_out) {
+  alignas(64) uint16_t tile[16][16];
+  for (int64_t i0 = 0; i0 < rows; i0 += 16) {
+    const int64_t ni = std::min<int64_t>(16, rows - i0);
+    for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+      const int64_t nc = std::min<int64_t>(16, cols - c0);
+      const __mmask16 m = static_cast<__mmask16>((1u << nc) - 1u);
+      for (int64_t k = 0; k < ni; ++k) {
+        _mm256_store_si256(reinterpret_cast<__m256i*>(tile[k]),
+                           bfloat16_of(_mm512_maskz_loadu_ps(m, in + (i0 + k) * ld_in + c0)));
+      }
+      for (int64_t c = 0; c < nc; ++c) {
+        uint16_t* y = out + (c0 + c) * ld_out + i0;
+        for (int64_t k = 0; k < ni; ++k) y[k] = tile[k][c];
+      }
+    }
+  }
+}
+
+// packed = b [K, N] in the VNNI-2 layout the oneDNN brgemm ukernel takes for bfloat16 (what
+// cpublas::pack writes): column panels of width w <= kAmxPanel, the one at column n0 stored at
+// packed + n0 * K as [K / 2][w][2]. b is float rows ld apart; rows >= rows and columns >= cols
+// read as 0. K even, N a multiple of 16.
+ATTNGAN_AVX512_BF16 void pack_bfloat16(const float* in, int64_t rows, int64_t cols, int64_t ld,
+                                       int64_t K, int64_t N, uint16_t* packed) {
+  alignas(64) static const uint16_t kInterleave[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5,
+                                                       21, 6, 22, 7, 23, 8, 24, 9, 25, 10, 26,
+                                                       11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i interleave = _mm512_load_si512(kInterleave);
+  for (int64_t k = 0; k < K; k += 2) {  // a pair of rows at a time, all panels: streaming reads
+    for (int64_t n0 = 0; n0 < N; n0 += kAmxPanel) {
+      const int64_t width = std::min(kAmxPanel, N - n0);
+      uint16_t* out = packed + n0 * K + k * width;  // pair row k / 2 of this panel
+      for (int64_t c = 0; c < width; c += 16) {
+        const int64_t valid = std::clamp<int64_t>(cols - (n0 + c), 0, 16);
+        const __mmask16 m = static_cast<__mmask16>((1u << valid) - 1u);
+        const __m512 even = k < rows ? _mm512_maskz_loadu_ps(m, in + k * ld + n0 + c)
+                                     : _mm512_setzero_ps();
+        const __m512 odd = k + 1 < rows ? _mm512_maskz_loadu_ps(m, in + (k + 1) * ld + n0 + c)
+                                        : _mm512_setzero_ps();
+        const __m512i both = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(odd, even));
+        _mm512_storeu_si512(out + 2 * c, _mm512_permutexvar_epi16(interleave, both));
+      }
+    }
+  }
+}
+
+// packed = in^T in the layout of pack_bfloat16, for in [rows, cols] float rows ld apart: B [K, N]
+// with B[k, n] = in[n, k], 0 past the input. The VNNI pairs (k, k + 1) of a column n are
+// neighbours in in's row n, so 16 rows x 32 columns of in become 16 x 16 pairs, transposed
+// through a tile (gathers from it).
+ATTNGAN_AVX512_BF16 void pack_bfloat16_transposed(const float* in, int64_t rows, int64_t cols,
+                                                  int64_t ld, int64_t K, int64_t N,
+                                                  uint16_t* packed) {
+  alignas(64) uint32_t tile[16][16];  // [column n of B][pair of B's rows]
+  const __m512i down = _mm512_mullo_epi32(_mm512_set1_epi32(16),
+                                          _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6,
+                                                           5, 4, 3, 2, 1, 0));
+  for (int64_t n0 = 0; n0 < N; n0 += kAmxPanel) {
+    const int64_t width = std::min(kAmxPanel, N - n0);
+    uint32_t* panel = reinterpret_cast<uint32_t*>(packed + n0 * K);  // [K / 2][width] pairs
+    for (int64_t c = 0; c < width; c += 16) {
+      for (int64_t k0 = 0; k0 < K; k0 += 32) {
+        const int64_t valid = std::clamp<int64_t>(cols - k0, 0, 32);
+        const __mmask16 lo = static_cast<__mmask16>((1u << std::min<int64_t>(valid, 16)) - 1u);
+        const __mmask16 hi =
+            static_cast<__mmask16>((1u << std::max<int64_t>(valid - 16, 0)) - 1u);
+        for (int64_t i = 0; i < 16; ++i) {
+          const int64_t n = n0 + c + i;
+          const float* row = in + n * ld + k0;
+          const bool inside = n < rows;
+          const __m512 first = inside ? _mm512_maskz_loadu_ps(lo, row) : _mm512_setzero_ps();
+          const __m512 second = inside ? _mm512_maskz_loadu_ps(hi, row + 16)
+                                       : _mm512_setzero_ps();
+          _mm512_store_si512(tile[i], reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(second, first)));
+        }
+        const int64_t pairs = std::min<int64_t>(16, (K - k0) / 2);
+        for (int64_t q = 0; q < pairs; ++q) {
+          const __m512i column = _mm512_mask_i32gather_epi32(
+              _mm512_setzero_si512(), 0xFFFF,
+              _mm512_add_epi32(down, _mm512_set1_epi32(static_cast<int>(q))), tile, 4);
+          _mm512_storeu_si512(panel + (k0 / 2 + q) * width + c, column);
+        }
+      }
+    }
+  }
+}
+
+class AmxGemm {
+ public:
+  AmxGemm(const Prepared& pr, int64_t max_rows)
+      : pr_(pr), Dp_(pr.ld_d), Rp_(pr.ld_r), v_packed_(Dp_ * Rp_), vt_packed_(Rp_ * Dp_),
+        lhs_(std::max(max_rows * std::max(Dp_, Rp_), Dp_ * 2 * max_rows)),
+        rhs_packed_(2 * max_rows * Rp_), dv_(Dp_ * Rp_) {}
+  AmxGemm(const AmxGemm&) = delete;
+  AmxGemm& operator=(const AmxGemm&) = delete;
+  ~AmxGemm() { at::native::cpublas::brgemm_release(true); }  // this thread's tile state
+
+  void set_image(int64_t j) {
+    if (j == image_) return;  // the same image as this thread's last item: packed already
+    image_ = j;
+    const int64_t D = pr_.D, R = pr_.R;
+    const float* v = pr_.regions.data_ptr<float>() + j * D * R;
+    pack_bfloat16(v, D, R, R, Dp_, Rp_, v_packed_.data());
+    pack_bfloat16_transposed(v, D, R, R, Rp_, Dp_, vt_packed_.data());
+  }
+  void times_v(const float* rows, int64_t n, float* out) {
+    rows_to_bfloat16(rows, n, Dp_, Dp_, lhs_.data(), Dp_);
+    product(n, Dp_, Rp_, Dp_, v_packed_.data(), out, Rp_, false);
+  }
+  void times_vt(const float* rows, int64_t n, float* out, bool add) {
+    rows_to_bfloat16(rows, n, pr_.R, Rp_, lhs_.data(), Rp_);
+    product(n, Rp_, Dp_, Rp_, vt_packed_.data(), out, Dp_, add);
+  }
+  void region_gradient(const float* x, const float* y, int64_t n, at::Tensor& dv) {
+    columns_to_bfloat16(x, 2 * n, Dp_, Dp_, lhs_.data(), 2 * n);       // x^T [Dp, 2n]
+    pack_bfloat16(y, 2 * n, pr_.R, Rp_, 2 * n, Rp_, rhs_packed_.data());
+    product(Dp_, 2 * n, Rp_, 2 * n, rhs_packed_.data(), dv_.data(), Rp_, false);
+    float* out = dv.data_ptr<float>();
+    for (int64_t d = 0; d < pr_.D; ++d) {
+      std::memcpy(out + d * pr_.R, dv_.data() + d * Rp_, sizeof(float) * pr_.R);
+    }
+  }
+
+ private:
+  // c [M, N] (ldc apart) = (or +=) lhs_ [M, K] (lda apart) times the packed b, panel by panel.
+  void product(int64_t M, int64_t K, int64_t N, int64_t lda, const uint16_t* packed, float* c,
+               int64_t ldc, bool add) const {
+    const auto* a16 = reinterpret_cast<const at::BFloat16*>(lhs_.data());
+    const auto* b16 = reinterpret_cast<const at::BFloat16*>(packed);
+    for (int64_t n0 = 0; n0 < N; n0 += kAmxPanel) {
+      const int64_t width = std::min(kAmxPanel, N - n0);
+      at::native::cpublas::brgemm(M, width, K, lda, width, ldc, add, a16, b16 + n0 * K, c + n0,
+                                  true);
+    }
+  }
+  const Prepared& pr_;
+  int64_t Dp_, Rp_;
+  int64_t image_ = -1;
+  std::vector<uint16_t> v_packed_, vt_packed_;  // image j: v [Dp, Rp], v^T [Rp, Dp], packed
+  std::vector<uint16_t> lhs_, rhs_packed_;      // operands of one product (bfloat16)
+  std::vector<float> dv_;                       // [Dp, Rp] region gradient
+};
+#endif  // x86-64 GCC / Clang
+
+// Whether bfloat16 products run on AmxGemm: a CPU with AMX-BF16 (the oneDNN ukernel packs for
+// it) and no ATTNGAN_CPU_AMX=0.
+bool amx_available() {
+  const char* flag = std::getenv("ATTNGAN_CPU_AMX");
+  if (flag != nullptr && std::strcmp(flag, "0") == 0) return false;
+#if defined(ATTNGAN_AVX512_BF16)
+  return at::native::cpublas::could_pack(at::kBFloat16);
+#else
+  return false;
+#endif
+}
+
+template <typename T, typename Gemm>
 at::Tensor forward_impl(const Prepared& pr, double gamma1, double gamma2) {
   const auto options = pr.words_t.options();
   at::Tensor out = at::empty({pr.num_images, pr.num_captions}, options);
   T* out_p = out.data_ptr<T>();
-  const int64_t R = pr.R, D = pr.D;
+  const int64_t R = pr.R, ld_d = pr.ld_d, ld_r = pr.ld_r;
   const int64_t max_rows = max_block_rows(pr);
   const T g1 = static_cast<T>(gamma1), g2 = static_cast<T>(gamma2);
+  const T* words = pr.words_t.data_ptr<T>();
   struct Buffers {
+    Gemm gemm;
     at::Tensor scores, alpha, context;  // s -> p [n, R]; alpha [n, R]; C^T [n, D]
     std::vector<T> work, cosv, cc;
   };
   auto init = [&] {
-    return Buffers{at::empty({max_rows, R}, options), at::empty({max_rows, R}, options),
-                   at::empty({max_rows, D}, options), std::vector<T>(2 * R),
-                   std::vector<T>(max_rows), std::vector<T>(max_rows)};
+    return Buffers{Gemm(pr, max_rows), at::empty({max_rows, ld_r}, options),
+                   at::empty({max_rows, ld_r}, options), at::empty({max_rows, ld_d}, options),
+                   std::vector<T>(2 * R), std::vector<T>(max_rows), std::vector<T>(max_rows)};
   };
   parallel_dynamic(pr.num_images * pr.blocks, init, [&](Buffers& buf, int64_t item) {
     const int64_t j = item / pr.blocks;
     const auto [c0, c1] = block_range(pr, item % pr.blocks);
     const int64_t r0 = pr.offsets[c0], n = pr.offsets[c1] - r0;
     if (n == 0) return;
-    const at::Tensor v = pr.regions[j];                                    // [D, R]
-    const at::Tensor e = pr.words_t.narrow(0, r0, n);                      // [n, D]
-    at::Tensor s = buf.scores.narrow(0, 0, n), a = buf.alpha.narrow(0, 0, n);
-    at::Tensor ctx = buf.context.narrow(0, 0, n);
-    at::mm_out(s, e, v);                                                   // [n, R] eq. 7
-    Rows<T>::attention(s.data_ptr<T>(), a.data_ptr<T>(), pr.lengths.data() + c0, c1 - c0, R, g1,
+    T *s = static_cast<T*>(buf.scores.data_ptr()), *a = static_cast<T*>(buf.alpha.data_ptr());
+    T* ctx = static_cast<T*>(buf.context.data_ptr());
+    const T* e = words + r0 * ld_d;                                        // [n, D]
+    buf.gemm.set_image(j);
+    buf.gemm.times_v(e, n, s);                                             // [n, R] eq. 7
+    Rows<T>::attention(s, a, pr.lengths.data() + c0, c1 - c0, R, ld_r, g1,
                        buf.work.data());                                   // eqs. 8, 9
-    at::mm_out(ctx, a, v.t());                                             // [n, D]
+    buf.gemm.times_vt(a, n, ctx, false);                                   // [n, D]
     T* cosv = buf.cosv.data();
-    Rows<T>::dots(ctx.data_ptr<T>(), e.data_ptr<T>(), n, D, cosv, buf.cc.data());
+    Rows<T>::dots(ctx, e, n, ld_d, cosv, buf.cc.data());
     const T* en = pr.enorm.data_ptr<T>() + r0;
     int64_t t0 = 0;
     for (int64_t i = c0; i < c1; ++i) {
@@ -479,16 +734,16 @@ at::Tensor forward_impl(const Prepared& pr, double gamma1, double gamma2) {
   });
   return out;
 }
-
-template <typename T>
+template <typename T, typename Gemm>
 std::pair<at::Tensor, at::Tensor> backward_impl(const Prepared& pr, const at::Tensor& grad_s,
                                                 double gamma1, double gamma2, bool need_words) {
   const auto options = pr.words_t.options();
-  const int64_t R = pr.R, D = pr.D, N = pr.N;
+  const int64_t R = pr.R, D = pr.D, N = pr.N, ld_d = pr.ld_d, ld_r = pr.ld_r;
   const int64_t max_rows = max_block_rows(pr);
   const T g1 = static_cast<T>(gamma1), g2 = static_cast<T>(gamma2), eps = kNormEps;
   const at::Tensor grad = grad_s.detach().to(options.dtype()).contiguous();
   const T* grad_p = grad.data_ptr<T>();
+  const T* words = pr.words_t.data_ptr<T>();
   const int64_t items = pr.num_images * pr.blocks;
   // With one caption block per image, dv of image j is written in place; otherwise each
   // block writes its own slot and the slots are summed.
@@ -500,23 +755,25 @@ std::pair<at::Tensor, at::Tensor> backward_impl(const Prepared& pr, const at::Te
   // result does not depend on which thread ran what (deterministic), the threads still
   // balance. About 4 groups per thread, fewer when the accumulators would pass ~64 MB.
   const int64_t threads = at::get_num_threads();
-  const int64_t affordable = (int64_t{64} << 20) / std::max<int64_t>(1, N * D * sizeof(T));
+  const int64_t affordable = (int64_t{64} << 20) / std::max<int64_t>(1, N * ld_d * sizeof(T));
   const int64_t groups = need_words
       ? std::min(items, std::max(threads, std::min(4 * threads, affordable))) : items;
   const int64_t per_group = (items + groups - 1) / groups;
   std::vector<at::Tensor> words_acc(groups), coef_acc(groups);
   struct Buffers {
+    Gemm gemm;
     at::Tensor lhs, rhs, prob;  // [dC^T; E^T] [2n, D]; [alpha; dalpha -> dS] [2n, R];
                                 // s -> p -> dS + a alpha [n, R]
     std::vector<T> work, dot, cc, a, b, cosv, qv;
   };
   auto init = [&] {
-    return Buffers{at::empty({2 * max_rows, D}, options), at::empty({2 * max_rows, R}, options),
-                   at::empty({max_rows, R}, options), std::vector<T>(2 * R),
+    return Buffers{Gemm(pr, max_rows), at::empty({2 * max_rows, ld_d}, options),
+                   at::empty({2 * max_rows, ld_r}, options), at::empty({max_rows, ld_r}, options),
+                   std::vector<T>(2 * R),
                    std::vector<T>(max_rows), std::vector<T>(max_rows), std::vector<T>(max_rows),
                    std::vector<T>(max_rows), std::vector<T>(pr.L), std::vector<T>(pr.L)};
   };
-  auto run_item = [&](Buffers& buf, int64_t item, T* coef_rows, at::Tensor* word_rows) {
+  auto run_item = [&](Buffers& buf, int64_t item, T* coef_rows, T* word_rows) {
     const int64_t j = item / pr.blocks;
     const auto [c0, c1] = block_range(pr, item % pr.blocks);
     const int64_t r0 = pr.offsets[c0], n = pr.offsets[c1] - r0;
@@ -525,19 +782,19 @@ std::pair<at::Tensor, at::Tensor> backward_impl(const Prepared& pr, const at::Te
       dv.zero_();
       return;
     }
-    const at::Tensor v = pr.regions[j];
-    const at::Tensor e = pr.words_t.narrow(0, r0, n);
-    at::Tensor x = buf.lhs.narrow(0, 0, 2 * n), y = buf.rhs.narrow(0, 0, 2 * n);
-    at::Tensor ctx = x.narrow(0, 0, n), al = y.narrow(0, 0, n), d = y.narrow(0, n, n);
-    at::Tensor p = buf.prob.narrow(0, 0, n);
-    x.narrow(0, n, n).copy_(e);
-    at::mm_out(p, e, v);                                                   // s, recomputed
-    Rows<T>::attention(p.data_ptr<T>(), al.data_ptr<T>(), pr.lengths.data() + c0, c1 - c0, R, g1,
-                       buf.work.data());
-    at::mm_out(ctx, al, v.t());                                            // C^T, recomputed
+    const T* e = words + r0 * ld_d;
+    // x = [C^T -> dC^T; E^T] [2n, D], y = [alpha; dalpha -> dS] [2n, R]
+    T *x = static_cast<T*>(buf.lhs.data_ptr()), *y = static_cast<T*>(buf.rhs.data_ptr());
+    T *ctx = x, *al = y, *d = y + n * ld_r;
+    T* p = static_cast<T*>(buf.prob.data_ptr());
+    std::memcpy(x + n * ld_d, e, sizeof(T) * n * ld_d);
+    buf.gemm.set_image(j);
+    buf.gemm.times_v(e, n, p);                                             // s, recomputed
+    Rows<T>::attention(p, al, pr.lengths.data() + c0, c1 - c0, R, ld_r, g1, buf.work.data());
+    buf.gemm.times_vt(al, n, ctx, false);                                  // C^T, recomputed
     T *dot = buf.dot.data(), *cc = buf.cc.data(), *a = buf.a.data(), *b = buf.b.data();
     T *cosv = buf.cosv.data(), *qv = buf.qv.data();
-    Rows<T>::dots(ctx.data_ptr<T>(), e.data_ptr<T>(), n, D, dot, cc);
+    Rows<T>::dots(ctx, e, n, ld_d, dot, cc);
     // Log-sum-exp and cosine backward: dL/dc_t = a_t e_t + b_t c_t and
     // dL/de_t = a_t c_t + coef_t e_t, with g_t = dS[j, i] * g2 * softmax_t(g2 R)_t.
     const T* en = pr.enorm.data_ptr<T>() + r0;
@@ -565,21 +822,19 @@ std::pair<at::Tensor, at::Tensor> backward_impl(const Prepared& pr, const at::Te
       }
       t0 += len;
     }
-    Rows<T>::combine(ctx.data_ptr<T>(), e.data_ptr<T>(), a, b, n, D);      // dC^T
-    at::mm_out(d, ctx, v);                                                 // dalpha [n, R]
-    Rows<T>::attention_backward(p.data_ptr<T>(), al.data_ptr<T>(), d.data_ptr<T>(), a,
-                                pr.lengths.data() + c0, c1 - c0, R, g1, need_words,
-                                buf.work.data());
-    at::mm_out(dv, x.t(), y);                                              // dv [D, R]
-    if (word_rows) word_rows->narrow(0, r0, n).addmm_(p, v.t());           // de^T [n, D]
+    Rows<T>::combine(ctx, e, a, b, n, ld_d);                               // dC^T
+    buf.gemm.times_v(ctx, n, d);                                           // dalpha [n, R]
+    Rows<T>::attention_backward(p, al, d, a, pr.lengths.data() + c0, c1 - c0, R, ld_r, g1,
+                                need_words, buf.work.data());
+    buf.gemm.region_gradient(x, y, n, dv);                                 // dv [D, R]
+    if (word_rows) buf.gemm.times_vt(p, n, word_rows + r0 * ld_d, true);   // de^T [n, D]
   };
   parallel_dynamic(groups, init, [&](Buffers& buf, int64_t group) {
-    at::Tensor* word_rows = nullptr;
-    T* coef_rows = nullptr;
+    T *word_rows = nullptr, *coef_rows = nullptr;
     if (need_words) {
-      words_acc[group] = at::zeros({N, D}, options);
+      words_acc[group] = at::zeros({N, ld_d}, options);
       coef_acc[group] = at::zeros({N}, options);
-      word_rows = &words_acc[group];
+      word_rows = words_acc[group].data_ptr<T>();
       coef_rows = coef_acc[group].data_ptr<T>();
     }
     const int64_t last = std::min(items, (group + 1) * per_group);
@@ -598,39 +853,71 @@ std::pair<at::Tensor, at::Tensor> backward_impl(const Prepared& pr, const at::Te
     }
     total.addcmul_(coef.unsqueeze(1), pr.words_t);
     grad_words = at::zeros({pr.num_captions * pr.L, D}, options)
-                     .index_copy_(0, pr.valid_index, total)
+                     .index_copy_(0, pr.valid_index, total.narrow(1, 0, D))
                      .view({pr.num_captions, pr.L, D})
                      .transpose(1, 2);
   }
   return {grad_words, grad_regions};
 }
 
-at::ScalarType compute_type(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+// The engine for these inputs: double (gradcheck) and float on MKL; bfloat16 on the AMX tiles
+// when the CPU has them (ATTNGAN_CPU_AMX=0 computes it as float instead); float16 as float.
+enum class Engine { kDouble, kFloat, kAmx };
+
+Engine engine_for(const at::Tensor& words) {
+  switch (words.scalar_type()) {
+    case at::kDouble: return Engine::kDouble;
+    case at::kBFloat16: return amx_available() ? Engine::kAmx : Engine::kFloat;
+    default: return Engine::kFloat;
+  }
+}
+
+Prepared prepare_for(Engine engine, const at::Tensor& words, const at::Tensor& lengths,
+                     const at::Tensor& regions) {
+  return prepare(words, lengths, regions,
+                 engine == Engine::kDouble ? at::kDouble : at::kFloat, engine == Engine::kAmx);
 }
 
 at::Tensor damsm_word_similarity_fwd_cpu(const at::Tensor& words, const at::Tensor& lengths,
                                          const at::Tensor& regions, double gamma1,
                                          double gamma2) {
-  const auto compute = compute_type(words);
-  const Prepared pr = prepare(words, lengths, regions, compute);
-  return compute == at::kDouble ? forward_impl<double>(pr, gamma1, gamma2)
-                                : forward_impl<float>(pr, gamma1, gamma2);
+  const Engine engine = engine_for(words);
+  const Prepared pr = prepare_for(engine, words, lengths, regions);
+  switch (engine) {
+    case Engine::kDouble: return forward_impl<double, FloatGemm<double>>(pr, gamma1, gamma2);
+#if defined(ATTNGAN_AVX512_BF16)
+    case Engine::kAmx: return forward_impl<float, AmxGemm>(pr, gamma1, gamma2);
+#endif
+    default: return forward_impl<float, FloatGemm<float>>(pr, gamma1, gamma2);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> damsm_word_similarity_bwd_cpu(
     const at::Tensor& grad_s, const at::Tensor& words, const at::Tensor& lengths,
     const at::Tensor& regions, double gamma1, double gamma2, bool need_words_grad) {
-  const auto compute = compute_type(words);
-  const Prepared pr = prepare(words, lengths, regions, compute);
+  const Engine engine = engine_for(words);
+  const Prepared pr = prepare_for(engine, words, lengths, regions);
   TORCH_CHECK(grad_s.dim() == 2 && grad_s.size(0) == pr.num_images &&
                   grad_s.size(1) == pr.num_captions,
               "damsm_word_similarity_bwd: grad_s must be [B_img, B_cap] = [", pr.num_images,
               ", ", pr.num_captions, "], got ", grad_s.sizes());
   TORCH_CHECK(grad_s.device().is_cpu(), "damsm_word_similarity_bwd: grad_s must be on CPU");
-  auto [gw, gr] = compute == at::kDouble
-      ? backward_impl<double>(pr, grad_s, gamma1, gamma2, need_words_grad)
-      : backward_impl<float>(pr, grad_s, gamma1, gamma2, need_words_grad);
+  std::pair<at::Tensor, at::Tensor> grads;
+  switch (engine) {
+    case Engine::kDouble:
+      grads = backward_impl<double, FloatGemm<double>>(pr, grad_s, gamma1, gamma2,
+                                                       need_words_grad);
+      break;
+#if defined(ATTNGAN_AVX512_BF16)
+    case Engine::kAmx:
+      grads = backward_impl<float, AmxGemm>(pr, grad_s, gamma1, gamma2, need_words_grad);
+      break;
+#endif
+    default:
+      grads = backward_impl<float, FloatGemm<float>>(pr, grad_s, gamma1, gamma2,
+                                                     need_words_grad);
+  }
+  auto [gw, gr] = std::move(grads);
   c10::ParallelGuard serial(true);
   gr = gr.to(regions.scalar_type());
   gw = need_words_grad ? gw.contiguous().to(words.scalar_type())
@@ -646,6 +933,8 @@ TORCH_LIBRARY_FRAGMENT(attngan_C, m) {
         "float gamma2) -> Tensor");
   m.def("damsm_word_similarity_bwd(Tensor grad_s, Tensor words, Tensor lengths, Tensor regions, "
         "float gamma1, float gamma2, bool need_words_grad) -> (Tensor, Tensor)");
+  // Whether bfloat16 inputs get their products on the AMX tiles here (see AmxGemm).
+  m.def("damsm_cpu_amx() -> bool", &attngan::amx_available);
 }
 
 TORCH_LIBRARY_IMPL(attngan_C, CPU, m) {
