@@ -183,7 +183,7 @@ def test_padded_slots_change_nothing(impl):
 @pytest.mark.parametrize("impl", FUSED)
 def test_opcheck(impl):
     _require(impl)
-    dtypes = [torch.float32, torch.float64] if impl == "cpp" else [torch.float32]
+    dtypes = [torch.float32, torch.float64, torch.bfloat16] if impl == "cpp" else [torch.float32]
     for dtype in dtypes:
         words, lengths, regions = _inputs(*SHAPES[impl][0], dtype=dtype)
         torch.library.opcheck(damsm_word_similarity_ops[impl],
