@@ -1,5 +1,7 @@
 """The CUDA sources compile, GPU or not: the kernels (csrc/cuda/*.cu) with nvcc for sm_90 (H100),
-and their ATen launchers (csrc/cuda/*.cpp) against a CUDA-enabled torch's headers.
+and their ATen launchers (csrc/cuda/*.cpp) against a CUDA-enabled torch's headers. The C++ CPU
+kernels and the bindings, which a GPU machine's build compiles against its own torch, are
+checked against those headers too (they use ATen internals such as at::native::cpublas).
 
 The .cu files are pure CUDA (no torch headers), so they compile on any machine with nvcc; they
 are compiled as C++17 and as C++20, since torch's BuildExtension picks the standard by torch
@@ -14,6 +16,7 @@ absent.
 import os
 import shutil
 import subprocess
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CU_FILES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
 LAUNCHER_FILES = sorted((ROOT / "csrc" / "cuda").glob("*.cpp"))
+CPU_FILES = sorted((ROOT / "csrc" / "cpu").glob("*.cpp")) + [ROOT / "csrc" / "bindings.cpp"]
 
 
 def _nvcc():
@@ -70,13 +74,14 @@ def test_cu_file_compiles_for_sm90(source, std, tmp_path):
     assert (tmp_path / (source.stem + ".o")).stat().st_size > 0
 
 
-@pytest.mark.parametrize("source", LAUNCHER_FILES, ids=lambda p: p.name)
-def test_cuda_launcher_compiles_against_cuda_torch_headers(source):
+def _syntax_check_against_cuda_torch(source, extra_flags):
+    """g++ -fsyntax-only of `source` against a CUDA torch's headers (skips where they, the CUDA
+    toolkit's headers or the compiler are absent)."""
     includes = _cuda_torch_includes()
     if includes is None:
         pytest.skip("this torch is a CPU build, without ATen's CUDA headers; set "
                     "ATTNGAN_CUDA_TORCH_INCLUDE to a CUDA torch's include directories to check "
-                    "the CUDA launchers")
+                    "the sources against them")
     if not any((path / "ATen" / "cuda" / "CUDAContext.h").exists() for path in includes):
         pytest.fail(f"no ATen/cuda/CUDAContext.h under {[str(p) for p in includes]}: "
                     f"ATTNGAN_CUDA_TORCH_INCLUDE must name a CUDA torch's include directory")
@@ -87,7 +92,19 @@ def test_cuda_launcher_compiles_against_cuda_torch_headers(source):
     if shutil.which(compiler) is None:
         pytest.skip(f"no C++ compiler ({compiler})")
     cmd = [compiler, "-std=c++20", "-fsyntax-only", "-Wall", "-Werror=return-type",
-           f"-I{ROOT / 'csrc'}", f"-I{cuda_include}",
+           *extra_flags, f"-I{ROOT / 'csrc'}", f"-I{cuda_include}",
            *[f"-I{path}" for path in includes], str(source)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{compiler} failed on {source.name}:\n{result.stderr[-4000:]}"
+
+
+@pytest.mark.parametrize("source", LAUNCHER_FILES, ids=lambda p: p.name)
+def test_cuda_launcher_compiles_against_cuda_torch_headers(source):
+    _syntax_check_against_cuda_torch(source, [])
+
+
+@pytest.mark.parametrize("source", CPU_FILES, ids=lambda p: p.name)
+def test_cpu_source_compiles_against_cuda_torch_headers(source):
+    # the flags setup.py gives the C++ compiler, and Python's headers (torch/extension.h)
+    _syntax_check_against_cuda_torch(
+        source, ["-O3", "-fopenmp", f"-I{sysconfig.get_paths()['include']}"])
