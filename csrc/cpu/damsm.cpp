@@ -594,12 +594,13 @@ ATTNGAN_AVX512_BF16 void pack_bfloat16_transposed(const float* in, int64_t rows,
             static_cast<__mmask16>((1u << std::max<int64_t>(valid - 16, 0)) - 1u);
         for (int64_t i = 0; i < 16; ++i) {
           const int64_t n = n0 + c + i;
-          const float* row = in + n * ld + k0;
-          const bool inside = n < rows;
-          const __m512 first = inside ? _mm512_maskz_loadu_ps(lo, row) : _mm512_setzero_ps();
-          const __m512 second = inside ? _mm512_maskz_loadu_ps(hi, row + 16)
-                                       : _mm512_setzero_ps();
-          _mm512_store_si512(tile[i], reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(second, first)));
+          __m512 first = _mm512_setzero_ps(), second = _mm512_setzero_ps();
+          if (n < rows) {
+            first = _mm512_maskz_loadu_ps(lo, in + n * ld + k0);
+            second = _mm512_maskz_loadu_ps(hi, in + n * ld + k0 + 16);
+          }
+          _mm512_store_si512(tile[i],
+                             reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(second, first)));
         }
         const int64_t pairs = std::min<int64_t>(16, (K - k0) / 2);
         for (int64_t q = 0; q < pairs; ++q) {
@@ -613,6 +614,9 @@ ATTNGAN_AVX512_BF16 void pack_bfloat16_transposed(const float* in, int64_t rows,
   }
 }
 
+// The engine for bfloat16 inputs on AMX (see the top of this section). Per image: v and v^T
+// packed once (D and R zero-padded to multiples of 16); per product: the float rows rounded to
+// bfloat16 as the left operand, panels of <= kAmxPanel output columns, one brgemm call each.
 class AmxGemm {
  public:
   AmxGemm(const Prepared& pr, int64_t max_rows)
