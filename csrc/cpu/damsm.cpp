@@ -449,8 +449,9 @@ void parallel_dynamic(int64_t count, const Init& init, const Body& body) {
 }
 
 // ------------------------------------------------------------------- the matrix products
-// Every GEMM of a work item multiplies by image j's regions v [D, R] or by v^T. Float rows in,
-// float rows out, D-long rows ld_d apart and R-long rows ld_r apart (Prepared):
+// Every GEMM of a work item multiplies by image j's regions v [D, R] or by v^T. Rows of the
+// engine's Scalar (float, or double for gradcheck) in and out, D-long rows ld_d apart and R-long
+// rows ld_r apart (Prepared):
 //   set_image(j)
 //   times_v(rows [n, D], n, out [n, R])            out = rows v
 //   times_vt(rows [n, R], n, out [n, D], add)      out = rows v^T  (or += with add)
@@ -465,6 +466,7 @@ void parallel_dynamic(int64_t count, const Init& init, const Body& body) {
 template <typename T>
 class FloatGemm {
  public:
+  using Scalar = T;
   FloatGemm(const Prepared& pr, int64_t /*max_rows*/) : pr_(pr), options_(pr.words_t.options()) {}
   void set_image(int64_t j) { v_ = pr_.regions[j]; }
   void times_v(const T* rows, int64_t n, T* out) {
@@ -619,6 +621,7 @@ ATTNGAN_AVX512_BF16 void pack_bfloat16_transposed(const float* in, int64_t rows,
 // bfloat16 as the left operand, panels of <= kAmxPanel output columns, one brgemm call each.
 class AmxGemm {
  public:
+  using Scalar = float;
   AmxGemm(const Prepared& pr, int64_t max_rows)
       : pr_(pr), Dp_(pr.ld_d), Rp_(pr.ld_r), v_packed_(Dp_ * Rp_), vt_packed_(Rp_ * Dp_),
         lhs_(std::max(max_rows * std::max(Dp_, Rp_), Dp_ * 2 * max_rows)),
@@ -686,8 +689,9 @@ bool amx_available() {
 #endif
 }
 
-template <typename T, typename Gemm>
+template <typename Gemm>
 at::Tensor forward_impl(const Prepared& pr, double gamma1, double gamma2) {
+  using T = typename Gemm::Scalar;
   const auto options = pr.words_t.options();
   at::Tensor out = at::empty({pr.num_images, pr.num_captions}, options);
   T* out_p = out.data_ptr<T>();
@@ -738,9 +742,10 @@ at::Tensor forward_impl(const Prepared& pr, double gamma1, double gamma2) {
   });
   return out;
 }
-template <typename T, typename Gemm>
+template <typename Gemm>
 std::pair<at::Tensor, at::Tensor> backward_impl(const Prepared& pr, const at::Tensor& grad_s,
                                                 double gamma1, double gamma2, bool need_words) {
+  using T = typename Gemm::Scalar;
   const auto options = pr.words_t.options();
   const int64_t R = pr.R, D = pr.D, N = pr.N, ld_d = pr.ld_d, ld_r = pr.ld_r;
   const int64_t max_rows = max_block_rows(pr);
@@ -864,64 +869,50 @@ std::pair<at::Tensor, at::Tensor> backward_impl(const Prepared& pr, const at::Te
   return {grad_words, grad_regions};
 }
 
-// The engine for these inputs: double (gradcheck) and float on MKL; bfloat16 on the AMX tiles
-// when the CPU has them (ATTNGAN_CPU_AMX=0 computes it as float instead); float16 as float.
-enum class Engine { kDouble, kFloat, kAmx };
+template <typename Gemm>
+struct EngineTag {
+  using type = Gemm;
+};
 
-Engine engine_for(const at::Tensor& words) {
-  switch (words.scalar_type()) {
-    case at::kDouble: return Engine::kDouble;
-    case at::kBFloat16: return amx_available() ? Engine::kAmx : Engine::kFloat;
-    default: return Engine::kFloat;
+// Prepares the inputs for the engine that computes them and returns body(pr, EngineTag<Gemm>{}):
+// double (gradcheck) and float on MKL; bfloat16 on the AMX tiles when the CPU has them
+// (ATTNGAN_CPU_AMX=0 computes it as float instead); float16 as float.
+template <typename Body>
+auto with_engine(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions,
+                 const Body& body) {
+  if (words.scalar_type() == at::kDouble) {
+    return body(prepare(words, lengths, regions, at::kDouble, false),
+                EngineTag<FloatGemm<double>>{});
   }
-}
-
-Prepared prepare_for(Engine engine, const at::Tensor& words, const at::Tensor& lengths,
-                     const at::Tensor& regions) {
-  return prepare(words, lengths, regions,
-                 engine == Engine::kDouble ? at::kDouble : at::kFloat, engine == Engine::kAmx);
+#if defined(ATTNGAN_AVX512_BF16)
+  if (words.scalar_type() == at::kBFloat16 && amx_available()) {
+    return body(prepare(words, lengths, regions, at::kFloat, true), EngineTag<AmxGemm>{});
+  }
+#endif
+  return body(prepare(words, lengths, regions, at::kFloat, false),
+              EngineTag<FloatGemm<float>>{});
 }
 
 at::Tensor damsm_word_similarity_fwd_cpu(const at::Tensor& words, const at::Tensor& lengths,
                                          const at::Tensor& regions, double gamma1,
                                          double gamma2) {
-  const Engine engine = engine_for(words);
-  const Prepared pr = prepare_for(engine, words, lengths, regions);
-  switch (engine) {
-    case Engine::kDouble: return forward_impl<double, FloatGemm<double>>(pr, gamma1, gamma2);
-#if defined(ATTNGAN_AVX512_BF16)
-    case Engine::kAmx: return forward_impl<float, AmxGemm>(pr, gamma1, gamma2);
-#endif
-    default: return forward_impl<float, FloatGemm<float>>(pr, gamma1, gamma2);
-  }
+  return with_engine(words, lengths, regions, [&](const Prepared& pr, auto engine) {
+    return forward_impl<typename decltype(engine)::type>(pr, gamma1, gamma2);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> damsm_word_similarity_bwd_cpu(
     const at::Tensor& grad_s, const at::Tensor& words, const at::Tensor& lengths,
     const at::Tensor& regions, double gamma1, double gamma2, bool need_words_grad) {
-  const Engine engine = engine_for(words);
-  const Prepared pr = prepare_for(engine, words, lengths, regions);
-  TORCH_CHECK(grad_s.dim() == 2 && grad_s.size(0) == pr.num_images &&
-                  grad_s.size(1) == pr.num_captions,
-              "damsm_word_similarity_bwd: grad_s must be [B_img, B_cap] = [", pr.num_images,
-              ", ", pr.num_captions, "], got ", grad_s.sizes());
-  TORCH_CHECK(grad_s.device().is_cpu(), "damsm_word_similarity_bwd: grad_s must be on CPU");
-  std::pair<at::Tensor, at::Tensor> grads;
-  switch (engine) {
-    case Engine::kDouble:
-      grads = backward_impl<double, FloatGemm<double>>(pr, grad_s, gamma1, gamma2,
-                                                       need_words_grad);
-      break;
-#if defined(ATTNGAN_AVX512_BF16)
-    case Engine::kAmx:
-      grads = backward_impl<float, AmxGemm>(pr, grad_s, gamma1, gamma2, need_words_grad);
-      break;
-#endif
-    default:
-      grads = backward_impl<float, FloatGemm<float>>(pr, grad_s, gamma1, gamma2,
-                                                     need_words_grad);
-  }
-  auto [gw, gr] = std::move(grads);
+  auto [gw, gr] = with_engine(words, lengths, regions, [&](const Prepared& pr, auto engine) {
+    TORCH_CHECK(grad_s.dim() == 2 && grad_s.size(0) == pr.num_images &&
+                    grad_s.size(1) == pr.num_captions,
+                "damsm_word_similarity_bwd: grad_s must be [B_img, B_cap] = [", pr.num_images,
+                ", ", pr.num_captions, "], got ", grad_s.sizes());
+    TORCH_CHECK(grad_s.device().is_cpu(), "damsm_word_similarity_bwd: grad_s must be on CPU");
+    return backward_impl<typename decltype(engine)::type>(pr, grad_s, gamma1, gamma2,
+                                                          need_words_grad);
+  });
   c10::ParallelGuard serial(true);
   gr = gr.to(regions.scalar_type());
   gw = need_words_grad ? gw.contiguous().to(words.scalar_type())
