@@ -17,7 +17,6 @@ images, batch 20, Inception-v3 DAMSM image encoder with random weights: a GPU si
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -68,10 +67,11 @@ def make_trainer(config: Config, device: torch.device) -> GANTrainer:
     return GANTrainer(config, text_encoder, image_encoder, device)
 
 
-def step_seconds(preset: str, impl: str, device: torch.device, min_time: float) -> float:
+def training_step(preset: str, impl: str, device: torch.device):
+    """One call of it trains one step of the preset with `impl` on a fixed random batch."""
     config = preset_config(preset, impl, device)
     trainer, batch = make_trainer(config, device), random_batch(config, device)
-    return median_seconds(lambda: trainer.step(batch), device, min_time)
+    return lambda: trainer.step(batch)
 
 
 def main() -> int:
@@ -89,7 +89,7 @@ def main() -> int:
     batch = preset_config(args.preset, impls[0], device).gan.batch_size
     rows = []
     for impl in impls:
-        seconds = step_seconds(args.preset, impl, device, args.min_time)
+        seconds = median_seconds(training_step(args.preset, impl, device), device, args.min_time)
         rows.append({"preset": args.preset, "impl": impl, "ms": 1e3 * seconds,
                      "images_per_s": batch / seconds})
         print(f"  {impl}: {1e3 * seconds:.1f} ms/step", flush=True)
@@ -113,10 +113,7 @@ def main() -> int:
 
 @pytest.mark.parametrize("impl", ["reference", "auto"])
 def test_train_step_shapes(benchmark, impl):
-    device = torch.device("cpu")
-    config = preset_config("shapes", impl, device)
-    trainer, batch = make_trainer(config, device), random_batch(config, device)
-    benchmark(lambda: trainer.step(batch))
+    benchmark(training_step("shapes", impl, torch.device("cpu")))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 
-
 def _load_kernels(name: str):
     """kernels/<name>.py as a module (it imports only torch and triton)."""
     path = Path(__file__).resolve().parents[1] / "kernels" / f"{name}.py"

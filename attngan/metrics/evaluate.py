@@ -34,6 +34,7 @@ from attngan.train.gan import file_sha256, generate, load_gan
 
 __all__ = ["evaluate_generator"]
 
+
 def _check_readable(texts: list[str], words: int) -> None:
     """Every caption must name a colour or a shape for the shapes checker to score it."""
     unreadable = [text for text in texts if not parse_caption(text)]
