@@ -6,31 +6,44 @@
 #      and prints what was built,
 #   2. runs the GPU-marked tests (compiled Triton and the CUDA extension at the DESIGN sizes),
 #   3. runs the Triton test files compiled (their unmarked tests use the GPU when there is one),
-#   4. runs each benchmark in BENCHES that exists with --device cuda --dtype bf16 --record, then
-#      the end-to-end training step at the CUB preset (reference ops vs fused kernels),
-#   5. runs compute-sanitizer (memcheck, racecheck) on a tiny CUDA-kernel case when time is left,
-#   6. writes bench/results/<date>-<gpu>.md and .json and prints a short table last.
-# Every step has a time limit and the whole run stays under 8 minutes (BUDGET_S); a failing step
-# is recorded and the next one still runs. Exit status: 0 only when every step that ran passed.
+#   4. runs the DAMSM benchmark (--device cuda --dtype bf16 --record), compute-sanitizer's memcheck
+#      on a tiny case of every CUDA kernel, the word-attention benchmark, racecheck on the same
+#      case, and the end-to-end training step at the CUB preset (reference ops vs fused kernels),
+#      in that order (most needed first: the budget may cut the last ones),
+#   5. writes bench/results/<date>-<gpu>.md and .json and prints a short table last.
+# Every step has a time limit and the whole run stays under BUDGET_S (default 470 s); a failing
+# step is recorded and the next one still runs. Exit status: 0 only when every step that ran
+# passed.
 #
 # Usage, from anywhere:  bash bench/gpu_check.sh
-#   PYTHON=...           interpreter to use (default python3)
-#   GPU_CHECK_OUT=dir    also copy the two result files and a tarball of the logs there
-# Adding an op: append its Triton test file to TRITON_TESTS, its bench script to BENCHES and, if
-# it has a CUDA kernel, a few lines to SANITIZER_CASE.
+#   PYTHON=...           interpreter to use (default python3); its scripts folder (ninja) goes
+#                        first on PATH
+#   BUDGET_S=...         seconds for the whole run
+#   GPU_CHECK_STEPS=a,b  run only these steps after the build (names as in the printed table),
+#                        e.g. to finish on a second machine what the budget cut on the first
+#   GPU_CHECK_COMMIT=... the commit to record when the tree has no .git
+#   GPU_CHECK_OUT=dir    also copy the result file there, and a tarball of the logs and of every
+#                        file this run wrote under bench/results/
+# Adding an op: append its Triton test file to TRITON_TESTS, a step for its bench script (and its
+# name to BENCH_STEPS, whose log tails print last) and, if it has a CUDA kernel, a few lines to
+# SANITIZER_CASE.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 BUDGET_S=${BUDGET_S:-470}
+# torch's BuildExtension compiles in parallel only when it finds ninja, which pip installs into the
+# interpreter's scripts folder; that folder is not always on PATH (a venv's python3 called by path).
+PATH="$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
 unset TRITON_INTERPRET
 START=$(date +%s)
 STAMP=$(date -u +%Y%m%d-%H%M)
 LOGS=$(mktemp -d /tmp/gpu_check.XXXXXX)
+touch "$LOGS/.start"   # the results this run writes are the files newer than this one
 
 TRITON_TESTS=(tests/test_damsm_triton.py tests/test_word_attention.py)
-BENCHES=(bench/bench_damsm.py bench/bench_word_attention.py)
+BENCH_STEPS=(bench_damsm bench_word_attention bench_train_step)
 SANITIZER_CASE='
 import torch
 import attngan._C  # registers torch.ops.attngan_C
@@ -63,10 +76,16 @@ FAILED=0
 
 remaining() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
 
-# step NAME WANTED_LIMIT_S CMD...: run CMD with a limit (cut to the budget left), log it, record it.
+# step NAME WANTED_LIMIT_S CMD...: run CMD with a limit (cut to the budget left), log it, record it;
+# skipped when GPU_CHECK_STEPS names steps and not this one (the build steps always run).
 step() {
   local name=$1 want=$2; shift 2
   local left limit t0 rc status
+  case $name in environment|build|built) ;; *)
+    if [[ -n ${GPU_CHECK_STEPS:-} && ",$GPU_CHECK_STEPS," != *",$name,"* ]]; then
+      return
+    fi ;;
+  esac
   left=$(( $(remaining) - 15 ))
   limit=$(( want < left ? want : left ))
   if (( limit < 20 )); then
@@ -98,18 +117,19 @@ for f in "${TRITON_TESTS[@]}"; do [[ -f $f ]] && existing_tests+=("$f"); done
 if (( ${#existing_tests[@]} )); then
   step pytest_triton_compiled 120 "$PY" -m pytest -q -m "not gpu" -p no:cacheprovider "${existing_tests[@]}"
 fi
-for bench in "${BENCHES[@]}"; do
-  [[ -f $bench ]] || continue
-  step "$(basename "$bench" .py)" 180 "$PY" "$bench" --device cuda --dtype bf16 --record
-done
-step bench_train_step 90 "$PY" bench/bench_train_step.py --preset cub --device cuda \
-  --impls reference,auto,cuda --min-time 2 --record
-if command -v compute-sanitizer > /dev/null; then
-  step sanitizer_memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 3 "$PY" -c "$SANITIZER_CASE"
-  step sanitizer_racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 3 "$PY" -c "$SANITIZER_CASE"
+SANITIZER=$(command -v compute-sanitizer)
+step bench_damsm 180 "$PY" bench/bench_damsm.py --device cuda --dtype bf16 --record
+if [[ -n $SANITIZER ]]; then
+  step sanitizer_memcheck 60 "$SANITIZER" --tool memcheck --error-exitcode 3 "$PY" -c "$SANITIZER_CASE"
+fi
+step bench_word_attention 180 "$PY" bench/bench_word_attention.py --device cuda --dtype bf16 --record
+if [[ -n $SANITIZER ]]; then
+  step sanitizer_racecheck 60 "$SANITIZER" --tool racecheck --error-exitcode 3 "$PY" -c "$SANITIZER_CASE"
 else
   STEPS+=("sanitizer|skipped (no compute-sanitizer)|0")
 fi
+step bench_train_step 90 "$PY" bench/bench_train_step.py --preset cub --device cuda \
+  --impls reference,auto,cuda --min-time 2 --record
 
 # Results: bench/results/<date>-<gpu>.md and .json (machine, versions, commit, steps, log tails).
 RESULT=$(STAMP=$STAMP LOGS=$LOGS START=$START "$PY" - "${STEPS[@]}" <<'EOF'
@@ -141,7 +161,9 @@ for module in ("torch", "triton", "numpy"):
 import torch
 versions["cuda"] = torch.version.cuda
 versions["python"] = platform.python_version()
-commit = run("git", "rev-parse", "HEAD") or "unknown (no git checkout)"
+# a copy of the tree without .git (the device tool's) names its commit in GPU_CHECK_COMMIT
+commit = (run("git", "rev-parse", "HEAD") or os.environ.get("GPU_CHECK_COMMIT")
+          or "unknown (no git checkout)")
 dirty = bool(run("git", "status", "--porcelain", "--untracked-files=no"))
 steps = [dict(zip(("name", "status", "seconds"), s.split("|"))) for s in sys.argv[1:]]
 tails = {}
@@ -169,14 +191,15 @@ EOF
 )
 if [[ -n ${GPU_CHECK_OUT:-} ]]; then
   mkdir -p "$GPU_CHECK_OUT"
-  cp "$RESULT.md" "$RESULT.json" "$GPU_CHECK_OUT"/ 2> /dev/null
-  tar -czf "$GPU_CHECK_OUT/gpu_check_logs.tar.gz" -C "$LOGS" .
+  cp "$RESULT.md" "$GPU_CHECK_OUT"/ 2> /dev/null
+  mkdir -p "$LOGS/results"
+  find bench/results -type f -newer "$LOGS/.start" -exec cp {} "$LOGS/results/" \;
+  tar -czf "$GPU_CHECK_OUT/gpu_check.tar.gz" -C "$LOGS" --exclude=.start .
 fi
 
 echo
 echo "=== results: $RESULT.md / .json (logs in $LOGS)"
-for bench in "${BENCHES[@]}"; do
-  name=$(basename "$bench" .py)
+for name in "${BENCH_STEPS[@]}"; do
   [[ -f $LOGS/$name.log ]] && { echo "--- $name"; tail -n 15 "$LOGS/$name.log"; }
 done
 printf '%-26s %-28s %s\n' step status seconds
