@@ -37,6 +37,31 @@ BUDGET_S=${BUDGET_S:-470}
 PATH="$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
 unset TRITON_INTERPRET
+
+# The extension must use the process's libstdc++ (the one torch uses). A compiler that links it
+# in statically gives the extension its own iostreams and locale, and the first error message
+# the extension formats crashes the process (seen on the GPU machine, 2026-11-27: its CXX,
+# /opt/gcc/bin/g++, did that; every TORCH_CHECK that fired was a segfault). So the compiler that
+# CXX names (torch's default: c++) is probed, and the system g++ taken when it links statically.
+links_libstdcxx_dynamically() {
+  local dir rc
+  dir=$(mktemp -d)
+  echo 'int thrower() { throw 1; }' > "$dir/probe.cpp"
+  "$1" -shared -fPIC "$dir/probe.cpp" -o "$dir/probe.so" > /dev/null 2>&1 &&
+    readelf -d "$dir/probe.so" | grep -q 'NEEDED.*libstdc++'
+  rc=$?
+  rm -rf "$dir"
+  return $rc
+}
+if ! links_libstdcxx_dynamically "${CXX:-c++}"; then
+  for pair in /usr/bin/g++:/usr/bin/gcc /usr/bin/c++:/usr/bin/cc /usr/bin/clang++:/usr/bin/clang; do
+    if [[ -x ${pair%%:*} ]] && links_libstdcxx_dynamically "${pair%%:*}"; then
+      echo "=== ${CXX:-c++} links libstdc++ statically: building with CXX=${pair%%:*} CC=${pair#*:}"
+      export CXX=${pair%%:*} CC=${pair#*:}
+      break
+    fi
+  done
+fi
 START=$(date +%s)
 STAMP=$(date -u +%Y%m%d-%H%M)
 LOGS=$(mktemp -d /tmp/gpu_check.XXXXXX)
@@ -81,7 +106,7 @@ remaining() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
 step() {
   local name=$1 want=$2; shift 2
   local left limit t0 rc status
-  case $name in environment|build|built) ;; *)
+  case $name in environment|build|built|libstdcxx_shared) ;; *)
     if [[ -n ${GPU_CHECK_STEPS:-} && ",$GPU_CHECK_STEPS," != *",$name,"* ]]; then
       return
     fi ;;
@@ -111,11 +136,17 @@ step build 240 "$PY" -m pip install --no-deps --no-build-isolation -e .
 step built 30 "$PY" -c "import attngan, attngan.backend as b; ext = b.compiled_extension(); \
 print('attngan._C:', 'missing' if ext is None else ('with CUDA' if ext.with_cuda else 'CPU only')); \
 print(b.describe())"
-step pytest_gpu 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
+# fails when the extension carries its own libstdc++ (see links_libstdcxx_dynamically)
+step libstdcxx_shared 20 bash -c "readelf -d attngan/_C*.so | grep 'NEEDED.*libstdc++'"
+# with pytest-xdist, 4 worker processes: the tests are mostly Triton compilations (CPU-bound), and
+# a worker that crashes is reported and replaced instead of ending the whole step
+PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
+"$PY" -c "import xdist" 2> /dev/null && PYTEST+=(-n 4)
+step pytest_gpu 150 "${PYTEST[@]}" -m gpu tests
 existing_tests=()
 for f in "${TRITON_TESTS[@]}"; do [[ -f $f ]] && existing_tests+=("$f"); done
 if (( ${#existing_tests[@]} )); then
-  step pytest_triton_compiled 120 "$PY" -m pytest -q -m "not gpu" -p no:cacheprovider "${existing_tests[@]}"
+  step pytest_triton_compiled 120 "${PYTEST[@]}" -m "not gpu" "${existing_tests[@]}"
 fi
 SANITIZER=$(command -v compute-sanitizer)
 step bench_damsm 180 "$PY" bench/bench_damsm.py --device cuda --dtype bf16 --record

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from attngan.kernels import damsm as tk
+from attngan.ops.damsm import CUDA_MAX_WORDS
 from attngan.ops.reference import damsm_word_similarity_loop
 
 GAMMA1, GAMMA2 = 4.0, 5.0
@@ -303,6 +304,10 @@ def test_gpu_small_shapes_and_masking(backend_name):
     for num_imgs, num_caps, dim, max_len, num_regions, lengths in SHAPES + [(5, 3, 256, 32, 64, [32, 17, 1])]:
         words, lengths, regions = _inputs(num_imgs, num_caps, dim, max_len, num_regions, lengths=lengths,
                                           device="cuda")
+        if backend_name == "cuda" and max_len > CUDA_MAX_WORDS:   # one lane per word: a clear error
+            with pytest.raises(RuntimeError, match=f"takes L <= {CUDA_MAX_WORDS} words"):
+                fwd(words.float(), lengths, regions.float(), GAMMA1, GAMMA2)
+            continue
         grad_s = torch.randn(num_imgs, num_caps, dtype=torch.float64, device="cuda")
         ref_s, ref_gw, ref_gr = _fp64_oracle(words, lengths, regions, grad_s)
         dirty = words.float().clone()
