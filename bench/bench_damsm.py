@@ -163,11 +163,14 @@ def run_benchmarks(device: torch.device, dtype: torch.dtype, size_names, passes,
 def render(rows: list[dict], info: dict, dtype: torch.dtype) -> str:
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
+
+    def fmt_ms(value):   # GPU times are fractions of a millisecond
+        return fmt(value, ".1f" if value is None or value >= 10 else ".3f")
     headers = ["size", "pass", "provider", "median ms", "min ms", "x loop", "x best PyTorch",
                "GFLOP/s", "% matmul", "peak MiB"]
     table = markdown_table(headers, [
-        [f"{r['size']} (B={r['batch']})", r["pass_"], r["provider"], fmt(r["median_ms"], ".1f"),
-         fmt(r["min_ms"], ".1f"),
+        [f"{r['size']} (B={r['batch']})", r["pass_"], r["provider"], fmt_ms(r["median_ms"]),
+         fmt_ms(r["min_ms"]),
          fmt(r["speedup_vs_loop"], ".2f"), fmt(r["speedup_vs_best_pytorch"], ".2f"),
          fmt(r["gflops"], ".1f"), fmt(100 * r["gflops"] / r["matmul_gflops"], ".0f"),
          fmt(r["peak_mib"], ".1f")] for r in rows])

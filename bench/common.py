@@ -140,8 +140,10 @@ def machine(device: torch.device) -> dict:
         versions["triton"] = triton.__version__
     except ImportError:
         versions["triton"] = None
-    commit = _run("git", "rev-parse", "HEAD") or "unknown"
-    dirty = bool(_run("git", "status", "--porcelain", "--untracked-files=no"))
+    # A copy of the tree whose .git is absent or stale (the GPU machine's) is named by ATTNGAN_COMMIT.
+    named = os.environ.get("ATTNGAN_COMMIT")
+    commit = named or _run("git", "rev-parse", "HEAD") or "unknown"
+    dirty = not named and bool(_run("git", "status", "--porcelain", "--untracked-files=no"))
     # On a shared machine the CPU timings depend on what else runs: keep the load with them.
     load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     return dict(device=device.type, cpu=cpu_model(), cpu_cores=os.cpu_count(),

@@ -2,14 +2,16 @@
 # The one script for a lent GPU machine (docs/DESIGN.md, "GPU validation").
 #
 # With that machine's own python3, torch and triton (no venv; nothing is downloaded) it
-#   1. builds attngan with its C++ and CUDA extension (pip install --no-deps --no-build-isolation -e .)
-#      and prints what was built,
+#   1. builds attngan with its C++ and CUDA extension (pip install --no-deps --no-build-isolation -e .,
+#      with a compiler that links libstdc++ dynamically: see links_libstdcxx_dynamically) and
+#      prints what was built,
 #   2. runs the GPU-marked tests (compiled Triton and the CUDA extension at the DESIGN sizes),
 #   3. runs the Triton test files compiled (their unmarked tests use the GPU when there is one),
 #   4. runs the DAMSM benchmark (--device cuda --dtype bf16 --record), compute-sanitizer's memcheck
-#      on a tiny case of every CUDA kernel, the word-attention benchmark, racecheck on the same
-#      case, and the end-to-end training step at the CUB preset (reference ops vs fused kernels),
-#      in that order (most needed first: the budget may cut the last ones),
+#      on a tiny case of every CUDA kernel, the tile sweep of the Triton DAMSM kernels
+#      (bench/tune_damsm_tiles.py), the word-attention benchmark, racecheck on the same case, and
+#      the end-to-end training step at the CUB preset (reference ops vs fused kernels), in that
+#      order (most needed first: the budget may cut the last ones),
 #   5. writes bench/results/<date>-<gpu>.md and .json and prints a short table last.
 # Every step has a time limit and the whole run stays under BUDGET_S (default 470 s); a failing
 # step is recorded and the next one still runs. Exit status: 0 only when every step that ran
@@ -21,7 +23,8 @@
 #   BUDGET_S=...         seconds for the whole run
 #   GPU_CHECK_STEPS=a,b  run only these steps after the build (names as in the printed table),
 #                        e.g. to finish on a second machine what the budget cut on the first
-#   GPU_CHECK_COMMIT=... the commit to record when the tree has no .git
+#   ATTNGAN_COMMIT=...   the commit to record (here and by the benchmarks) when the tree is a copy
+#                        whose .git is absent or stale, as the device tool's copy is
 #   GPU_CHECK_OUT=dir    also copy the result file there, and a tarball of the logs and of every
 #                        file this run wrote under bench/results/
 # Adding an op: append its Triton test file to TRITON_TESTS, a step for its bench script (and its
@@ -68,7 +71,7 @@ LOGS=$(mktemp -d /tmp/gpu_check.XXXXXX)
 touch "$LOGS/.start"   # the results this run writes are the files newer than this one
 
 TRITON_TESTS=(tests/test_damsm_triton.py tests/test_word_attention.py)
-BENCH_STEPS=(bench_damsm bench_word_attention bench_train_step)
+BENCH_STEPS=(bench_damsm tune_damsm_tiles bench_word_attention bench_train_step)
 SANITIZER_CASE='
 import torch
 import attngan._C  # registers torch.ops.attngan_C
@@ -153,6 +156,7 @@ step bench_damsm 180 "$PY" bench/bench_damsm.py --device cuda --dtype bf16 --rec
 if [[ -n $SANITIZER ]]; then
   step sanitizer_memcheck 60 "$SANITIZER" --tool memcheck --error-exitcode 3 "$PY" -c "$SANITIZER_CASE"
 fi
+step tune_damsm_tiles 90 "$PY" bench/tune_damsm_tiles.py --dtype bf16 --max-seconds 70 --record
 step bench_word_attention 180 "$PY" bench/bench_word_attention.py --device cuda --dtype bf16 --record
 if [[ -n $SANITIZER ]]; then
   step sanitizer_racecheck 60 "$SANITIZER" --tool racecheck --error-exitcode 3 "$PY" -c "$SANITIZER_CASE"
@@ -192,10 +196,9 @@ for module in ("torch", "triton", "numpy"):
 import torch
 versions["cuda"] = torch.version.cuda
 versions["python"] = platform.python_version()
-# a copy of the tree without .git (the device tool's) names its commit in GPU_CHECK_COMMIT
-commit = (run("git", "rev-parse", "HEAD") or os.environ.get("GPU_CHECK_COMMIT")
-          or "unknown (no git checkout)")
-dirty = bool(run("git", "status", "--porcelain", "--untracked-files=no"))
+named = os.environ.get("ATTNGAN_COMMIT")
+commit = named or run("git", "rev-parse", "HEAD") or "unknown (no git checkout)"
+dirty = not named and bool(run("git", "status", "--porcelain", "--untracked-files=no"))
 steps = [dict(zip(("name", "status", "seconds"), s.split("|"))) for s in sys.argv[1:]]
 tails = {}
 for step in steps:

@@ -304,18 +304,19 @@ def _check(name: str, words: torch.Tensor, lengths: torch.Tensor, regions: torch
 #   regions    108 (1,080)                  1,616 (12,812)
 #   words        0 (40)                       160 (1,720)
 # The region-gradient kernel keeps a [BLOCK_R, D] fp32 accumulator and [D, L] word, context and
-# gradient tiles live across its loop over captions, hence the small region tiles. Timings on an
-# H100 are still to be taken (bench/gpu_check.sh); spills are the one measure available here.
-_TILES = {"forward": ((32, 8, 2), (16, 8, 2)),
-          "regions": ((16, 8, 3), (16, 16, 1)),
-          "words": ((16, 8, 2), (16, 16, 1))}
+# gradient tiles live across its loop over captions, hence the small region tiles. These were
+# chosen without a GPU; bench/tune_damsm_tiles.py times candidates on one (bench/gpu_check.sh runs
+# it) and prints the table to put here.
+TILES = {"forward": ((32, 8, 2), (16, 8, 2)),
+         "regions": ((16, 8, 3), (16, 16, 1)),
+         "words": ((16, 8, 2), (16, 16, 1))}
 
 
 def _blocks(words: torch.Tensor, regions: torch.Tensor, kernel: str) -> dict:
     """Tile sizes (each >= 16 for tl.dot on 16-bit types) and launch options of one kernel."""
     _, dim, max_len = words.shape
     num_regions = regions.shape[2]
-    block_r, num_warps, num_stages = _TILES[kernel][words.dtype == torch.float32]
+    block_r, num_warps, num_stages = TILES[kernel][words.dtype == torch.float32]
     return dict(
         BLOCK_D=max(16, triton.next_power_of_2(dim)),
         BLOCK_L=max(16, triton.next_power_of_2(max_len)),

@@ -1,0 +1,176 @@
+"""Time candidate tile sizes of the Triton DAMSM kernels on a GPU and print the table to keep.
+
+kernels/damsm.py launches three kernels (forward, region gradient, word gradient), each with a
+(largest BLOCK_R, num_warps, num_stages) entry of `kernels.damsm.TILES`, one for 16-bit inputs and
+one for fp32. This script tries candidates for one kernel at a time, the other two at their
+current entries, and times the op that kernel dominates:
+    forward -> damsm_word_similarity_fwd
+    regions -> damsm_word_similarity_bwd without the word gradient (the GAN step's backward)
+    words   -> damsm_word_similarity_bwd with both gradients
+Every candidate's outputs are compared with the current entries' (relative norm of the
+difference; a candidate off by more than MISMATCH is reported and never suggested), and its time
+is given as a ratio to the current entry measured in the same run. It stops starting new
+candidates after --max-seconds (bench/gpu_check.sh gives it a minute and a half).
+
+    python bench/tune_damsm_tiles.py [--dtype bf16] [--kernels forward,regions,words]
+                                     [--max-seconds 75] [--record]
+
+Size: CUB (B = 48, D = 256, L = 18 with ragged lengths, R = 289), on CUDA only (on CPU the
+kernels run in the Triton interpreter, whose timings mean nothing; tests/test_tune_damsm_tiles.py
+runs `sweep` there at a tiny size to check the tool and that results do not depend on the tiles).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DTYPES, machine, machine_lines, markdown_table, median_seconds, record  # noqa: E402
+
+from attngan.kernels import damsm as tk  # noqa: E402
+
+KERNELS = ("forward", "regions", "words")
+CUB = dict(batch=48, dim=256, words=18, regions=289)
+MISMATCH = 1e-2   # relative difference to the current entry's outputs beyond which a candidate is wrong
+GAMMA1, GAMMA2 = 4.0, 5.0
+
+
+def candidates(block_rs=(16, 32, 64, 128), warps=(4, 8), stages=(1, 2, 3)):
+    """(BLOCK_R, num_warps, num_stages) triples to try, smaller region tiles first."""
+    return list(itertools.product(block_rs, warps, stages))
+
+
+def make_inputs(size: dict, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    """Words, ragged lengths, regions (features of unit-spread scores) and an upstream gradient."""
+    generator = torch.Generator().manual_seed(seed)
+    scale = size["dim"] ** -0.25
+    words = torch.randn(size["batch"], size["dim"], size["words"], generator=generator) * scale
+    regions = torch.randn(size["batch"], size["dim"], size["regions"], generator=generator) * scale
+    lengths = torch.randint(max(1, size["words"] // 2), size["words"] + 1, (size["batch"],),
+                            generator=generator)
+    grad_s = torch.randn(size["batch"], size["batch"], generator=generator)
+    return (words.to(device, dtype), lengths.to(device), regions.to(device, dtype),
+            grad_s.to(device))
+
+
+def _op(kernel: str, words, lengths, regions, grad_s):
+    """The call whose time the kernel's tiles decide."""
+    if kernel == "forward":
+        return lambda: (tk.damsm_word_similarity_fwd(words, lengths, regions, GAMMA1, GAMMA2),)
+    need_words_grad = kernel == "words"
+    return lambda: tk.damsm_word_similarity_bwd(grad_s, words, lengths, regions, GAMMA1, GAMMA2,
+                                                need_words_grad)
+
+
+def _relative_difference(outputs, expected) -> float:
+    return max(((o.double() - e.double()).norm() / e.double().norm().clamp(min=1e-30)).item()
+               for o, e in zip(outputs, expected) if e.numel())
+
+
+def sweep(kernels, configs, device: torch.device, dtype: torch.dtype, size: dict,
+          max_seconds: float, min_run_time: float = 0.25) -> list[dict]:
+    """One row per (kernel, candidate) tried: time, ratio to the current entry, difference."""
+    words, lengths, regions, grad_s = make_inputs(size, device, dtype)
+    slot = int(dtype == torch.float32)
+    current = dict(tk.TILES)
+    start = time.monotonic()
+    rows = []
+    try:
+        for kernel in kernels:
+            call = _op(kernel, words, lengths, regions, grad_s)
+            expected = call()
+            baseline = median_seconds(call, device, min_run_time)
+            rows.append(dict(kernel=kernel, config=current[kernel][slot], current=True,
+                             ms=baseline * 1e3, vs_current=1.0, difference=0.0))
+            for config in configs:
+                if config == current[kernel][slot]:
+                    continue
+                if time.monotonic() - start > max_seconds:
+                    rows.append(dict(kernel=kernel, config=None, stopped=True))
+                    return rows
+                entry = list(current[kernel])
+                entry[slot] = config
+                tk.TILES[kernel] = tuple(entry)
+                try:
+                    difference = _relative_difference(call(), expected)
+                    seconds = median_seconds(call, device, min_run_time)
+                    rows.append(dict(kernel=kernel, config=config, current=False, ms=seconds * 1e3,
+                                     vs_current=baseline / seconds, difference=difference))
+                except Exception as error:   # e.g. out of shared memory for this tile: skip it
+                    rows.append(dict(kernel=kernel, config=config, current=False,
+                                     error=f"{type(error).__name__}: {str(error).splitlines()[0][:100]}"))
+                finally:
+                    tk.TILES[kernel] = current[kernel]
+    finally:
+        tk.TILES.update(current)
+    return rows
+
+
+def best(rows: list[dict], kernel: str):
+    """The fastest candidate of `kernel` whose outputs agree with the current entry's."""
+    valid = [r for r in rows if r["kernel"] == kernel and "ms" in r and r["difference"] <= MISMATCH]
+    return min(valid, key=lambda r: r["ms"]) if valid else None
+
+
+def render(rows: list[dict], info: dict, dtype: torch.dtype) -> str:
+    table = []
+    for r in rows:
+        if r.get("stopped"):
+            table.append([r["kernel"], "stopped: --max-seconds reached", "", "", ""])
+        elif "error" in r:
+            table.append([r["kernel"], str(r["config"]), "failed: " + r["error"], "", ""])
+        else:
+            flag = " (current)" if r["current"] else (" MISMATCH" if r["difference"] > MISMATCH else "")
+            table.append([r["kernel"], f"{r['config']}{flag}", f"{r['ms']:.3f}",
+                          f"{r['vs_current']:.2f}", f"{r['difference']:.1e}"])
+    slot = int(dtype == torch.float32)
+    suggestion = []
+    for kernel in dict.fromkeys(r["kernel"] for r in rows):
+        winner = best(rows, kernel)
+        if winner is not None:
+            suggestion.append(f"  {kernel}: {winner['config']} ({winner['vs_current']:.2f}x the current "
+                              f"{tk.TILES[kernel][slot]})")
+    name = str(dtype).split(".")[1]
+    return "\n".join([
+        f"# Triton DAMSM tile candidates, {info['device']} {name}, {info['date_utc']} UTC", "",
+        *machine_lines(info),
+        "- (BLOCK_R, num_warps, num_stages); ms: median of the op the kernel decides; x current: "
+        "the current entry's time over the candidate's; difference: relative norm of the "
+        "outputs' difference to the current entry's", "",
+        markdown_table(["kernel", "candidate", "ms", "x current", "difference"], table), "",
+        f"Fastest agreeing candidate per kernel (the {name} slot of kernels.damsm.TILES):",
+        *suggestion])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    parser.add_argument("--kernels", default=",".join(KERNELS))
+    parser.add_argument("--max-seconds", type=float, default=75.0,
+                        help="start no new candidate after this many seconds")
+    parser.add_argument("--record", action="store_true", help="write JSON and markdown to bench/results/")
+    args = parser.parse_args(argv)
+    device, dtype = torch.device("cuda"), DTYPES[args.dtype]
+    if not torch.cuda.is_available():
+        parser.error("no CUDA device is available: tile timings need a GPU")
+    kernels = [k for k in args.kernels.split(",") if k]
+    unknown = [k for k in kernels if k not in KERNELS]
+    if unknown:
+        parser.error(f"unknown kernel(s) {unknown}; choose from {list(KERNELS)}")
+    info = machine(device)
+    rows = sweep(kernels, candidates(), device, dtype, CUB, args.max_seconds)
+    text = render(rows, info, dtype)
+    if args.record:
+        for path in record("damsm_tiles", info, rows, text):
+            print(f"recorded {path}")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
