@@ -25,20 +25,24 @@ Backward, derived by hand (checked against autograd in tests/test_damsm_triton.p
 
 Kernels and program-to-data mapping (one launch each, all pairs at once, nothing of size
 `[Bi, Bc, R, L]` ever in memory; all words of a caption on chip, padded to BLOCK_L, regions
-streamed in blocks of BLOCK_R, the whole embedding width D in one BLOCK_D tile):
-- `_damsm_word_similarity_fwd_kernel`: one program per (caption i, image j), captions fastest so
-  concurrent programs share an image's regions in L2. Online softmax over region blocks (running
-  max / sum per word, context accumulator `[D, L]` rescaled per block), then cosines and the
-  log-sum-exp. With SAVE_STATS it is the first pass of the backward: it also writes the
-  context c `[Bi, Bc, D, L]` (input dtype) and per-word fp32 scalars
+streamed in blocks of BLOCK_R, the whole embedding width D in one BLOCK_D tile). Captions are
+taken GROUP at a time (a tuning choice, TILES below): a group's words sit side by side as one
+`[D, GROUP * BLOCK_L]` tile, so every product is GROUP times wider, the softmax over words and
+the log-sum-exp run per caption on a `[.., GROUP, BLOCK_L]` view, and a group running past the
+last caption has no real word and stores nothing.
+- `_damsm_word_similarity_fwd_kernel`: one program per (caption group, image j), caption groups
+  fastest so concurrent programs share an image's regions in L2. Online softmax over region
+  blocks (running max / sum per word, context accumulator `[D, GROUP * L]` rescaled per block),
+  then cosines and the log-sum-exps. With SAVE_STATS it is the first pass of the backward: it
+  also writes the context c `[Bi, Bc, D, L]` (input dtype) and per-word fp32 scalars
   (log-normaliser of the region softmax, A, B, Bw, delta) `[Bi, Bc, 5, BLOCK_L]`.
 - `_damsm_word_similarity_bwd_kernel`: gradient of the regions. One program per
   (region block, image j) keeps its regions and a `[D, BLOCK_R]` fp32 accumulator on chip and
-  loops over all captions, recomputing s, P, a from the saved statistics: the reduction over
-  captions happens in registers, so no atomics and a deterministic result.
+  loops over all caption groups, recomputing s, P, a from the saved statistics: the reduction
+  over captions happens in registers, so no atomics and a deterministic result.
 - `_damsm_word_similarity_bwd_words_kernel`: gradient of the words. One program per
-  (caption i, block of images) accumulates `[D, L]` in registers over its images and region
-  blocks and writes an fp32 partial `[n_blocks, Bc, D, L]`; the launcher sums the partials
+  (caption group, block of images) accumulates `[D, GROUP * L]` in registers over its images and
+  region blocks and writes an fp32 partial `[n_blocks, Bc, D, L]`; the launcher sums the partials
   (two-pass reduction over images instead of atomics: deterministic, and the partials are small).
 
 Precision: inputs fp32/fp16/bf16; every dot accumulates in fp32 (fp32 inputs use IEEE fp32
@@ -66,46 +70,75 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
-def _word_softmax(s, t_ok):
-    """Softmax over words (axis 1) of the region-word scores, padded words get exactly 0 (Eq. 8)."""
-    s = tl.where(t_ok[None, :], s, float("-inf"))
-    p = tl.exp(s - tl.max(s, axis=1)[:, None])
-    return p / tl.sum(p, axis=1)[:, None]
+def _load_caption_group(words_ptr, lengths_ptr, cap0, Bc, D, L, offs_d, offs_t, d_ok,
+                        GROUP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Words of captions cap0 .. cap0 + GROUP - 1 side by side, `[BD, GROUP * BL]` (caption g in
+    columns g * BL ..), with their caption indices `[GROUP]`, which exist `[GROUP]`, and which
+    word slots are real `[GROUP, BL]` (none of a caption past Bc)."""
+    caps = cap0 + tl.arange(0, GROUP)
+    cap_ok = caps < Bc
+    n = tl.load(lengths_ptr + caps, mask=cap_ok, other=1).to(tl.int32)
+    n = tl.minimum(tl.maximum(n, 1), L)
+    t_ok = (offs_t[None, :] < n[:, None]) & cap_ok[:, None]                        # [G, BL]
+    # padded word slots are never read: garbage or NaN there cannot reach any output
+    e = tl.load(words_ptr + tl.cast(caps, tl.int64)[:, None, None] * D * L
+                + offs_d[None, :, None] * L + offs_t[None, None, :],
+                mask=t_ok[:, None, :] & d_ok[None, :, None], other=0.0)           # [G, BD, BL]
+    e = tl.reshape(tl.permute(e, (1, 0, 2)), (BLOCK_D, GROUP * BLOCK_L))
+    return e, caps, cap_ok, t_ok
+
+
+@triton.jit
+def _per_caption_sum(x, GROUP: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Row sums of `x` `[rows, GROUP * BL]` over each caption's columns, broadcast back to them."""
+    x3 = tl.reshape(x, (x.shape[0], GROUP, BLOCK_L))
+    return tl.reshape(tl.broadcast_to(tl.sum(x3, axis=2)[:, :, None], (x.shape[0], GROUP, BLOCK_L)),
+                      (x.shape[0], GROUP * BLOCK_L))
+
+
+@triton.jit
+def _word_softmax(s, t_ok, GROUP: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Softmax over each caption's words (Eq. 8) of scores `[BR, GROUP * BL]`; padded words get
+    exactly 0, and a caption past Bc (no real word) gets 0 everywhere, never NaN."""
+    s3 = tl.where(tl.reshape(t_ok, (GROUP, BLOCK_L))[None, :, :],
+                  tl.reshape(s, (s.shape[0], GROUP, BLOCK_L)), float("-inf"))
+    row_max = tl.max(s3, axis=2)
+    row_max = tl.where(row_max == float("-inf"), 0.0, row_max)
+    p = tl.exp(s3 - row_max[:, :, None])
+    total = tl.sum(p, axis=2)
+    p = p / tl.where(total == 0.0, 1.0, total)[:, :, None]
+    return tl.reshape(p, (s.shape[0], GROUP * BLOCK_L))
 
 
 @triton.jit
 def _damsm_word_similarity_fwd_kernel(
     words_ptr, lengths_ptr, regions_ptr, sim_ptr, grad_s_ptr, ctx_ptr, stats_ptr,
     Bc, D, L, R, gamma1, gamma2,
-    SAVE_STATS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    SAVE_STATS: tl.constexpr, GROUP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     BLOCK_R: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """S[j, i] for one (caption i = program 0, image j = program 1); see the module docstring."""
-    cap = tl.program_id(0)
+    """S[j, i] for GROUP captions i (program 0) and one image j (program 1); see the module docstring."""
     img = tl.program_id(1)
     offs_d = tl.arange(0, BLOCK_D)
     offs_t = tl.arange(0, BLOCK_L)
     offs_r = tl.arange(0, BLOCK_R)
-    n = tl.minimum(tl.maximum(tl.load(lengths_ptr + cap).to(tl.int32), 1), L)
     d_ok = offs_d < D
-    t_ok = offs_t < n
-    e_mask = d_ok[:, None] & t_ok[None, :]
-    # padded word slots are never read: garbage or NaN there cannot reach any output
-    e = tl.load(words_ptr + tl.cast(cap, tl.int64) * D * L + offs_d[:, None] * L + offs_t[None, :],
-                mask=e_mask, other=0.0)                                          # [BD, BL]
+    e, caps, cap_ok, t_ok2 = _load_caption_group(words_ptr, lengths_ptr, tl.program_id(0) * GROUP,
+                                                 Bc, D, L, offs_d, offs_t, d_ok, GROUP, BLOCK_D, BLOCK_L)
+    t_ok = tl.reshape(t_ok2, (GROUP * BLOCK_L,))
     v_base = regions_ptr + tl.cast(img, tl.int64) * D * R
 
-    m = tl.full([BLOCK_L], float("-inf"), tl.float32)    # running max of gamma1 * P over regions
-    l = tl.zeros([BLOCK_L], dtype=tl.float32)             # running sum of exp(gamma1 * P - m)
-    acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)  # running unnormalised context
+    m = tl.full([GROUP * BLOCK_L], float("-inf"), tl.float32)  # running max of gamma1 * P over regions
+    l = tl.zeros([GROUP * BLOCK_L], dtype=tl.float32)           # running sum of exp(gamma1 * P - m)
+    acc = tl.zeros([BLOCK_D, GROUP * BLOCK_L], dtype=tl.float32)  # running unnormalised context
     for r0 in range(0, R, BLOCK_R):
         r_ok = (r0 + offs_r) < R
         vt = tl.load(v_base + offs_d[None, :] * R + (r0 + offs_r)[:, None],
                      mask=r_ok[:, None] & d_ok[None, :], other=0.0)                 # [BR, BD]
-        s = tl.dot(vt, e, input_precision=DOT_PRECISION)                            # [BR, BL]
+        s = tl.dot(vt, e, input_precision=DOT_PRECISION)                            # [BR, G*BL]
         # padded regions drop out of the softmax over regions; padded words have P = 0, a
         # finite value, so their (unused) columns never produce NaN
-        a = tl.where(r_ok[:, None], gamma1 * _word_softmax(s, t_ok), float("-inf"))
+        a = tl.where(r_ok[:, None], gamma1 * _word_softmax(s, t_ok, GROUP, BLOCK_L), float("-inf"))
         m_new = tl.maximum(m, tl.max(a, axis=0))
         scale = tl.exp(m - m_new)
         pe = tl.exp(a - m_new[None, :])
@@ -113,7 +146,7 @@ def _damsm_word_similarity_fwd_kernel(
         acc = acc * scale[None, :] + tl.dot(tl.trans(vt), pe.to(vt.dtype), input_precision=DOT_PRECISION)
         m = m_new
 
-    c = acc / l[None, :]                                                            # [BD, BL]
+    c = acc / l[None, :]                                                            # [BD, G*BL]
     ef = e.to(tl.float32)
     ec = tl.sum(ef * c, axis=0)
     ee = tl.sum(ef * ef, axis=0)
@@ -122,68 +155,74 @@ def _damsm_word_similarity_fwd_kernel(
     clamped = norm < 1e-8
     norm_c = tl.maximum(norm, 1e-8)
     rt = ec / norm_c
-    z = tl.where(t_ok, gamma2 * rt, float("-inf"))
-    z_max = tl.max(z, axis=0)
-    sim = z_max + tl.log(tl.sum(tl.exp(z - z_max), axis=0))
-    tl.store(sim_ptr + tl.cast(img, tl.int64) * Bc + cap, sim)
+    z = tl.reshape(tl.where(t_ok, gamma2 * rt, float("-inf")), (GROUP, BLOCK_L))
+    # a caption past Bc has no word (all of z is -inf): S = 0 there keeps its lanes free of NaN
+    z_max = tl.where(cap_ok, tl.max(z, axis=1), 0.0)
+    total = tl.sum(tl.exp(z - z_max[:, None]), axis=1)
+    sim = z_max + tl.log(tl.where(cap_ok, total, 1.0))                             # [G]
+    pair = tl.cast(img, tl.int64) * Bc + caps
+    tl.store(sim_ptr + pair, sim, mask=cap_ok)
 
     if SAVE_STATS:
-        pair = tl.cast(img, tl.int64) * Bc + cap
-        g = tl.load(grad_s_ptr + pair).to(tl.float32)
-        g_r = g * gamma2 * tl.exp(z - sim)                 # 0 on padded words
+        g = tl.load(grad_s_ptr + pair, mask=cap_ok, other=0.0).to(tl.float32)
+        g_r = tl.reshape(g[:, None] * gamma2 * tl.exp(z - sim[:, None]), (GROUP * BLOCK_L,))  # 0 on padding
         coef_a = g_r / norm_c
         coef_b = tl.where(clamped, 0.0, -g_r * rt / tl.where(clamped, 1.0, cc))
         coef_bw = tl.where(clamped, 0.0, -g_r * rt / tl.where(clamped, 1.0, ee))
         gc = coef_a[None, :] * ef + coef_b[None, :] * c
         delta = tl.sum(gc * c, axis=0)
-        tl.store(ctx_ptr + pair * D * L + offs_d[:, None] * L + offs_t[None, :],
-                 c.to(ctx_ptr.dtype.element_ty), mask=e_mask)
-        stats = stats_ptr + pair * 5 * BLOCK_L + offs_t
-        tl.store(stats, m + tl.log(l))
-        tl.store(stats + BLOCK_L, coef_a)
-        tl.store(stats + 2 * BLOCK_L, coef_b)
-        tl.store(stats + 3 * BLOCK_L, coef_bw)
-        tl.store(stats + 4 * BLOCK_L, delta)
+        c3 = tl.permute(tl.reshape(c, (BLOCK_D, GROUP, BLOCK_L)), (1, 0, 2))          # [G, BD, BL]
+        tl.store(ctx_ptr + pair[:, None, None] * D * L + offs_d[None, :, None] * L + offs_t[None, None, :],
+                 c3.to(ctx_ptr.dtype.element_ty), mask=t_ok2[:, None, :] & d_ok[None, :, None])
+        stats = stats_ptr + pair[:, None] * 5 * BLOCK_L + offs_t[None, :]            # [G, BL]
+        tl.store(stats, tl.reshape(m + tl.log(l), (GROUP, BLOCK_L)), mask=cap_ok[:, None])
+        tl.store(stats + BLOCK_L, tl.reshape(coef_a, (GROUP, BLOCK_L)), mask=cap_ok[:, None])
+        tl.store(stats + 2 * BLOCK_L, tl.reshape(coef_b, (GROUP, BLOCK_L)), mask=cap_ok[:, None])
+        tl.store(stats + 3 * BLOCK_L, tl.reshape(coef_bw, (GROUP, BLOCK_L)), mask=cap_ok[:, None])
+        tl.store(stats + 4 * BLOCK_L, tl.reshape(delta, (GROUP, BLOCK_L)), mask=cap_ok[:, None])
 
 
 @triton.jit
-def _pair_backward_tile(vt, e, gc_lp, r_ok, t_ok, lse, delta, gamma1, DOT_PRECISION: tl.constexpr):
-    """For one region block of one pair: region attention a `[BR, BL]` and score gradient gs."""
+def _pair_backward_tile(vt, e, gc_lp, r_ok, t_ok, lse, delta, gamma1,
+                        GROUP: tl.constexpr, BLOCK_L: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """For one region block and GROUP pairs of an image: region attention a `[BR, G*BL]` and
+    score gradient gs."""
     s = tl.dot(vt, e, input_precision=DOT_PRECISION)
-    p = _word_softmax(s, t_ok)
+    p = _word_softmax(s, t_ok, GROUP, BLOCK_L)
     alpha = tl.where(r_ok[:, None] & t_ok[None, :], tl.exp(gamma1 * p - lse[None, :]), 0.0)
     g_alpha = tl.dot(vt, gc_lp, input_precision=DOT_PRECISION)
     g_p = gamma1 * alpha * (g_alpha - delta[None, :])
-    gs = p * (g_p - tl.sum(p * g_p, axis=1)[:, None])
+    gs = p * (g_p - _per_caption_sum(p * g_p, GROUP, BLOCK_L))
     return alpha, gs
 
 
 @triton.jit
-def _load_pair_stats(words_ptr, lengths_ptr, ctx_ptr, stats_ptr, cap, img, Bc, D, L,
-                     offs_d, offs_t, d_ok, BLOCK_L: tl.constexpr):
-    """Words of caption `cap` and the saved context and scalars of pair (img, cap)."""
-    n = tl.minimum(tl.maximum(tl.load(lengths_ptr + cap).to(tl.int32), 1), L)
-    t_ok = offs_t < n
-    mask = d_ok[:, None] & t_ok[None, :]
-    e = tl.load(words_ptr + tl.cast(cap, tl.int64) * D * L + offs_d[:, None] * L + offs_t[None, :],
-                mask=mask, other=0.0)
-    pair = tl.cast(img, tl.int64) * Bc + cap
-    c = tl.load(ctx_ptr + pair * D * L + offs_d[:, None] * L + offs_t[None, :],
-                mask=mask, other=0.0).to(tl.float32)
-    stats = stats_ptr + pair * 5 * BLOCK_L + offs_t
-    lse = tl.load(stats)
-    coef_a = tl.load(stats + BLOCK_L)
-    coef_b = tl.load(stats + 2 * BLOCK_L)
-    coef_bw = tl.load(stats + 3 * BLOCK_L)
-    delta = tl.load(stats + 4 * BLOCK_L)
-    return e, c, t_ok, lse, coef_a, coef_b, coef_bw, delta
+def _load_group_stats(words_ptr, lengths_ptr, ctx_ptr, stats_ptr, cap0, img, Bc, D, L,
+                      offs_d, offs_t, d_ok, GROUP: tl.constexpr, BLOCK_D: tl.constexpr,
+                      BLOCK_L: tl.constexpr):
+    """Words of captions cap0 .. cap0 + GROUP - 1, the saved contexts and scalars of their pairs
+    with image `img`, each `[BD, G*BL]` or `[G*BL]`, and which word slots are real `[G*BL]`."""
+    e, caps, cap_ok, t_ok2 = _load_caption_group(words_ptr, lengths_ptr, cap0, Bc, D, L, offs_d,
+                                                 offs_t, d_ok, GROUP, BLOCK_D, BLOCK_L)
+    pair = tl.cast(img, tl.int64) * Bc + caps
+    c = tl.load(ctx_ptr + pair[:, None, None] * D * L + offs_d[None, :, None] * L + offs_t[None, None, :],
+                mask=t_ok2[:, None, :] & d_ok[None, :, None], other=0.0).to(tl.float32)
+    c = tl.reshape(tl.permute(c, (1, 0, 2)), (BLOCK_D, GROUP * BLOCK_L))
+    stats = stats_ptr + pair[:, None] * 5 * BLOCK_L + offs_t[None, :]                # [G, BL]
+    lse = tl.reshape(tl.load(stats, mask=cap_ok[:, None], other=0.0), (GROUP * BLOCK_L,))
+    coef_a = tl.reshape(tl.load(stats + BLOCK_L, mask=cap_ok[:, None], other=0.0), (GROUP * BLOCK_L,))
+    coef_b = tl.reshape(tl.load(stats + 2 * BLOCK_L, mask=cap_ok[:, None], other=0.0), (GROUP * BLOCK_L,))
+    coef_bw = tl.reshape(tl.load(stats + 3 * BLOCK_L, mask=cap_ok[:, None], other=0.0), (GROUP * BLOCK_L,))
+    delta = tl.reshape(tl.load(stats + 4 * BLOCK_L, mask=cap_ok[:, None], other=0.0), (GROUP * BLOCK_L,))
+    return e, c, tl.reshape(t_ok2, (GROUP * BLOCK_L,)), lse, coef_a, coef_b, coef_bw, delta
 
 
 @triton.jit
 def _damsm_word_similarity_bwd_kernel(
     words_ptr, lengths_ptr, regions_ptr, ctx_ptr, stats_ptr, grad_regions_ptr,
     Bc, D, L, R, gamma1,
-    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_R: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    GROUP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_R: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """grad regions[j][:, block] for one (region block = program 0, image j = program 1)."""
     rblk = tl.program_id(0)
@@ -197,12 +236,13 @@ def _damsm_word_similarity_bwd_kernel(
     vt = tl.load(regions_ptr + tl.cast(img, tl.int64) * D * R + offs_d[None, :] * R + offs_r[:, None],
                  mask=v_mask, other=0.0)                                            # [BR, BD]
     acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
-    for cap in range(0, Bc):
-        e, c, t_ok, lse, coef_a, coef_b, coef_bw, delta = _load_pair_stats(
-            words_ptr, lengths_ptr, ctx_ptr, stats_ptr, cap, img, Bc, D, L,
-            offs_d, offs_t, d_ok, BLOCK_L)
-        gc = (coef_a[None, :] * e.to(tl.float32) + coef_b[None, :] * c).to(vt.dtype)  # [BD, BL]
-        alpha, gs = _pair_backward_tile(vt, e, gc, r_ok, t_ok, lse, delta, gamma1, DOT_PRECISION)
+    for cap0 in range(0, Bc, GROUP):
+        e, c, t_ok, lse, coef_a, coef_b, coef_bw, delta = _load_group_stats(
+            words_ptr, lengths_ptr, ctx_ptr, stats_ptr, cap0, img, Bc, D, L,
+            offs_d, offs_t, d_ok, GROUP, BLOCK_D, BLOCK_L)
+        gc = (coef_a[None, :] * e.to(tl.float32) + coef_b[None, :] * c).to(vt.dtype)  # [BD, G*BL]
+        alpha, gs = _pair_backward_tile(vt, e, gc, r_ok, t_ok, lse, delta, gamma1, GROUP, BLOCK_L,
+                                        DOT_PRECISION)
         # grad v_r = sum_t a[t, r] gc_t + gs[r, t] e_t, as [BR, BD]
         acc += tl.dot(alpha.to(vt.dtype), tl.trans(gc), input_precision=DOT_PRECISION)
         acc += tl.dot(gs.to(vt.dtype), tl.trans(e), input_precision=DOT_PRECISION)
@@ -214,22 +254,23 @@ def _damsm_word_similarity_bwd_kernel(
 def _damsm_word_similarity_bwd_words_kernel(
     words_ptr, lengths_ptr, regions_ptr, ctx_ptr, stats_ptr, partial_ptr,
     Bi, Bc, D, L, R, gamma1, IMAGES_PER_PROGRAM,
-    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_R: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    GROUP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_R: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
-    """fp32 partial grad words[i] over one block of images (caption i = program 0, block = 1)."""
-    cap = tl.program_id(0)
+    """fp32 partial grad words of GROUP captions (program 0) over one block of images (program 1)."""
+    cap0 = tl.program_id(0) * GROUP
     blk = tl.program_id(1)
     offs_d = tl.arange(0, BLOCK_D)
     offs_t = tl.arange(0, BLOCK_L)
     offs_r = tl.arange(0, BLOCK_R)
     d_ok = offs_d < D
-    acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_D, GROUP * BLOCK_L], dtype=tl.float32)
     img_start = blk * IMAGES_PER_PROGRAM
     img_stop = tl.minimum(img_start + IMAGES_PER_PROGRAM, Bi)
     for img in range(img_start, img_stop):
-        e, c, t_ok, lse, coef_a, coef_b, coef_bw, delta = _load_pair_stats(
-            words_ptr, lengths_ptr, ctx_ptr, stats_ptr, cap, img, Bc, D, L,
-            offs_d, offs_t, d_ok, BLOCK_L)
+        e, c, t_ok, lse, coef_a, coef_b, coef_bw, delta = _load_group_stats(
+            words_ptr, lengths_ptr, ctx_ptr, stats_ptr, cap0, img, Bc, D, L,
+            offs_d, offs_t, d_ok, GROUP, BLOCK_D, BLOCK_L)
         ef = e.to(tl.float32)
         acc += coef_a[None, :] * c + coef_bw[None, :] * ef    # through the cosine directly
         gc = (coef_a[None, :] * ef + coef_b[None, :] * c).to(e.dtype)
@@ -238,11 +279,14 @@ def _damsm_word_similarity_bwd_words_kernel(
             r_ok = (r0 + offs_r) < R
             vt = tl.load(v_base + offs_d[None, :] * R + (r0 + offs_r)[:, None],
                          mask=r_ok[:, None] & d_ok[None, :], other=0.0)
-            alpha, gs = _pair_backward_tile(vt, e, gc, r_ok, t_ok, lse, delta, gamma1, DOT_PRECISION)
-            acc += tl.dot(tl.trans(vt), gs.to(vt.dtype), input_precision=DOT_PRECISION)  # [BD, BL]
-    offs_out = (tl.cast(blk, tl.int64) * (tl.num_programs(0)) + cap) * D * L
-    tl.store(partial_ptr + offs_out + offs_d[:, None] * L + offs_t[None, :], acc,
-             mask=d_ok[:, None] & (offs_t < L)[None, :])
+            alpha, gs = _pair_backward_tile(vt, e, gc, r_ok, t_ok, lse, delta, gamma1, GROUP, BLOCK_L,
+                                            DOT_PRECISION)
+            acc += tl.dot(tl.trans(vt), gs.to(vt.dtype), input_precision=DOT_PRECISION)  # [BD, G*BL]
+    caps = cap0 + tl.arange(0, GROUP)
+    out = (partial_ptr + (tl.cast(blk, tl.int64) * Bc + caps)[:, None, None] * D * L
+           + offs_d[None, :, None] * L + offs_t[None, None, :])
+    tl.store(out, tl.permute(tl.reshape(acc, (BLOCK_D, GROUP, BLOCK_L)), (1, 0, 2)),
+             mask=(caps < Bc)[:, None, None] & d_ok[None, :, None] & (offs_t < L)[None, None, :])
 
 
 def damsm_word_similarity_supported(words: torch.Tensor, regions: torch.Tensor) -> Optional[str]:
@@ -295,29 +339,33 @@ def _check(name: str, words: torch.Tensor, lengths: torch.Tensor, regions: torch
                          f"min {int(lengths.min())}, max {int(lengths.max())}")
 
 
-# Per kernel: (largest BLOCK_R, num_warps, num_stages) for 16-bit inputs and for fp32, whose IEEE
-# dots run on the FMA units and need more registers. Chosen by the ptxas report for sm_90 at the
-# CUB size (D = 256, L = 18, R = 289; tests/triton_sm90.py prints it), bytes spilled per thread
-# with Triton 3.8 (3.6, the GPU machine's, within 30 bytes of these):
+# Per kernel: (largest BLOCK_R, captions per program, num_warps, num_stages) for 16-bit inputs
+# and for fp32, whose IEEE dots run on the FMA units and need more registers. Chosen by the ptxas
+# report for sm_90 at the CUB size (D = 256, L = 18, R = 289; tests/triton_sm90.py prints it),
+# bytes spilled per thread with Triton 3.8 (3.6, the GPU machine's, within 30 bytes of these):
 #   kernel    bf16 (with 32-region tiles)   fp32 (with 32-region tiles and 8 warps)
 #   forward      0 (0)                          0 (96)
 #   regions    108 (1,080)                  1,616 (12,812)
 #   words        0 (40)                       160 (1,720)
 # The region-gradient kernel keeps a [BLOCK_R, D] fp32 accumulator and [D, L] word, context and
-# gradient tiles live across its loop over captions, hence the small region tiles. These were
-# chosen without a GPU; bench/tune_damsm_tiles.py times candidates on one (bench/gpu_check.sh runs
-# it) and prints the table to put here.
-TILES = {"forward": ((32, 8, 2), (16, 8, 2)),
-         "regions": ((16, 8, 3), (16, 16, 1)),
-         "words": ((16, 8, 2), (16, 16, 1))}
+# gradient tiles live across its loop over captions, hence the small region tiles. One caption per
+# program is the mapping measured on an H100 (2026-11-27, bf16, CUB size: 0.68 ms forward, 3.94 ms
+# forward and backward, products too small for the tensor cores); more captions per program make
+# the products GROUP times wider and read each block of regions once per group, at GROUP times
+# the registers. bench/tune_damsm_tiles.py times candidates of all four on a GPU
+# (bench/gpu_check.sh runs it) and prints the entries to put here.
+TILES = {"forward": ((32, 1, 8, 2), (16, 1, 8, 2)),
+         "regions": ((16, 1, 8, 3), (16, 1, 16, 1)),
+         "words": ((16, 1, 8, 2), (16, 1, 16, 1))}
 
 
 def _blocks(words: torch.Tensor, regions: torch.Tensor, kernel: str) -> dict:
     """Tile sizes (each >= 16 for tl.dot on 16-bit types) and launch options of one kernel."""
     _, dim, max_len = words.shape
     num_regions = regions.shape[2]
-    block_r, num_warps, num_stages = TILES[kernel][words.dtype == torch.float32]
+    block_r, group, num_warps, num_stages = TILES[kernel][words.dtype == torch.float32]
     return dict(
+        GROUP=group,
         BLOCK_D=max(16, triton.next_power_of_2(dim)),
         BLOCK_L=max(16, triton.next_power_of_2(max_len)),
         BLOCK_R=max(16, min(block_r, triton.next_power_of_2(num_regions))),
@@ -340,7 +388,7 @@ def _first_pass(words, lengths, regions, gamma1, gamma2, grad_s):
                             dtype=torch.float32)
     else:  # never touched when SAVE_STATS is off
         grad_s = ctx = stats = sim
-    _damsm_word_similarity_fwd_kernel[(num_caps, num_imgs)](
+    _damsm_word_similarity_fwd_kernel[(triton.cdiv(num_caps, blocks["GROUP"]), num_imgs)](
         words, lengths, regions, sim, grad_s, ctx, stats,
         num_caps, dim, max_len, regions.shape[2], float(gamma1), float(gamma2),
         SAVE_STATS=save, **blocks)
@@ -400,13 +448,14 @@ def damsm_word_similarity_bwd(grad_s: torch.Tensor, words: torch.Tensor, lengths
 
     if not need_words_grad:
         return words.new_empty(0), grad_regions
+    blocks = _blocks(words, regions, "words")
+    caption_groups = triton.cdiv(num_caps, blocks["GROUP"])
     # enough programs to fill the GPU (about 2 per SM of an H100), few partials to sum
-    n_blocks = max(1, min(num_imgs, triton.cdiv(264, num_caps)))
+    n_blocks = max(1, min(num_imgs, triton.cdiv(264, caption_groups)))
     images_per_program = triton.cdiv(num_imgs, n_blocks)
     n_blocks = triton.cdiv(num_imgs, images_per_program)
     partial = torch.empty(n_blocks, num_caps, dim, max_len, device=words.device, dtype=torch.float32)
-    _damsm_word_similarity_bwd_words_kernel[(num_caps, n_blocks)](
+    _damsm_word_similarity_bwd_words_kernel[(caption_groups, n_blocks)](
         words, lengths, regions, ctx, stats, partial,
-        num_imgs, num_caps, dim, max_len, num_regions, float(gamma1), images_per_program,
-        **_blocks(words, regions, "words"))
+        num_imgs, num_caps, dim, max_len, num_regions, float(gamma1), images_per_program, **blocks)
     return partial.sum(dim=0).to(words.dtype), grad_regions

@@ -1,6 +1,7 @@
 """bench/tune_damsm_tiles.py: the sweep runs, restores kernels.damsm.TILES, and every tiling of
-the Triton DAMSM kernels gives the same similarities and gradients (here under the interpreter at
-a tiny size; compiled on a GPU machine)."""
+the Triton DAMSM kernels (region blocks, captions per program, warps, stages) gives the same
+similarities and gradients (here under the interpreter at a tiny size; compiled on a GPU
+machine). One caption per program is checked against fp64 in tests/test_damsm_triton.py."""
 import sys
 from pathlib import Path
 
@@ -17,14 +18,15 @@ TINY = dict(batch=3, dim=16, words=5, regions=40)
 def test_every_tiling_agrees_and_tiles_are_restored():
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     before = dict(tk.TILES)
-    configs = [(16, 4, 1), (32, 4, 2), (64, 8, 2)]
+    # BLOCK_R 16 / 32 / 64 over 40 regions: one, two and three region blocks; 2 and 4 captions
+    # per program over 3 captions: a group with a caption past the last
+    configs = [(16, 1, 4, 1), (32, 1, 4, 2), (64, 1, 8, 2), (16, 2, 4, 2), (32, 4, 8, 2)]
     rows = tune.sweep(tune.KERNELS, configs, device, torch.float32, TINY, max_seconds=600,
                       min_run_time=0.01)
     assert tk.TILES == before
     for kernel in tune.KERNELS:
         tried = [r for r in rows if r["kernel"] == kernel]
         assert sum(r["current"] for r in tried) == 1
-        # BLOCK_R 16 / 32 / 64 over 40 regions: one, two and three region blocks
         assert {r["config"] for r in tried} >= set(configs) - {before[kernel][1]}
         for row in tried:
             assert "error" not in row, row
@@ -33,11 +35,13 @@ def test_every_tiling_agrees_and_tiles_are_restored():
 
 
 def test_render_suggests_an_entry_per_kernel():
-    rows = [dict(kernel="words", config=(16, 8, 2), current=True, ms=2.0, vs_current=1.0, difference=0.0),
-            dict(kernel="words", config=(32, 8, 2), current=False, ms=1.0, vs_current=2.0, difference=1e-4),
-            dict(kernel="words", config=(64, 8, 2), current=False, ms=0.5, vs_current=4.0, difference=0.5)]
+    rows = [dict(kernel="words", config=(16, 1, 8, 2), current=True, ms=2.0, vs_current=1.0, difference=0.0),
+            dict(kernel="words", config=(32, 2, 8, 2), current=False, ms=1.0, vs_current=2.0,
+                 difference=1e-4),
+            dict(kernel="words", config=(64, 1, 8, 2), current=False, ms=0.5, vs_current=4.0,
+                 difference=0.5)]
     info = dict(device="cuda", date_utc="2026-11-27 20:00", gpu="test GPU", versions={}, commit="x",
                 uncommitted_changes=False)
     text = tune.render(rows, info, torch.bfloat16)
     assert "MISMATCH" in text                             # the wrong candidate is flagged ...
-    assert "words: (32, 8, 2) (2.00x the current" in text  # ... and never suggested
+    assert "words: (32, 2, 8, 2) (2.00x the current" in text  # ... and never suggested

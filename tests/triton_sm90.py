@@ -124,6 +124,20 @@ def _damsm_cases():
             yield (f"damsm {name} {_TYPES[dtype]}", kernels, lambda w=w, n=n, r=r, g=g: (
                 damsm.damsm_word_similarity_fwd(w, n, r, 4.0, 5.0),
                 damsm.damsm_word_similarity_bwd(g, w, n, r, 4.0, 5.0, True)))
+    # several captions per program, which bench/tune_damsm_tiles.py tries on a GPU: they must
+    # compile too (their spills are reported, not bounded)
+    w, r = torch.randn(48, 256, 18, dtype=torch.bfloat16), torch.randn(49, 256, 289, dtype=torch.bfloat16)
+    n, g = torch.full((48,), 18), torch.randn(49, 48)
+    for group in (2, 4):
+        def call(group=group):
+            saved = dict(damsm.TILES)
+            try:
+                for kernel, (bf16, fp32) in saved.items():
+                    damsm.TILES[kernel] = ((bf16[0], group, *bf16[2:]), fp32)
+                damsm.damsm_word_similarity_bwd(g, w, n, r, 4.0, 5.0, True)
+            finally:
+                damsm.TILES.update(saved)
+        yield f"damsm cub-group{group} bf16", kernels, call
 
 
 def _word_attention_cases():
