@@ -46,7 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (DTYPES, interleaved_cpu_samples, machine, machine_lines,  # noqa: E402
-                    markdown_table, matmul_gflops, median_seconds, peak_memory_bytes, record)
+                    markdown_table, matmul_gflops, median_seconds, peak_memory_bytes, publish)
 
 from attngan import backend  # noqa: E402
 from attngan.ops import damsm  # noqa: E402
@@ -232,10 +232,7 @@ def main(argv=None) -> int:
     rows, _ = run_benchmarks(device, dtype, sizes, passes, providers, args.min_time, args.rounds,
                              args.scale)
     text = render(rows, info, dtype)
-    if args.record:
-        for path in record("damsm", info, rows, text):
-            print(f"recorded {path}")
-    print(text)
+    publish("damsm", info, rows, text, args.record)
     return 0
 
 

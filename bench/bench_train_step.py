@@ -24,7 +24,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, machine_lines, median_seconds, record  # noqa: E402
+from common import machine, machine_lines, median_seconds, publish  # noqa: E402
 
 from attngan.config import Config, load_config  # noqa: E402
 from attngan.nn.image_encoder import build_image_encoder  # noqa: E402
@@ -104,10 +104,7 @@ def main() -> int:
         lines.append(f"| {row['impl']} | {row['ms']:.1f} | {row['images_per_s']:.1f} | "
                      f"{rows[0]['ms'] / row['ms']:.2f}x |")
     text = "\n".join(lines) + "\n"
-    if args.record:
-        for path in record(f"train_step-{args.preset}", info, rows, text):
-            print(f"recorded {path}")
-    print(text)
+    publish(f"train_step-{args.preset}", info, rows, text, args.record)
     return 0
 
 

@@ -58,7 +58,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (DTYPES, machine, machine_lines, markdown_table, median_seconds,  # noqa: E402
-                    peak_memory_bytes, record)
+                    peak_memory_bytes, publish)
 
 from attngan import backend  # noqa: E402
 # attngan.ops re-exports the function under the module's name: fetch the module itself.
@@ -323,10 +323,7 @@ def main(argv=None) -> int:
     rows = run_benchmarks(device, dtype, sizes, args.providers.split(","), min_time,
                           args.full_lengths, cat_sizes)
     text = render(rows, info, dtype, args.full_lengths)
-    if args.record:
-        for path in record("word_attention", info, rows, text):
-            print(f"recorded {path}")
-    print(text)
+    publish("word_attention", info, rows, text, args.record)
     return 0
 
 

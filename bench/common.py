@@ -178,3 +178,11 @@ def record(name: str, info: dict, rows: list[dict], markdown: str) -> tuple[Path
                                          + "\n")
     base.with_suffix(".md").write_text(markdown + "\n")
     return base.with_suffix(".json"), base.with_suffix(".md")
+
+
+def publish(name: str, info: dict, rows: list[dict], markdown: str, keep: bool) -> None:
+    """Print a benchmark's table; with keep (its --record flag) also record it, saying where."""
+    if keep:
+        for path in record(name, info, rows, markdown):
+            print(f"recorded {path}")
+    print(markdown)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DTYPES, machine, machine_lines, markdown_table, median_seconds, record  # noqa: E402
+from common import DTYPES, machine, machine_lines, markdown_table, median_seconds, publish  # noqa: E402
 
 from attngan.kernels import damsm as tk  # noqa: E402
 
@@ -171,10 +171,7 @@ def main(argv=None) -> int:
     info = machine(device)
     rows = sweep(kernels, candidates(), device, dtype, CUB, args.max_seconds)
     text = render(rows, info, dtype)
-    if args.record:
-        for path in record("damsm_tiles", info, rows, text):
-            print(f"recorded {path}")
-    print(text)
+    publish("damsm_tiles", info, rows, text, args.record)
     return 0
 
 
