@@ -4,7 +4,8 @@ Every available fused implementation ("cpp" here; "triton" under TRITON_INTERPRE
 sizes) is checked forward and for both gradients: float32 tightly against float64, float16 /
 bfloat16 by the flash-attention rule (error vs float64 <= 2 x the error of the PyTorch
 reference run in that dtype + a small floor). Then gradcheck, masking invariance, opcheck,
-torch.compile(fullgraph=True), dispatch and every bad-input error.
+torch.compile(fullgraph=True), dispatch and every bad-input error; opcheck and torch.compile of
+the Triton and CUDA ops on CUDA tensors where a GPU is present (GPU-marked).
 """
 import pytest
 import torch
@@ -216,6 +217,38 @@ def test_torch_compile_fullgraph(impl):
     words, lengths, regions = _inputs(3, 5, words.shape[1], 7, 6, dtype=torch.float32)
     regions = regions.reshape(3, regions.shape[1], 2, 3)
     torch.testing.assert_close(compiled(words, lengths, regions), loss(words, lengths, regions))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["triton", "cuda"])
+def test_gpu_opcheck_and_compile_fullgraph(impl):
+    """The GPU ops as registered custom ops on CUDA tensors: opcheck (schema, fake function,
+    autograd registration, in fp32 and bf16) and one torch.compile(fullgraph=True) graph whose
+    value and gradients equal eager mode's."""
+    cuda = torch.device("cuda")
+    reason = backend.unavailable_reason("damsm_word_similarity", impl, cuda)
+    if reason is not None:
+        pytest.skip(reason)
+    for dtype in (torch.float32, torch.bfloat16):
+        words, lengths, regions = (t.to(cuda) for t in _inputs(3, 4, 32, 9, 20, dtype=torch.float32))
+        words, regions = words.to(dtype), regions.to(dtype)
+        torch.library.opcheck(damsm_word_similarity_ops[impl],
+                              (words.requires_grad_(), lengths, regions.requires_grad_(), 4.0, 5.0))
+    torch._dynamo.reset()
+
+    def loss(w, n, r):
+        return damsm_word_similarity(w, n, r, impl=impl).logsumexp(dim=1).sum()
+
+    words, lengths, regions = (t.to(cuda) for t in _inputs(3, 4, 32, 9, 20, dtype=torch.float32))
+    w1, r1 = words.clone().requires_grad_(), regions.clone().requires_grad_()
+    w2, r2 = words.clone().requires_grad_(), regions.clone().requires_grad_()
+    eager_value = loss(w1, lengths, r1)
+    compiled_value = torch.compile(loss, fullgraph=True)(w2, lengths, r2)
+    eager_value.backward()
+    compiled_value.backward()
+    torch.testing.assert_close(compiled_value, eager_value)
+    torch.testing.assert_close(w2.grad, w1.grad)
+    torch.testing.assert_close(r2.grad, r1.grad)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
