@@ -169,8 +169,7 @@ def _damsm_word_similarity_fwd_kernel(
         coef_a = g_r / norm_c
         coef_b = tl.where(clamped, 0.0, -g_r * rt / tl.where(clamped, 1.0, cc))
         coef_bw = tl.where(clamped, 0.0, -g_r * rt / tl.where(clamped, 1.0, ee))
-        gc = coef_a[None, :] * ef + coef_b[None, :] * c
-        delta = tl.sum(gc * c, axis=0)
+        delta = coef_a * ec + coef_b * cc      # gc . c with gc = A e + B c, from the sums at hand
         c3 = tl.permute(tl.reshape(c, (BLOCK_D, GROUP, BLOCK_L)), (1, 0, 2))          # [G, BD, BL]
         tl.store(ctx_ptr + pair[:, None, None] * D * L + offs_d[None, :, None] * L + offs_t[None, None, :],
                  c3.to(ctx_ptr.dtype.element_ty), mask=t_ok2[:, None, :] & d_ok[None, :, None])
