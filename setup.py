@@ -4,7 +4,9 @@
 - the C++ CPU kernels (`csrc/cpu/*.cpp`) and the binding file are always attempted;
 - the CUDA kernels (`csrc/cuda/*.cu`) only when the installed torch has CUDA and nvcc is found.
 The install never fails because a compiler or nvcc is missing or a kernel does not build: it
-prints what it skipped and the package falls back to its pure-PyTorch implementations.
+prints what it skipped and the package falls back to its pure-PyTorch implementations. An
+extension linked with its own copy of libstdc++ is refused the same way (it would crash at its
+first error message).
 Set ATTNGAN_NO_EXTENSION=1 to skip the extension entirely.
 
 Install with torch already present and without build isolation, so pip never fetches torch:
@@ -21,6 +23,21 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 def _say(message: str) -> None:
     print(f"[attngan setup] {message}", file=sys.stderr, flush=True)
+
+
+def _libstdcxx_linked_statically(library: str) -> bool:
+    """True when the shared library does not load libstdc++ but carries its own copy.
+
+    A torch extension must share the process's libstdc++: with a private one it has its own
+    iostreams and locale, and the first error message it formats crashes the process (seen with
+    a compiler that links libstdc++ statically by default, /opt/gcc/bin/g++ of a GPU image). Read
+    with readelf; False where readelf is missing (nothing to tell)."""
+    import shutil
+    import subprocess
+    if shutil.which("readelf") is None:
+        return False
+    dynamic = subprocess.run(["readelf", "-d", library], capture_output=True, text=True).stdout
+    return "libstdc++" not in dynamic
 
 
 def _extension_and_cmdclass():
@@ -78,6 +95,13 @@ def _extension_and_cmdclass():
         def build_extension(self, ext):
             try:
                 super().build_extension(ext)
+                built = self.get_ext_fullpath(ext.name)
+                if _libstdcxx_linked_statically(built):
+                    os.remove(built)
+                    raise RuntimeError(
+                        f"the compiler {os.environ.get('CXX', 'c++')} linked libstdc++ statically "
+                        "into it, which crashes the process at the extension's first error "
+                        "message; set CXX to one that links it dynamically (e.g. CXX=/usr/bin/g++)")
             except Exception as error:
                 _say(f"could not build {ext.name} ({error}); "
                      "continuing with the pure-PyTorch implementations")
