@@ -81,7 +81,7 @@ def sweep(kernels, configs, device: torch.device, dtype: torch.dtype, size: dict
           max_seconds: float, min_run_time: float = 0.25) -> list[dict]:
     """One row per (kernel, candidate) tried: time, ratio to the current entry, difference."""
     words, lengths, regions, grad_s = make_inputs(size, device, dtype)
-    slot = int(dtype == torch.float32)
+    slot = tk.tile_slot(dtype)
     current = dict(tk.TILES)
     rows = []
     try:
@@ -133,7 +133,7 @@ def render(rows: list[dict], info: dict, dtype: torch.dtype) -> str:
             flag = " (current)" if r["current"] else (" MISMATCH" if r["difference"] > MISMATCH else "")
             table.append([r["kernel"], f"{r['config']}{flag}", f"{r['ms']:.3f}",
                           f"{r['vs_current']:.2f}", f"{r['difference']:.1e}"])
-    slot = int(dtype == torch.float32)
+    slot = tk.tile_slot(dtype)
     suggestion = []
     for kernel in dict.fromkeys(r["kernel"] for r in rows):
         winner = best(rows, kernel)

@@ -59,7 +59,7 @@ import triton
 import triton.language as tl
 
 __all__ = ["damsm_word_similarity_fwd", "damsm_word_similarity_bwd", "damsm_word_similarity_supported",
-           "MAX_DIM", "MAX_WORDS"]
+           "MAX_DIM", "MAX_WORDS", "TILES", "tile_slot"]
 
 # Largest D and L the kernels take: the [D, L] word and context tiles live in registers.
 MAX_DIM = 256
@@ -358,11 +358,16 @@ TILES = {"forward": ((32, 1, 8, 2), (16, 1, 8, 2)),
          "words": ((16, 1, 8, 2), (16, 1, 16, 1))}
 
 
+def tile_slot(dtype: torch.dtype) -> int:
+    """Which entry of a TILES pair serves inputs of `dtype`: 0 for 16-bit, 1 for fp32."""
+    return int(dtype == torch.float32)
+
+
 def _blocks(words: torch.Tensor, regions: torch.Tensor, kernel: str) -> dict:
     """Tile sizes (each >= 16 for tl.dot on 16-bit types) and launch options of one kernel."""
     _, dim, max_len = words.shape
     num_regions = regions.shape[2]
-    block_r, group, num_warps, num_stages = TILES[kernel][words.dtype == torch.float32]
+    block_r, group, num_warps, num_stages = TILES[kernel][tile_slot(words.dtype)]
     return dict(
         GROUP=group,
         BLOCK_D=max(16, triton.next_power_of_2(dim)),
