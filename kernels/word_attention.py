@@ -60,18 +60,29 @@ def _softmax_over_words(q, e, n, offs_l, DOT_PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _word_attention_fwd_kernel(
-    query_ptr, words_ptr, lengths_ptr, out_ptr, attn_ptr, C, L, R,
-    RETURN_ATTN: tl.constexpr, CONCAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
-    BLOCK_R: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    block, b = tl.program_id(0), tl.program_id(1).to(tl.int64)  # int64 offsets: large batches
+def _program_tile(lengths_ptr, C, R, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+                  BLOCK_R: tl.constexpr):
+    """This program's caption b (program 1, int64 so that offsets of large batches fit), its length
+    n, the channel, word and region offsets of its block of regions (program 0), their masks, and
+    the offsets of its `[BC, BR]` tile of a `[B, C, R]` tensor."""
+    block, b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     n = tl.load(lengths_ptr + b)
     offs_c = tl.arange(0, BLOCK_C)
     offs_l = tl.arange(0, BLOCK_L)
     offs_r = block * BLOCK_R + tl.arange(0, BLOCK_R)
     c_ok, r_ok = offs_c < C, offs_r < R
-    tile = b * C * R + offs_c[:, None] * R + offs_r[None, :]                   # [BC, BR]
+    tile = b * C * R + offs_c[:, None] * R + offs_r[None, :]
+    return b, n, offs_c, offs_l, offs_r, c_ok, r_ok, tile
+
+
+@triton.jit
+def _word_attention_fwd_kernel(
+    query_ptr, words_ptr, lengths_ptr, out_ptr, attn_ptr, C, L, R,
+    RETURN_ATTN: tl.constexpr, CONCAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_R: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    b, n, offs_c, offs_l, offs_r, c_ok, r_ok, tile = _program_tile(lengths_ptr, C, R, BLOCK_C,
+                                                                   BLOCK_L, BLOCK_R)
     q = tl.load(query_ptr + tile, mask=c_ok[:, None] & r_ok[None, :], other=0.0)
     e = tl.load(words_ptr + b * C * L + offs_c[:, None] * L + offs_l[None, :],
                 mask=c_ok[:, None] & (offs_l < n)[None, :], other=0.0)         # [BC, BL]
@@ -97,13 +108,8 @@ def _word_attention_bwd_kernel(
     HAS_GRAD_ATTN: tl.constexpr, CONCAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
     BLOCK_R: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    block, b = tl.program_id(0), tl.program_id(1).to(tl.int64)  # int64 offsets: large batches
-    n = tl.load(lengths_ptr + b)
-    offs_c = tl.arange(0, BLOCK_C)
-    offs_l = tl.arange(0, BLOCK_L)
-    offs_r = block * BLOCK_R + tl.arange(0, BLOCK_R)
-    c_ok, r_ok = offs_c < C, offs_r < R
-    tile = b * C * R + offs_c[:, None] * R + offs_r[None, :]                   # [BC, BR]
+    b, n, offs_c, offs_l, offs_r, c_ok, r_ok, tile = _program_tile(lengths_ptr, C, R, BLOCK_C,
+                                                                   BLOCK_L, BLOCK_R)
     tile_ok = c_ok[:, None] & r_ok[None, :]
     q = tl.load(query_ptr + tile, mask=tile_ok, other=0.0)
     if CONCAT:  # grad_out [B, 2C, R]: the query's direct gradient, then gc

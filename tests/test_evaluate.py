@@ -8,6 +8,7 @@ import pytest
 from attngan.data.errors import DataError
 from attngan.metrics import evaluate as evaluate_module
 from attngan.metrics.evaluate import evaluate_generator
+from attngan.train.checkpoint import CheckpointError
 from attngan.train.damsm import resolve_damsm_checkpoint
 from attngan.train.gan import file_sha256
 from test_gan_training import single_thread, train_tiny_gan  # noqa: F401 (autouse)
@@ -87,3 +88,21 @@ def test_captions_cut_below_what_the_checker_reads_fail_before_generating(run, m
 def test_too_few_images_is_a_clear_error(run):
     with pytest.raises(ValueError, match="at least 2"):
         evaluate_generator(run[0], max_images=1)
+
+
+def test_data_of_another_vocabulary_is_refused_before_generating(run, monkeypatch):
+    """A generator evaluated on data whose vocabulary is not the one it was trained with (its
+    word ids would index the wrong embeddings) ends in one error naming the fix."""
+    load_gan = evaluate_module.load_gan
+
+    def load_with_other_vocabulary(*args, **kwargs):
+        netG, text_encoder, vocab, config, payload = load_gan(*args, **kwargs)
+        return netG, text_encoder, vocab, config, {**payload, "vocab_fingerprint": "another"}
+
+    generated = []
+    monkeypatch.setattr(evaluate_module, "load_gan", load_with_other_vocabulary)
+    monkeypatch.setattr(evaluate_module, "generate", lambda *args, **kwargs: generated.append(1))
+    with pytest.raises(CheckpointError, match="another vocabulary.*evaluate it on the data it was "
+                                              "trained on"):
+        evaluate_generator(run[0], max_images=4)
+    assert generated == []

@@ -28,7 +28,7 @@ from attngan.data.dataset import build_dataset
 from attngan.data.errors import DataError
 from attngan.metrics.r_precision import r_precision
 from attngan.metrics.shapes_checker import check_against_shuffled, parse_caption
-from attngan.train.checkpoint import CheckpointError
+from attngan.train.checkpoint import require_same_vocabulary
 from attngan.train.damsm import load_damsm, resolve_damsm_checkpoint
 from attngan.train.gan import file_sha256, generate, load_gan
 
@@ -57,10 +57,8 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
     eval_words = (config.data.words_num if config.data.eval_words_num is None
                   else config.data.eval_words_num)
     dataset = build_dataset(config.data, "test", augment=False, words_num=eval_words)
-    if dataset.vocab.fingerprint() != vocab.fingerprint():
-        raise CheckpointError(f"{payload['path']} was trained with another vocabulary than the "
-                              f"data in {config.data.root}; evaluate it on the data it was "
-                              "trained on")
+    require_same_vocabulary(payload, dataset.vocab.fingerprint(), payload["path"],
+                            config.data.root, fix="evaluate it on the data it was trained on")
     damsm_file = resolve_damsm_checkpoint(damsm_path or payload["damsm_checkpoint"])
     text_encoder, image_encoder, _, _ = load_damsm(damsm_file, device, expected_vocab=vocab)
     damsm_hash = file_sha256(damsm_file)

@@ -60,14 +60,14 @@ def load_checkpoint(path: str | Path, *, kind: str | None = None,
     return payload
 
 
-def require_same_vocabulary(payload: dict, fingerprint: str, path: str | Path,
-                            data_root: str) -> None:
-    """Refuse to resume a run on data whose vocabulary differs from the checkpoint's: its
-    word ids would index the wrong embeddings."""
+def require_same_vocabulary(payload: dict, fingerprint: str, path: str | Path, data_root: str,
+                            fix: str = "resume with the data it was trained on or start a new "
+                                       "run") -> None:
+    """Refuse to use a checkpoint on data whose vocabulary differs from the checkpoint's: its
+    word ids would index the wrong embeddings. `fix` ends the message (what to do instead)."""
     if payload["vocab_fingerprint"] != fingerprint:
         raise CheckpointError(f"{path} was trained with another vocabulary than the data in "
-                              f"{data_root}; resume with the data it was trained on or start "
-                              "a new run")
+                              f"{data_root}; {fix}")
 
 
 def rng_state() -> dict[str, Any]:
