@@ -34,16 +34,20 @@ last caption has no real word and stores nothing.
   fastest so concurrent programs share an image's regions in L2. Online softmax over region
   blocks (running max / sum per word, context accumulator `[D, GROUP * L]` rescaled per block),
   then cosines and the log-sum-exps. With SAVE_STATS it is the first pass of the backward: it
-  also writes the context c `[Bi, Bc, D, L]` (input dtype) and per-word fp32 scalars
-  (log-normaliser of the region softmax, A, B, Bw, delta) `[Bi, Bc, 5, BLOCK_L]`.
+  also writes, per pair, what the two gradient kernels read instead of the context itself: the
+  context gradient gc = A e + B c `[Bi, Bc, D, L]` (input dtype, the dtype of the products it
+  enters), the direct word gradient A c + Bw e `[Bi, Bc, D, L]` (input dtype) and per-word fp32 scalars
+  (log-normaliser of the region softmax, delta) `[Bi, Bc, 2, BLOCK_L]`. The gradient kernels
+  so hold two tiles of the input dtype per caption group, not fp32 copies of e and c.
 - `_damsm_word_similarity_bwd_kernel`: gradient of the regions. One program per
   (region block, image j) keeps its regions and a `[D, BLOCK_R]` fp32 accumulator on chip and
   loops over all caption groups, recomputing s, P, a from the saved statistics: the reduction
   over captions happens in registers, so no atomics and a deterministic result.
 - `_damsm_word_similarity_bwd_words_kernel`: gradient of the words. One program per
-  (caption group, block of images) accumulates `[D, GROUP * L]` in registers over its images and
-  region blocks and writes an fp32 partial `[n_blocks, Bc, D, L]`; the launcher sums the partials
-  (two-pass reduction over images instead of atomics: deterministic, and the partials are small).
+  (caption group, block of images) holds its words, accumulates `[D, GROUP * L]` in registers
+  over its images and region blocks and writes an fp32 partial `[n_blocks, Bc, D, L]`; the
+  launcher sums the partials (two-pass reduction over images instead of atomics: deterministic,
+  and the partials are small).
 
 Precision: inputs fp32/fp16/bf16; every dot accumulates in fp32 (fp32 inputs use IEEE fp32
 dots, not tf32, so fp32 results match an fp32 reference); softmaxes, cosines and log-sum-exps
@@ -65,8 +69,28 @@ __all__ = ["damsm_word_similarity_fwd", "damsm_word_similarity_bwd", "damsm_word
 MAX_DIM = 256
 MAX_WORDS = 64
 _EPS = 1e-8  # clamp of the norm product in the cosine (SPEC 2, step 5)
-_N_STATS = 5  # per-word scalars saved by the first backward pass: lse, A, B, Bw, delta
+_N_STATS = 2  # per-word scalars saved by the first backward pass: lse, delta
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _load_tiles(ptr, index, mask, offs_d, offs_t, D, L,
+                GROUP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The `[D, L]` tiles number index[0..GROUP) of a `[.., D, L]` tensor side by side, as one
+    `[BD, GROUP * BL]` tile (tile g in columns g * BL ..); 0 where mask `[GROUP, BD, BL]` is off."""
+    x = tl.load(ptr + tl.cast(index, tl.int64)[:, None, None] * D * L + offs_d[None, :, None] * L
+                + offs_t[None, None, :], mask=mask, other=0.0)                     # [G, BD, BL]
+    return tl.reshape(tl.permute(x, (1, 0, 2)), (BLOCK_D, GROUP * BLOCK_L))
+
+
+@triton.jit
+def _store_tiles(ptr, x, index, mask, offs_d, offs_t, D, L,
+                 GROUP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Store x `[BD, GROUP * BL]` as the `[D, L]` tiles number index[0..GROUP) of a `[.., D, L]`
+    tensor, in its dtype, where mask `[GROUP, BD, BL]` is on (the inverse of _load_tiles)."""
+    x = tl.permute(tl.reshape(x, (BLOCK_D, GROUP, BLOCK_L)), (1, 0, 2))
+    tl.store(ptr + tl.cast(index, tl.int64)[:, None, None] * D * L + offs_d[None, :, None] * L
+             + offs_t[None, None, :], x.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -81,11 +105,15 @@ def _load_caption_group(words_ptr, lengths_ptr, cap0, Bc, D, L, offs_d, offs_t, 
     n = tl.minimum(tl.maximum(n, 1), L)
     t_ok = (offs_t[None, :] < n[:, None]) & cap_ok[:, None]                        # [G, BL]
     # padded word slots are never read: garbage or NaN there cannot reach any output
-    e = tl.load(words_ptr + tl.cast(caps, tl.int64)[:, None, None] * D * L
-                + offs_d[None, :, None] * L + offs_t[None, None, :],
-                mask=t_ok[:, None, :] & d_ok[None, :, None], other=0.0)           # [G, BD, BL]
-    e = tl.reshape(tl.permute(e, (1, 0, 2)), (BLOCK_D, GROUP * BLOCK_L))
+    e = _load_tiles(words_ptr, caps, _tile_mask(t_ok, d_ok), offs_d, offs_t, D, L, GROUP, BLOCK_D,
+                    BLOCK_L)
     return e, caps, cap_ok, t_ok
+
+
+@triton.jit
+def _tile_mask(t_ok, d_ok):
+    """Mask `[GROUP, BD, BL]` of the real word slots t_ok `[GROUP, BL]` of D-long columns."""
+    return t_ok[:, None, :] & d_ok[None, :, None]
 
 
 @triton.jit
@@ -112,7 +140,7 @@ def _word_softmax(s, t_ok, GROUP: tl.constexpr, BLOCK_L: tl.constexpr):
 
 @triton.jit
 def _damsm_word_similarity_fwd_kernel(
-    words_ptr, lengths_ptr, regions_ptr, sim_ptr, grad_s_ptr, ctx_ptr, stats_ptr,
+    words_ptr, lengths_ptr, regions_ptr, sim_ptr, grad_s_ptr, grad_ctx_ptr, direct_ptr, stats_ptr,
     Bc, D, L, R, gamma1, gamma2,
     SAVE_STATS: tl.constexpr, GROUP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     BLOCK_R: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -170,15 +198,14 @@ def _damsm_word_similarity_fwd_kernel(
         coef_b = tl.where(clamped, 0.0, -g_r * rt / tl.where(clamped, 1.0, cc))
         coef_bw = tl.where(clamped, 0.0, -g_r * rt / tl.where(clamped, 1.0, ee))
         delta = coef_a * ec + coef_b * cc      # gc . c with gc = A e + B c, from the sums at hand
-        c3 = tl.permute(tl.reshape(c, (BLOCK_D, GROUP, BLOCK_L)), (1, 0, 2))          # [G, BD, BL]
-        tl.store(ctx_ptr + pair[:, None, None] * D * L + offs_d[None, :, None] * L + offs_t[None, None, :],
-                 c3.to(ctx_ptr.dtype.element_ty), mask=t_ok2[:, None, :] & d_ok[None, :, None])
-        stats = stats_ptr + pair[:, None] * 5 * BLOCK_L + offs_t[None, :]            # [G, BL]
+        real = _tile_mask(t_ok2, d_ok)
+        _store_tiles(grad_ctx_ptr, coef_a[None, :] * ef + coef_b[None, :] * c, pair, real,
+                     offs_d, offs_t, D, L, GROUP, BLOCK_D, BLOCK_L)                 # gc
+        _store_tiles(direct_ptr, coef_a[None, :] * c + coef_bw[None, :] * ef, pair, real,
+                     offs_d, offs_t, D, L, GROUP, BLOCK_D, BLOCK_L)                 # ge(direct)
+        stats = stats_ptr + pair[:, None] * 2 * BLOCK_L + offs_t[None, :]            # [G, BL]
         tl.store(stats, tl.reshape(m + tl.log(l), (GROUP, BLOCK_L)), mask=cap_ok[:, None])
-        tl.store(stats + BLOCK_L, tl.reshape(coef_a, (GROUP, BLOCK_L)), mask=cap_ok[:, None])
-        tl.store(stats + 2 * BLOCK_L, tl.reshape(coef_b, (GROUP, BLOCK_L)), mask=cap_ok[:, None])
-        tl.store(stats + 3 * BLOCK_L, tl.reshape(coef_bw, (GROUP, BLOCK_L)), mask=cap_ok[:, None])
-        tl.store(stats + 4 * BLOCK_L, tl.reshape(delta, (GROUP, BLOCK_L)), mask=cap_ok[:, None])
+        tl.store(stats + BLOCK_L, tl.reshape(delta, (GROUP, BLOCK_L)), mask=cap_ok[:, None])
 
 
 @triton.jit
@@ -196,29 +223,18 @@ def _pair_backward_tile(vt, e, gc_lp, r_ok, t_ok, lse, delta, gamma1,
 
 
 @triton.jit
-def _load_group_stats(words_ptr, lengths_ptr, ctx_ptr, stats_ptr, cap0, img, Bc, D, L,
-                      offs_d, offs_t, d_ok, GROUP: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_L: tl.constexpr):
-    """Words of captions cap0 .. cap0 + GROUP - 1, the saved contexts and scalars of their pairs
-    with image `img`, each `[BD, G*BL]` or `[G*BL]`, and which word slots are real `[G*BL]`."""
-    e, caps, cap_ok, t_ok2 = _load_caption_group(words_ptr, lengths_ptr, cap0, Bc, D, L, offs_d,
-                                                 offs_t, d_ok, GROUP, BLOCK_D, BLOCK_L)
-    pair = tl.cast(img, tl.int64) * Bc + caps
-    c = tl.load(ctx_ptr + pair[:, None, None] * D * L + offs_d[None, :, None] * L + offs_t[None, None, :],
-                mask=t_ok2[:, None, :] & d_ok[None, :, None], other=0.0).to(tl.float32)
-    c = tl.reshape(tl.permute(c, (1, 0, 2)), (BLOCK_D, GROUP * BLOCK_L))
-    stats = stats_ptr + pair[:, None] * 5 * BLOCK_L + offs_t[None, :]                # [G, BL]
+def _load_pair_stats(stats_ptr, pair, cap_ok, offs_t, GROUP: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The log-normaliser of the region softmax and delta of GROUP pairs, each `[GROUP * BL]`
+    (0 for a caption past Bc)."""
+    stats = stats_ptr + pair[:, None] * 2 * BLOCK_L + offs_t[None, :]                # [G, BL]
     lse = tl.reshape(tl.load(stats, mask=cap_ok[:, None], other=0.0), (GROUP * BLOCK_L,))
-    coef_a = tl.reshape(tl.load(stats + BLOCK_L, mask=cap_ok[:, None], other=0.0), (GROUP * BLOCK_L,))
-    coef_b = tl.reshape(tl.load(stats + 2 * BLOCK_L, mask=cap_ok[:, None], other=0.0), (GROUP * BLOCK_L,))
-    coef_bw = tl.reshape(tl.load(stats + 3 * BLOCK_L, mask=cap_ok[:, None], other=0.0), (GROUP * BLOCK_L,))
-    delta = tl.reshape(tl.load(stats + 4 * BLOCK_L, mask=cap_ok[:, None], other=0.0), (GROUP * BLOCK_L,))
-    return e, c, tl.reshape(t_ok2, (GROUP * BLOCK_L,)), lse, coef_a, coef_b, coef_bw, delta
+    delta = tl.reshape(tl.load(stats + BLOCK_L, mask=cap_ok[:, None], other=0.0), (GROUP * BLOCK_L,))
+    return lse, delta
 
 
 @triton.jit
 def _damsm_word_similarity_bwd_kernel(
-    words_ptr, lengths_ptr, regions_ptr, ctx_ptr, stats_ptr, grad_regions_ptr,
+    words_ptr, lengths_ptr, regions_ptr, grad_ctx_ptr, stats_ptr, grad_regions_ptr,
     Bc, D, L, R, gamma1,
     GROUP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_R: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -236,12 +252,14 @@ def _damsm_word_similarity_bwd_kernel(
                  mask=v_mask, other=0.0)                                            # [BR, BD]
     acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
     for cap0 in range(0, Bc, GROUP):
-        e, c, t_ok, lse, coef_a, coef_b, coef_bw, delta = _load_group_stats(
-            words_ptr, lengths_ptr, ctx_ptr, stats_ptr, cap0, img, Bc, D, L,
-            offs_d, offs_t, d_ok, GROUP, BLOCK_D, BLOCK_L)
-        gc = (coef_a[None, :] * e.to(tl.float32) + coef_b[None, :] * c).to(vt.dtype)  # [BD, G*BL]
-        alpha, gs = _pair_backward_tile(vt, e, gc, r_ok, t_ok, lse, delta, gamma1, GROUP, BLOCK_L,
-                                        DOT_PRECISION)
+        e, caps, cap_ok, t_ok = _load_caption_group(words_ptr, lengths_ptr, cap0, Bc, D, L,
+                                                    offs_d, offs_t, d_ok, GROUP, BLOCK_D, BLOCK_L)
+        pair = tl.cast(img, tl.int64) * Bc + caps
+        gc = _load_tiles(grad_ctx_ptr, pair, _tile_mask(t_ok, d_ok), offs_d, offs_t, D, L, GROUP,
+                         BLOCK_D, BLOCK_L)
+        lse, delta = _load_pair_stats(stats_ptr, pair, cap_ok, offs_t, GROUP, BLOCK_L)
+        alpha, gs = _pair_backward_tile(vt, e, gc, r_ok, tl.reshape(t_ok, (GROUP * BLOCK_L,)), lse,
+                                        delta, gamma1, GROUP, BLOCK_L, DOT_PRECISION)
         # grad v_r = sum_t a[t, r] gc_t + gs[r, t] e_t, as [BR, BD]
         acc += tl.dot(alpha.to(vt.dtype), tl.trans(gc), input_precision=DOT_PRECISION)
         acc += tl.dot(gs.to(vt.dtype), tl.trans(e), input_precision=DOT_PRECISION)
@@ -251,7 +269,7 @@ def _damsm_word_similarity_bwd_kernel(
 
 @triton.jit
 def _damsm_word_similarity_bwd_words_kernel(
-    words_ptr, lengths_ptr, regions_ptr, ctx_ptr, stats_ptr, partial_ptr,
+    words_ptr, lengths_ptr, regions_ptr, grad_ctx_ptr, direct_ptr, stats_ptr, partial_ptr,
     Bi, Bc, D, L, R, gamma1, IMAGES_PER_PROGRAM,
     GROUP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_R: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -263,16 +281,18 @@ def _damsm_word_similarity_bwd_words_kernel(
     offs_t = tl.arange(0, BLOCK_L)
     offs_r = tl.arange(0, BLOCK_R)
     d_ok = offs_d < D
+    e, caps, cap_ok, t_ok2 = _load_caption_group(words_ptr, lengths_ptr, cap0, Bc, D, L, offs_d,
+                                                 offs_t, d_ok, GROUP, BLOCK_D, BLOCK_L)
+    t_ok = tl.reshape(t_ok2, (GROUP * BLOCK_L,))
     acc = tl.zeros([BLOCK_D, GROUP * BLOCK_L], dtype=tl.float32)
     img_start = blk * IMAGES_PER_PROGRAM
     img_stop = tl.minimum(img_start + IMAGES_PER_PROGRAM, Bi)
     for img in range(img_start, img_stop):
-        e, c, t_ok, lse, coef_a, coef_b, coef_bw, delta = _load_group_stats(
-            words_ptr, lengths_ptr, ctx_ptr, stats_ptr, cap0, img, Bc, D, L,
-            offs_d, offs_t, d_ok, GROUP, BLOCK_D, BLOCK_L)
-        ef = e.to(tl.float32)
-        acc += coef_a[None, :] * c + coef_bw[None, :] * ef    # through the cosine directly
-        gc = (coef_a[None, :] * ef + coef_b[None, :] * c).to(e.dtype)
+        pair = tl.cast(img, tl.int64) * Bc + caps
+        real = _tile_mask(t_ok2, d_ok)
+        acc += _load_tiles(direct_ptr, pair, real, offs_d, offs_t, D, L, GROUP, BLOCK_D, BLOCK_L)
+        gc = _load_tiles(grad_ctx_ptr, pair, real, offs_d, offs_t, D, L, GROUP, BLOCK_D, BLOCK_L)
+        lse, delta = _load_pair_stats(stats_ptr, pair, cap_ok, offs_t, GROUP, BLOCK_L)
         v_base = regions_ptr + tl.cast(img, tl.int64) * D * R
         for r0 in range(0, R, BLOCK_R):
             r_ok = (r0 + offs_r) < R
@@ -281,11 +301,9 @@ def _damsm_word_similarity_bwd_words_kernel(
             alpha, gs = _pair_backward_tile(vt, e, gc, r_ok, t_ok, lse, delta, gamma1, GROUP, BLOCK_L,
                                             DOT_PRECISION)
             acc += tl.dot(tl.trans(vt), gs.to(vt.dtype), input_precision=DOT_PRECISION)  # [BD, G*BL]
-    caps = cap0 + tl.arange(0, GROUP)
-    out = (partial_ptr + (tl.cast(blk, tl.int64) * Bc + caps)[:, None, None] * D * L
-           + offs_d[None, :, None] * L + offs_t[None, None, :])
-    tl.store(out, tl.permute(tl.reshape(acc, (BLOCK_D, GROUP, BLOCK_L)), (1, 0, 2)),
-             mask=(caps < Bc)[:, None, None] & d_ok[None, :, None] & (offs_t < L)[None, None, :])
+    _store_tiles(partial_ptr, acc, tl.cast(blk, tl.int64) * Bc + caps,
+                 cap_ok[:, None, None] & d_ok[None, :, None] & (offs_t < L)[None, None, :],
+                 offs_d, offs_t, D, L, GROUP, BLOCK_D, BLOCK_L)
 
 
 def damsm_word_similarity_supported(words: torch.Tensor, regions: torch.Tensor) -> Optional[str]:
@@ -341,18 +359,21 @@ def _check(name: str, words: torch.Tensor, lengths: torch.Tensor, regions: torch
 # Per kernel: (largest BLOCK_R, captions per program, num_warps, num_stages) for 16-bit inputs
 # and for fp32, whose IEEE dots run on the FMA units and need more registers. Chosen by the ptxas
 # report for sm_90 at the CUB size (D = 256, L = 18, R = 289; tests/triton_sm90.py prints it),
-# bytes spilled per thread with Triton 3.8 (3.6, the GPU machine's, within 30 bytes of these):
-#   kernel    bf16 (with 32-region tiles)   fp32 (with 32-region tiles and 8 warps)
-#   forward      0 (0)                          0 (96)
-#   regions    108 (1,080)                  1,616 (12,812)
-#   words        0 (40)                       160 (1,720)
-# The region-gradient kernel keeps a [BLOCK_R, D] fp32 accumulator and [D, L] word, context and
-# gradient tiles live across its loop over captions, hence the small region tiles. One caption per
-# program is the mapping measured on an H100 (2026-11-27, bf16, CUB size: 0.68 ms forward, 3.94 ms
-# forward and backward, products too small for the tensor cores); more captions per program make
-# the products GROUP times wider and read each block of regions once per group, at GROUP times
-# the registers. bench/tune_damsm_tiles.py times candidates of all four on a GPU
-# (bench/gpu_check.sh runs it) and prints the entries to put here.
+# bytes spilled per thread with Triton 3.8 / 3.6 (the GPU machine's):
+#   kernel                 bf16 (with 32-region tiles)     fp32 (with 32-region tiles, 8 warps)
+#   forward                  0 / 0    (0 / 0)                  0 / 0      (120 / 96)
+#   forward + saved terms  100 / 16   -                       24 / 60     (100 / 116)
+#   regions                 88 / 92   (204 / 284)          1,616 / 1,624  (3,172 / 3,216)
+#   words                    0 / 0    (8 / 28)                80 / 80     (1,204 / 1,348)
+# The region-gradient kernel keeps a [BLOCK_R, D] fp32 accumulator and [D, L] word and
+# context-gradient tiles live across its loop over captions, hence the small region tiles. One
+# caption per program is the mapping measured on an H100 (2026-11-27, bf16, CUB size: 0.68 ms
+# forward, 3.94 ms forward and backward, products too small for the tensor cores; the backward
+# then read contexts and rebuilt gc in both gradient kernels, and spilled 1,080 bytes in the
+# region kernel with 32-region tiles); more captions per program make the products GROUP times
+# wider and read each block of regions once per group, at GROUP times the registers.
+# bench/tune_damsm_tiles.py times candidates of all four on a GPU (bench/gpu_check.sh runs it)
+# and prints the entries to put here.
 TILES = {"forward": ((32, 1, 8, 2), (16, 1, 8, 2)),
          "regions": ((16, 1, 8, 3), (16, 1, 16, 1)),
          "words": ((16, 1, 8, 2), (16, 1, 16, 1))}
@@ -380,23 +401,28 @@ def _blocks(words: torch.Tensor, regions: torch.Tensor, kernel: str) -> dict:
 
 
 def _first_pass(words, lengths, regions, gamma1, gamma2, grad_s):
-    """Launch the forward kernel; with grad_s also save the context and per-word scalars."""
+    """Launch the forward kernel: (S, None, None, None), or with grad_s (S, the context gradients
+    gc and the direct word gradients, each `[Bi, Bc, D, L]` in the input dtype, the per-word
+    scalars `[Bi, Bc, 2, BLOCK_L]` fp32)."""
     num_caps, dim, max_len = words.shape
     num_imgs = regions.shape[0]
     blocks = _blocks(words, regions, "forward")
     sim = torch.empty(num_imgs, num_caps, device=words.device, dtype=torch.float32)
     save = grad_s is not None
     if save:
-        ctx = torch.empty(num_imgs, num_caps, dim, max_len, device=words.device, dtype=words.dtype)
+        grad_ctx = torch.empty(num_imgs, num_caps, dim, max_len, device=words.device,
+                               dtype=words.dtype)
+        direct = torch.empty(num_imgs, num_caps, dim, max_len, device=words.device,
+                             dtype=words.dtype)
         stats = torch.empty(num_imgs, num_caps, _N_STATS, blocks["BLOCK_L"], device=words.device,
                             dtype=torch.float32)
     else:  # never touched when SAVE_STATS is off
-        grad_s = ctx = stats = sim
+        grad_s = grad_ctx = direct = stats = sim
     _damsm_word_similarity_fwd_kernel[(triton.cdiv(num_caps, blocks["GROUP"]), num_imgs)](
-        words, lengths, regions, sim, grad_s, ctx, stats,
+        words, lengths, regions, sim, grad_s, grad_ctx, direct, stats,
         num_caps, dim, max_len, regions.shape[2], float(gamma1), float(gamma2),
         SAVE_STATS=save, **blocks)
-    return sim, ctx, stats
+    return (sim, grad_ctx, direct, stats) if save else (sim, None, None, None)
 
 
 def damsm_word_similarity_fwd(words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
@@ -412,8 +438,8 @@ def damsm_word_similarity_fwd(words: torch.Tensor, lengths: torch.Tensor, region
         S `[Bi, Bc]` float32 (rows images, columns captions).
     """
     _check("damsm_word_similarity_fwd", words, lengths, regions)
-    sim, _, _ = _first_pass(words.contiguous(), lengths.contiguous(), regions.contiguous(),
-                            gamma1, gamma2, None)
+    sim, _, _, _ = _first_pass(words.contiguous(), lengths.contiguous(), regions.contiguous(),
+                               gamma1, gamma2, None)
     return sim
 
 
@@ -442,12 +468,12 @@ def damsm_word_similarity_bwd(grad_s: torch.Tensor, words: torch.Tensor, lengths
     grad_s = grad_s.to(torch.float32).contiguous()
     num_caps, dim, max_len = words.shape
     num_imgs, _, num_regions = regions.shape
-    _, ctx, stats = _first_pass(words, lengths, regions, gamma1, gamma2, grad_s)
+    _, grad_ctx, direct, stats = _first_pass(words, lengths, regions, gamma1, gamma2, grad_s)
 
     grad_regions = torch.empty_like(regions)
     blocks = _blocks(words, regions, "regions")
     _damsm_word_similarity_bwd_kernel[(triton.cdiv(num_regions, blocks["BLOCK_R"]), num_imgs)](
-        words, lengths, regions, ctx, stats, grad_regions,
+        words, lengths, regions, grad_ctx, stats, grad_regions,
         num_caps, dim, max_len, num_regions, float(gamma1), **blocks)
 
     if not need_words_grad:
@@ -460,6 +486,6 @@ def damsm_word_similarity_bwd(grad_s: torch.Tensor, words: torch.Tensor, lengths
     n_blocks = triton.cdiv(num_imgs, images_per_program)
     partial = torch.empty(n_blocks, num_caps, dim, max_len, device=words.device, dtype=torch.float32)
     _damsm_word_similarity_bwd_words_kernel[(caption_groups, n_blocks)](
-        words, lengths, regions, ctx, stats, partial,
+        words, lengths, regions, grad_ctx, direct, stats, partial,
         num_imgs, num_caps, dim, max_len, num_regions, float(gamma1), images_per_program, **blocks)
     return partial.sum(dim=0).to(words.dtype), grad_regions
