@@ -29,23 +29,28 @@ streamed in blocks of BLOCK_R, the whole embedding width D in one BLOCK_D tile).
 taken GROUP at a time (a tuning choice, TILES below): a group's words sit side by side as one
 `[D, GROUP * BLOCK_L]` tile, so every product is GROUP times wider, the softmax over words and
 the log-sum-exp run per caption on a `[.., GROUP, BLOCK_L]` view, and a group running past the
-last caption has no real word and stores nothing.
+last caption has no real word and stores nothing. The launchers hand the kernels words padded to
+`[Bc, D, BLOCK_L]` and regions to `[Bi, D, R_STRIDE]` (R rounded up to 16; `_aligned`), and
+every `[D, L]`-shaped buffer has rows of BLOCK_L: all rows start aligned and are loaded whole, in
+16-byte vectors, the padding masked after the load (word slots past a caption's length become 0,
+regions past R drop out of the softmax), never as a per-element load mask.
 - `_damsm_word_similarity_fwd_kernel`: one program per (caption group, image j), caption groups
   fastest so concurrent programs share an image's regions in L2. Online softmax over region
   blocks (running max / sum per word, context accumulator `[D, GROUP * L]` rescaled per block),
   then cosines and the log-sum-exps. With SAVE_STATS it is the first pass of the backward: it
   also writes, per pair, what the two gradient kernels read instead of the context itself: the
-  context gradient gc = A e + B c `[Bi, Bc, D, L]` (input dtype, the dtype of the products it
-  enters), the direct word gradient A c + Bw e `[Bi, Bc, D, L]` (input dtype) and per-word fp32 scalars
-  (log-normaliser of the region softmax, delta) `[Bi, Bc, 2, BLOCK_L]`. The gradient kernels
-  so hold two tiles of the input dtype per caption group, not fp32 copies of e and c.
+  context gradient gc = A e + B c and the direct word gradient A c + Bw e, each
+  `[Bi, Bc, D, BLOCK_L]` in the input dtype (that of the products gc enters; both exactly 0 at
+  padded word slots), and per-word fp32 scalars (log-normaliser of the region softmax, delta)
+  `[Bi, Bc, 2, BLOCK_L]`. The gradient kernels so hold two tiles of the input dtype per caption
+  group, not fp32 copies of e and c.
 - `_damsm_word_similarity_bwd_kernel`: gradient of the regions. One program per
   (region block, image j) keeps its regions and a `[D, BLOCK_R]` fp32 accumulator on chip and
   loops over all caption groups, recomputing s, P, a from the saved statistics: the reduction
   over captions happens in registers, so no atomics and a deterministic result.
 - `_damsm_word_similarity_bwd_words_kernel`: gradient of the words. One program per
   (caption group, block of images) holds its words, accumulates `[D, GROUP * L]` in registers
-  over its images and region blocks and writes an fp32 partial `[n_blocks, Bc, D, L]`; the
+  over its images and region blocks and writes an fp32 partial `[n_blocks, Bc, D, BLOCK_L]`; the
   launcher sums the partials (two-pass reduction over images instead of atomics: deterministic,
   and the partials are small).
 
@@ -74,23 +79,25 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
-def _load_tiles(ptr, index, mask, offs_d, offs_t, D, L,
+def _load_tiles(ptr, index, mask, offs_d, offs_t, D,
                 GROUP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    """The `[D, L]` tiles number index[0..GROUP) of a `[.., D, L]` tensor side by side, as one
-    `[BD, GROUP * BL]` tile (tile g in columns g * BL ..); 0 where mask `[GROUP, BD, BL]` is off."""
-    x = tl.load(ptr + tl.cast(index, tl.int64)[:, None, None] * D * L + offs_d[None, :, None] * L
-                + offs_t[None, None, :], mask=mask, other=0.0)                     # [G, BD, BL]
+    """The `[D, BL]` tiles number index[0..GROUP) of a `[.., D, BL]` tensor side by side, as one
+    `[BD, GROUP * BL]` tile (tile g in columns g * BL ..); 0 where mask `[GROUP, BD, 1]` is off.
+    Rows BL apart (a power of two) and masked whole: the compiler vectorizes the loads."""
+    x = tl.load(ptr + tl.cast(index, tl.int64)[:, None, None] * D * BLOCK_L
+                + offs_d[None, :, None] * BLOCK_L + offs_t[None, None, :], mask=mask, other=0.0)
     return tl.reshape(tl.permute(x, (1, 0, 2)), (BLOCK_D, GROUP * BLOCK_L))
 
 
 @triton.jit
-def _store_tiles(ptr, x, index, mask, offs_d, offs_t, D, L,
+def _store_tiles(ptr, x, index, mask, offs_d, offs_t, D,
                  GROUP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    """Store x `[BD, GROUP * BL]` as the `[D, L]` tiles number index[0..GROUP) of a `[.., D, L]`
-    tensor, in its dtype, where mask `[GROUP, BD, BL]` is on (the inverse of _load_tiles)."""
+    """Store x `[BD, GROUP * BL]` as the `[D, BL]` tiles number index[0..GROUP) of a `[.., D, BL]`
+    tensor, in its dtype, where mask `[GROUP, BD, 1]` is on (the inverse of _load_tiles)."""
     x = tl.permute(tl.reshape(x, (BLOCK_D, GROUP, BLOCK_L)), (1, 0, 2))
-    tl.store(ptr + tl.cast(index, tl.int64)[:, None, None] * D * L + offs_d[None, :, None] * L
-             + offs_t[None, None, :], x.to(ptr.dtype.element_ty), mask=mask)
+    tl.store(ptr + tl.cast(index, tl.int64)[:, None, None] * D * BLOCK_L
+             + offs_d[None, :, None] * BLOCK_L + offs_t[None, None, :], x.to(ptr.dtype.element_ty),
+             mask=mask)
 
 
 @triton.jit
@@ -104,16 +111,17 @@ def _load_caption_group(words_ptr, lengths_ptr, cap0, Bc, D, L, offs_d, offs_t, 
     n = tl.load(lengths_ptr + caps, mask=cap_ok, other=1).to(tl.int32)
     n = tl.minimum(tl.maximum(n, 1), L)
     t_ok = (offs_t[None, :] < n[:, None]) & cap_ok[:, None]                        # [G, BL]
-    # padded word slots are never read: garbage or NaN there cannot reach any output
-    e = _load_tiles(words_ptr, caps, _tile_mask(t_ok, d_ok), offs_d, offs_t, D, L, GROUP, BLOCK_D,
+    e = _load_tiles(words_ptr, caps, _rows_mask(cap_ok, d_ok), offs_d, offs_t, D, GROUP, BLOCK_D,
                     BLOCK_L)
+    # padded word slots are read whole but zeroed: garbage or NaN there cannot reach any output
+    e = tl.where(tl.reshape(t_ok, (GROUP * BLOCK_L,))[None, :], e, 0.0)
     return e, caps, cap_ok, t_ok
 
 
 @triton.jit
-def _tile_mask(t_ok, d_ok):
-    """Mask `[GROUP, BD, BL]` of the real word slots t_ok `[GROUP, BL]` of D-long columns."""
-    return t_ok[:, None, :] & d_ok[None, :, None]
+def _rows_mask(cap_ok, d_ok):
+    """Mask `[GROUP, BD, 1]` of the D-long rows of the captions that exist."""
+    return cap_ok[:, None, None] & d_ok[None, :, None]
 
 
 @triton.jit
@@ -141,7 +149,7 @@ def _word_softmax(s, t_ok, GROUP: tl.constexpr, BLOCK_L: tl.constexpr):
 @triton.jit
 def _damsm_word_similarity_fwd_kernel(
     words_ptr, lengths_ptr, regions_ptr, sim_ptr, grad_s_ptr, grad_ctx_ptr, direct_ptr, stats_ptr,
-    Bc, D, L, R, gamma1, gamma2,
+    Bc, D, L, R, R_STRIDE, gamma1, gamma2,
     SAVE_STATS: tl.constexpr, GROUP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     BLOCK_R: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -154,15 +162,16 @@ def _damsm_word_similarity_fwd_kernel(
     e, caps, cap_ok, t_ok2 = _load_caption_group(words_ptr, lengths_ptr, tl.program_id(0) * GROUP,
                                                  Bc, D, L, offs_d, offs_t, d_ok, GROUP, BLOCK_D, BLOCK_L)
     t_ok = tl.reshape(t_ok2, (GROUP * BLOCK_L,))
-    v_base = regions_ptr + tl.cast(img, tl.int64) * D * R
+    v_base = regions_ptr + tl.cast(img, tl.int64) * D * R_STRIDE
 
     m = tl.full([GROUP * BLOCK_L], float("-inf"), tl.float32)  # running max of gamma1 * P over regions
     l = tl.zeros([GROUP * BLOCK_L], dtype=tl.float32)           # running sum of exp(gamma1 * P - m)
     acc = tl.zeros([BLOCK_D, GROUP * BLOCK_L], dtype=tl.float32)  # running unnormalised context
     for r0 in range(0, R, BLOCK_R):
         r_ok = (r0 + offs_r) < R
-        vt = tl.load(v_base + offs_d[None, :] * R + (r0 + offs_r)[:, None],
-                     mask=r_ok[:, None] & d_ok[None, :], other=0.0)                 # [BR, BD]
+        # masked up to the aligned row end (zeros past R), so that whole vectors load
+        vt = tl.load(v_base + offs_d[None, :] * R_STRIDE + (r0 + offs_r)[:, None],
+                     mask=((r0 + offs_r) < R_STRIDE)[:, None] & d_ok[None, :], other=0.0)  # [BR, BD]
         s = tl.dot(vt, e, input_precision=DOT_PRECISION)                            # [BR, G*BL]
         # padded regions drop out of the softmax over regions; padded words have P = 0, a
         # finite value, so their (unused) columns never produce NaN
@@ -198,11 +207,12 @@ def _damsm_word_similarity_fwd_kernel(
         coef_b = tl.where(clamped, 0.0, -g_r * rt / tl.where(clamped, 1.0, cc))
         coef_bw = tl.where(clamped, 0.0, -g_r * rt / tl.where(clamped, 1.0, ee))
         delta = coef_a * ec + coef_b * cc      # gc . c with gc = A e + B c, from the sums at hand
-        real = _tile_mask(t_ok2, d_ok)
+        # whole rows, 0 at padded word slots (A = B = Bw = 0 there), so the loads need no word mask
+        real = _rows_mask(cap_ok, d_ok)
         _store_tiles(grad_ctx_ptr, coef_a[None, :] * ef + coef_b[None, :] * c, pair, real,
-                     offs_d, offs_t, D, L, GROUP, BLOCK_D, BLOCK_L)                 # gc
+                     offs_d, offs_t, D, GROUP, BLOCK_D, BLOCK_L)                    # gc
         _store_tiles(direct_ptr, coef_a[None, :] * c + coef_bw[None, :] * ef, pair, real,
-                     offs_d, offs_t, D, L, GROUP, BLOCK_D, BLOCK_L)                 # ge(direct)
+                     offs_d, offs_t, D, GROUP, BLOCK_D, BLOCK_L)                    # ge(direct)
         stats = stats_ptr + pair[:, None] * 2 * BLOCK_L + offs_t[None, :]            # [G, BL]
         tl.store(stats, tl.reshape(m + tl.log(l), (GROUP, BLOCK_L)), mask=cap_ok[:, None])
         tl.store(stats + BLOCK_L, tl.reshape(delta, (GROUP, BLOCK_L)), mask=cap_ok[:, None])
@@ -235,7 +245,7 @@ def _load_pair_stats(stats_ptr, pair, cap_ok, offs_t, GROUP: tl.constexpr, BLOCK
 @triton.jit
 def _damsm_word_similarity_bwd_kernel(
     words_ptr, lengths_ptr, regions_ptr, grad_ctx_ptr, stats_ptr, grad_regions_ptr,
-    Bc, D, L, R, gamma1,
+    Bc, D, L, R, R_STRIDE, gamma1,
     GROUP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_R: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
@@ -248,14 +258,15 @@ def _damsm_word_similarity_bwd_kernel(
     d_ok = offs_d < D
     r_ok = offs_r < R
     v_mask = r_ok[:, None] & d_ok[None, :]
-    vt = tl.load(regions_ptr + tl.cast(img, tl.int64) * D * R + offs_d[None, :] * R + offs_r[:, None],
-                 mask=v_mask, other=0.0)                                            # [BR, BD]
+    vt = tl.load(regions_ptr + tl.cast(img, tl.int64) * D * R_STRIDE + offs_d[None, :] * R_STRIDE
+                 + offs_r[:, None], mask=(offs_r < R_STRIDE)[:, None] & d_ok[None, :],
+                 other=0.0)                                                         # [BR, BD]
     acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
     for cap0 in range(0, Bc, GROUP):
         e, caps, cap_ok, t_ok = _load_caption_group(words_ptr, lengths_ptr, cap0, Bc, D, L,
                                                     offs_d, offs_t, d_ok, GROUP, BLOCK_D, BLOCK_L)
         pair = tl.cast(img, tl.int64) * Bc + caps
-        gc = _load_tiles(grad_ctx_ptr, pair, _tile_mask(t_ok, d_ok), offs_d, offs_t, D, L, GROUP,
+        gc = _load_tiles(grad_ctx_ptr, pair, _rows_mask(cap_ok, d_ok), offs_d, offs_t, D, GROUP,
                          BLOCK_D, BLOCK_L)
         lse, delta = _load_pair_stats(stats_ptr, pair, cap_ok, offs_t, GROUP, BLOCK_L)
         alpha, gs = _pair_backward_tile(vt, e, gc, r_ok, tl.reshape(t_ok, (GROUP * BLOCK_L,)), lse,
@@ -270,7 +281,7 @@ def _damsm_word_similarity_bwd_kernel(
 @triton.jit
 def _damsm_word_similarity_bwd_words_kernel(
     words_ptr, lengths_ptr, regions_ptr, grad_ctx_ptr, direct_ptr, stats_ptr, partial_ptr,
-    Bi, Bc, D, L, R, gamma1, IMAGES_PER_PROGRAM,
+    Bi, Bc, D, L, R, R_STRIDE, gamma1, IMAGES_PER_PROGRAM,
     GROUP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_R: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
@@ -289,21 +300,20 @@ def _damsm_word_similarity_bwd_words_kernel(
     img_stop = tl.minimum(img_start + IMAGES_PER_PROGRAM, Bi)
     for img in range(img_start, img_stop):
         pair = tl.cast(img, tl.int64) * Bc + caps
-        real = _tile_mask(t_ok2, d_ok)
-        acc += _load_tiles(direct_ptr, pair, real, offs_d, offs_t, D, L, GROUP, BLOCK_D, BLOCK_L)
-        gc = _load_tiles(grad_ctx_ptr, pair, real, offs_d, offs_t, D, L, GROUP, BLOCK_D, BLOCK_L)
+        rows = _rows_mask(cap_ok, d_ok)
+        acc += _load_tiles(direct_ptr, pair, rows, offs_d, offs_t, D, GROUP, BLOCK_D, BLOCK_L)
+        gc = _load_tiles(grad_ctx_ptr, pair, rows, offs_d, offs_t, D, GROUP, BLOCK_D, BLOCK_L)
         lse, delta = _load_pair_stats(stats_ptr, pair, cap_ok, offs_t, GROUP, BLOCK_L)
-        v_base = regions_ptr + tl.cast(img, tl.int64) * D * R
+        v_base = regions_ptr + tl.cast(img, tl.int64) * D * R_STRIDE
         for r0 in range(0, R, BLOCK_R):
             r_ok = (r0 + offs_r) < R
-            vt = tl.load(v_base + offs_d[None, :] * R + (r0 + offs_r)[:, None],
-                         mask=r_ok[:, None] & d_ok[None, :], other=0.0)
+            vt = tl.load(v_base + offs_d[None, :] * R_STRIDE + (r0 + offs_r)[:, None],
+                         mask=((r0 + offs_r) < R_STRIDE)[:, None] & d_ok[None, :], other=0.0)
             alpha, gs = _pair_backward_tile(vt, e, gc, r_ok, t_ok, lse, delta, gamma1, GROUP, BLOCK_L,
                                             DOT_PRECISION)
             acc += tl.dot(tl.trans(vt), gs.to(vt.dtype), input_precision=DOT_PRECISION)  # [BD, G*BL]
-    _store_tiles(partial_ptr, acc, tl.cast(blk, tl.int64) * Bc + caps,
-                 cap_ok[:, None, None] & d_ok[None, :, None] & (offs_t < L)[None, None, :],
-                 offs_d, offs_t, D, L, GROUP, BLOCK_D, BLOCK_L)
+    _store_tiles(partial_ptr, acc, tl.cast(blk, tl.int64) * Bc + caps, _rows_mask(cap_ok, d_ok),
+                 offs_d, offs_t, D, GROUP, BLOCK_D, BLOCK_L)
 
 
 def damsm_word_similarity_supported(words: torch.Tensor, regions: torch.Tensor) -> Optional[str]:
@@ -358,25 +368,26 @@ def _check(name: str, words: torch.Tensor, lengths: torch.Tensor, regions: torch
 
 # Per kernel: (largest BLOCK_R, captions per program, num_warps, num_stages) for 16-bit inputs
 # and for fp32, whose IEEE dots run on the FMA units and need more registers. Chosen by the ptxas
-# report for sm_90 at the CUB size (D = 256, L = 18, R = 289; tests/triton_sm90.py prints it),
-# bytes spilled per thread with Triton 3.8 / 3.6 (the GPU machine's):
-#   kernel                 bf16 (with 32-region tiles)     fp32 (with 32-region tiles, 8 warps)
-#   forward                  0 / 0    (0 / 0)                  0 / 0      (120 / 96)
-#   forward + saved terms  100 / 16   -                       24 / 60     (100 / 116)
-#   regions                 88 / 92   (204 / 284)          1,616 / 1,624  (3,172 / 3,216)
-#   words                    0 / 0    (8 / 28)                80 / 80     (1,204 / 1,348)
-# The region-gradient kernel keeps a [BLOCK_R, D] fp32 accumulator and [D, L] word and
-# context-gradient tiles live across its loop over captions, hence the small region tiles. One
-# caption per program is the mapping measured on an H100 (2026-11-27, bf16, CUB size: 0.68 ms
-# forward, 3.94 ms forward and backward, products too small for the tensor cores; the backward
-# then read contexts and rebuilt gc in both gradient kernels, and spilled 1,080 bytes in the
-# region kernel with 32-region tiles); more captions per program make the products GROUP times
-# wider and read each block of regions once per group, at GROUP times the registers.
-# bench/tune_damsm_tiles.py times candidates of all four on a GPU (bench/gpu_check.sh runs it)
-# and prints the entries to put here.
-TILES = {"forward": ((32, 1, 8, 2), (16, 1, 8, 2)),
+# report for sm_90 at the CUB size (D = 256, L = 18, R = 289; tests/triton_sm90.py prints it, for
+# the kernels the JIT builds for these arguments), registers and bytes spilled per thread with
+# Triton 3.8 / 3.6 (the GPU machine's):
+#   kernel                 bf16                    fp32
+#   forward                112 / 122, no spill     128 / 168, no spill
+#   forward + saved terms  186 / 198, no spill     128 / 183, 24 / 0 bytes
+#   regions                142 / 148, no spill      64 / 64, 1,068 / 1,064 bytes (16 warps)
+#   words                  168 / 177, no spill     255 / 255, 24 / 8 bytes
+# Before the launchers aligned the rows (_aligned) every tile was loaded one element at a time,
+# and bf16 took 174-255 registers and spilled up to 92 bytes per thread at these tiles, 232-1,080
+# with wider ones. Now, in bf16, 64-region forward tiles (all products on wgmma), 32-region
+# gradient tiles and two captions per program in the gradient kernels compile without spills
+# too; the region-gradient kernel in fp32 keeps a [BLOCK_R, D] fp32 accumulator and [D, L] tiles
+# across its loop over captions, hence its spills. One caption per program with these region
+# tiles is the mapping measured on an H100 (2026-11-27, bf16, CUB size, before the aligned rows:
+# 0.68 ms forward, 3.94 ms forward and backward). bench/tune_damsm_tiles.py times candidates of
+# all four on a GPU (bench/gpu_check.sh runs it) and prints the entries to put here.
+TILES = {"forward": ((32, 1, 8, 2), (16, 1, 8, 1)),
          "regions": ((16, 1, 8, 3), (16, 1, 16, 1)),
-         "words": ((16, 1, 8, 2), (16, 1, 16, 1))}
+         "words": ((16, 1, 8, 2), (16, 1, 8, 1))}
 
 
 def tile_slot(dtype: torch.dtype) -> int:
@@ -384,15 +395,14 @@ def tile_slot(dtype: torch.dtype) -> int:
     return int(dtype == torch.float32)
 
 
-def _blocks(words: torch.Tensor, regions: torch.Tensor, kernel: str) -> dict:
+def _blocks(words: torch.Tensor, num_regions: int, kernel: str) -> dict:
     """Tile sizes (each >= 16 for tl.dot on 16-bit types) and launch options of one kernel."""
     _, dim, max_len = words.shape
-    num_regions = regions.shape[2]
     block_r, group, num_warps, num_stages = TILES[kernel][tile_slot(words.dtype)]
     return dict(
         GROUP=group,
         BLOCK_D=max(16, triton.next_power_of_2(dim)),
-        BLOCK_L=max(16, triton.next_power_of_2(max_len)),
+        BLOCK_L=_block_words(max_len),
         BLOCK_R=max(16, min(block_r, triton.next_power_of_2(num_regions))),
         DOT_PRECISION="ieee" if words.dtype == torch.float32 else "tf32",
         num_warps=num_warps if dim > 64 else 4,
@@ -400,27 +410,50 @@ def _blocks(words: torch.Tensor, regions: torch.Tensor, kernel: str) -> dict:
     )
 
 
-def _first_pass(words, lengths, regions, gamma1, gamma2, grad_s):
-    """Launch the forward kernel: (S, None, None, None), or with grad_s (S, the context gradients
-    gc and the direct word gradients, each `[Bi, Bc, D, L]` in the input dtype, the per-word
-    scalars `[Bi, Bc, 2, BLOCK_L]` fp32)."""
-    num_caps, dim, max_len = words.shape
+def _block_words(max_len: int) -> int:
+    """BLOCK_L: the word slots of a caption on chip, L rounded up to a power of two >= 16."""
+    return max(16, triton.next_power_of_2(max_len))
+
+
+def _aligned(words: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs as the kernels read them: words `[Bc, D, BLOCK_L]` and regions
+    `[Bi, D, R_STRIDE]`, R_STRIDE = R rounded up to a multiple of 16; zero-padded copies where
+    L or R is not that already (3.5 MB at the CUB size in bf16). Every row then starts 16-byte
+    aligned, which the compiler knows (the JIT specializes strides divisible by 16), so it loads
+    rows in 16-byte vectors, asynchronously, instead of one element per instruction with an
+    address register each (ptxas, sm_90, bf16, CUB size: the forward takes 131 registers instead
+    of 174; with 64-region tiles, all its products on wgmma, it spills nothing instead of 232
+    bytes). The padding is never read as data: word slots past a caption's length and regions
+    past R are masked."""
+    max_len, num_regions = words.shape[2], regions.shape[2]
+    block_l, r_stride = _block_words(max_len), triton.cdiv(num_regions, 16) * 16
+    if block_l != max_len:
+        words = torch.nn.functional.pad(words, (0, block_l - max_len))
+    if r_stride != num_regions:
+        regions = torch.nn.functional.pad(regions, (0, r_stride - num_regions))
+    return words.contiguous(), regions.contiguous()
+
+
+def _first_pass(words, lengths, regions, max_len, num_regions, gamma1, gamma2, grad_s):
+    """Launch the forward kernel on _aligned inputs of L = max_len words and R = num_regions
+    regions: (S, None, None, None), or with grad_s (S, the context gradients gc and the direct
+    word gradients, each `[Bi, Bc, D, BLOCK_L]` in the input dtype, the per-word scalars
+    `[Bi, Bc, 2, BLOCK_L]` fp32)."""
+    num_caps, dim, block_l = words.shape
     num_imgs = regions.shape[0]
-    blocks = _blocks(words, regions, "forward")
+    blocks = _blocks(words, num_regions, "forward")
     sim = torch.empty(num_imgs, num_caps, device=words.device, dtype=torch.float32)
     save = grad_s is not None
     if save:
-        grad_ctx = torch.empty(num_imgs, num_caps, dim, max_len, device=words.device,
-                               dtype=words.dtype)
-        direct = torch.empty(num_imgs, num_caps, dim, max_len, device=words.device,
-                             dtype=words.dtype)
-        stats = torch.empty(num_imgs, num_caps, _N_STATS, blocks["BLOCK_L"], device=words.device,
+        grad_ctx, direct = (torch.empty(num_imgs, num_caps, dim, block_l, device=words.device,
+                                        dtype=words.dtype) for _ in range(2))
+        stats = torch.empty(num_imgs, num_caps, _N_STATS, block_l, device=words.device,
                             dtype=torch.float32)
     else:  # never touched when SAVE_STATS is off
         grad_s = grad_ctx = direct = stats = sim
     _damsm_word_similarity_fwd_kernel[(triton.cdiv(num_caps, blocks["GROUP"]), num_imgs)](
         words, lengths, regions, sim, grad_s, grad_ctx, direct, stats,
-        num_caps, dim, max_len, regions.shape[2], float(gamma1), float(gamma2),
+        num_caps, dim, max_len, num_regions, regions.shape[2], float(gamma1), float(gamma2),
         SAVE_STATS=save, **blocks)
     return (sim, grad_ctx, direct, stats) if save else (sim, None, None, None)
 
@@ -438,8 +471,9 @@ def damsm_word_similarity_fwd(words: torch.Tensor, lengths: torch.Tensor, region
         S `[Bi, Bc]` float32 (rows images, columns captions).
     """
     _check("damsm_word_similarity_fwd", words, lengths, regions)
-    sim, _, _, _ = _first_pass(words.contiguous(), lengths.contiguous(), regions.contiguous(),
-                               gamma1, gamma2, None)
+    aligned_words, aligned_regions = _aligned(words, regions)
+    sim, _, _, _ = _first_pass(aligned_words, lengths.contiguous(), aligned_regions, words.shape[2],
+                               regions.shape[2], gamma1, gamma2, None)
     return sim
 
 
@@ -464,28 +498,32 @@ def damsm_word_similarity_bwd(grad_s: torch.Tensor, words: torch.Tensor, lengths
                          f"got {got}")
     if grad_s.device != words.device:
         raise ValueError(f"{name}: grad_s is on {grad_s.device} but the inputs are on {words.device}")
-    words, lengths, regions = words.contiguous(), lengths.contiguous(), regions.contiguous()
-    grad_s = grad_s.to(torch.float32).contiguous()
     num_caps, dim, max_len = words.shape
     num_imgs, _, num_regions = regions.shape
-    _, grad_ctx, direct, stats = _first_pass(words, lengths, regions, gamma1, gamma2, grad_s)
+    lengths, grad_s = lengths.contiguous(), grad_s.to(torch.float32).contiguous()
+    words, regions = _aligned(words, regions)
+    r_stride = regions.shape[2]
+    _, grad_ctx, direct, stats = _first_pass(words, lengths, regions, max_len, num_regions,
+                                             gamma1, gamma2, grad_s)
 
-    grad_regions = torch.empty_like(regions)
-    blocks = _blocks(words, regions, "regions")
+    grad_regions = torch.empty(num_imgs, dim, num_regions, device=words.device, dtype=words.dtype)
+    blocks = _blocks(words, num_regions, "regions")
     _damsm_word_similarity_bwd_kernel[(triton.cdiv(num_regions, blocks["BLOCK_R"]), num_imgs)](
         words, lengths, regions, grad_ctx, stats, grad_regions,
-        num_caps, dim, max_len, num_regions, float(gamma1), **blocks)
+        num_caps, dim, max_len, num_regions, r_stride, float(gamma1), **blocks)
 
     if not need_words_grad:
         return words.new_empty(0), grad_regions
-    blocks = _blocks(words, regions, "words")
+    blocks = _blocks(words, num_regions, "words")
     caption_groups = triton.cdiv(num_caps, blocks["GROUP"])
     # enough programs to fill the GPU (about 2 per SM of an H100), few partials to sum
     n_blocks = max(1, min(num_imgs, triton.cdiv(264, caption_groups)))
     images_per_program = triton.cdiv(num_imgs, n_blocks)
     n_blocks = triton.cdiv(num_imgs, images_per_program)
-    partial = torch.empty(n_blocks, num_caps, dim, max_len, device=words.device, dtype=torch.float32)
+    partial = torch.empty(n_blocks, num_caps, dim, words.shape[2], device=words.device,
+                          dtype=torch.float32)
     _damsm_word_similarity_bwd_words_kernel[(caption_groups, n_blocks)](
         words, lengths, regions, grad_ctx, direct, stats, partial,
-        num_imgs, num_caps, dim, max_len, num_regions, float(gamma1), images_per_program, **blocks)
-    return partial.sum(dim=0).to(words.dtype), grad_regions
+        num_imgs, num_caps, dim, max_len, num_regions, r_stride, float(gamma1), images_per_program,
+        **blocks)
+    return partial[..., :max_len].sum(dim=0).to(words.dtype), grad_regions

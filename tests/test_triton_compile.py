@@ -56,9 +56,9 @@ def test_every_triton_kernel_compiles_for_sm90(python):
                 and line["case"].split()[1] in ("cub", "coco") and line["spill_bytes"] > 0]
     assert not spilling, f"Triton {header['triton']}: register spills in {spilling[0]}"
     # The DAMSM kernels keep [D, L] tiles across their loops; their tiles were chosen by these
-    # reports (kernels/damsm.py, TILES). At the CUB size about 100 bytes per thread for 16-bit
-    # inputs and ~1.6 KB for fp32 are what the best tiles found leave (they were 1 KB and 12.8 KB).
-    limit = {"bf16": 128, "fp32": 2048}
+    # reports (kernels/damsm.py, TILES). At the CUB size none spills in bf16, and in fp32 the
+    # region gradient leaves about 1 KB per thread (with the first tiles 1 KB and 12.8 KB).
+    limit = {"bf16": 0, "fp32": 1536}
     spilling = [line for line in launches if "damsm" in line["kernel"]
                 and line["case"].split()[1] == "cub"
                 and line["spill_bytes"] > limit[line["case"].split()[2]]]

@@ -9,7 +9,8 @@ in that Python, e.g. one with the Triton version of the GPU machine):
 
 The real launchers (kernels/damsm.py, kernels/word_attention.py) are called on CPU tensors of
 the project's sizes, with each kernel's `run` replaced by a recorder, so the tile sizes,
-constexpr flags and num_warps are exactly what a GPU run would use; each recorded launch is then
+constexpr flags, num_warps and the JIT's specializations of the arguments (16-byte aligned
+pointers, integers divisible by 16) are exactly what a GPU run would use; each recorded launch is then
 compiled by triton.compile for GPUTarget("cuda", 90, 32) down to a cubin with the ptxas Triton
 ships, and ptxas -v reports its registers and spilled bytes. This proves the kernels pass
 Triton's front end, its GPU lowering (tl.dot shape and layout rules the interpreter never
@@ -54,27 +55,37 @@ _OPTIONS = ("num_warps", "num_stages")
 
 
 def _signature(kernel, args, kwargs):
-    """(signature, constexprs, options) of one launch, as triton.compile takes them."""
-    signature, constexprs = {}, {}
+    """(signature, constexprs, attrs, options) of one launch, as triton.compile takes them. attrs
+    are the specializations the JIT would make for these arguments: a pointer 16-byte aligned or
+    an integer divisible by 16 is compiled as such (tt.divisibility), which decides whether the
+    compiler may vectorize loads, so the registers reported are those of the kernel a GPU runs."""
+    signature, constexprs, attrs = {}, {}, {}
     values = dict(zip(kernel.arg_names, args), **{k: v for k, v in kwargs.items()
                                                   if k not in _OPTIONS})
-    for param in kernel.params:
+    for index, param in enumerate(kernel.params):
         value = values[param.name]
         if param.is_constexpr:
             signature[param.name] = "constexpr"
             constexprs[param.name] = value
-        elif isinstance(value, torch.Tensor):
+            continue
+        if isinstance(value, torch.Tensor):
             signature[param.name] = "*" + _TYPES[value.dtype]
+            aligned = value.data_ptr() % 16 == 0
         elif isinstance(value, bool):
             signature[param.name] = "i1"
+            aligned = False
         elif isinstance(value, int):
             signature[param.name] = "i32" if -2 ** 31 <= value < 2 ** 31 else "i64"
+            aligned = value % 16 == 0
         elif isinstance(value, float):
             signature[param.name] = "fp32"
+            aligned = False
         else:
             raise TypeError(f"{kernel.__name__}: argument {param.name} of type {type(value)}")
+        if aligned and not param.do_not_specialize:
+            attrs[(index,)] = [["tt.divisibility", 16]]
     options = {k: kwargs[k] for k in _OPTIONS if k in kwargs}
-    return signature, constexprs, options
+    return signature, constexprs, attrs, options
 
 
 def ptxas_usage(ptx: str) -> dict:
@@ -162,12 +173,12 @@ def _word_attention_cases():
 def main() -> int:
     failures = 0
     for case, kernels, call in [*_damsm_cases(), *_word_attention_cases()]:
-        for kernel, (signature, constexprs, options) in record_launches(kernels, call):
+        for kernel, (signature, constexprs, attrs, options) in record_launches(kernels, call):
             flags = {k: v for k, v in constexprs.items() if not k.startswith("BLOCK_")}
             line = dict(case=case, kernel=kernel.__name__, flags=flags, options=options,
                         blocks={k: v for k, v in constexprs.items() if k.startswith("BLOCK_")})
             try:
-                compiled = triton.compile(ASTSource(kernel, signature, constexprs),
+                compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs),
                                           target=H100, options=options)
                 line.update(ok=True, cubin_bytes=len(compiled.asm["cubin"]),
                             shared_bytes=compiled.metadata.shared,
