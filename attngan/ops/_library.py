@@ -22,6 +22,25 @@ from torch import Tensor
 from attngan import backend
 
 FUSED_BACKENDS = ("cpp", "triton", "cuda")
+# Backends whose custom op checks the caption lengths itself, in its forward (check_lengths): the
+# check reads the values, a host synchronisation on a GPU, so each op call pays it once, there,
+# eagerly or inside a torch.compile graph, and its backward (same lengths) not again. The
+# kernels clamp lengths into [1, L] besides, so no value can make them read out of bounds. The
+# C++ kernel checks lengths in C++ (CPU memory, no synchronisation); callers check the rest.
+CHECKS_LENGTHS = ("triton", "cuda")
+
+
+def check_lengths(op: str, lengths: Tensor, num_words: int) -> None:
+    """Raise one ValueError unless every caption length is in 1..L = 1..num_words (one host
+    synchronisation for a GPU tensor: both extremes come back in one copy). Skipped while a CUDA
+    graph is captured, which forbids synchronising: the kernels' clamp keeps a replay in bounds."""
+    if lengths.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    low, high = torch.stack(torch.aminmax(lengths)).tolist()
+    if low < 1 or high > num_words:
+        raise ValueError(f"{op}: every length must be in 1..L = 1..{num_words}, got min {low}, "
+                         f"max {high}: a caption needs at least one word, and lengths must be "
+                         f"<= L, the word slots of words.shape[2]")
 
 
 def _compiled_ops():
@@ -51,6 +70,8 @@ def _register_damsm_word_similarity(impl: str):
     @torch.library.custom_op(name, mutates_args=())
     def forward(words: Tensor, lengths: Tensor, regions: Tensor, gamma1: float,
                 gamma2: float) -> Tensor:
+        if impl in CHECKS_LENGTHS:
+            check_lengths("damsm_word_similarity", lengths, words.shape[2])
         launch, _ = _launchers("damsm", "damsm_word_similarity", impl)
         return launch(words.contiguous(), lengths.contiguous(), regions.contiguous(), gamma1, gamma2)
 
@@ -109,6 +130,8 @@ def _register_word_attention(impl: str):
     @torch.library.custom_op(name, mutates_args=())
     def forward(query: Tensor, words: Tensor, lengths: Tensor, return_attn: bool,
                 concat: bool) -> tuple[Tensor, Tensor]:
+        if impl in CHECKS_LENGTHS:
+            check_lengths("word_attention", lengths, words.shape[2])
         launch, _ = _launchers("word_attention", "word_attention", impl)
         return launch(query.contiguous(), words.contiguous(), lengths.contiguous(), return_attn,
                       concat)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from attngan import backend
 from attngan.ops import reference
-from attngan.ops._library import damsm_word_similarity_ops
+from attngan.ops._library import CHECKS_LENGTHS, check_lengths, damsm_word_similarity_ops
 
 __all__ = ["damsm_word_similarity", "damsm_word_loss", "damsm_sentence_loss"]
 
@@ -71,14 +71,6 @@ def _check_inputs(words, lengths, regions) -> None:
     if words.numel() == 0 or regions.numel() == 0:
         raise ValueError(f"damsm_word_similarity: empty input (words {tuple(words.shape)}, "
                          f"regions {tuple(regions.shape)}); every size must be at least 1")
-    # A data-dependent check (one host sync, like the original's cap_lens.tolist()). Skipped
-    # while torch.compile traces; the C++ kernel checks the lengths again itself.
-    if not torch.compiler.is_compiling():
-        num_words = words.shape[2]
-        if bool(((lengths < 1) | (lengths > num_words)).any()):
-            raise ValueError(f"damsm_word_similarity: every length must be in 1..L = "
-                             f"1..{num_words}, got min {int(lengths.min())}, max "
-                             f"{int(lengths.max())} (a caption needs at least one word)")
 
 
 # Largest D and L of the CUDA kernel (kDamsmMaxDim, kDamsmMaxWords in csrc/cuda/damsm_kernel.h:
@@ -152,6 +144,11 @@ def damsm_word_similarity(words: torch.Tensor, lengths: torch.Tensor, regions: t
         regions = regions.flatten(2)                                              # [Bi, D, R]
     dtype = torch.promote_types(words.dtype, regions.dtype)
     impl = _choose_impl(words.device, impl, dtype, _shape_reasons(words, regions))
+    if impl not in CHECKS_LENGTHS and not torch.compiler.is_compiling():
+        # The GPU ops check the lengths inside (the one host synchronisation of a call); here a
+        # data-dependent check would break a torch.compile graph, where the C++ kernel's own
+        # check stands in.
+        check_lengths("damsm_word_similarity", lengths, words.shape[2])
     with torch.autocast(device_type=words.device.type, enabled=False):
         if impl in ("loop", "reference"):
             compute = torch.float64 if dtype == torch.float64 else torch.float32

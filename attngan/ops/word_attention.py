@@ -30,7 +30,7 @@ from typing import Optional, Union
 import torch
 
 from attngan import backend
-from attngan.ops._library import word_attention_ops
+from attngan.ops._library import CHECKS_LENGTHS, check_lengths, word_attention_ops
 from attngan.ops.reference import word_attention_reference
 
 __all__ = ["word_attention", "word_attention_reference", "MAX_CHANNELS", "MAX_WORDS"]
@@ -78,17 +78,6 @@ def _check_inputs(query: torch.Tensor, words: torch.Tensor, lengths: torch.Tenso
     if lengths.device != query.device:
         raise ValueError(f"word_attention: lengths is on {lengths.device} but query on {query.device}; "
                          f"move lengths to {query.device}")
-
-
-def _check_lengths(lengths: torch.Tensor, max_words: int) -> None:
-    """Every caption needs 1..L words: 0 would make an all -inf softmax, > L reads past the words."""
-    low, high = int(lengths.min()), int(lengths.max())
-    if low < 1:
-        raise ValueError(f"word_attention: a caption length is {low}; every caption needs at least "
-                         f"one word (drop empty captions before the generator)")
-    if high > max_words:
-        raise ValueError(f"word_attention: a caption length is {high} but words hold only L={max_words} "
-                         f"slots; lengths must be <= words.shape[2]")
 
 
 def _cuda_padded_words(num_words: int) -> int:
@@ -159,11 +148,13 @@ def word_attention(query: torch.Tensor, words: torch.Tensor, lengths: torch.Tens
     """
     _check_inputs(query, words, lengths)
     query, words = _precision(query, words)
-    if not torch.compiler.is_compiling():
-        # A data-dependent check: skipped inside torch.compile graphs, where it would force a break.
-        _check_lengths(lengths, words.shape[2])
     lengths = lengths.long()
     chosen = _choose(str(query.device), impl, words.shape[1], words.shape[2], query.dtype)
+    if chosen not in CHECKS_LENGTHS and not torch.compiler.is_compiling():
+        # The GPU ops check the lengths inside (the one host synchronisation of a call); here a
+        # data-dependent check would break a torch.compile graph, where the C++ kernel's own
+        # check stands in.
+        check_lengths("word_attention", lengths, words.shape[2])
     if chosen == "reference":
         with torch.autocast(query.device.type, enabled=False):
             result = word_attention_reference(query, words, lengths, return_attn=return_attn)
