@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import yaml
 
@@ -118,11 +118,15 @@ class GANConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Things about a run that are not the model: seed, device, kernels, threads."""
+    """Things about a run that are not the model: seed, device, kernels, threads, precision."""
     seed: int = 0
     device: str = "auto"                  # "auto", "cpu", "cuda", "cuda:1", ...
     impl: str = "auto"                    # kernel implementation for the hot ops
     threads: int = 0                      # torch.set_num_threads (0: leave torch's default)
+    # Training steps' forward passes under torch.autocast in bfloat16 ("bf16": tensor cores on a
+    # GPU, AMX on a recent Xeon; weights, optimizer state and the losses' reductions stay
+    # float32, and bfloat16 needs no loss scaling) or wholly in float32 (the paper's setting).
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,12 @@ def _type_name(annotation: Any) -> str:
 def _convert(value: Any, annotation: Any, key: str) -> Any:
     """Check `value` against `annotation` and return it in the dataclass's form."""
     origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' must be one of "
+                              f"{', '.join(repr(choice) for choice in choices)}, got {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
         if value is None and type(None) in options:

@@ -4,14 +4,17 @@ What a user of the project feels: the time of `GANTrainer.step` (the discriminat
 generator forward and backward with word attention at every attention stage, and the DAMSM loss
 of the final image through the frozen encoders) with `run.impl` set to "reference" and to each
 fused implementation, on one random batch (random encoders, random images and captions of
-the preset's sizes; timing does not depend on the values). Reported: median ms per step,
-images per second, and the speed-up over the reference, measured in the same run.
+the preset's sizes; timing does not depend on the values), in float32 and, with --precisions,
+under bfloat16 autocast (`run.precision`). Reported: median ms per step, images per second, and
+the speed-up over the first row (the reference ops in the first precision), measured in the
+same run.
 
 Presets: "shapes" (configs/shapes.yaml, the CPU demo) and "cub" (configs/birds.yaml: 64/128/256
 images, batch 20, Inception-v3 DAMSM image encoder with random weights: a GPU size).
 
     python bench/bench_train_step.py [--preset shapes|cub] [--device cpu|cuda]
-                                     [--impls reference,auto] [--record]
+                                     [--impls reference,auto] [--precisions fp32,bf16]
+                                     [--record]
     pytest bench/bench_train_step.py   (pytest-benchmark, the shapes preset)
 """
 from __future__ import annotations
@@ -39,9 +42,10 @@ PRESETS = {
 VOCAB_SIZE = 5000
 
 
-def preset_config(preset: str, impl: str, device: torch.device) -> Config:
+def preset_config(preset: str, impl: str, device: torch.device, precision: str = "fp32") -> Config:
     path, overrides = PRESETS[preset]
-    return load_config(ROOT / path, [*overrides, f"run.impl={impl}", f"run.device={device}"])
+    return load_config(ROOT / path, [*overrides, f"run.impl={impl}", f"run.device={device}",
+                                     f"run.precision={precision}"])
 
 
 def random_batch(config: Config, device: torch.device, seed: int = 0) -> dict:
@@ -67,9 +71,9 @@ def make_trainer(config: Config, device: torch.device) -> GANTrainer:
     return GANTrainer(config, text_encoder, image_encoder, device)
 
 
-def training_step(preset: str, impl: str, device: torch.device):
+def training_step(preset: str, impl: str, device: torch.device, precision: str = "fp32"):
     """One call of it trains one step of the preset with `impl` on a fixed random batch."""
-    config = preset_config(preset, impl, device)
+    config = preset_config(preset, impl, device, precision)
     trainer, batch = make_trainer(config, device), random_batch(config, device)
     return lambda: trainer.step(batch)
 
@@ -80,29 +84,35 @@ def main() -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--impls", default="reference,auto",
                         help="comma list of run.impl values; the first is the baseline")
+    parser.add_argument("--precisions", default="fp32",
+                        help="comma list of run.precision values (fp32, bf16), each run with "
+                             "every impl; the first with the first impl is the baseline")
     parser.add_argument("--min-time", type=float, default=3.0,
                         help="seconds of timed steps per implementation")
     parser.add_argument("--record", action="store_true", help="write bench/results/")
     args = parser.parse_args()
     device = torch.device(args.device)
-    impls = args.impls.split(",")
-    batch = preset_config(args.preset, impls[0], device).gan.batch_size
+    impls, precisions = args.impls.split(","), args.precisions.split(",")
+    batch = preset_config(args.preset, impls[0], device, precisions[0]).gan.batch_size
     rows = []
-    for impl in impls:
-        seconds = median_seconds(training_step(args.preset, impl, device), device, args.min_time)
-        rows.append({"preset": args.preset, "impl": impl, "ms": 1e3 * seconds,
-                     "images_per_s": batch / seconds})
-        print(f"  {impl}: {1e3 * seconds:.1f} ms/step", flush=True)
+    for precision in precisions:
+        for impl in impls:
+            seconds = median_seconds(training_step(args.preset, impl, device, precision), device,
+                                     args.min_time)
+            rows.append({"preset": args.preset, "impl": impl, "precision": precision,
+                         "ms": 1e3 * seconds, "images_per_s": batch / seconds})
+            print(f"  {impl} {precision}: {1e3 * seconds:.1f} ms/step", flush=True)
     info = machine(device)
     lines = [f"# AttnGAN training step, preset {args.preset}, {device.type}, "
              f"{info['date_utc']} UTC", "", *machine_lines(info),
              f"- batch {batch}; random encoders and data; median of "
              f"steps over {args.min_time:g} s per implementation", "",
-             "| run.impl | ms / step | images / s | speed-up vs " + impls[0] + " |",
-             "|---|---|---|---|"]
+             f"| run.impl | run.precision | ms / step | images / s | speed-up vs {impls[0]} "
+             f"{precisions[0]} |",
+             "|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['impl']} | {row['ms']:.1f} | {row['images_per_s']:.1f} | "
-                     f"{rows[0]['ms'] / row['ms']:.2f}x |")
+        lines.append(f"| {row['impl']} | {row['precision']} | {row['ms']:.1f} | "
+                     f"{row['images_per_s']:.1f} | {rows[0]['ms'] / row['ms']:.2f}x |")
     text = "\n".join(lines) + "\n"
     publish(f"train_step-{args.preset}", info, rows, text, args.record)
     return 0

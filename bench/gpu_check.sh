@@ -165,8 +165,8 @@ if [[ -n $SANITIZER ]]; then
 else
   STEPS+=("sanitizer|skipped (no compute-sanitizer)|0")
 fi
-step bench_train_step 90 "$PY" bench/bench_train_step.py --preset cub --device cuda \
-  --impls reference,auto,cuda --min-time 2 --record
+step bench_train_step 150 "$PY" bench/bench_train_step.py --preset cub --device cuda \
+  --impls reference,auto,cuda --precisions fp32,bf16 --min-time 2 --record
 
 # Results: bench/results/<date>-<gpu>.md and .json (machine, versions, commit, steps, log tails).
 RESULT=$(STAMP=$STAMP LOGS=$LOGS START=$START "$PY" - "${STEPS[@]}" <<'EOF'

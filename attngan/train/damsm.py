@@ -34,7 +34,7 @@ from attngan.ops.damsm import damsm_sentence_loss, damsm_word_loss, damsm_word_s
 from attngan.train.checkpoint import (CheckpointError, load_checkpoint,
                                       require_same_vocabulary, rng_state, save_checkpoint,
                                       set_rng_state)
-from attngan.train.runtime import prepare_run
+from attngan.train.runtime import prepare_run, training_autocast
 
 CHECKPOINT_NAME = "damsm_last.pt"
 
@@ -177,7 +177,8 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
             bar = tqdm(loader, desc=f"DAMSM epoch {epoch + 1}/{settings.epochs}",
                        disable=not progress, leave=False)
             for batch in bar:
-                losses = damsm_losses(text_encoder, image_encoder, batch, config, device)
+                with training_autocast(config, device):
+                    losses = damsm_losses(text_encoder, image_encoder, batch, config, device)
                 optimizer.zero_grad(set_to_none=True)
                 losses["loss"].backward()
                 torch.nn.utils.clip_grad_norm_(text_encoder.parameters(), settings.grad_clip)

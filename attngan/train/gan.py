@@ -43,7 +43,7 @@ from attngan.train.damsm import load_damsm, resolve_damsm_checkpoint
 from attngan.train.ema import EMA
 from attngan.train.losses import (damsm_generator_loss, discriminator_loss,
                                   generator_adversarial_loss, kl_loss)
-from attngan.train.runtime import prepare_run
+from attngan.train.runtime import prepare_run, training_autocast
 from attngan.viz import save_image_grid
 
 __all__ = ["GANTrainer", "train_gan", "load_gan", "generate", "resolve_gan_checkpoint",
@@ -102,28 +102,32 @@ class GANTrainer:
         reals = [image.to(device) for image in batch["images"]]
         self.netG.train()
         self.netsD.train()
-        with torch.no_grad():
+        with torch.no_grad(), training_autocast(config, device):
             words, sentence = self.text_encoder(captions, lengths)       # [B, D, L], [B, D]
         noise = torch.randn(captions.shape[0], config.gan.z_dim, device=device)
-        fakes, _, mu, logvar = self.netG(noise, sentence, words, lengths, return_attention=False)
+        with training_autocast(config, device):
+            fakes, _, mu, logvar = self.netG(noise, sentence, words, lengths,
+                                             return_attention=False)
 
         losses: dict[str, torch.Tensor] = {}
         for i, (net, optimizer, real, fake) in enumerate(
                 zip(self.netsD, self.optimizers_d, reals, fakes, strict=True)):
             optimizer.zero_grad(set_to_none=True)
-            loss = discriminator_loss(net, real, fake.detach(), sentence)
+            with training_autocast(config, device):
+                loss = discriminator_loss(net, real, fake.detach(), sentence)
             loss.backward()
             optimizer.step()
             losses[f"d{i}"] = loss.detach()
 
         self.netsD.requires_grad_(False)
-        adversarial = generator_adversarial_loss(self.netsD, fakes, sentence)
-        damsm = damsm_generator_loss(
-            self.image_encoder, fakes[-1], words, sentence, lengths, class_ids,
-            gamma1=config.damsm.gamma1, gamma2=config.damsm.gamma2, gamma3=config.damsm.gamma3,
-            impl=config.run.impl)
-        kl = kl_loss(mu, logvar)
-        total = adversarial + config.gan.lambda_damsm * sum(damsm.values()) + kl
+        with training_autocast(config, device):
+            adversarial = generator_adversarial_loss(self.netsD, fakes, sentence)
+            damsm = damsm_generator_loss(
+                self.image_encoder, fakes[-1], words, sentence, lengths, class_ids,
+                gamma1=config.damsm.gamma1, gamma2=config.damsm.gamma2,
+                gamma3=config.damsm.gamma3, impl=config.run.impl)
+            kl = kl_loss(mu, logvar)
+            total = adversarial + config.gan.lambda_damsm * sum(damsm.values()) + kl
         self.optimizer_g.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer_g.step()

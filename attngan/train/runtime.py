@@ -1,4 +1,5 @@
-"""Run set-up shared by every training and evaluation entry point: device, threads, seeds."""
+"""Run set-up shared by every training and evaluation entry point: device, threads, seeds, and
+the precision of training steps."""
 from __future__ import annotations
 
 import random
@@ -31,3 +32,11 @@ def prepare_run(config: Config) -> torch.device:
     np.random.seed(config.run.seed)
     torch.manual_seed(config.run.seed)
     return resolve_device(config.run.device)
+
+
+def training_autocast(config: Config, device: torch.device) -> torch.autocast:
+    """A fresh autocast context for the forward passes of a training step: bfloat16 with
+    run.precision = "bf16" (matrix products and convolutions in bfloat16, what autocast keeps in
+    float32, such as the losses, in float32), off with "fp32". Backward passes and optimizer
+    steps run outside it, on the float32 weights."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.run.precision == "bf16")
