@@ -295,12 +295,12 @@ def _damsm_word_similarity_bwd_words_kernel(
     e, caps, cap_ok, t_ok2 = _load_caption_group(words_ptr, lengths_ptr, cap0, Bc, D, L, offs_d,
                                                  offs_t, d_ok, GROUP, BLOCK_D, BLOCK_L)
     t_ok = tl.reshape(t_ok2, (GROUP * BLOCK_L,))
+    rows = _rows_mask(cap_ok, d_ok)
     acc = tl.zeros([BLOCK_D, GROUP * BLOCK_L], dtype=tl.float32)
     img_start = blk * IMAGES_PER_PROGRAM
     img_stop = tl.minimum(img_start + IMAGES_PER_PROGRAM, Bi)
     for img in range(img_start, img_stop):
         pair = tl.cast(img, tl.int64) * Bc + caps
-        rows = _rows_mask(cap_ok, d_ok)
         acc += _load_tiles(direct_ptr, pair, rows, offs_d, offs_t, D, GROUP, BLOCK_D, BLOCK_L)
         gc = _load_tiles(grad_ctx_ptr, pair, rows, offs_d, offs_t, D, GROUP, BLOCK_D, BLOCK_L)
         lse, delta = _load_pair_stats(stats_ptr, pair, cap_ok, offs_t, GROUP, BLOCK_L)
@@ -312,8 +312,8 @@ def _damsm_word_similarity_bwd_words_kernel(
             alpha, gs = _pair_backward_tile(vt, e, gc, r_ok, t_ok, lse, delta, gamma1, GROUP, BLOCK_L,
                                             DOT_PRECISION)
             acc += tl.dot(tl.trans(vt), gs.to(vt.dtype), input_precision=DOT_PRECISION)  # [BD, G*BL]
-    _store_tiles(partial_ptr, acc, tl.cast(blk, tl.int64) * Bc + caps, _rows_mask(cap_ok, d_ok),
-                 offs_d, offs_t, D, GROUP, BLOCK_D, BLOCK_L)
+    _store_tiles(partial_ptr, acc, tl.cast(blk, tl.int64) * Bc + caps, rows, offs_d, offs_t, D,
+                 GROUP, BLOCK_D, BLOCK_L)
 
 
 def damsm_word_similarity_supported(words: torch.Tensor, regions: torch.Tensor) -> Optional[str]:
@@ -414,13 +414,13 @@ def _block_words(max_len: int) -> int:
 def _aligned(words: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The inputs as the kernels read them: words `[Bc, D, BLOCK_L]` and regions
     `[Bi, D, R_STRIDE]`, R_STRIDE = R rounded up to a multiple of 16; zero-padded copies where
-    L or R is not that already (3.5 MB at the CUB size in bf16). Every row then starts 16-byte
-    aligned, which the compiler knows (the JIT specializes strides divisible by 16), so it loads
-    rows in 16-byte vectors, asynchronously, instead of one element per instruction with an
-    address register each (ptxas, sm_90, bf16, CUB size: the forward takes 131 registers instead
-    of 174; with 64-region tiles, all its products on wgmma, it spills nothing instead of 232
-    bytes). The padding is never read as data: word slots past a caption's length and regions
-    past R are masked."""
+    L or R is not that already (8 MB at the CUB size, B = 48, in bf16). Every row then starts
+    16-byte aligned, which the compiler knows (the JIT specializes strides divisible by 16), so it
+    loads rows in 16-byte vectors, asynchronously, instead of one element per instruction with an
+    address register each (ptxas, Triton 3.6, sm_90, bf16, CUB size: the forward takes 122
+    registers instead of 174; with 64-region tiles, all its products on wgmma, it spills nothing
+    instead of 232 bytes). The padding is never read as data: word slots past a caption's length
+    are zeroed after the load and regions past R drop out of the softmaxes."""
     max_len, num_regions = words.shape[2], regions.shape[2]
     block_l, r_stride = _block_words(max_len), triton.cdiv(num_regions, 16) * 16
     if block_l != max_len:

@@ -115,8 +115,8 @@ def test_bf16_precision_trains_under_autocast(tmp_path, monkeypatch):
     for line in _losses(tmp_path / "gan"):
         assert all(torch.isfinite(torch.tensor(value)) for key, value in line.items()
                    if key not in ("step", "epoch")), line
-    trainer = load_checkpoint(tmp_path / "gan" / "checkpoints" / "gan_last.pt", kind="gan")["trainer"]
-    assert all(value.dtype == torch.float32 for value in trainer["generator"].values()
+    payload = load_checkpoint(tmp_path / "gan" / "checkpoints" / "gan_last.pt", kind="gan")
+    assert all(value.dtype == torch.float32 for value in payload["trainer"]["generator"].values()
                if value.is_floating_point())
 
 

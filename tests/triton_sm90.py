@@ -10,8 +10,8 @@ in that Python, e.g. one with the Triton version of the GPU machine):
 The real launchers (kernels/damsm.py, kernels/word_attention.py) are called on CPU tensors of
 the project's sizes, with each kernel's `run` replaced by a recorder, so the tile sizes,
 constexpr flags, num_warps and the JIT's specializations of the arguments (16-byte aligned
-pointers, integers divisible by 16) are exactly what a GPU run would use; each recorded launch is then
-compiled by triton.compile for GPUTarget("cuda", 90, 32) down to a cubin with the ptxas Triton
+pointers, integers divisible by 16) are exactly what a GPU run would use; each recorded launch
+is then compiled by triton.compile for GPUTarget("cuda", 90, 32) down to a cubin with the ptxas Triton
 ships, and ptxas -v reports its registers and spilled bytes. This proves the kernels pass
 Triton's front end, its GPU lowering (tl.dot shape and layout rules the interpreter never
 checks) and ptxas, for the installed Triton. It does not run them: numerical correctness on the

@@ -39,4 +39,5 @@ def training_autocast(config: Config, device: torch.device) -> torch.autocast:
     run.precision = "bf16" (matrix products and convolutions in bfloat16, what autocast keeps in
     float32, such as the losses, in float32), off with "fp32". Backward passes and optimizer
     steps run outside it, on the float32 weights."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.run.precision == "bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16,
+                          enabled=config.run.precision == "bf16")
