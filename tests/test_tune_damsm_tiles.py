@@ -21,8 +21,8 @@ def test_every_tiling_agrees_and_tiles_are_restored():
     # BLOCK_R 16 / 32 / 64 over 40 regions: one, two and three region blocks; 2 and 4 captions
     # per program over 3 captions: a group with a caption past the last
     configs = [(16, 1, 4, 1), (32, 1, 4, 2), (64, 1, 8, 2), (16, 2, 4, 2), (32, 4, 8, 2)]
-    rows = tune.sweep(tune.KERNELS, configs, device, torch.float32, TINY, max_seconds=600,
-                      min_run_time=0.01)
+    rows = tune.sweep(tune.KERNELS, {kernel: configs for kernel in tune.KERNELS}, device,
+                      torch.float32, TINY, max_seconds=600, min_run_time=0.01)
     assert tk.TILES == before
     for kernel in tune.KERNELS:
         tried = [r for r in rows if r["kernel"] == kernel]
