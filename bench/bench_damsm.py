@@ -29,6 +29,7 @@ allocator keeps no statistics).
 
     python bench/bench_damsm.py [--device cuda] [--dtype bf16] [--sizes cub,cpu] [--record]
                                 [--providers loop,reference,cpp] [--min-time 1.0]
+                                [--tiles FILE]   (Triton tiles from tune_damsm_tiles.py)
     pytest bench/bench_damsm.py          # pytest-benchmark, the "cpu" size
 """
 from __future__ import annotations
@@ -45,8 +46,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DTYPES, interleaved_cpu_samples, machine, machine_lines,  # noqa: E402
-                    markdown_table, matmul_gflops, median_seconds, peak_memory_bytes, publish)
+from common import (DTYPES, interleaved_cpu_samples, load_tiles, machine,  # noqa: E402
+                    machine_lines, markdown_table, matmul_gflops, median_seconds,
+                    peak_memory_bytes, publish)
 
 from attngan import backend  # noqa: E402
 from attngan.ops import damsm  # noqa: E402
@@ -161,6 +163,7 @@ def run_benchmarks(device: torch.device, dtype: torch.dtype, size_names, passes,
 
 
 def render(rows: list[dict], info: dict, dtype: torch.dtype) -> str:
+    """The markdown of a run: machine, matmul rate, the Triton tiles measured, the table."""
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
 
@@ -175,13 +178,17 @@ def render(rows: list[dict], info: dict, dtype: torch.dtype) -> str:
          fmt(r["gflops"], ".1f"), fmt(100 * r["gflops"] / r["matmul_gflops"], ".0f"),
          fmt(r["peak_mib"], ".1f")] for r in rows])
     matmul = rows[0]["matmul_gflops"] if rows else None
+    tiles = info.get("triton_tiles")
+    tiles_line = ([f"- Triton tiles (kernels.damsm.TILES; per kernel the 16-bit and the fp32 "
+                   f"entry): {tiles['table']}" + (f", from {tiles['file']}" if tiles["file"] else "")]
+                  if tiles else [])
     return "\n".join([
         f"# DAMSM word similarity, {info['device']} {str(dtype).split('.')[1]}, {info['date_utc']} UTC",
         "", *machine_lines(info),
         f"- machine matmul ({str(dtype).split('.')[1]}): {fmt(matmul, '.0f')} GFLOP/s; "
         "FLOP counts in bench/bench_damsm.py; D=256, L=18 (all words valid), R=289; "
         f"features N(0, 1) x {rows[0]['feature_scale'] if rows else '-'}",
-        "", table])
+        *tiles_line, "", table])
 
 
 def main(argv=None) -> int:
@@ -207,6 +214,9 @@ def main(argv=None) -> int:
                         help="CPU threads (torch.set_num_threads); default: torch's choice")
     parser.add_argument("--record", action="store_true",
                         help="write JSON and markdown to bench/results/")
+    parser.add_argument("--tiles", metavar="FILE",
+                        help="measure the Triton kernels with this kernels.damsm.TILES table "
+                             "(JSON, as bench/tune_damsm_tiles.py --write-tiles writes it)")
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     if args.threads is not None:
@@ -229,6 +239,17 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown pass(es) {unknown}; choose from {list(PASSES)}")
     info = machine(device)
+    if "triton" in providers and backend.unavailable_reason("damsm_word_similarity", "triton", device) is None:
+        from attngan.kernels import damsm as triton_damsm
+        if args.tiles:
+            try:
+                triton_damsm.TILES.update(load_tiles(args.tiles, list(triton_damsm.TILES)))
+            except ValueError as error:
+                parser.error(str(error))
+        info["triton_tiles"] = dict(table=dict(triton_damsm.TILES), file=args.tiles)
+    elif args.tiles:
+        parser.error("--tiles sets the Triton kernels' tiles, but the triton provider does not "
+                     "run here (not in --providers, or unavailable on this device)")
     rows, _ = run_benchmarks(device, dtype, sizes, passes, providers, args.min_time, args.rounds,
                              args.scale)
     text = render(rows, info, dtype)

@@ -186,3 +186,36 @@ def publish(name: str, info: dict, rows: list[dict], markdown: str, keep: bool) 
         for path in record(name, info, rows, markdown):
             print(f"recorded {path}")
     print(markdown)
+
+
+def save_tiles(tiles: dict, path: str | Path) -> None:
+    """Write a `kernels.damsm.TILES`-shaped table (kernel -> (16-bit entry, fp32 entry)) as JSON:
+    what bench/tune_damsm_tiles.py --write-tiles suggests and bench_damsm.py --tiles measures."""
+    Path(path).write_text(json.dumps({kernel: [list(entry) for entry in pair]
+                                      for kernel, pair in tiles.items()}, indent=1) + "\n")
+
+
+def load_tiles(path: str | Path, kernels: Sequence[str]) -> dict:
+    """The table save_tiles wrote, as TILES holds it (tuples); one ValueError naming the file and
+    the problem when it is missing, not JSON, or not one (BLOCK_R, captions per program,
+    num_warps, num_stages) pair of positive integers for each of `kernels`."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"tiles file {path}: {error}; write one with "
+                         f"bench/tune_damsm_tiles.py --write-tiles") from None
+    if not isinstance(data, dict) or sorted(data) != sorted(kernels):
+        raise ValueError(f"tiles file {path}: needs exactly the kernels {sorted(kernels)}, got "
+                         f"{sorted(data) if isinstance(data, dict) else type(data).__name__}")
+    tiles = {}
+    for kernel, pair in data.items():
+        if not (isinstance(pair, list) and len(pair) == 2 and all(
+                isinstance(entry, list) and len(entry) == 4 and all(
+                    isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in entry)
+                for entry in pair)):
+            raise ValueError(f"tiles file {path}: '{kernel}' must be two entries (16-bit, fp32) of "
+                             f"four positive integers (BLOCK_R, captions per program, num_warps, "
+                             f"num_stages), got {pair!r}")
+        tiles[kernel] = tuple(tuple(entry) for entry in pair)
+    return tiles
+

@@ -10,13 +10,15 @@
 #      among them every tiling of the DAMSM kernels, captions per program too, against one),
 #   4. runs the DAMSM benchmark (--device cuda --dtype bf16 --record), compute-sanitizer's memcheck
 #      on a tiny case of every CUDA kernel, the tile sweep of the Triton DAMSM kernels
-#      (bench/tune_damsm_tiles.py), the word-attention benchmark, racecheck on the same case, and
-#      the end-to-end training step at the CUB preset (reference ops vs fused kernels), in that
-#      order (most needed first: the budget may cut the last ones),
+#      (bench/tune_damsm_tiles.py), the DAMSM benchmark again with the tiles the sweep suggests
+#      (the PyTorch providers and Triton, so the record compares them in one run), the
+#      word-attention benchmark, racecheck on the same case, and the end-to-end training step at
+#      the CUB preset (reference ops vs fused kernels, fp32 and bf16 autocast), in that order
+#      (most needed first: the budget may cut the last ones),
 #   5. writes bench/results/<date>-<gpu>.md and .json and prints a short table last.
-# Every step has a time limit and the whole run stays under BUDGET_S (default 470 s); a failing
+# Every step has a time limit and the whole run stays under BUDGET_S (default 520 s); a failing
 # step is recorded and the next one still runs. Exit status: 0 only when every step that ran
-# passed.
+# passed. The suggested tiles are left in the logs (tuned-tiles-bf16.json) for kernels.damsm.TILES.
 #
 # Usage, from anywhere:  bash bench/gpu_check.sh
 #   PYTHON=...           interpreter to use (default python3); its scripts folder (ninja) goes
@@ -35,7 +37,7 @@ set -u -o pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-BUDGET_S=${BUDGET_S:-470}
+BUDGET_S=${BUDGET_S:-520}
 # torch's BuildExtension compiles in parallel only when it finds ninja, which pip installs into the
 # interpreter's scripts folder; that folder is not always on PATH (a venv's python3 called by path).
 PATH="$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
@@ -73,7 +75,7 @@ LOGS=$(mktemp -d /tmp/gpu_check.XXXXXX)
 touch "$LOGS/.start"   # the results this run writes are the files newer than this one
 
 TRITON_TESTS=(tests/test_damsm_triton.py tests/test_word_attention.py tests/test_tune_damsm_tiles.py)
-BENCH_STEPS=(bench_damsm tune_damsm_tiles bench_word_attention bench_train_step)
+BENCH_STEPS=(bench_damsm tune_damsm_tiles bench_damsm_tuned bench_word_attention bench_train_step)
 SANITIZER_CASE='
 import torch
 import attngan._C  # registers torch.ops.attngan_C
@@ -158,7 +160,12 @@ step bench_damsm 180 "$PY" bench/bench_damsm.py --device cuda --dtype bf16 --rec
 if [[ -n $SANITIZER ]]; then
   step sanitizer_memcheck 60 "$SANITIZER" --tool memcheck --error-exitcode 3 "$PY" -c "$SANITIZER_CASE"
 fi
-step tune_damsm_tiles 90 "$PY" bench/tune_damsm_tiles.py --dtype bf16 --max-seconds 70 --record
+step tune_damsm_tiles 90 "$PY" bench/tune_damsm_tiles.py --dtype bf16 --max-seconds 70 --record \
+  --write-tiles "$LOGS/tuned-tiles-bf16.json"
+if [[ -f $LOGS/tuned-tiles-bf16.json ]]; then
+  step bench_damsm_tuned 120 "$PY" bench/bench_damsm.py --device cuda --dtype bf16 --record \
+    --providers loop,reference,reference_compiled,triton --tiles "$LOGS/tuned-tiles-bf16.json"
+fi
 step bench_word_attention 180 "$PY" bench/bench_word_attention.py --device cuda --dtype bf16 --record
 if [[ -n $SANITIZER ]]; then
   step sanitizer_racecheck 60 "$SANITIZER" --tool racecheck --error-exitcode 3 "$PY" -c "$SANITIZER_CASE"

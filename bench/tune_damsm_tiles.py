@@ -14,7 +14,10 @@ share of --max-seconds (compiling a candidate takes seconds); candidates past it
 (bench/gpu_check.sh gives the whole sweep 70 s).
 
     python bench/tune_damsm_tiles.py [--dtype bf16] [--kernels forward,regions,words]
-                                     [--max-seconds 75] [--record]
+                                     [--max-seconds 75] [--record] [--write-tiles FILE]
+
+--write-tiles writes the table with the suggested entries as JSON; bench/bench_damsm.py --tiles
+FILE measures the kernels with it (bench/gpu_check.sh does both in one run).
 
 Size: CUB (B = 48, D = 256, L = 18 with ragged lengths, R = 289), on CUDA only (on CPU the
 kernels run in the Triton interpreter, whose timings mean nothing; tests/test_tune_damsm_tiles.py
@@ -30,7 +33,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DTYPES, machine, machine_lines, markdown_table, median_seconds, publish  # noqa: E402
+from common import (DTYPES, machine, machine_lines, markdown_table, median_seconds,  # noqa: E402
+                    publish, save_tiles)
 
 from attngan.kernels import damsm as tk  # noqa: E402
 
@@ -128,6 +132,19 @@ def best(rows: list[dict], kernel: str):
     return min(valid, key=lambda r: r["ms"]) if valid else None
 
 
+def tuned_tiles(rows: list[dict], dtype: torch.dtype) -> dict:
+    """kernels.damsm.TILES with each swept kernel's fastest agreeing candidate in the `dtype` slot
+    (the current entry where none agrees)."""
+    slot, tiles = tk.tile_slot(dtype), dict(tk.TILES)
+    for kernel in dict.fromkeys(r["kernel"] for r in rows):
+        winner = best(rows, kernel)
+        if winner is not None:
+            entry = list(tiles[kernel])
+            entry[slot] = tuple(winner["config"])
+            tiles[kernel] = tuple(entry)
+    return tiles
+
+
 def render(rows: list[dict], info: dict, dtype: torch.dtype) -> str:
     table = []
     for r in rows:
@@ -166,6 +183,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max-seconds", type=float, default=75.0,
                         help="start no new candidate after this many seconds")
     parser.add_argument("--record", action="store_true", help="write JSON and markdown to bench/results/")
+    parser.add_argument("--write-tiles", metavar="FILE",
+                        help="write kernels.damsm.TILES with the suggested entries as JSON (for "
+                             "bench_damsm.py --tiles FILE)")
     args = parser.parse_args(argv)
     device, dtype = torch.device("cuda"), DTYPES[args.dtype]
     if not torch.cuda.is_available():
@@ -178,6 +198,9 @@ def main(argv=None) -> int:
     rows = sweep(kernels, CANDIDATES, device, dtype, CUB, args.max_seconds)
     text = render(rows, info, dtype)
     publish("damsm_tiles", info, rows, text, args.record)
+    if args.write_tiles:
+        save_tiles(tuned_tiles(rows, dtype), args.write_tiles)
+        print(f"wrote {args.write_tiles}")
     return 0
 
 

@@ -1,14 +1,17 @@
 """bench/tune_damsm_tiles.py: the sweep runs, restores kernels.damsm.TILES, and every tiling of
 the Triton DAMSM kernels (region blocks, captions per program, warps, stages) gives the same
 similarities and gradients (here under the interpreter at a tiny size; compiled on a GPU
-machine). One caption per program is checked against fp64 in tests/test_damsm_triton.py."""
+machine); its suggestion reaches bench_damsm.py through the tiles file. One caption per program
+is checked against fp64 in tests/test_damsm_triton.py."""
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import tune_damsm_tiles as tune  # noqa: E402
+from common import load_tiles, save_tiles  # noqa: E402
 
 from attngan.kernels import damsm as tk  # noqa: E402
 
@@ -45,3 +48,28 @@ def test_render_suggests_an_entry_per_kernel():
     text = tune.render(rows, info, torch.bfloat16)
     assert "MISMATCH" in text                             # the wrong candidate is flagged ...
     assert "words: (32, 2, 8, 2) (2.00x the current" in text  # ... and never suggested
+
+
+def test_suggested_tiles_round_trip_through_the_tiles_file(tmp_path):
+    """tune_damsm_tiles.py --write-tiles writes TILES with the fastest agreeing candidate in the
+    swept dtype's slot; bench_damsm.py --tiles reads it back as TILES holds it, and a wrong file
+    is one clear error."""
+    rows = [dict(kernel="words", config=(16, 1, 8, 2), current=True, ms=2.0, vs_current=1.0,
+                 difference=0.0),
+            dict(kernel="words", config=(32, 2, 8, 2), current=False, ms=1.0, vs_current=2.0,
+                 difference=1e-4),
+            dict(kernel="forward", config=(64, 1, 8, 2), current=False, ms=0.1, vs_current=9.0,
+                 difference=0.5)]                          # fastest, but its outputs disagree
+    tiles = tune.tuned_tiles(rows, torch.bfloat16)
+    assert tiles["words"] == ((32, 2, 8, 2), tk.TILES["words"][1])   # bf16 slot only
+    assert tiles["forward"] == tk.TILES["forward"] and tiles["regions"] == tk.TILES["regions"]
+    path = tmp_path / "tiles.json"
+    save_tiles(tiles, path)
+    assert load_tiles(path, list(tk.TILES)) == tiles
+    with pytest.raises(ValueError, match="needs exactly the kernels"):
+        load_tiles(path, ["forward"])
+    path.write_text('{"forward": [[32, 1, 8], [16, 1, 8, 1]], "regions": [], "words": []}')
+    with pytest.raises(ValueError, match="'forward' must be two entries"):
+        load_tiles(path, list(tk.TILES))
+    with pytest.raises(ValueError, match="write one with bench/tune_damsm_tiles.py"):
+        load_tiles(tmp_path / "missing.json", list(tk.TILES))
