@@ -90,9 +90,11 @@ def test_a_few_steps_train_and_write_the_run(tiny, tmp_path):
     torch.testing.assert_close(netG.state_dict(), ema)
 
 
-def test_bf16_precision_trains_under_autocast(tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_precision_of_training_steps(precision, dtype, tmp_path, monkeypatch):
     """run.precision=bf16: the forward passes of DAMSM pretraining and of the GAN steps run in
-    bfloat16 (the fused ops receive bfloat16 features), losses stay finite, the weights float32."""
+    bfloat16 (the fused ops receive bfloat16 features), losses stay finite, the weights float32;
+    fp32 (the default) runs them in float32."""
     import attngan.train.damsm as damsm_module
     import attngan.train.gan as gan_module
     seen = {"damsm": set(), "gan": set()}
@@ -108,10 +110,10 @@ def test_bf16_precision_trains_under_autocast(tmp_path, monkeypatch):
 
     monkeypatch.setattr(damsm_module, "damsm_word_loss", spy_word_loss)
     monkeypatch.setattr(gan_module, "damsm_generator_loss", spy_generator_loss)
-    config, damsm = make_tiny_run(tmp_path, "run.precision=bf16")
+    config, damsm = make_tiny_run(tmp_path, f"run.precision={precision}")
     train_gan(_with(config, max_steps=3), damsm, tmp_path / "gan", progress=False)
     # (the DAMSM run's test loss is evaluated in float32: what it measures stays comparable)
-    assert torch.bfloat16 in seen["damsm"] and seen["gan"] == {torch.bfloat16}
+    assert seen["damsm"] == {dtype, torch.float32} and seen["gan"] == {dtype}
     for line in _losses(tmp_path / "gan"):
         assert all(torch.isfinite(torch.tensor(value)) for key, value in line.items()
                    if key not in ("step", "epoch")), line
