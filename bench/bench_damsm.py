@@ -179,9 +179,9 @@ def render(rows: list[dict], info: dict, dtype: torch.dtype) -> str:
          fmt(r["peak_mib"], ".1f")] for r in rows])
     matmul = rows[0]["matmul_gflops"] if rows else None
     tiles = info.get("triton_tiles")
+    source = f", from {tiles['file']}" if tiles and tiles["file"] else ""
     tiles_line = ([f"- Triton tiles (kernels.damsm.TILES; per kernel the 16-bit and the fp32 "
-                   f"entry): {tiles['table']}" + (f", from {tiles['file']}" if tiles["file"] else "")]
-                  if tiles else [])
+                   f"entry): {tiles['table']}{source}"] if tiles else [])
     return "\n".join([
         f"# DAMSM word similarity, {info['device']} {str(dtype).split('.')[1]}, {info['date_utc']} UTC",
         "", *machine_lines(info),
@@ -239,7 +239,8 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown pass(es) {unknown}; choose from {list(PASSES)}")
     info = machine(device)
-    if "triton" in providers and backend.unavailable_reason("damsm_word_similarity", "triton", device) is None:
+    triton_runs = backend.unavailable_reason("damsm_word_similarity", "triton", device) is None
+    if "triton" in providers and triton_runs:
         from attngan.kernels import damsm as triton_damsm
         if args.tiles:
             try:
