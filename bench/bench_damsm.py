@@ -64,15 +64,21 @@ FLOP_PER_DRN = {"forward": 4, "forward+backward": 12, "forward+backward_regions"
 
 
 def make_inputs(size: dict, device: torch.device, dtype: torch.dtype, seed: int = 0,
-                scale: Optional[float] = None):
-    """Gaussian features times `scale`, by default D^-1/4 so that s = v^T e has unit spread
-    (softmaxes neither uniform nor one-hot). With scale 1, s spreads ~ sqrt(D) = 16: one-hot
-    word softmaxes whose tiny values (denormal floats) slow the PyTorch providers down."""
+                scale: Optional[float] = None, ragged: bool = False):
+    """Words, lengths, regions and an upstream gradient. Gaussian features times `scale`, by
+    default D^-1/4 so that s = v^T e has unit spread (softmaxes neither uniform nor one-hot).
+    With scale 1, s spreads ~ sqrt(D) = 16: one-hot word softmaxes whose tiny values (denormal
+    floats) slow the PyTorch providers down. Every caption has all L words, or with `ragged`
+    between L / 2 and L."""
     generator = torch.Generator().manual_seed(seed)
     scale = size["dim"] ** -0.25 if scale is None else scale
     words = torch.randn(size["batch"], size["dim"], size["words"], generator=generator) * scale
     regions = torch.randn(size["batch"], size["dim"], size["regions"], generator=generator) * scale
-    lengths = torch.full((size["batch"],), size["words"], dtype=torch.long)
+    if ragged:
+        lengths = torch.randint(max(1, size["words"] // 2), size["words"] + 1, (size["batch"],),
+                                generator=generator)
+    else:
+        lengths = torch.full((size["batch"],), size["words"], dtype=torch.long)
     grad_s = torch.randn(size["batch"], size["batch"], generator=generator)
     return (words.to(device, dtype), lengths.to(device), regions.to(device, dtype),
             grad_s.to(device))

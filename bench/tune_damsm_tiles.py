@@ -33,13 +33,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_damsm import SIZES, make_inputs  # noqa: E402
 from common import (DTYPES, machine, machine_lines, markdown_table, median_seconds,  # noqa: E402
                     publish, save_tiles)
 
 from attngan.kernels import damsm as tk  # noqa: E402
 
 KERNELS = ("forward", "regions", "words")
-CUB = dict(batch=48, dim=256, words=18, regions=289)
 MISMATCH = 1e-2   # relative difference to the current entry's outputs beyond which a candidate is wrong
 GAMMA1, GAMMA2 = 4.0, 5.0
 
@@ -57,19 +57,6 @@ CANDIDATES = {
     "words": [(32, 1, 8, 2), (16, 2, 8, 2), (32, 1, 8, 3), (32, 2, 8, 2), (64, 1, 8, 2),
               (16, 1, 8, 3), (16, 4, 8, 2), (32, 1, 4, 2)],
 }
-
-
-def make_inputs(size: dict, device: torch.device, dtype: torch.dtype, seed: int = 0):
-    """Words, ragged lengths, regions (features of unit-spread scores) and an upstream gradient."""
-    generator = torch.Generator().manual_seed(seed)
-    scale = size["dim"] ** -0.25
-    words = torch.randn(size["batch"], size["dim"], size["words"], generator=generator) * scale
-    regions = torch.randn(size["batch"], size["dim"], size["regions"], generator=generator) * scale
-    lengths = torch.randint(max(1, size["words"] // 2), size["words"] + 1, (size["batch"],),
-                            generator=generator)
-    grad_s = torch.randn(size["batch"], size["batch"], generator=generator)
-    return (words.to(device, dtype), lengths.to(device), regions.to(device, dtype),
-            grad_s.to(device))
 
 
 def _op(kernel: str, words, lengths, regions, grad_s):
@@ -90,7 +77,7 @@ def sweep(kernels, configs: dict, device: torch.device, dtype: torch.dtype, size
           max_seconds: float, min_run_time: float = 0.25) -> list[dict]:
     """One row per (kernel, candidate) tried: time, ratio to the current entry, difference.
     configs: kernel -> the candidates to try for it, in order."""
-    words, lengths, regions, grad_s = make_inputs(size, device, dtype)
+    words, lengths, regions, grad_s = make_inputs(size, device, dtype, ragged=True)
     slot = tk.tile_slot(dtype)
     current = dict(tk.TILES)
     rows = []
@@ -195,7 +182,7 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown kernel(s) {unknown}; choose from {list(KERNELS)}")
     info = machine(device)
-    rows = sweep(kernels, CANDIDATES, device, dtype, CUB, args.max_seconds)
+    rows = sweep(kernels, CANDIDATES, device, dtype, SIZES["cub"], args.max_seconds)
     text = render(rows, info, dtype)
     publish("damsm_tiles", info, rows, text, args.record)
     if args.write_tiles:
