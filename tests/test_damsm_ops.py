@@ -194,12 +194,10 @@ def test_opcheck(impl):
                               (words.detach(), lengths, regions.requires_grad_(), 4.0, 5.0))
 
 
-@pytest.mark.parametrize("impl", FUSED)
-def test_torch_compile_fullgraph(impl):
-    _require(impl)
+def _compiled_matches_eager(impl, words, lengths, regions):
+    """torch.compile(fullgraph=True) of a loss over the op with `impl`: its value and both
+    gradients equal eager mode's on these inputs. Returns (loss, compiled loss)."""
     torch._dynamo.reset()
-    words, lengths, regions = _inputs(*SHAPES[impl][0], dtype=torch.float32)
-    regions = regions.reshape(regions.shape[0], regions.shape[1], 2, 3)   # [Bi, D, H, W]
 
     def loss(w, n, r):
         return damsm_word_similarity(w, n, r, impl=impl).logsumexp(dim=1).sum()
@@ -213,6 +211,15 @@ def test_torch_compile_fullgraph(impl):
     torch.testing.assert_close(compiled_value, eager_value)
     torch.testing.assert_close(w2.grad, w1.grad)
     torch.testing.assert_close(r2.grad, r1.grad)
+    return loss, compiled
+
+
+@pytest.mark.parametrize("impl", FUSED)
+def test_torch_compile_fullgraph(impl):
+    _require(impl)
+    words, lengths, regions = _inputs(*SHAPES[impl][0], dtype=torch.float32)
+    regions = regions.reshape(regions.shape[0], regions.shape[1], 2, 3)   # [Bi, D, H, W]
+    loss, compiled = _compiled_matches_eager(impl, words, lengths, regions)
     # New B and L: the recompilation (dynamic shapes) must stay one graph as well.
     words, lengths, regions = _inputs(3, 5, words.shape[1], 7, 6, dtype=torch.float32)
     regions = regions.reshape(3, regions.shape[1], 2, 3)
@@ -238,21 +245,8 @@ def test_gpu_opcheck_and_compile_fullgraph(impl):
         words, regions = words.to(dtype), regions.to(dtype)
         torch.library.opcheck(damsm_word_similarity_ops[impl],
                               (words.requires_grad_(), lengths, regions.requires_grad_(), 4.0, 5.0))
-    torch._dynamo.reset()
-
-    def loss(w, n, r):
-        return damsm_word_similarity(w, n, r, impl=impl).logsumexp(dim=1).sum()
-
     words, lengths, regions = (t.to(cuda) for t in _inputs(3, 4, 32, 9, 20, dtype=torch.float32))
-    w1, r1 = words.clone().requires_grad_(), regions.clone().requires_grad_()
-    w2, r2 = words.clone().requires_grad_(), regions.clone().requires_grad_()
-    eager_value = loss(w1, lengths, r1)
-    compiled_value = torch.compile(loss, fullgraph=True)(w2, lengths, r2)
-    eager_value.backward()
-    compiled_value.backward()
-    torch.testing.assert_close(compiled_value, eager_value)
-    torch.testing.assert_close(w2.grad, w1.grad)
-    torch.testing.assert_close(r2.grad, r1.grad)
+    _compiled_matches_eager(impl, words, lengths, regions)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
