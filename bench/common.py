@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -188,6 +189,39 @@ def publish(name: str, info: dict, rows: list[dict], markdown: str, keep: bool) 
     print(markdown)
 
 
+def gpu_check_record(steps: Sequence[str], logs: str | Path, stamp: str, started: int,
+                     out_dir: Path = RESULTS) -> Path:
+    """bench/gpu_check.sh's results file, <out_dir>/<stamp>-<gpu>.md and .json: the machine
+    (as `machine` sees it), each step's status and seconds ("name|status|seconds"), the last 40
+    lines of each step's log in `logs`. Returns the path without its suffix."""
+    info = machine(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    gpu = info["gpu"] or "no-gpu"
+    versions = dict(info["versions"], numpy=np.__version__)
+    steps = [dict(zip(("name", "status", "seconds"), step.split("|"))) for step in steps]
+    tails = {}
+    for step in steps:
+        log = Path(logs) / f"{step['name']}.log"
+        if log.exists():
+            tails[step["name"]] = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+    base = out_dir / f"{stamp}-{re.sub(r'[^a-z0-9]+', '-', gpu.lower()).strip('-')}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    total = int(datetime.datetime.now(datetime.timezone.utc).timestamp()) - started
+    result = dict(gpu=gpu, cpu=info["cpu"], versions=versions, commit=info["commit"],
+                  dirty_tree=info["uncommitted_changes"], date_utc=stamp, total_seconds=total,
+                  steps=steps, log_tails=tails)
+    base.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    dirty = " (with uncommitted changes)" if info["uncommitted_changes"] else ""
+    lines = [f"# GPU check {stamp} on {gpu}", "", f"- CPU: {info['cpu']}",
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+             f"- commit: {info['commit']}{dirty}", f"- total: {total} s", "",
+             markdown_table(["step", "status", "seconds"],
+                            [[s["name"], s["status"], s["seconds"]] for s in steps])]
+    for name, tail in tails.items():
+        lines += ["", f"## {name}", "", "```", tail, "```"]
+    base.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return base
+
+
 def save_tiles(tiles: dict, path: str | Path) -> None:
     """Write a `kernels.damsm.TILES`-shaped table (kernel -> (16-bit entry, fp32 entry)) as JSON:
     what bench/tune_damsm_tiles.py --write-tiles suggests and bench_damsm.py --tiles measures."""
@@ -218,4 +252,3 @@ def load_tiles(path: str | Path, kernels: Sequence[str]) -> dict:
                              f"num_stages), got {pair!r}")
         tiles[kernel] = tuple(tuple(entry) for entry in pair)
     return tiles
-

@@ -176,62 +176,9 @@ step bench_train_step 150 "$PY" bench/bench_train_step.py --preset cub --device 
   --impls reference,auto,cuda --precisions fp32,bf16 --min-time 2 --record
 
 # Results: bench/results/<date>-<gpu>.md and .json (machine, versions, commit, steps, log tails).
-RESULT=$(STAMP=$STAMP LOGS=$LOGS START=$START "$PY" - "${STEPS[@]}" <<'EOF'
-import json, os, platform, re, subprocess, sys, time
-from pathlib import Path
-
-logs = Path(os.environ["LOGS"])
-def run(*cmd):
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout.strip()
-    except Exception as error:
-        return f"unavailable ({error})"
-try:
-    import pynvml
-    pynvml.nvmlInit()
-    gpu = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
-    gpu = gpu.decode() if isinstance(gpu, bytes) else gpu
-except Exception:
-    import torch
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no-gpu"
-cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")), platform.processor())
-versions = {}
-for module in ("torch", "triton", "numpy"):
-    try:
-        versions[module] = __import__(module).__version__
-    except Exception:
-        versions[module] = "missing"
-import torch
-versions["cuda"] = torch.version.cuda
-versions["python"] = platform.python_version()
-named = os.environ.get("ATTNGAN_COMMIT")
-commit = named or run("git", "rev-parse", "HEAD") or "unknown (no git checkout)"
-dirty = not named and bool(run("git", "status", "--porcelain", "--untracked-files=no"))
-steps = [dict(zip(("name", "status", "seconds"), s.split("|"))) for s in sys.argv[1:]]
-tails = {}
-for step in steps:
-    log = logs / f"{step['name']}.log"
-    if log.exists():
-        tails[step["name"]] = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
-slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
-base = Path("bench/results") / f"{os.environ['STAMP']}-{slug}"
-base.parent.mkdir(parents=True, exist_ok=True)
-record = dict(gpu=gpu, cpu=cpu, versions=versions, commit=commit, dirty_tree=dirty,
-              date_utc=os.environ["STAMP"], total_seconds=int(time.time()) - int(os.environ["START"]),
-              steps=steps, log_tails=tails)
-base.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-lines = [f"# GPU check {os.environ['STAMP']} on {gpu}", "",
-         f"- CPU: {cpu}", f"- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
-         f"- commit: {commit}{' (with uncommitted changes)' if dirty else ''}",
-         f"- total: {record['total_seconds']} s", "", "| step | status | seconds |", "| --- | --- | --- |"]
-lines += [f"| {s['name']} | {s['status']} | {s['seconds']} |" for s in steps]
-for name, tail in tails.items():
-    lines += ["", f"## {name}", "", "```", tail, "```"]
-base.with_suffix(".md").write_text("\n".join(lines) + "\n")
-print(base)
-EOF
-)
+RESULT=$("$PY" -c 'import sys; sys.path.insert(0, "bench"); from common import gpu_check_record
+logs, stamp, start, *steps = sys.argv[1:]
+print(gpu_check_record(steps, logs, stamp, int(start)))' "$LOGS" "$STAMP" "$START" "${STEPS[@]}")
 if [[ -n ${GPU_CHECK_OUT:-} ]]; then
   mkdir -p "$GPU_CHECK_OUT"
   cp "$RESULT.md" "$GPU_CHECK_OUT"/ 2> /dev/null
