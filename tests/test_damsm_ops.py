@@ -249,6 +249,54 @@ def test_gpu_opcheck_and_compile_fullgraph(impl):
     _compiled_matches_eager(impl, words, lengths, regions)
 
 
+@pytest.mark.parametrize("impl", ["reference", *FUSED])
+def test_int32_lengths_equal_int64(impl):
+    """Any integer lengths tensor: the ops convert it where they need int64 (the C++ kernel)."""
+    _require(impl)
+    words, lengths, regions = _inputs(3, 4, 8, 6, 10, dtype=torch.float32)
+    words, regions = words.requires_grad_(), regions.requires_grad_()
+    grad_s = torch.randn(3, 4)
+    results = []
+    for dtype in (torch.int64, torch.int32):
+        similarity = damsm_word_similarity(words, lengths.to(dtype), regions, impl=impl)
+        results.append((similarity,
+                        *torch.autograd.grad(similarity, (words, regions), grad_s)))
+    for want, got in zip(*results):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["triton", "cuda", "reference"])
+def test_gpu_cpu_lengths_need_no_synchronisation(impl):
+    """Lengths kept on the CPU with features on the GPU: the forward and backward never wait
+    for the GPU (torch's sync debug mode raises on any synchronisation), the results equal those
+    with the lengths on the GPU, and a bad CPU length still raises the clear error."""
+    cuda = torch.device("cuda")
+    reason = backend.unavailable_reason("damsm_word_similarity", impl, cuda)
+    if reason is not None:
+        pytest.skip(reason)
+    words, lengths, regions = _inputs(3, 4, 32, 9, 20, dtype=torch.float32)
+    words, regions = words.to(cuda).requires_grad_(), regions.to(cuda).requires_grad_()
+    grad_s = torch.randn(3, 4, device=cuda)
+
+    def run(lengths):
+        similarity = damsm_word_similarity(words, lengths, regions, impl=impl)
+        return (similarity, *torch.autograd.grad(similarity, (words, regions), grad_s))
+
+    expected = run(lengths.to(cuda))       # also compiles the kernels, outside the debug mode
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = run(lengths)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for want, value in zip(expected, got):      # (atomic sums may add in another order)
+        torch.testing.assert_close(value, want, rtol=1e-5, atol=1e-5)
+    lengths[1] = 0
+    with pytest.raises(ValueError, match=r"1\.\.L"):
+        run(lengths)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cpp_backward_is_deterministic(dtype):
     """Threads take work dynamically; the word gradient still sums in a fixed order."""
@@ -368,7 +416,7 @@ def _good():
     ("length zero", "every length must be in 1..L"),
     ("length above L", "every length must be in 1..L"),
     ("float lengths", "lengths must be an integer tensor"),
-    ("lengths elsewhere", "lengths is on meta"),
+    ("lengths elsewhere", "lengths are on meta but the features on cpu; put lengths on the CPU"),
     ("lengths shape", r"lengths must be \[B_cap\]"),
     ("mismatched D", "words have D = 8 but regions have D = 7"),
     ("words 2-D", r"words must be \[B_cap, D, L\]"),

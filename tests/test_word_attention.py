@@ -265,7 +265,7 @@ def _bad_inputs():
         ("float lengths", (q, w, n.float()), TypeError, "integer tensor"),
         ("dtype mismatch", (q, w.double(), n), TypeError, "cast both"),
         ("integer query", (q.long(), w.long(), n), TypeError, "floating point"),
-        ("lengths on meta", (q, w, n.to("meta")), ValueError, "move lengths"),
+        ("lengths on meta", (q, w, n.to("meta")), ValueError, "put lengths on the CPU"),
         ("words on meta", (q, w.to("meta"), n), ValueError, "same device"),
         ("empty", (q[:, :, :0], w, n), ValueError, "empty input"),
     ]
@@ -393,6 +393,47 @@ def test_gpu_concat_is_query_then_context(impl, dtype):
     expected_grad_query = plain[2].double() + grad_out[:, :C]
     assert _error(grad_query, expected_grad_query) < (2e-5 if dtype == torch.float32 else 8e-3)
     assert _error(grad_words, plain[3].double()) < (2e-5 if dtype == torch.float32 else 8e-3)
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_int32_lengths_equal_int64(impl):
+    """int32 lengths give what int64 ones give (the ops convert where a kernel needs int64)."""
+    query, words, lengths = _inputs(3, 5, 5, 4, 5, [5, 2, 1], dtype=torch.float32,
+                                    device=_device(impl))
+    grad_out = torch.randn(3, 5, 4, 5, dtype=torch.float64, device=query.device)
+    grad_attn = torch.randn(3, 5, 4, 5, dtype=torch.float64, device=query.device)
+    want = _run(impl, query, words, lengths, grad_out, grad_attn)
+    got = _run(impl, query, words, lengths.to(torch.int32), grad_out, grad_attn)
+    for expected, value in zip(want, got):      # (on a GPU, atomic sums may add in another order)
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", [*GPU_IMPLS, "reference"])
+def test_gpu_cpu_lengths_need_no_synchronisation(impl):
+    """Lengths kept on the CPU with features on the GPU (as the GAN step passes them): forward
+    and backward never wait for the GPU (torch's sync debug mode raises on any synchronisation),
+    the results equal those with the lengths on the GPU, and a bad CPU length still raises."""
+    query, words, lengths = _inputs(3, 8, 7, 5, 6, [7, 3, 1], dtype=torch.float32)
+    query, words = query.cuda().requires_grad_(), words.cuda().requires_grad_()
+    grad_out = torch.randn(3, 16, 5, 6, device="cuda")
+
+    def run(lengths):
+        out = word_attention(query, words, lengths, impl=impl, concat=True)
+        return (out, *torch.autograd.grad(out, (query, words), grad_out))
+
+    expected = run(lengths.cuda())         # also compiles the kernels, outside the debug mode
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = run(lengths)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for want, value in zip(expected, got):      # (atomic sums may add in another order)
+        torch.testing.assert_close(value, want, rtol=1e-5, atol=1e-5)
+    lengths[2] = 8
+    with pytest.raises(ValueError, match=r"1\.\.L"):
+        run(lengths)
 
 
 @pytest.mark.gpu

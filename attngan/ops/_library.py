@@ -9,7 +9,8 @@ The launchers run only when an op is called: this module imports on a machine wi
 triton nor the compiled extension. `torch.library.triton_op` + `wrap_triton` is not used: on
 CPU tensors under the Triton interpreter it fails opcheck and fullgraph compilation (fake
 tracing reaches the kernel), while custom_op + register_fake passes both.
-Launchers get contiguous inputs: gradients arriving from `.sum()` are stride-0 expanded views.
+Launchers get contiguous inputs: gradients arriving from `.sum()` are stride-0 expanded views,
+and the lengths on the features' device (`lengths_on`): callers may keep them on the CPU.
 """
 from __future__ import annotations
 
@@ -22,18 +23,20 @@ from torch import Tensor
 from attngan import backend
 
 FUSED_BACKENDS = ("cpp", "triton", "cuda")
-# Backends whose custom op checks the caption lengths itself, in its forward (check_lengths): the
-# check reads the values, a host synchronisation on a GPU, so each op call pays it once, there,
-# eagerly or inside a torch.compile graph, and its backward (same lengths) not again. The
+# Backends whose custom op checks the caption lengths itself, in its forward (check_lengths),
+# eagerly or inside a torch.compile graph, and its backward (same lengths) not again. The check
+# reads the values: free for lengths kept on the CPU (the GPU ops accept them there and copy
+# them over without waiting), one host synchronisation per call for lengths on the GPU. The
 # kernels clamp lengths into [1, L] besides, so no value can make them read out of bounds. The
 # C++ kernel checks lengths in C++ (CPU memory, no synchronisation); callers check the rest.
 CHECKS_LENGTHS = ("triton", "cuda")
 
 
 def check_lengths(op: str, lengths: Tensor, num_words: int) -> None:
-    """Raise one ValueError unless every caption length is in 1..L = 1..num_words (one host
-    synchronisation for a GPU tensor: both extremes come back in one copy). Skipped while a CUDA
-    graph is captured, which forbids synchronising: the kernels' clamp keeps a replay in bounds."""
+    """Raise one ValueError unless every caption length is in 1..L = 1..num_words. Free for CPU
+    lengths; one host synchronisation for GPU ones (both extremes come back in one copy), skipped
+    while a CUDA graph is captured, which forbids synchronising: the kernels' clamp keeps a
+    replay in bounds."""
     if lengths.is_cuda and torch.cuda.is_current_stream_capturing():
         return
     low, high = torch.stack(torch.aminmax(lengths)).tolist()
@@ -41,6 +44,22 @@ def check_lengths(op: str, lengths: Tensor, num_words: int) -> None:
         raise ValueError(f"{op}: every length must be in 1..L = 1..{num_words}, got min {low}, "
                          f"max {high}: a caption needs at least one word, and lengths must be "
                          f"<= L, the word slots of words.shape[2]")
+
+
+def check_lengths_device(op: str, lengths: Tensor, device: torch.device) -> None:
+    """Raise one ValueError unless the lengths are on the CPU or on `device` (the features')."""
+    if lengths.device not in (device, torch.device("cpu")):
+        where = ("the CPU" if device.type == "cpu" else
+                 f"the CPU (checked there without waiting for the GPU) or on {device}")
+        raise ValueError(f"{op}: lengths are on {lengths.device} but the features on {device}; "
+                         f"put lengths on {where}")
+
+
+def lengths_on(device: torch.device, lengths: Tensor) -> Tensor:
+    """The lengths as contiguous int64 on `device`. A copy from the CPU is queued without waiting
+    for the device (the source is staged at once, so the caller may reuse it): lengths kept on
+    the CPU cost the GPU ops no synchronisation."""
+    return lengths.to(device, torch.int64, non_blocking=True).contiguous()
 
 
 def _compiled_ops():
@@ -73,7 +92,8 @@ def _register_damsm_word_similarity(impl: str):
         if impl in CHECKS_LENGTHS:
             check_lengths("damsm_word_similarity", lengths, words.shape[2])
         launch, _ = _launchers("damsm", "damsm_word_similarity", impl)
-        return launch(words.contiguous(), lengths.contiguous(), regions.contiguous(), gamma1, gamma2)
+        return launch(words.contiguous(), lengths_on(words.device, lengths), regions.contiguous(),
+                      gamma1, gamma2)
 
     @forward.register_fake
     def _(words, lengths, regions, gamma1, gamma2):
@@ -84,7 +104,7 @@ def _register_damsm_word_similarity(impl: str):
     def backward_op(grad_s: Tensor, words: Tensor, lengths: Tensor, regions: Tensor,
                     gamma1: float, gamma2: float, need_words_grad: bool) -> tuple[Tensor, Tensor]:
         _, launch = _launchers("damsm", "damsm_word_similarity", impl)
-        return launch(grad_s.contiguous(), words.contiguous(), lengths.contiguous(),
+        return launch(grad_s.contiguous(), words.contiguous(), lengths_on(words.device, lengths),
                       regions.contiguous(), gamma1, gamma2, need_words_grad)
 
     @backward_op.register_fake
@@ -110,7 +130,8 @@ def _register_damsm_word_similarity(impl: str):
     return forward
 
 
-# impl name -> forward custom op: op(words [Bc, D, L], lengths [Bc] int64, regions [Bi, D, R],
+# impl name -> forward custom op: op(words [Bc, D, L], lengths [Bc] int64 (on the CPU or the
+# device of words), regions [Bi, D, R],
 # gamma1, gamma2) -> S [Bi, Bc] float32 (float64 for float64 inputs), differentiable.
 damsm_word_similarity_ops = {impl: _register_damsm_word_similarity(impl)
                              for impl in FUSED_BACKENDS}
@@ -133,8 +154,8 @@ def _register_word_attention(impl: str):
         if impl in CHECKS_LENGTHS:
             check_lengths("word_attention", lengths, words.shape[2])
         launch, _ = _launchers("word_attention", "word_attention", impl)
-        return launch(query.contiguous(), words.contiguous(), lengths.contiguous(), return_attn,
-                      concat)
+        return launch(query.contiguous(), words.contiguous(), lengths_on(words.device, lengths),
+                      return_attn, concat)
 
     @forward.register_fake
     def _(query, words, lengths, return_attn, concat):
@@ -149,7 +170,7 @@ def _register_word_attention(impl: str):
         _, launch = _launchers("word_attention", "word_attention", impl)
         grad_attn = grad_attn.contiguous() if grad_attn is not None else None
         return launch(grad_out.contiguous(), grad_attn, query.contiguous(), words.contiguous(),
-                      lengths.contiguous(), concat)
+                      lengths_on(words.device, lengths), concat)
 
     @backward_op.register_fake
     def _(grad_out, grad_attn, query, words, lengths, concat):
@@ -178,7 +199,8 @@ def _register_word_attention(impl: str):
     return forward
 
 
-# impl name -> forward custom op: op(query [B, C, H, W], words [B, C, L], lengths [B] int64,
+# impl name -> forward custom op: op(query [B, C, H, W], words [B, C, L], lengths [B] int64 (on
+# the CPU or the device of words),
 # return_attn, concat) -> (out, attn [B, L, H, W] or an empty tensor), differentiable; out is
 # context [B, C, H, W], or with concat [query; context] [B, 2C, H, W].
 word_attention_ops = {impl: _register_word_attention(impl) for impl in FUSED_BACKENDS}

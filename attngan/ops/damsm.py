@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from attngan import backend
 from attngan.ops import reference
-from attngan.ops._library import CHECKS_LENGTHS, check_lengths, damsm_word_similarity_ops
+from attngan.ops._library import (CHECKS_LENGTHS, check_lengths, check_lengths_device,
+                                  damsm_word_similarity_ops, lengths_on)
 
 __all__ = ["damsm_word_similarity", "damsm_word_loss", "damsm_sentence_loss"]
 
@@ -60,10 +61,10 @@ def _check_inputs(words, lengths, regions) -> None:
     if lengths.dim() != 1 or lengths.shape[0] != words.shape[0]:
         raise ValueError(f"damsm_word_similarity: lengths must be [B_cap] = [{words.shape[0]}] "
                          f"(one length per caption), got shape {tuple(lengths.shape)}")
-    for arg, value in (("lengths", lengths), ("regions", regions)):
-        if value.device != words.device:
-            raise ValueError(f"damsm_word_similarity: {arg} is on {value.device} but words are on "
-                             f"{words.device}; move all inputs to one device")
+    if regions.device != words.device:
+        raise ValueError(f"damsm_word_similarity: regions are on {regions.device} but words are "
+                         f"on {words.device}; move both to one device")
+    check_lengths_device("damsm_word_similarity", lengths, words.device)
     if regions.shape[1] != words.shape[1]:
         raise ValueError(f"damsm_word_similarity: words have D = {words.shape[1]} but regions "
                          f"have D = {regions.shape[1]}; both encoders must share the embedding "
@@ -124,7 +125,9 @@ def damsm_word_similarity(words: torch.Tensor, lengths: torch.Tensor, regions: t
     Args:
         words: `[B_cap, D, L]` word features; slots t >= lengths[i] are padding and never read
             (garbage or NaN there changes no output and no gradient; their gradient is 0).
-        lengths: `[B_cap]` integer tensor, each in 1..L, on the device of words.
+        lengths: `[B_cap]` integer tensor, each in 1..L, on the CPU or the device of words. On
+            the CPU their check costs a GPU op no host synchronisation (on the GPU: one per
+            call).
         regions: `[B_img, D, H, W]` or `[B_img, D, R]` region features. B_img may differ from
             B_cap (R-precision scores one image against 100 captions).
         gamma1: sharpness of the softmax over regions (eq. 9).
@@ -145,17 +148,17 @@ def damsm_word_similarity(words: torch.Tensor, lengths: torch.Tensor, regions: t
     dtype = torch.promote_types(words.dtype, regions.dtype)
     impl = _choose_impl(words.device, impl, dtype, _shape_reasons(words, regions))
     if impl not in CHECKS_LENGTHS and not torch.compiler.is_compiling():
-        # The GPU ops check the lengths inside (the one host synchronisation of a call); here a
-        # data-dependent check would break a torch.compile graph, where the C++ kernel's own
-        # check stands in.
+        # The GPU ops check the lengths inside (free for CPU lengths); here a data-dependent
+        # check would break a torch.compile graph, where the C++ kernel's own check stands in.
         check_lengths("damsm_word_similarity", lengths, words.shape[2])
     with torch.autocast(device_type=words.device.type, enabled=False):
         if impl in ("loop", "reference"):
             compute = torch.float64 if dtype == torch.float64 else torch.float32
             function = (reference.damsm_word_similarity_loop if impl == "loop"
                         else reference.damsm_word_similarity_reference)
-            return function(words.to(compute), lengths, regions.to(compute), gamma1, gamma2)
-        return damsm_word_similarity_ops[impl](words.to(dtype), lengths.long(), regions.to(dtype),
+            return function(words.to(compute), lengths_on(words.device, lengths),
+                            regions.to(compute), gamma1, gamma2)
+        return damsm_word_similarity_ops[impl](words.to(dtype), lengths, regions.to(dtype),
                                                float(gamma1), float(gamma2))
 
 

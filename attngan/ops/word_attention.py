@@ -30,7 +30,8 @@ from typing import Optional, Union
 import torch
 
 from attngan import backend
-from attngan.ops._library import CHECKS_LENGTHS, check_lengths, word_attention_ops
+from attngan.ops._library import (CHECKS_LENGTHS, check_lengths, check_lengths_device,
+                                  lengths_on, word_attention_ops)
 from attngan.ops.reference import word_attention_reference
 
 __all__ = ["word_attention", "word_attention_reference", "MAX_CHANNELS", "MAX_WORDS"]
@@ -75,9 +76,7 @@ def _check_inputs(query: torch.Tensor, words: torch.Tensor, lengths: torch.Tenso
     if lengths.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"word_attention: lengths must be an integer tensor (int64 or int32), got "
                         f"{lengths.dtype}; pass the caption lengths as a LongTensor")
-    if lengths.device != query.device:
-        raise ValueError(f"word_attention: lengths is on {lengths.device} but query on {query.device}; "
-                         f"move lengths to {query.device}")
+    check_lengths_device("word_attention", lengths, query.device)
 
 
 def _cuda_padded_words(num_words: int) -> int:
@@ -127,7 +126,9 @@ def word_attention(query: torch.Tensor, words: torch.Tensor, lengths: torch.Tens
         query: image features h `[B, C, H, W]`, float16/bfloat16/float32/float64, channel-first
             (any strides; made contiguous where a kernel needs it).
         words: projected word features e' `[B, C, L]`, same dtype and device as `query`.
-        lengths: caption lengths `[B]`, int64 or int32 on the same device, each in 1..L.
+        lengths: caption lengths `[B]`, int64 or int32, each in 1..L, on the CPU or the device
+            of query. On the CPU their check costs a GPU op no host synchronisation (on the
+            GPU: one per call).
             Words at positions l >= lengths[b] are padding: their scores are -inf, so whatever
             they hold (even NaN) changes no output and receives a zero gradient.
         impl: "auto", "reference", "cpp", "triton" or "cuda" (see attngan.backend; "auto" also
@@ -148,16 +149,15 @@ def word_attention(query: torch.Tensor, words: torch.Tensor, lengths: torch.Tens
     """
     _check_inputs(query, words, lengths)
     query, words = _precision(query, words)
-    lengths = lengths.long()
     chosen = _choose(str(query.device), impl, words.shape[1], words.shape[2], query.dtype)
     if chosen not in CHECKS_LENGTHS and not torch.compiler.is_compiling():
-        # The GPU ops check the lengths inside (the one host synchronisation of a call); here a
-        # data-dependent check would break a torch.compile graph, where the C++ kernel's own
-        # check stands in.
+        # The GPU ops check the lengths inside (free for CPU lengths); here a data-dependent
+        # check would break a torch.compile graph, where the C++ kernel's own check stands in.
         check_lengths("word_attention", lengths, words.shape[2])
     if chosen == "reference":
         with torch.autocast(query.device.type, enabled=False):
-            result = word_attention_reference(query, words, lengths, return_attn=return_attn)
+            result = word_attention_reference(query, words, lengths_on(query.device, lengths),
+                                              return_attn=return_attn)
         context, attn = result if return_attn else (result, None)
         out = torch.cat([query, context], dim=1) if concat else context
     else:

@@ -48,10 +48,12 @@ def epoch_learning_rate(lr: float, decay: float, min_ratio: float, epoch: int) -
 def damsm_losses(text_encoder, image_encoder, batch: dict, config: Config,
                  device: torch.device) -> dict[str, torch.Tensor]:
     """The four DAMSM losses of one batch (image encoder fed the largest pyramid level)."""
-    captions = batch["captions"].to(device)
-    lengths = batch["lengths"].to(device)
-    class_ids = batch["class_ids"].to(device)
-    images = batch["images"][-1].to(device)
+    # Copies queued without waiting for the device (non_blocking), and the lengths kept on the
+    # CPU, where the ops check them: the step never waits for the GPU.
+    captions = batch["captions"].to(device, non_blocking=True)
+    lengths = batch["lengths"]
+    class_ids = batch["class_ids"].to(device, non_blocking=True)
+    images = batch["images"][-1].to(device, non_blocking=True)
     words, sentence = text_encoder(captions, lengths)            # [B, D, L], [B, D]
     regions, code = image_encoder(images)                         # [B, D, h, w], [B, D]
     gammas = config.damsm
@@ -76,7 +78,7 @@ def encode_split(text_encoder, image_encoder, dataset, device: torch.device,
         captions, lengths = zip(*(dataset.caption(k * per_image + k % per_image)
                                   for k in indices))
         captions = torch.stack(captions).to(device)
-        lengths = torch.tensor(lengths, device=device)
+        lengths = torch.tensor(lengths)                           # on the CPU, as in training
         images = torch.stack([dataset[k]["images"][-1] for k in indices]).to(device)
         words, sentence = text_encoder(captions, lengths)
         regions, code = image_encoder(images)

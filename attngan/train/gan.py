@@ -96,10 +96,12 @@ class GANTrainer:
         """One training step on a collated batch; returns the losses as detached scalar
         tensors (converting them to floats every step would wait for the device)."""
         config, device = self.config, self.device
-        captions = batch["captions"].to(device)
-        lengths = batch["lengths"].to(device)
-        class_ids = batch["class_ids"].to(device)
-        reals = [image.to(device) for image in batch["images"]]
+        # Copies queued without waiting for the device (non_blocking), and the lengths kept on the
+        # CPU, where the ops check them: the step never waits for the GPU.
+        captions = batch["captions"].to(device, non_blocking=True)
+        lengths = batch["lengths"]
+        class_ids = batch["class_ids"].to(device, non_blocking=True)
+        reals = [image.to(device, non_blocking=True) for image in batch["images"]]
         self.netG.train()
         self.netsD.train()
         with torch.no_grad(), training_autocast(config, device):
@@ -165,8 +167,8 @@ def generate(netG: Generator, text_encoder, captions: torch.Tensor, lengths: tor
     netG.eval()
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        words, sentence = text_encoder(captions.to(device), lengths.to(device))
-        return netG(noise, sentence, words, lengths.to(device))
+        words, sentence = text_encoder(captions.to(device), lengths)
+        return netG(noise, sentence, words, lengths)
 
 
 def _fixed_captions(dataset) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
