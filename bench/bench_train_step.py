@@ -49,7 +49,9 @@ def preset_config(preset: str, impl: str, device: torch.device, precision: str =
 
 
 def random_batch(config: Config, device: torch.device, seed: int = 0) -> dict:
-    """A collated batch of the preset's shapes: images per level, captions with ragged lengths."""
+    """A collated batch of the preset's shapes: images per level and class ids on `device`,
+    captions with ragged lengths on the CPU, where the data loader gives them and the step keeps
+    them (checked there without waiting for the GPU)."""
     generator = torch.Generator().manual_seed(seed)
     batch, words = config.gan.batch_size, config.data.words_num
     lengths = torch.randint(words // 2, words + 1, (batch,), generator=generator)
@@ -57,8 +59,8 @@ def random_batch(config: Config, device: torch.device, seed: int = 0) -> dict:
     captions = captions * (torch.arange(words)[None, :] < lengths[:, None])
     images = [torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
               for size in config.data.image_sizes]
-    return {"images": [image.to(device) for image in images], "captions": captions.to(device),
-            "lengths": lengths.to(device), "class_ids": torch.arange(batch, device=device)}
+    return {"images": [image.to(device) for image in images], "captions": captions,
+            "lengths": lengths, "class_ids": torch.arange(batch, device=device)}
 
 
 def make_trainer(config: Config, device: torch.device) -> GANTrainer:

@@ -161,3 +161,36 @@ def test_damsm_of_another_vocabulary_is_refused(tiny, tmp_path):
     with pytest.raises(Exception, match="vocabulary") as error:
         train_gan(_with(config, max_steps=1), other, tmp_path / "run", progress=False)
     assert str(other) in str(error.value) and "pretrain" in str(error.value)
+
+
+@pytest.mark.gpu
+def test_gpu_training_steps_never_wait_for_the_gpu():
+    """A GAN step and a DAMSM loss forward and backward on the GPU, fed a batch as the data loader
+    gives it (CPU tensors): no synchronisation with the GPU anywhere (the lengths and caption
+    ids are checked on the CPU, copies are queued), which torch's sync debug mode would raise."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_train_step import make_trainer, preset_config, random_batch
+
+    from attngan.train.damsm import damsm_losses
+    cuda = torch.device("cuda")
+    config = preset_config("shapes", "auto", cuda)
+    trainer, batch = make_trainer(config, cuda), random_batch(config, torch.device("cpu"))
+
+    encoders = (trainer.text_encoder, trainer.image_encoder)
+
+    def steps():
+        trainer.step(batch)
+        for module in encoders:           # (the GAN's frozen encoders, trained here)
+            module.train().requires_grad_(True)
+        damsm_losses(*encoders, batch, config, cuda)["loss"].backward()
+        for module in encoders:
+            module.eval().requires_grad_(False)
+
+    steps()                                # compiles the kernels and builds optimizer state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        steps()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

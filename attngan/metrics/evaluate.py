@@ -80,8 +80,8 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
     for start in range(0, count, batch_size):
         chunk = pairs[start:start + batch_size]
         encoded = encoded_all[start:start + batch_size]
-        captions = torch.stack([caption for caption, _ in encoded]).to(device)
-        lengths = torch.tensor([length for _, length in encoded])           # on the CPU
+        captions = torch.stack([caption for caption, _ in encoded])          # on the CPU
+        lengths = torch.tensor([length for _, length in encoded])
         noise = torch.randn(len(chunk), netG.z_dim, generator=noise_source).to(device)
         generated = generate(netG, gan_text_encoder, captions, lengths, noise,
                              seed=seed + start)[0][-1]                      # [b, 3, s, s]

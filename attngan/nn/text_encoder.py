@@ -10,8 +10,11 @@ conditioning augmentation and the conditional discriminators.
 As the official code computes it: Embedding(vocab, embedding_dim) initialized U(-0.1, 0.1),
 dropout on the embeddings, one bi-directional layer with hidden_dim // 2 units per direction,
 batch first, over packed sequences, so the padded slots after a caption's end never enter the
-recurrence and the backward direction starts at the caption's last real word. The batch is
-packed with `enforce_sorted=False` and never reordered: output row b is caption b.
+recurrence and the backward direction starts at the caption's last real word. Output row b is
+caption b: the batch is packed longest first (as `enforce_sorted=False` would) and put back in
+order here, with the permutations made on the CPU and copied without waiting, so that captions
+and lengths kept on the CPU cost a GPU encoder no synchronisation (PyTorch's unsorted packing
+copies its permutation back to the CPU).
 """
 from __future__ import annotations
 
@@ -36,8 +39,10 @@ class TextEncoder(nn.Module):
     forward(captions [B, L] integer, lengths [B] integer) -> (words [B, D, L], sentence [B, D])
         words[b, :, t] is word t's feature for t < lengths[b] and exactly 0 for t >= lengths[b];
         sentence[b] is [last forward hidden state, last backward hidden state]. Token ids in
-        padded slots are never read. `lengths` may live on any device (packing needs them on
-        the CPU, which costs one device sync on a GPU).
+        padded slots are never read. captions and lengths may live on the CPU or on the
+        encoder's device: on the CPU they are checked there and copied without waiting (packing
+        needs lengths on the CPU, and the id check reads the ids), so a GPU encoder never
+        synchronises; on the GPU the checks cost a synchronisation each.
     """
 
     def __init__(self, vocab_size: int, config: TextEncoderConfig):
@@ -91,23 +96,31 @@ class TextEncoder(nn.Module):
                 lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lengths_cpu = self._check_inputs(captions, lengths)
         batch, max_len = captions.shape
+        device = self.encoder.weight.device
+        if captions.device not in (device, torch.device("cpu")):
+            raise ValueError(f"captions are on {captions.device} but the text encoder on {device}; "
+                             f"put captions on the CPU or on {device}")
         positions = torch.arange(max_len, device=captions.device)
-        valid = positions[None, :] < lengths_cpu.to(captions.device)[:, None]  # [B, L]
+        valid = positions[None, :] < lengths_cpu.to(captions.device, non_blocking=True)[:, None]
         # Padded slots may hold anything (even ids outside the vocabulary): read id 0 there.
         tokens = captions.long().masked_fill(~valid, 0)
-        low, high = int(tokens.min()), int(tokens.max())
+        low, high = torch.stack(torch.aminmax(tokens)).tolist()
         if low < 0 or high >= self.vocab_size:
             raise ValueError(f"captions hold word id {low if low < 0 else high}, outside the "
                              f"vocabulary of {self.vocab_size} words this text encoder was built "
                              "for; encode captions with the vocabulary of its data set")
+        # Longest first for packing, and the inverse permutation to put the batch back.
+        order = torch.argsort(lengths_cpu, descending=True, stable=True)
+        order_on_device, restore = (index.to(device, non_blocking=True)
+                                    for index in (order, torch.argsort(order)))
 
-        emb = self.drop(self.encoder(tokens))                           # [B, L, E]
-        packed = pack_padded_sequence(emb, lengths_cpu, batch_first=True,
-                                      enforce_sorted=False)
+        emb = self.drop(self.encoder(tokens.to(device, non_blocking=True)))     # [B, L, E]
+        packed = pack_padded_sequence(emb.index_select(0, order_on_device), lengths_cpu[order],
+                                      batch_first=True)
         output, hidden = self.rnn(packed)
         # Packing zero-fills the slots after each caption's end; pad back to the full L.
         output, _ = pad_packed_sequence(output, batch_first=True, total_length=max_len)
-        words = output.transpose(1, 2).contiguous()                      # [B, D, L]
-        last = hidden[0] if self.rnn_type == "lstm" else hidden         # [2, B, D/2], unsorted
-        sentence = last.transpose(0, 1).reshape(batch, self.embed_dim)  # [B, D]: fwd, bwd
-        return words, sentence
+        words = output.index_select(0, restore).transpose(1, 2).contiguous()   # [B, D, L]
+        last = hidden[0] if self.rnn_type == "lstm" else hidden         # [2, B, D/2], sorted
+        sentence = last.index_select(1, restore).transpose(0, 1).reshape(batch, self.embed_dim)
+        return words, sentence                                          # sentence: fwd, bwd

@@ -48,10 +48,9 @@ def epoch_learning_rate(lr: float, decay: float, min_ratio: float, epoch: int) -
 def damsm_losses(text_encoder, image_encoder, batch: dict, config: Config,
                  device: torch.device) -> dict[str, torch.Tensor]:
     """The four DAMSM losses of one batch (image encoder fed the largest pyramid level)."""
-    # Copies queued without waiting for the device (non_blocking), and the lengths kept on the
-    # CPU, where the ops check them: the step never waits for the GPU.
-    captions = batch["captions"].to(device, non_blocking=True)
-    lengths = batch["lengths"]
+    # Captions and lengths stay on the CPU, where the text encoder and the ops check them, and
+    # the copies are queued without waiting (non_blocking): the step never waits for the GPU.
+    captions, lengths = batch["captions"], batch["lengths"]
     class_ids = batch["class_ids"].to(device, non_blocking=True)
     images = batch["images"][-1].to(device, non_blocking=True)
     words, sentence = text_encoder(captions, lengths)            # [B, D, L], [B, D]
@@ -77,8 +76,7 @@ def encode_split(text_encoder, image_encoder, dataset, device: torch.device,
         indices = range(start, min(start + batch_size, len(dataset.keys)))
         captions, lengths = zip(*(dataset.caption(k * per_image + k % per_image)
                                   for k in indices))
-        captions = torch.stack(captions).to(device)
-        lengths = torch.tensor(lengths)                           # on the CPU, as in training
+        captions, lengths = torch.stack(captions), torch.tensor(lengths)   # on the CPU
         images = torch.stack([dataset[k]["images"][-1] for k in indices]).to(device)
         words, sentence = text_encoder(captions, lengths)
         regions, code = image_encoder(images)

@@ -96,10 +96,9 @@ class GANTrainer:
         """One training step on a collated batch; returns the losses as detached scalar
         tensors (converting them to floats every step would wait for the device)."""
         config, device = self.config, self.device
-        # Copies queued without waiting for the device (non_blocking), and the lengths kept on the
-        # CPU, where the ops check them: the step never waits for the GPU.
-        captions = batch["captions"].to(device, non_blocking=True)
-        lengths = batch["lengths"]
+        # Captions and lengths stay on the CPU, where the text encoder and the ops check them, and
+        # the copies are queued without waiting (non_blocking): the step never waits for the GPU.
+        captions, lengths = batch["captions"], batch["lengths"]
         class_ids = batch["class_ids"].to(device, non_blocking=True)
         reals = [image.to(device, non_blocking=True) for image in batch["images"]]
         self.netG.train()
@@ -167,7 +166,7 @@ def generate(netG: Generator, text_encoder, captions: torch.Tensor, lengths: tor
     netG.eval()
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        words, sentence = text_encoder(captions.to(device), lengths)
+        words, sentence = text_encoder(captions, lengths)
         return netG(noise, sentence, words, lengths)
 
 
