@@ -6,6 +6,7 @@ losses, the run folder is complete, resume continues exactly, and bad runs fail 
 """
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,11 @@ import torch
 from attngan.config import load_config
 from attngan.data.synthetic import make_synthetic
 from attngan.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from attngan.train.damsm import pretrain_damsm, resolve_damsm_checkpoint
+from attngan.train.damsm import damsm_losses, pretrain_damsm, resolve_damsm_checkpoint
 from attngan.train.gan import load_gan, train_gan
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from bench_train_step import make_trainer, preset_config, random_batch  # noqa: E402
 
 TINY = ["data.synthetic.num_train=16", "data.synthetic.num_test=12", "data.synthetic.canvas=32",
         "data.base_size=16", "data.branch_num=2", "text_encoder.embedding_dim=16",
@@ -168,15 +172,9 @@ def test_gpu_training_steps_never_wait_for_the_gpu():
     """A GAN step and a DAMSM loss forward and backward on the GPU, fed a batch as the data loader
     gives it (CPU tensors): no synchronisation with the GPU anywhere (the lengths and caption
     ids are checked on the CPU, copies are queued), which torch's sync debug mode would raise."""
-    import sys
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    from bench_train_step import make_trainer, preset_config, random_batch
-
-    from attngan.train.damsm import damsm_losses
     cuda = torch.device("cuda")
     config = preset_config("shapes", "auto", cuda)
     trainer, batch = make_trainer(config, cuda), random_batch(config, torch.device("cpu"))
-
     encoders = (trainer.text_encoder, trainer.image_encoder)
 
     def steps():

@@ -49,7 +49,7 @@ def damsm_losses(text_encoder, image_encoder, batch: dict, config: Config,
                  device: torch.device) -> dict[str, torch.Tensor]:
     """The four DAMSM losses of one batch (image encoder fed the largest pyramid level)."""
     # Captions and lengths stay on the CPU, where the text encoder and the ops check them, and
-    # the copies are queued without waiting (non_blocking): the step never waits for the GPU.
+    # the copies are queued (non_blocking), so that the step need not wait for the GPU.
     captions, lengths = batch["captions"], batch["lengths"]
     class_ids = batch["class_ids"].to(device, non_blocking=True)
     images = batch["images"][-1].to(device, non_blocking=True)

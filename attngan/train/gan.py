@@ -97,7 +97,7 @@ class GANTrainer:
         tensors (converting them to floats every step would wait for the device)."""
         config, device = self.config, self.device
         # Captions and lengths stay on the CPU, where the text encoder and the ops check them, and
-        # the copies are queued without waiting (non_blocking): the step never waits for the GPU.
+        # the copies are queued (non_blocking), so that the step need not wait for the GPU.
         captions, lengths = batch["captions"], batch["lengths"]
         class_ids = batch["class_ids"].to(device, non_blocking=True)
         reals = [image.to(device, non_blocking=True) for image in batch["images"]]
