@@ -1,9 +1,11 @@
-"""Shared test setup: fixed threads and seeds, and the `gpu` marker that skips cleanly.
+"""Shared test setup: fixed threads and seeds, the `gpu` marker that skips cleanly, and the
+`no_gpu_synchronisation` fixture.
 
 Without a CUDA device the Triton interpreter is switched on (TRITON_INTERPRET=1). Apart from
 that availability probe no torch.cuda call happens at import; GPU tests are skipped at
 collection when no CUDA device is present.
 """
+import contextlib
 import os
 
 import pytest
@@ -30,3 +32,18 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def no_gpu_synchronisation():
+    """A context manager inside which any synchronisation with the GPU raises (torch's sync
+    debug mode): work queued before it is waited for first, outside."""
+    @contextlib.contextmanager
+    def forbid():
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return forbid

@@ -267,7 +267,7 @@ def test_int32_lengths_equal_int64(impl):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("impl", ["triton", "cuda", "reference"])
-def test_gpu_cpu_lengths_need_no_synchronisation(impl):
+def test_gpu_cpu_lengths_need_no_synchronisation(impl, no_gpu_synchronisation):
     """Lengths kept on the CPU with features on the GPU: the forward and backward never wait
     for the GPU (torch's sync debug mode raises on any synchronisation), the results equal those
     with the lengths on the GPU, and a bad CPU length still raises the clear error."""
@@ -284,12 +284,8 @@ def test_gpu_cpu_lengths_need_no_synchronisation(impl):
         return (similarity, *torch.autograd.grad(similarity, (words, regions), grad_s))
 
     expected = run(lengths.to(cuda))       # also compiles the kernels, outside the debug mode
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_gpu_synchronisation():
         got = run(lengths)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     for want, value in zip(expected, got):      # (atomic sums may add in another order)
         torch.testing.assert_close(value, want, rtol=1e-5, atol=1e-5)
     lengths[1] = 0

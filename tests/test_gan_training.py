@@ -168,7 +168,7 @@ def test_damsm_of_another_vocabulary_is_refused(tiny, tmp_path):
 
 
 @pytest.mark.gpu
-def test_gpu_training_steps_never_wait_for_the_gpu():
+def test_gpu_training_steps_never_wait_for_the_gpu(no_gpu_synchronisation):
     """A GAN step and a DAMSM loss forward and backward on the GPU, fed a batch as the data loader
     gives it (CPU tensors): no synchronisation with the GPU anywhere (the lengths and caption
     ids are checked on the CPU, copies are queued), which torch's sync debug mode would raise."""
@@ -186,9 +186,5 @@ def test_gpu_training_steps_never_wait_for_the_gpu():
             module.eval().requires_grad_(False)
 
     steps()                                # compiles the kernels and builds optimizer state
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_gpu_synchronisation():
         steps()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")

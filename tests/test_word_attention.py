@@ -410,7 +410,7 @@ def test_int32_lengths_equal_int64(impl):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("impl", [*GPU_IMPLS, "reference"])
-def test_gpu_cpu_lengths_need_no_synchronisation(impl):
+def test_gpu_cpu_lengths_need_no_synchronisation(impl, no_gpu_synchronisation):
     """Lengths kept on the CPU with features on the GPU (as the GAN step passes them): forward
     and backward never wait for the GPU (torch's sync debug mode raises on any synchronisation),
     the results equal those with the lengths on the GPU, and a bad CPU length still raises."""
@@ -423,12 +423,8 @@ def test_gpu_cpu_lengths_need_no_synchronisation(impl):
         return (out, *torch.autograd.grad(out, (query, words), grad_out))
 
     expected = run(lengths.cuda())         # also compiles the kernels, outside the debug mode
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_gpu_synchronisation():
         got = run(lengths)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     for want, value in zip(expected, got):      # (atomic sums may add in another order)
         torch.testing.assert_close(value, want, rtol=1e-5, atol=1e-5)
     lengths[2] = 8
