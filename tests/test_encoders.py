@@ -119,6 +119,9 @@ def test_text_encoder_rejects_bad_captions_and_config():
         encoder(torch.tensor([[1, VOCAB]]), torch.tensor([2]))
     with pytest.raises(ValueError, match=r"captions must be an integer tensor \[B, L\]"):
         encoder(torch.rand(2, 4), torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="captions are on meta but the text encoder on cpu; "
+                                         "put captions on the CPU$"):
+        encoder(torch.ones(2, 4, dtype=torch.long, device="meta"), torch.tensor([1, 2]))
     with pytest.raises(ConfigError, match="text_encoder.rnn must be one of lstm, gru"):
         TextEncoder(VOCAB, TextEncoderConfig(rnn="transformer"))
     with pytest.raises(ConfigError, match="text_encoder.hidden_dim must be an even number"):
@@ -293,6 +296,9 @@ def test_encoders_on_cuda_match_cpu():
     words, sentence = text(captions, lengths)
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):   # cuDNN's RNNs may use TF32
         words_gpu, sentence_gpu = text.cuda()(captions.cuda(), lengths.cuda())  # lengths on GPU
+        kept_on_cpu = text(captions, lengths)           # as the training steps pass them
+    for on_gpu, from_cpu in zip((words_gpu, sentence_gpu), kept_on_cpu):
+        torch.testing.assert_close(from_cpu, on_gpu, rtol=0, atol=0)
     # cuDNN's LSTM sums in another order than the CPU one: on an H100 (2026-11-27, TF32 allowed)
     # 2 of 384 word features differed by 1.2e-5 (1.1e-3 relative, on a small value); a wrong
     # length or mask moves them by orders of magnitude more

@@ -98,8 +98,9 @@ class TextEncoder(nn.Module):
         batch, max_len = captions.shape
         device = self.encoder.weight.device
         if captions.device not in (device, torch.device("cpu")):
+            where = "" if device.type == "cpu" else f" or on {device}"
             raise ValueError(f"captions are on {captions.device} but the text encoder on {device}; "
-                             f"put captions on the CPU or on {device}")
+                             f"put captions on the CPU{where}")
         positions = torch.arange(max_len, device=captions.device)
         valid = positions[None, :] < lengths_cpu.to(captions.device, non_blocking=True)[:, None]
         # Padded slots may hold anything (even ids outside the vocabulary): read id 0 there.
