@@ -31,10 +31,17 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for average, current in zip(self.module.parameters(), model.parameters(), strict=True):
-            average.mul_(self.decay).add_(current.detach(), alpha=1.0 - self.decay)
-        for average, current in zip(self.module.buffers(), model.buffers(), strict=True):
-            average.copy_(current)
+        """One step of the average, as a few multi-tensor kernels rather than two per parameter."""
+        averages, currents = list(self.module.parameters()), list(model.parameters())
+        buffers, sources = list(self.module.buffers()), list(model.buffers())
+        if len(averages) != len(currents) or len(buffers) != len(sources):
+            raise ValueError(f"EMA.update: the model has {len(currents)} parameters and "
+                             f"{len(sources)} buffers, the average {len(averages)} and "
+                             f"{len(buffers)}; pass the model the EMA was built from")
+        torch._foreach_mul_(averages, self.decay)
+        torch._foreach_add_(averages, currents, alpha=1.0 - self.decay)
+        if buffers:
+            torch._foreach_copy_(buffers, sources)
 
     def state_dict(self) -> dict:
         return self.module.state_dict()
