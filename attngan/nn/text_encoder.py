@@ -41,8 +41,8 @@ class TextEncoder(nn.Module):
         sentence[b] is [last forward hidden state, last backward hidden state]. Token ids in
         padded slots are never read. captions and lengths may live on the CPU or on the
         encoder's device: on the CPU they are checked there and copied without waiting (packing
-        needs lengths on the CPU, and the id check reads the ids), so a GPU encoder never
-        synchronises; on the GPU the checks cost a synchronisation each.
+        needs lengths on the CPU, and the id check reads the ids), so a GPU encoder need not
+        synchronise; on the GPU the checks cost a synchronisation each.
     """
 
     def __init__(self, vocab_size: int, config: TextEncoderConfig):
