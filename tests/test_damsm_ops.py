@@ -286,7 +286,7 @@ def test_gpu_cpu_lengths_need_no_synchronisation(impl, no_gpu_synchronisation):
     expected = run(lengths.to(cuda))       # also compiles the kernels, outside the debug mode
     with no_gpu_synchronisation():
         got = run(lengths)
-    for want, value in zip(expected, got):      # (atomic sums may add in another order)
+    for want, value in zip(expected, got):      # (cuBLAS need not repeat its summation order)
         torch.testing.assert_close(value, want, rtol=1e-5, atol=1e-5)
     lengths[1] = 0
     with pytest.raises(ValueError, match=r"1\.\.L"):
