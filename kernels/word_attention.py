@@ -60,13 +60,15 @@ def _softmax_over_words(q, e, n, offs_l, DOT_PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _program_tile(lengths_ptr, C, R, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+def _program_tile(lengths_ptr, C, L, R, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
                   BLOCK_R: tl.constexpr):
     """This program's caption b (program 1, int64 so that offsets of large batches fit), its length
-    n, the channel, word and region offsets of its block of regions (program 0), their masks, and
+    n clamped into [1, L] (the launchers do not read the lengths; the custom op checks them, but
+    not while a CUDA graph is captured: no value may make a kernel touch memory past its caption),
+    the channel, word and region offsets of its block of regions (program 0), their masks, and
     the offsets of its `[BC, BR]` tile of a `[B, C, R]` tensor."""
     block, b = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    n = tl.load(lengths_ptr + b)
+    n = tl.minimum(tl.maximum(tl.load(lengths_ptr + b), 1), L)
     offs_c = tl.arange(0, BLOCK_C)
     offs_l = tl.arange(0, BLOCK_L)
     offs_r = block * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -81,7 +83,7 @@ def _word_attention_fwd_kernel(
     RETURN_ATTN: tl.constexpr, CONCAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
     BLOCK_R: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    b, n, offs_c, offs_l, offs_r, c_ok, r_ok, tile = _program_tile(lengths_ptr, C, R, BLOCK_C,
+    b, n, offs_c, offs_l, offs_r, c_ok, r_ok, tile = _program_tile(lengths_ptr, C, L, R, BLOCK_C,
                                                                    BLOCK_L, BLOCK_R)
     q = tl.load(query_ptr + tile, mask=c_ok[:, None] & r_ok[None, :], other=0.0)
     e = tl.load(words_ptr + b * C * L + offs_c[:, None] * L + offs_l[None, :],
@@ -108,7 +110,7 @@ def _word_attention_bwd_kernel(
     HAS_GRAD_ATTN: tl.constexpr, CONCAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
     BLOCK_R: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    b, n, offs_c, offs_l, offs_r, c_ok, r_ok, tile = _program_tile(lengths_ptr, C, R, BLOCK_C,
+    b, n, offs_c, offs_l, offs_r, c_ok, r_ok, tile = _program_tile(lengths_ptr, C, L, R, BLOCK_C,
                                                                    BLOCK_L, BLOCK_R)
     tile_ok = c_ok[:, None] & r_ok[None, :]
     q = tl.load(query_ptr + tile, mask=tile_ok, other=0.0)

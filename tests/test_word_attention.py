@@ -222,6 +222,25 @@ def test_concat_backward_checks_the_gradient_shape():
         word_attention_bwd(torch.randn(1, 4, 2, 2), None, q, w, n, True)
 
 
+def test_triton_launchers_clamp_lengths():
+    """The Triton launchers do not read the lengths (the custom op checks them, except while a
+    CUDA graph is captured): the kernels clamp them into [1, L], so no value reaches memory past
+    a caption's words."""
+    from attngan.kernels.word_attention import word_attention_bwd, word_attention_fwd
+    device = _device("triton")
+    query, words, _ = _inputs(3, 5, 4, 3, 2, [4, 4, 4], dtype=torch.float32, device=device)
+    grad_out = torch.randn(3, 10, 3, 2, device=device)
+    grad_attn = torch.randn(3, 4, 3, 2, device=device)
+
+    def outputs(lengths):
+        lengths = torch.tensor(lengths, device=device)
+        return (*word_attention_fwd(query, words, lengths, True, True),
+                *word_attention_bwd(grad_out, grad_attn, query, words, lengths, True))
+
+    for got, want in zip(outputs([0, 9, 2]), outputs([1, 4, 2])):
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("impl", ["reference", "cpp"])
 @pytest.mark.parametrize("concat", [False, True])
 def test_torch_compile_fullgraph(impl, concat):
