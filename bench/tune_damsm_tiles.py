@@ -68,6 +68,13 @@ def _op(kernel: str, words, lengths, regions, grad_s):
                                                 need_words_grad)
 
 
+def _with_entry(pair: tuple, slot: int, config) -> tuple:
+    """A TILES pair (16-bit entry, fp32 entry) with its `slot` entry replaced by `config`."""
+    entry = list(pair)
+    entry[slot] = tuple(config)
+    return tuple(entry)
+
+
 def _relative_difference(outputs, expected) -> float:
     return max(((o.double() - e.double()).norm() / e.double().norm().clamp(min=1e-30)).item()
                for o, e in zip(outputs, expected) if e.numel())
@@ -95,9 +102,7 @@ def sweep(kernels, configs: dict, device: torch.device, dtype: torch.dtype, size
                 if time.monotonic() - start > max_seconds / len(kernels):
                     rows.append(dict(kernel=kernel, config=None, stopped=True))
                     break
-                entry = list(current[kernel])
-                entry[slot] = config
-                tk.TILES[kernel] = tuple(entry)
+                tk.TILES[kernel] = _with_entry(current[kernel], slot, config)
                 try:
                     difference = _relative_difference(call(), expected)
                     seconds = median_seconds(call, device, min_run_time)
@@ -126,9 +131,7 @@ def tuned_tiles(rows: list[dict], dtype: torch.dtype) -> dict:
     for kernel in dict.fromkeys(r["kernel"] for r in rows):
         winner = best(rows, kernel)
         if winner is not None:
-            entry = list(tiles[kernel])
-            entry[slot] = tuple(winner["config"])
-            tiles[kernel] = tuple(entry)
+            tiles[kernel] = _with_entry(tiles[kernel], slot, winner["config"])
     return tiles
 
 
