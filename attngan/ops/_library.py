@@ -46,6 +46,14 @@ def check_lengths(op: str, lengths: Tensor, num_words: int) -> None:
                          f"<= L, the word slots of words.shape[2]")
 
 
+def check_lengths_outside_op(op: str, impl: str, lengths: Tensor, num_words: int) -> None:
+    """The public ops' check of the lengths for an implementation whose custom op does not check
+    them itself (not in CHECKS_LENGTHS). Skipped inside a torch.compile graph, which a
+    data-dependent check would break; there the C++ kernel's own check stands in."""
+    if impl not in CHECKS_LENGTHS and not torch.compiler.is_compiling():
+        check_lengths(op, lengths, num_words)
+
+
 def check_lengths_device(op: str, lengths: Tensor, device: torch.device) -> None:
     """Raise one ValueError unless the lengths are on the CPU or on `device` (the features')."""
     if lengths.device not in (device, torch.device("cpu")):

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from attngan import backend
 from attngan.ops import reference
-from attngan.ops._library import (CHECKS_LENGTHS, check_lengths, check_lengths_device,
+from attngan.ops._library import (check_lengths_device, check_lengths_outside_op,
                                   damsm_word_similarity_ops, lengths_on)
 
 __all__ = ["damsm_word_similarity", "damsm_word_loss", "damsm_sentence_loss"]
@@ -147,10 +147,7 @@ def damsm_word_similarity(words: torch.Tensor, lengths: torch.Tensor, regions: t
         regions = regions.flatten(2)                                              # [Bi, D, R]
     dtype = torch.promote_types(words.dtype, regions.dtype)
     impl = _choose_impl(words.device, impl, dtype, _shape_reasons(words, regions))
-    if impl not in CHECKS_LENGTHS and not torch.compiler.is_compiling():
-        # The GPU ops check the lengths inside (free for CPU lengths); here a data-dependent
-        # check would break a torch.compile graph, where the C++ kernel's own check stands in.
-        check_lengths("damsm_word_similarity", lengths, words.shape[2])
+    check_lengths_outside_op("damsm_word_similarity", impl, lengths, words.shape[2])
     with torch.autocast(device_type=words.device.type, enabled=False):
         if impl in ("loop", "reference"):
             compute = torch.float64 if dtype == torch.float64 else torch.float32

@@ -30,8 +30,8 @@ from typing import Optional, Union
 import torch
 
 from attngan import backend
-from attngan.ops._library import (CHECKS_LENGTHS, check_lengths, check_lengths_device,
-                                  lengths_on, word_attention_ops)
+from attngan.ops._library import (check_lengths_device, check_lengths_outside_op, lengths_on,
+                                  word_attention_ops)
 from attngan.ops.reference import word_attention_reference
 
 __all__ = ["word_attention", "word_attention_reference", "MAX_CHANNELS", "MAX_WORDS"]
@@ -150,10 +150,7 @@ def word_attention(query: torch.Tensor, words: torch.Tensor, lengths: torch.Tens
     _check_inputs(query, words, lengths)
     query, words = _precision(query, words)
     chosen = _choose(str(query.device), impl, words.shape[1], words.shape[2], query.dtype)
-    if chosen not in CHECKS_LENGTHS and not torch.compiler.is_compiling():
-        # The GPU ops check the lengths inside (free for CPU lengths); here a data-dependent
-        # check would break a torch.compile graph, where the C++ kernel's own check stands in.
-        check_lengths("word_attention", lengths, words.shape[2])
+    check_lengths_outside_op("word_attention", chosen, lengths, words.shape[2])
     if chosen == "reference":
         with torch.autocast(query.device.type, enabled=False):
             result = word_attention_reference(query, words, lengths_on(query.device, lengths),
