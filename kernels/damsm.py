@@ -125,6 +125,13 @@ def _rows_mask(cap_ok, d_ok):
 
 
 @triton.jit
+def _stats_rows(stats_ptr, pair, offs_t, BLOCK_L: tl.constexpr):
+    """Pointers `[GROUP, BL]` to the first saved per-word scalar (lse) of each pair in `pair`; the
+    second (delta) is BLOCK_L further: the layout `[Bi, Bc, _N_STATS = 2, BLOCK_L]`."""
+    return stats_ptr + pair[:, None] * 2 * BLOCK_L + offs_t[None, :]
+
+
+@triton.jit
 def _per_caption_sum(x, GROUP: tl.constexpr, BLOCK_L: tl.constexpr):
     """Row sums of `x` `[rows, GROUP * BL]` over each caption's columns, broadcast back to them."""
     x3 = tl.reshape(x, (x.shape[0], GROUP, BLOCK_L))
@@ -213,7 +220,7 @@ def _damsm_word_similarity_fwd_kernel(
                      offs_d, offs_t, D, GROUP, BLOCK_D, BLOCK_L)                    # gc
         _store_tiles(direct_ptr, coef_a[None, :] * c + coef_bw[None, :] * ef, pair, real,
                      offs_d, offs_t, D, GROUP, BLOCK_D, BLOCK_L)                    # ge(direct)
-        stats = stats_ptr + pair[:, None] * 2 * BLOCK_L + offs_t[None, :]            # [G, BL]
+        stats = _stats_rows(stats_ptr, pair, offs_t, BLOCK_L)                        # [G, BL]
         tl.store(stats, tl.reshape(m + tl.log(l), (GROUP, BLOCK_L)), mask=cap_ok[:, None])
         tl.store(stats + BLOCK_L, tl.reshape(delta, (GROUP, BLOCK_L)), mask=cap_ok[:, None])
 
@@ -236,7 +243,7 @@ def _pair_backward_tile(vt, e, gc_lp, r_ok, t_ok, lse, delta, gamma1,
 def _load_pair_stats(stats_ptr, pair, cap_ok, offs_t, GROUP: tl.constexpr, BLOCK_L: tl.constexpr):
     """The log-normaliser of the region softmax and delta of GROUP pairs, each `[GROUP * BL]`
     (0 for a caption past Bc)."""
-    stats = stats_ptr + pair[:, None] * 2 * BLOCK_L + offs_t[None, :]                # [G, BL]
+    stats = _stats_rows(stats_ptr, pair, offs_t, BLOCK_L)                            # [G, BL]
     lse = tl.reshape(tl.load(stats, mask=cap_ok[:, None], other=0.0), (GROUP * BLOCK_L,))
     delta = tl.reshape(tl.load(stats + BLOCK_L, mask=cap_ok[:, None], other=0.0), (GROUP * BLOCK_L,))
     return lse, delta
