@@ -30,6 +30,7 @@ allocator keeps no statistics).
     python bench/bench_damsm.py [--device cuda] [--dtype bf16] [--sizes cub,cpu] [--record]
                                 [--providers loop,reference,cpp] [--min-time 1.0]
                                 [--tiles FILE]   (Triton tiles from tune_damsm_tiles.py)
+                                [--lengths-on cpu|device]   (default cpu, as in training)
     pytest bench/bench_damsm.py          # pytest-benchmark, the "cpu" size
 """
 from __future__ import annotations
@@ -46,9 +47,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DTYPES, interleaved_cpu_samples, load_tiles, machine,  # noqa: E402
-                    machine_lines, markdown_table, matmul_gflops, median_seconds,
-                    peak_memory_bytes, publish)
+from common import (DTYPES, add_lengths_option, interleaved_cpu_samples,  # noqa: E402
+                    lengths_device, load_tiles, machine, machine_lines, markdown_table,
+                    matmul_gflops, median_seconds, peak_memory_bytes, publish)
 
 from attngan import backend  # noqa: E402
 from attngan.ops import damsm  # noqa: E402
@@ -64,8 +65,10 @@ FLOP_PER_DRN = {"forward": 4, "forward+backward": 12, "forward+backward_regions"
 
 
 def make_inputs(size: dict, device: torch.device, dtype: torch.dtype, seed: int = 0,
-                scale: Optional[float] = None, ragged: bool = False):
-    """Words, lengths, regions and an upstream gradient. Gaussian features times `scale`, by
+                scale: Optional[float] = None, ragged: bool = False,
+                lengths_on: Optional[torch.device] = None):
+    """Words, lengths (on `lengths_on`, default `device`), regions and an upstream gradient.
+    Gaussian features times `scale`, by
     default D^-1/4 so that s = v^T e has unit spread (softmaxes neither uniform nor one-hot).
     With scale 1, s spreads ~ sqrt(D) = 16: one-hot word softmaxes whose tiny values (denormal
     floats) slow the PyTorch providers down. Every caption has all L words, or with `ragged`
@@ -80,7 +83,7 @@ def make_inputs(size: dict, device: torch.device, dtype: torch.dtype, seed: int 
     else:
         lengths = torch.full((size["batch"],), size["words"], dtype=torch.long)
     grad_s = torch.randn(size["batch"], size["batch"], generator=generator)
-    return (words.to(device, dtype), lengths.to(device), regions.to(device, dtype),
+    return (words.to(device, dtype), lengths.to(lengths_on or device), regions.to(device, dtype),
             grad_s.to(device))
 
 
@@ -120,14 +123,15 @@ def make_call(provider: str, words, lengths, regions, grad_s,
 
 
 def run_benchmarks(device: torch.device, dtype: torch.dtype, size_names, passes, providers,
-                   min_run_time: float, rounds: int,
-                   scale: Optional[float] = None) -> tuple[list[dict], float]:
+                   min_run_time: float, rounds: int, scale: Optional[float] = None,
+                   lengths_on: str = "cpu") -> tuple[list[dict], float]:
     matmul = matmul_gflops(device, dtype, min_run_time=min_run_time)
     print(f"machine {dtype} matmul: {matmul:.0f} GFLOP/s", flush=True)
     rows = []
     for size_name in size_names:
         size = SIZES[size_name]
-        words, lengths, regions, grad_s = make_inputs(size, device, dtype, scale=scale)
+        words, lengths, regions, grad_s = make_inputs(
+            size, device, dtype, scale=scale, lengths_on=lengths_device(lengths_on, device))
         for pass_name in passes:
             flop = flop_count(size["batch"], lengths, size["dim"], size["regions"], pass_name)
             calls, first_call = {}, {}
@@ -223,6 +227,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tiles", metavar="FILE",
                         help="measure the Triton kernels with this kernels.damsm.TILES table "
                              "(JSON, as bench/tune_damsm_tiles.py --write-tiles writes it)")
+    add_lengths_option(parser)
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     if args.threads is not None:
@@ -244,7 +249,7 @@ def main(argv=None) -> int:
     unknown = [p for p in passes if p not in PASSES]
     if unknown:
         parser.error(f"unknown pass(es) {unknown}; choose from {list(PASSES)}")
-    info = machine(device)
+    info = dict(machine(device), lengths_on=args.lengths_on)
     triton_runs = backend.unavailable_reason("damsm_word_similarity", "triton", device) is None
     if "triton" in providers and triton_runs:
         from attngan.kernels import damsm as triton_damsm
@@ -258,7 +263,7 @@ def main(argv=None) -> int:
         parser.error("--tiles sets the Triton kernels' tiles, but the triton provider does not "
                      "run here (not in --providers, or unavailable on this device)")
     rows, _ = run_benchmarks(device, dtype, sizes, passes, providers, args.min_time, args.rounds,
-                             args.scale)
+                             args.scale, args.lengths_on)
     text = render(rows, info, dtype)
     publish("damsm", info, rows, text, args.record)
     return 0
@@ -273,7 +278,8 @@ _DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 @pytest.mark.parametrize("provider", list(PYTORCH_PROVIDERS[:2] + PROJECT_PROVIDERS))
 def test_damsm_word_similarity(benchmark, provider, pass_name):
     size = SIZES["cpu"]
-    words, lengths, regions, grad_s = make_inputs(size, _DEVICE, torch.float32)
+    words, lengths, regions, grad_s = make_inputs(size, _DEVICE, torch.float32,
+                                                  lengths_on=torch.device("cpu"))
     reason = unavailable(provider, words, regions)
     if reason is not None:
         pytest.skip(reason)

@@ -38,7 +38,7 @@ processes only add time), CUDA triton.testing.do_bench (median). Peak memory on 
 
     python bench/bench_word_attention.py [--device cuda] [--dtype bf16] [--sizes cub64,coco64]
                                          [--cat-sizes cub64] [--full-lengths] [--threads 1]
-                                         [--record]
+                                         [--lengths-on cpu|device] [--record]
     pytest bench/bench_word_attention.py    # pytest-benchmark, the "cpu" size
 """
 from __future__ import annotations
@@ -57,8 +57,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DTYPES, machine, machine_lines, markdown_table, median_seconds,  # noqa: E402
-                    peak_memory_bytes, publish)
+from common import (DTYPES, add_lengths_option, lengths_device, machine,  # noqa: E402
+                    machine_lines, markdown_table, median_seconds, peak_memory_bytes, publish)
 
 from attngan import backend  # noqa: E402
 # attngan.ops re-exports the function under the module's name: fetch the module itself.
@@ -82,8 +82,9 @@ CAT_PASSES = ("cat-forward", "cat-forward+backward")
 
 
 def make_inputs(size: dict, device: torch.device, dtype: torch.dtype, full_lengths: bool,
-                seed: int = 0):
-    """Features scaled so the scores h^T e' have unit spread (softmax neither uniform nor one-hot)."""
+                seed: int = 0, lengths_on: Optional[torch.device] = None):
+    """Features scaled so the scores h^T e' have unit spread (softmax neither uniform nor
+    one-hot); the lengths on `lengths_on` (default `device`)."""
     generator = torch.Generator().manual_seed(seed)
     batch, channels, words, side = size["batch"], size["channels"], size["words"], size["side"]
     scale = channels ** -0.25
@@ -95,7 +96,7 @@ def make_inputs(size: dict, device: torch.device, dtype: torch.dtype, full_lengt
         lengths = torch.randint(max(1, words // 2), words + 1, (batch,), generator=generator)
     # the gradient of [h; context]; its last C channels are the context's gradient
     grad_out = torch.randn(batch, 2 * channels, side, side, generator=generator)
-    return (query.to(device, dtype), projected.to(device, dtype), lengths.to(device),
+    return (query.to(device, dtype), projected.to(device, dtype), lengths.to(lengths_on or device),
             grad_out.to(device, dtype))
 
 
@@ -120,7 +121,7 @@ def sdpa_word_attention(query, words, lengths, backend_name: str):
     q = query.reshape(batch, channels, height * width).transpose(1, 2).contiguous()[:, None]  # [B, 1, R, C]
     kv = words.transpose(1, 2).contiguous()[:, None]                                # [B, 1, L, C]
     keep = (torch.arange(words.shape[2], device=words.device)[None, :]
-            < lengths[:, None])[:, None, None, :]                                   # [B, 1, 1, L]
+            < lengths.to(words.device, non_blocking=True)[:, None])[:, None, None, :]  # [B, 1, 1, L]
     with sdpa_kernel(getattr(SDPBackend, backend_name)), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # why a backend declined: reported as skipped
         out = F.scaled_dot_product_attention(q, kv, kv, attn_mask=keep, scale=1.0)  # [B, 1, R, C]
@@ -204,11 +205,13 @@ def cpu_seconds(fn: Callable[[], object], min_run_time: float) -> tuple[float, f
 
 
 def run_benchmarks(device: torch.device, dtype: torch.dtype, size_names, providers,
-                   min_run_time: float, full_lengths: bool, cat_size_names=()) -> list[dict]:
+                   min_run_time: float, full_lengths: bool, cat_size_names=(),
+                   lengths_on: str = "cpu") -> list[dict]:
     rows = []
     for size_name in dict.fromkeys(list(size_names) + list(cat_size_names)):
         size = SIZES[size_name]
-        query, words, lengths, grad_out = make_inputs(size, device, dtype, full_lengths)
+        query, words, lengths, grad_out = make_inputs(size, device, dtype, full_lengths,
+                                                      lengths_on=lengths_device(lengths_on, device))
         passes = ((PASSES if size_name in size_names else ())
                   + (CAT_PASSES if size_name in cat_size_names else ()))
         for pass_name in passes:
@@ -305,6 +308,7 @@ def main(argv=None) -> int:
                         help="seconds of timed runs per measurement (default 1 on CPU, 0.25 on CUDA)")
     parser.add_argument("--record", action="store_true",
                         help="write JSON and markdown to bench/results/")
+    add_lengths_option(parser)
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -318,10 +322,10 @@ def main(argv=None) -> int:
     unknown = [s for s in sizes + cat_sizes if s not in SIZES]
     if unknown:
         parser.error(f"unknown size(s) {unknown}; choose from {list(SIZES)}")
-    info = machine(device)
+    info = dict(machine(device), lengths_on=args.lengths_on)
     min_time = args.min_time if args.min_time is not None else DEFAULT_MIN_TIME[device.type]
     rows = run_benchmarks(device, dtype, sizes, args.providers.split(","), min_time,
-                          args.full_lengths, cat_sizes)
+                          args.full_lengths, cat_sizes, args.lengths_on)
     text = render(rows, info, dtype, args.full_lengths)
     publish("word_attention", info, rows, text, args.record)
     return 0
@@ -342,7 +346,8 @@ def test_word_attention(benchmark, provider, pass_name):
     reason = unavailable(provider, _DEVICE, torch.float32, size)
     if reason is not None:
         pytest.skip(reason)
-    query, words, lengths, grad_out = make_inputs(size, _DEVICE, torch.float32, False)
+    query, words, lengths, grad_out = make_inputs(size, _DEVICE, torch.float32, False,
+                                                  lengths_on=torch.device("cpu"))
     call = make_call(provider, query, words, lengths, grad_out, pass_name)
     timed = call if _DEVICE.type == "cpu" else (lambda: (call(), torch.cuda.synchronize()))
     benchmark.extra_info.update(mbytes=byte_count(size, torch.float32, pass_name) / 1e6,

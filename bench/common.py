@@ -159,7 +159,24 @@ def machine_lines(info: dict) -> list[str]:
                             f"cores, load average {info['load_average_1_5_15min']} at the start")
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
     dirty = " (uncommitted changes)" if info["uncommitted_changes"] else ""
-    return [f"- machine: {where}", f"- {versions}", f"- commit {info['commit']}{dirty}"]
+    lines = [f"- machine: {where}", f"- {versions}", f"- commit {info['commit']}{dirty}"]
+    if "lengths_on" in info:
+        lines.append(f"- caption lengths on the {info['lengths_on']} (--lengths-on)")
+    return lines
+
+
+def add_lengths_option(parser) -> None:
+    """--lengths-on: where a benchmark keeps the caption lengths its ops are called with."""
+    parser.add_argument("--lengths-on", default="cpu", choices=("cpu", "device"),
+                        help="cpu (default): as the data loader and the training steps pass "
+                             "them, so the ops need not synchronise; device: every call copies "
+                             "them back to check them, one synchronisation (how GPU records "
+                             "before 2026-11-28 were made)")
+
+
+def lengths_device(lengths_on: str, device: torch.device) -> torch.device:
+    """The device of the caption lengths for --lengths-on on `device`."""
+    return torch.device("cpu") if lengths_on == "cpu" else device
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -1,11 +1,17 @@
-"""bench/common.py's record of a GPU check (what bench/gpu_check.sh writes last): the machine,
-the commit it is told, each step's status and the tail of its log, as markdown and JSON."""
+"""bench/common.py: the record of a GPU check (what bench/gpu_check.sh writes last: the machine,
+the commit it is told, each step's status and the tail of its log, as markdown and JSON), and
+where the benchmarks keep the caption lengths (--lengths-on)."""
+import argparse
 import json
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from common import gpu_check_record  # noqa: E402
+from common import (add_lengths_option, gpu_check_record, lengths_device, machine,  # noqa: E402
+                    machine_lines)
 
 
 def test_gpu_check_record(tmp_path, monkeypatch):
@@ -23,3 +29,18 @@ def test_gpu_check_record(tmp_path, monkeypatch):
     assert "numpy" in record["versions"] and record["date_utc"] == "20261127-2100"
     markdown = base.with_suffix(".md").read_text()
     assert "- commit: abc1234\n" in markdown and "| pytest_gpu | failed (exit 1) | 2 |" in markdown
+
+
+def test_lengths_option():
+    parser = argparse.ArgumentParser()
+    add_lengths_option(parser)
+    assert parser.parse_args([]).lengths_on == "cpu"  # as the training steps pass them
+    assert parser.parse_args(["--lengths-on", "device"]).lengths_on == "device"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--lengths-on", "gpu"])
+    cuda = torch.device("cuda")
+    assert lengths_device("cpu", cuda) == torch.device("cpu")
+    assert lengths_device("device", cuda) == cuda
+    info = dict(machine(torch.device("cpu")), lengths_on="cpu")
+    assert "- caption lengths on the cpu (--lengths-on)" in machine_lines(info)
+    assert not any("lengths" in line for line in machine_lines(machine(torch.device("cpu"))))
