@@ -6,7 +6,7 @@ Subcommands:
     pretrain-damsm              pretrain the DAMSM text and image encoders, report R-precision
     train                       train AttnGAN with frozen DAMSM encoders
     sample                      generate images and attention figures for captions
-    evaluate                    score a generator on the synthetic test split
+    evaluate                    score a generator on the test split (IS and FID with weights)
     demo                        all of the above on the synthetic set, in minutes on a CPU
 Errors a user can cause (a config typo, missing data, an unknown word, a wrong checkpoint)
 print one line naming the problem and the fix and exit with status 2; ATTNGAN_DEBUG=1 shows the
@@ -106,7 +106,10 @@ def _evaluate(args) -> int:
     from attngan.metrics.evaluate import evaluate_generator
     results = evaluate_generator(args.ckpt, out_path=args.out, device=args.device,
                                  max_images=args.max_images, seed=args.seed,
-                                 damsm_path=args.damsm)
+                                 damsm_path=args.damsm,
+                                 inception_weights=args.inception_weights,
+                                 inception_variant=args.inception_variant,
+                                 fid_stats=args.fid_stats, inception_splits=args.inception_splits)
     print(json.dumps(results, indent=2))
     return 0
 
@@ -153,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_sample)
 
-    p = commands.add_parser("evaluate", help="checker accuracy and R-precision of a generator")
+    p = commands.add_parser("evaluate", help="checker accuracy, R-precision, and with Inception "
+                                             "weights IS and FID, of a generator")
     p.add_argument("--ckpt", required=True, help="GAN checkpoint file or run folder")
     p.add_argument("--out", help="JSON file for the results")
     p.add_argument("--device", default="cpu")
@@ -162,6 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--damsm", help="DAMSM run or checkpoint for R-precision "
                                    "(default: the one the GAN was trained with)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--inception-weights", metavar="PATH",
+                   help="Inception-v3 weights file: adds the Inception Score and FID")
+    p.add_argument("--inception-variant", default="torchvision",
+                   help="the network of that file: torchvision's inception_v3_google-*.pth "
+                        "(default) or pytorch-fid's pt_inception-2015-12-05-*.pth")
+    p.add_argument("--fid-stats", metavar="PATH",
+                   help="real statistics for FID (.npz, pytorch-fid's format); a path that does "
+                        "not exist receives those of the test split (default: computed, not kept)")
+    p.add_argument("--inception-splits", type=int, default=10,
+                   help="splits of the Inception Score (default 10)")
     p.set_defaults(run=_evaluate)
 
     p = commands.add_parser("demo", help="the whole pipeline on the synthetic set")

@@ -11,7 +11,8 @@ def test_quick_demo_writes_every_output(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "R-precision, sentence level" in report and "| color |" in report
     evaluation = json.loads((out / "evaluation.json").read_text())
-    assert set(evaluation) == {"protocol", "checker", "r_precision"}
+    assert set(evaluation) == {"protocol", "checker", "r_precision", "inception_score", "fid"}
+    assert evaluation["inception_score"] is None and evaluation["fid"] is None  # no weights
     assert set(evaluation["checker"]["gap"]) >= {"color", "position", "size", "shape"}
     assert (out / "damsm" / "r_precision.json").is_file()
     assert (out / "gan" / "checkpoints" / "gan_last.pt").is_file()

@@ -274,7 +274,7 @@ def test_inception_wrong_shape_and_missing_key(trunk_file, tmp_path):
     wrong["Conv2d_1a_3x3.conv.weight"] = torch.zeros(32, 3, 5, 5)
     wrong_path = tmp_path / "wrong.pth"
     torch.save(wrong, wrong_path)
-    with pytest.raises(ConfigError, match=rf"{wrong_path} is not torchvision's Inception-v3 .*"
+    with pytest.raises(ConfigError, match=rf"{wrong_path} is not an Inception-v3 state dict .*"
                                           r"1 keys of the wrong shape \(first: "
                                           r"Conv2d_1a_3x3.conv.weight \(32, 3, 5, 5\) "
                                           r"\(expected \(32, 3, 3, 3\)\)"):

@@ -1,1 +1,2 @@
-"""Metrics: R-precision, the synthetic shapes checker, generator evaluation."""
+"""Metrics: R-precision, the synthetic shapes checker, Inception Score and FID, generator
+evaluation."""

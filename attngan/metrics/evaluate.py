@@ -1,4 +1,5 @@
-"""Evaluate a trained generator on the test split: shapes checker and R-precision.
+"""Evaluate a trained generator on the test split: shapes checker, R-precision, Inception Score
+and FID.
 
 Protocol (recorded in the output): one image per test caption from the averaged (EMA)
 generator, noise from a generator seeded with `seed`; captions taken round-robin (caption 0
@@ -14,6 +15,11 @@ words, which defaults to data.words_num; SPEC's evaluation lengths are 25 for CU
   encoder of the DAMSM checkpoint the GAN was trained with, or `damsm_path`) against the
   sentence vectors of their captions, 1 true + (damsm.eval_candidates - 1) captions of other
   classes, mean and std over damsm.eval_folds folds (`attngan.metrics.r_precision`).
+- Inception Score and FID (SPEC section 5; `attngan.metrics.inception_metrics`), only with
+  `inception_weights`: the score over `inception_splits` splits of the generated images; FID
+  against the real test images (one per test image, the data pipeline's centre crop at the
+  generator's resolution) or the statistics in `fid_stats`. A `fid_stats` path that does not
+  exist yet receives the real statistics computed here, for the next evaluation.
 """
 from __future__ import annotations
 
@@ -26,6 +32,10 @@ import torch
 
 from attngan.data.dataset import build_dataset
 from attngan.data.errors import DataError
+from attngan.metrics.inception_metrics import (FeatureMoments, InceptionNetwork, check_splits,
+                                               frechet_distance, inception_score,
+                                               load_inception_network, load_statistics,
+                                               save_statistics)
 from attngan.metrics.r_precision import r_precision
 from attngan.metrics.shapes_checker import check_against_shuffled, parse_caption
 from attngan.train.checkpoint import require_same_vocabulary
@@ -45,14 +55,30 @@ def _check_readable(texts: list[str], words: int) -> None:
                         f"data.words_num)")
 
 
+def _real_moments(dataset, network: InceptionNetwork, batch_size: int) -> FeatureMoments:
+    """Inception features of the test images, one per image, at the data set's top size."""
+    moments = FeatureMoments()
+    for start in range(0, len(dataset.keys), batch_size):
+        indices = range(start, min(start + batch_size, len(dataset.keys)))
+        moments.add(network.outputs(torch.stack([dataset.images(i)[-1] for i in indices]))[0])
+    return moments
+
+
 @torch.no_grad()
 def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] = None,
                        device: str | torch.device = "cpu", max_images: Optional[int] = None,
                        seed: int = 0, damsm_path: Optional[str | Path] = None,
-                       batch_size: int = 64) -> dict:
+                       batch_size: int = 64, inception_weights: Optional[str | Path] = None,
+                       inception_variant: str = "torchvision",
+                       fid_stats: Optional[str | Path] = None,
+                       inception_splits: int = 10) -> dict:
     """Score the generator of `ckpt_path` (file or run folder); returns (and with `out_path`
-    writes as JSON) dict(protocol, checker (shapes data only, else None), r_precision)."""
+    writes as JSON) dict(protocol, checker (shapes data only, else None), r_precision,
+    inception_score and fid (None without `inception_weights`))."""
     device = torch.device(device)
+    if fid_stats is not None and inception_weights is None:
+        raise ValueError("fid_stats needs inception_weights: FID is computed with the Inception "
+                         "network the statistics were made with")
     netG, gan_text_encoder, vocab, config, payload = load_gan(ckpt_path, device)
     eval_words = (config.data.words_num if config.data.eval_words_num is None
                   else config.data.eval_words_num)
@@ -75,8 +101,18 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
     texts = [vocab.decode(caption[:length].tolist()) for caption, length in encoded_all]
     if config.data.dataset == "shapes":
         _check_readable(texts, eval_words)                 # before any image is generated
+    resolution = dataset.image_sizes[-1]
+    network, real, real_source = None, None, None
+    if inception_weights is not None:                      # every file checked before generating
+        network = load_inception_network(inception_weights, inception_variant, device)
+        check_splits(count, inception_splits)
+        if fid_stats is not None and Path(fid_stats).exists():
+            mu, sigma, recorded = load_statistics(fid_stats, network, resolution)
+            real = (mu, sigma)
+            real_source = dict(file=str(fid_stats), **recorded)
     noise_source = torch.Generator().manual_seed(seed)
-    images, codes, sentences = [], [], []
+    images, codes, sentences, probabilities = [], [], [], []
+    generated_moments = FeatureMoments()
     for start in range(0, count, batch_size):
         chunk = pairs[start:start + batch_size]
         encoded = encoded_all[start:start + batch_size]
@@ -87,15 +123,23 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
                              seed=seed + start)[0][-1]                      # [b, 3, s, s]
         _, sentence = text_encoder(captions, lengths)              # the evaluating DAMSM's
         _, code = image_encoder(generated)
-        images.append(generated.cpu())
+        if config.data.dataset == "shapes":                # the checker reads the pixels
+            images.append(generated.cpu())
+        if network is not None:
+            if generated.shape[-1] != resolution:
+                raise ValueError(f"the generator makes {generated.shape[-1]} px images but the "
+                                 f"test images are {resolution} px (data.image_sizes); FID "
+                                 f"compares the two at one size")
+            features, probs = network.outputs(generated)
+            generated_moments.add(features)
+            probabilities.append(probs.float())
         sentences.append(sentence.cpu())
         codes.append(code.cpu())
-    images = torch.cat(images)
     class_ids = torch.tensor([dataset.class_ids[image] for image, _ in pairs])
 
     checker = None
     if config.data.dataset == "shapes":
-        scores = check_against_shuffled(images, texts, seed=seed)
+        scores = check_against_shuffled(torch.cat(images), texts, seed=seed)
         # Float entries are rates (counts are ints); NaN marks a rate with nothing to count.
         scores["gap"] = {name: value - scores["shuffled"][name]
                          for name, value in scores["true"].items()
@@ -104,12 +148,26 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
     precision = r_precision(torch.cat(codes), torch.cat(sentences), class_ids,
                             candidates=config.damsm.eval_candidates,
                             folds=config.damsm.eval_folds, seed=seed)
+    score, fid, inception_protocol = None, None, "not computed (no Inception weights given)"
+    if network is not None:
+        score = inception_score(torch.cat(probabilities), inception_splits)
+        if real is None:
+            moments = _real_moments(dataset, network, batch_size)
+            real = moments.statistics()
+            real_source = dict(computed_from=f"{moments.count} test images (centre crop, "
+                                             f"{resolution} px)")
+            if fid_stats is not None:
+                save_statistics(fid_stats, *real, network, resolution, moments.count)
+                real_source["saved_to"] = str(fid_stats)
+        fid = frechet_distance(*generated_moments.statistics(), *real)
+        inception_protocol = dict(network.protocol, inception_score_splits=inception_splits,
+                                  fid_features="pool3 (2048)", fid_real_statistics=real_source)
     result = {
         "protocol": {
             "split": "test", "samples": count, "test_images": len(dataset.keys),
             "captions": "round-robin: caption 0 of every test image, then caption 1, ...",
             "words_per_caption": eval_words,
-            "resolution": int(images.shape[-1]), "generator": "EMA weights",
+            "resolution": resolution, "generator": "EMA weights",
             "checkpoint": payload["path"], "checkpoint_step": payload["step"],
             "damsm_checkpoint": str(damsm_file), "damsm_sha256": damsm_hash,
             "damsm_is_training_damsm": damsm_hash == payload["damsm_sha256"],
@@ -118,10 +176,13 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
                            f"{config.damsm.eval_folds} folds",
             "checker": "attngan.metrics.shapes_checker, true vs shuffled captions"
                        if checker is not None else "not applicable (not the shapes data set)",
+            "inception": inception_protocol,
             "seed": seed,
         },
         "checker": checker,
         "r_precision": precision,
+        "inception_score": score,
+        "fid": fid,
     }
     if out_path is not None:
         out_path = Path(out_path)

@@ -1,17 +1,21 @@
-"""Inception-v3 trunk up to Mixed_7c, for the DAMSM image encoder (SPEC section 1).
+"""Inception-v3 (Szegedy et al., "Rethinking the Inception Architecture", 2016): the trunk the
+DAMSM image encoder reads (SPEC section 1) and the whole classifier the Inception Score and FID
+read (SPEC section 5).
 
-AttnGAN's image encoder reads two layers of an ImageNet-trained Inception-v3 (Szegedy et al.,
-"Rethinking the Inception Architecture", 2016): Mixed_6e (768 x 17 x 17 at a 299 input) gives
-the local region features and Mixed_7c (2048 x 8 x 8) the global code. This file defines only
-that trunk, with torchvision's module and parameter names (`Conv2d_1a_3x3.conv.weight`,
-`Mixed_6e.branch7x7dbl_5.bn.running_var`, ...) so that torchvision's
-`inception_v3_google-*.pth` loads into it key for key. The auxiliary classifier and the final
-fully connected layer are not needed for features and are not built; their keys in such a file
-are ignored and reported. Weights are only ever read from a path the user names; nothing is
-downloaded.
+AttnGAN's image encoder reads two layers of an ImageNet-trained Inception-v3: Mixed_6e (768 x 17
+x 17 at a 299 input) gives the local region features and Mixed_7c (2048 x 8 x 8) the global
+code. `InceptionTrunk` is that trunk, with torchvision's module and parameter names
+(`Conv2d_1a_3x3.conv.weight`, `Mixed_6e.branch7x7dbl_5.bn.running_var`, ...) so that
+torchvision's `inception_v3_google-*.pth` loads into it key for key; the auxiliary classifier and
+the final fully connected layer are not built for it, and their keys in such a file are ignored
+and reported. `InceptionClassifier` adds the average pool and the classifier (`fc`) for the
+evaluation metrics; with `tf_pools` its pooling branches are those of the TensorFlow graph of
+2015 behind pytorch-fid's FID weights (`pt_inception-2015-12-05-*.pth`, the same key names):
+average pools that leave the zero padding out of the mean, and a max pool in Mixed_7c. Weights
+are only ever read from a path the user names; nothing is downloaded.
 
 The Google weights expect images scaled to [-1, 1] (no ImageNet mean/std), which is what the
-data pipeline produces, so no input transform happens here.
+data pipeline and the generator produce, so no input transform happens here.
 """
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ import torch.nn.functional as F
 
 from attngan.config import ConfigError
 
-__all__ = ["BasicConv2d", "InceptionTrunk", "load_inception_weights", "WEIGHTS_HINT"]
+__all__ = ["BasicConv2d", "InceptionClassifier", "InceptionTrunk", "load_inception_state",
+           "load_inception_weights", "read_inception_file", "WEIGHTS_HINT"]
 
 WEIGHTS_HINT = (
     "download torchvision's Inception-v3 weights yourself "
@@ -45,11 +50,20 @@ class BasicConv2d(nn.Module):
         return F.relu(self.bn(self.conv(x)), inplace=True)
 
 
+def _pool_branch_input(x: torch.Tensor, pool: str) -> torch.Tensor:
+    """The 3x3, stride 1 pool in front of a block's pool branch: "avg" (torchvision), "avg_tf"
+    (the mean over the window's pixels inside the image, as TensorFlow pools) or "max"."""
+    if pool == "max":
+        return F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
+    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=pool == "avg")
+
+
 class InceptionA(nn.Module):
     """35 x 35 block: 1x1, 5x5, double 3x3 and pooled branches."""
 
-    def __init__(self, in_channels: int, pool_features: int):
+    def __init__(self, in_channels: int, pool_features: int, pool: str = "avg"):
         super().__init__()
+        self.pool = pool
         self.branch1x1 = BasicConv2d(in_channels, 64, kernel_size=1)
         self.branch5x5_1 = BasicConv2d(in_channels, 48, kernel_size=1)
         self.branch5x5_2 = BasicConv2d(48, 64, kernel_size=5, padding=2)
@@ -62,7 +76,7 @@ class InceptionA(nn.Module):
         b1 = self.branch1x1(x)
         b5 = self.branch5x5_2(self.branch5x5_1(x))
         b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+        bp = self.branch_pool(_pool_branch_input(x, self.pool))
         return torch.cat([b1, b5, b3, bp], dim=1)
 
 
@@ -86,8 +100,9 @@ class InceptionB(nn.Module):
 class InceptionC(nn.Module):
     """17 x 17 block with factorized 7x7 convolutions (1x7 then 7x1)."""
 
-    def __init__(self, in_channels: int, channels_7x7: int):
+    def __init__(self, in_channels: int, channels_7x7: int, pool: str = "avg"):
         super().__init__()
+        self.pool = pool
         c7 = channels_7x7
         self.branch1x1 = BasicConv2d(in_channels, 192, kernel_size=1)
         self.branch7x7_1 = BasicConv2d(in_channels, c7, kernel_size=1)
@@ -107,7 +122,7 @@ class InceptionC(nn.Module):
         for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
                       self.branch7x7dbl_5):
             b7d = layer(b7d)
-        bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+        bp = self.branch_pool(_pool_branch_input(x, self.pool))
         return torch.cat([b1, b7, b7d, bp], dim=1)
 
 
@@ -135,8 +150,9 @@ class InceptionD(nn.Module):
 class InceptionE(nn.Module):
     """8 x 8 block whose 3x3 branches split into parallel 1x3 and 3x1 outputs."""
 
-    def __init__(self, in_channels: int):
+    def __init__(self, in_channels: int, pool: str = "avg"):
         super().__init__()
+        self.pool = pool
         self.branch1x1 = BasicConv2d(in_channels, 320, kernel_size=1)
         self.branch3x3_1 = BasicConv2d(in_channels, 384, kernel_size=1)
         self.branch3x3_2a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
@@ -153,7 +169,7 @@ class InceptionE(nn.Module):
         b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], dim=1)
         b3d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         b3d = torch.cat([self.branch3x3dbl_3a(b3d), self.branch3x3dbl_3b(b3d)], dim=1)
-        bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+        bp = self.branch_pool(_pool_branch_input(x, self.pool))
         return torch.cat([b1, b3, b3d, bp], dim=1)
 
 
@@ -168,28 +184,32 @@ class InceptionTrunk(nn.Module):
     with BatchNorm at its initial running statistics (the trunk always runs in eval mode) that
     keeps activations of order one through all layers, so an untrained trunk
     (`image_encoder.random_init=true`) still gives non-degenerate features for tests.
+
+    With `tf_pools`, the pool branches pool as the TensorFlow graph behind pytorch-fid's weights
+    does (see the module docstring); no parameter changes.
     """
 
     MIN_INPUT_SIZE = 75
 
-    def __init__(self):
+    def __init__(self, tf_pools: bool = False):
         super().__init__()
+        avg = "avg_tf" if tf_pools else "avg"
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
         self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
         self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
-        self.Mixed_5b = InceptionA(192, pool_features=32)
-        self.Mixed_5c = InceptionA(256, pool_features=64)
-        self.Mixed_5d = InceptionA(288, pool_features=64)
+        self.Mixed_5b = InceptionA(192, pool_features=32, pool=avg)
+        self.Mixed_5c = InceptionA(256, pool_features=64, pool=avg)
+        self.Mixed_5d = InceptionA(288, pool_features=64, pool=avg)
         self.Mixed_6a = InceptionB(288)
-        self.Mixed_6b = InceptionC(768, channels_7x7=128)
-        self.Mixed_6c = InceptionC(768, channels_7x7=160)
-        self.Mixed_6d = InceptionC(768, channels_7x7=160)
-        self.Mixed_6e = InceptionC(768, channels_7x7=192)
+        self.Mixed_6b = InceptionC(768, channels_7x7=128, pool=avg)
+        self.Mixed_6c = InceptionC(768, channels_7x7=160, pool=avg)
+        self.Mixed_6d = InceptionC(768, channels_7x7=160, pool=avg)
+        self.Mixed_6e = InceptionC(768, channels_7x7=192, pool=avg)
         self.Mixed_7a = InceptionD(768)
-        self.Mixed_7b = InceptionE(1280)
-        self.Mixed_7c = InceptionE(2048)
+        self.Mixed_7b = InceptionE(1280, pool=avg)
+        self.Mixed_7c = InceptionE(2048, pool="max" if tf_pools else "avg")
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
@@ -220,37 +240,65 @@ class InceptionTrunk(nn.Module):
         return mixed_6e, mixed_7c
 
 
-def load_inception_weights(trunk: InceptionTrunk, path: Union[str, Path]) -> list[str]:
-    """Load torchvision's `inception_v3_google-*.pth` (a state dict) into `trunk`.
+class InceptionClassifier(InceptionTrunk):
+    """The whole Inception-v3 for the evaluation metrics: trunk, average pool, classifier.
 
-    Every trunk parameter and BatchNorm statistic must be present with its exact shape;
-    `num_batches_tracked` counters may be absent (older torchvision files lack them). Keys the
-    trunk has no use for (AuxLogits.*, fc.*, anything else) are ignored.
+    forward(x [B, 3, H, W] in [-1, 1]) -> (pool3 features [B, 2048], logits [B, num_classes]).
+    `logits_bias=False` leaves the classifier's bias out of the logits, as the Inception Score
+    code of Salimans et al. (2016) does with the TensorFlow graph (it multiplies pool3 by the
+    softmax layer's weights only); the parameter still exists so that the file loads whole.
+    """
 
-    Returns:
-        The sorted list of ignored keys, so the caller can report them.
-    Raises:
-        ConfigError naming the file and the fix when it is missing, unreadable, not a state
-        dict, or lacks keys / has keys of the wrong shape.
+    def __init__(self, num_classes: int, tf_pools: bool = False, logits_bias: bool = True):
+        super().__init__(tf_pools=tf_pools)
+        self.fc = nn.Linear(2048, num_classes)
+        self.logits_bias = logits_bias
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = super().forward(x)[1].mean(dim=(2, 3))   # [B, 2048]: pool3
+        logits = F.linear(features, self.fc.weight, self.fc.bias if self.logits_bias else None)
+        return features, logits
+
+
+def read_inception_file(path: Union[str, Path], hint: str = WEIGHTS_HINT) -> dict:
+    """The state dict in `path` (read on the CPU, tensors only).
+
+    Raises ConfigError naming the file and `hint` (how to fix it) when it is missing,
+    unreadable, or not a mapping of parameter names to tensors.
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"Inception weights file {path} does not exist; {WEIGHTS_HINT}")
+        raise ConfigError(f"Inception weights file {path} does not exist; {hint}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load fails in many ways on a corrupt file
         reason = (str(error).splitlines() or [""])[0]
         raise ConfigError(f"Inception weights file {path} could not be read as a PyTorch file "
                           f"({type(error).__name__}: {reason}); it is corrupt or not a .pth "
-                          f"file; {WEIGHTS_HINT}") from None
+                          f"file; {hint}") from None
     if not isinstance(state, dict) or not all(
             isinstance(key, str) and isinstance(value, torch.Tensor)
             for key, value in state.items()):
         raise ConfigError(f"Inception weights file {path} does not hold a state dict (a mapping "
                           f"of parameter names to tensors), it holds a {type(state).__name__}; "
-                          f"{WEIGHTS_HINT}")
+                          f"{hint}")
+    return state
 
-    expected = trunk.state_dict()
+
+def load_inception_state(module: nn.Module, state: dict, path: Union[str, Path],
+                         hint: str = WEIGHTS_HINT) -> list[str]:
+    """Load `state` (read from `path` by read_inception_file) into `module`.
+
+    Every parameter and BatchNorm statistic of `module` must be present with its exact shape;
+    `num_batches_tracked` counters may be absent (older torchvision files lack them). Keys the
+    module has no use for (for the trunk: AuxLogits.*, fc.*) are ignored.
+
+    Returns:
+        The sorted list of ignored keys, so the caller can report them.
+    Raises:
+        ConfigError naming the file and `hint` when keys are missing or of the wrong shape.
+    """
+    expected = module.state_dict()
     missing = [key for key in expected
                if key not in state and not key.endswith("num_batches_tracked")]
     wrong_shape = [f"{key} {tuple(state[key].shape)} (expected {tuple(expected[key].shape)})"
@@ -263,13 +311,19 @@ def load_inception_weights(trunk: InceptionTrunk, path: Union[str, Path]) -> lis
         if wrong_shape:
             problems.append(f"{len(wrong_shape)} keys of the wrong shape "
                             f"(first: {', '.join(wrong_shape[:3])})")
-        raise ConfigError(f"Inception weights file {path} is not torchvision's Inception-v3 "
-                          f"state dict: {'; '.join(problems)}; {WEIGHTS_HINT}")
+        raise ConfigError(f"Inception weights file {path} is not an Inception-v3 state dict "
+                          f"with torchvision's key names: {'; '.join(problems)}; {hint}")
 
     ignored = sorted(key for key in state if key not in expected)
     to_load = {key: state[key] for key in expected if key in state}
     for key, value in expected.items():
-        if key not in to_load:  # an absent num_batches_tracked: keep the trunk's own counter
+        if key not in to_load:  # an absent num_batches_tracked: keep the module's own counter
             to_load[key] = value
-    trunk.load_state_dict(to_load, strict=True)
+    module.load_state_dict(to_load, strict=True)
     return ignored
+
+
+def load_inception_weights(trunk: InceptionTrunk, path: Union[str, Path]) -> list[str]:
+    """Load torchvision's `inception_v3_google-*.pth` into the DAMSM encoder's `trunk`; returns
+    the keys it ignored (see load_inception_state; errors as there, with WEIGHTS_HINT)."""
+    return load_inception_state(trunk, read_inception_file(path), path)
