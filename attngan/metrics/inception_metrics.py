@@ -45,8 +45,8 @@ from attngan.nn.inception import InceptionClassifier, load_inception_state, read
 from attngan.train.gan import file_sha256
 
 __all__ = ["INCEPTION_VARIANTS", "INPUT_SIZE", "InceptionNetwork", "FeatureMoments",
-           "load_inception_network", "check_splits", "inception_score", "frechet_distance", "load_statistics",
-           "save_statistics"]
+           "load_inception_network", "check_splits", "inception_score", "frechet_distance",
+           "load_statistics", "save_statistics"]
 
 INCEPTION_VARIANTS = ("torchvision", "pytorch-fid")
 INPUT_SIZE = 299
