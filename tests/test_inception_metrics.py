@@ -10,6 +10,7 @@ import torch
 
 from attngan.cli import main as cli_main
 from attngan.config import ConfigError
+from attngan.metrics import evaluate as evaluate_module
 from attngan.metrics.evaluate import evaluate_generator
 from attngan.metrics.inception_metrics import (FeatureMoments, frechet_distance,
                                                inception_score, load_inception_network,
@@ -51,6 +52,8 @@ def test_inception_score_limits():
 def test_inception_score_needs_enough_images():
     with pytest.raises(ValueError, match="over 10 splits needs at least 10 images, got 9"):
         inception_score(torch.full((9, 3), 1 / 3), splits=10)
+    with pytest.raises(ValueError, match="at least 1 split, got 0"):
+        inception_score(torch.full((9, 3), 1 / 3), splits=0)
     with pytest.raises(ValueError, match=r"\[images, classes\]"):
         inception_score(torch.ones(3), splits=1)
 
@@ -263,7 +266,8 @@ def test_evaluation_with_inception_scores(run, torchvision_file, tmp_path):
     assert plain["r_precision"] == result["r_precision"]               # nothing else changes
 
 
-def test_evaluation_checks_inception_inputs_before_generating(run, torchvision_file, tmp_path):
+def test_evaluation_checks_inception_inputs_before_generating(run, torchvision_file, tmp_path,
+                                                             monkeypatch):
     gan, _ = run
     with pytest.raises(ValueError, match="fid_stats needs inception_weights"):
         evaluate_generator(gan, max_images=4, fid_stats=tmp_path / "s.npz")
@@ -271,6 +275,10 @@ def test_evaluation_checks_inception_inputs_before_generating(run, torchvision_f
         evaluate_generator(gan, max_images=4, inception_weights=torchvision_file[0])
     with pytest.raises(ConfigError, match="does not exist"):
         evaluate_generator(gan, max_images=4, inception_weights=tmp_path / "none.pth")
+    monkeypatch.setattr(evaluate_module.os, "access", lambda path, mode: False)  # as non-root
+    with pytest.raises(ValueError, match="cannot write FID statistics into .*read_only"):
+        evaluate_generator(gan, max_images=4, inception_weights=torchvision_file[0],
+                           inception_splits=2, fid_stats=tmp_path / "read_only" / "s.npz")
 
 
 def test_cli_evaluate_with_inception(run, torchvision_file, tmp_path, capsys):

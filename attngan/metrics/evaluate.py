@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -110,6 +111,12 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
             mu, sigma, recorded = load_statistics(fid_stats, network, resolution)
             real = (mu, sigma)
             real_source = dict(file=str(fid_stats), **recorded)
+        elif fid_stats is not None:                        # written at the end: fail now if not
+            folder = Path(fid_stats).parent
+            folder.mkdir(parents=True, exist_ok=True)
+            if not os.access(folder, os.W_OK):
+                raise ValueError(f"cannot write FID statistics into {folder}; pass a --fid-stats "
+                                 f"path in a writable folder")
     noise_source = torch.Generator().manual_seed(seed)
     images, codes, sentences, probabilities = [], [], [], []
     generated_moments = FeatureMoments()

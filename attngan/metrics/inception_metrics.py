@@ -110,7 +110,9 @@ def load_inception_network(path: Union[str, Path], variant: str = "torchvision",
 
 def check_splits(images: int, splits: int) -> None:
     """ValueError unless `images` fill `splits` Inception Score splits."""
-    if splits < 1 or images < splits:
+    if splits < 1:
+        raise ValueError(f"the Inception Score needs at least 1 split, got {splits}")
+    if images < splits:
         raise ValueError(f"the Inception Score over {splits} splits needs at least {splits} "
                          f"images, got {images}; generate more images or use fewer splits")
 
