@@ -4,6 +4,7 @@ Subcommands:
     make-synthetic OUT          write the built-in shapes data set (CUB layout) to OUT
     prepare ROOT                build ROOT/captions.pickle (CUB text/ or COCO annotations)
     pretrain-damsm              pretrain the DAMSM text and image encoders, report R-precision
+    import-damsm                the original's released DAMSM encoders as a DAMSM run
     train                       train AttnGAN with frozen DAMSM encoders
     sample                      generate images and attention figures for captions
     evaluate                    score a generator on the test split (IS and FID with weights)
@@ -66,6 +67,18 @@ def _pretrain_damsm(args) -> int:
     out = Path(args.out or f"runs/{Path(args.config).stem}_damsm")
     results = pretrain_damsm(config, out, resume=args.resume)
     _print_r_precision(results)
+    print(f"run folder: {out} (checkpoint {results['checkpoint']})")
+    return 0
+
+
+def _import_damsm(args) -> int:
+    from attngan.train.import_original import import_damsm
+    config = _config(args)
+    out = Path(args.out or f"runs/{Path(args.config).stem}_released")
+    results = import_damsm(args.text_encoder, args.image_encoder, config, out,
+                           r_precision=args.r_precision)
+    if args.r_precision:
+        _print_r_precision(results)
     print(f"run folder: {out} (checkpoint {results['checkpoint']})")
     return 0
 
@@ -138,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/<config>_damsm)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.set_defaults(run=_pretrain_damsm)
+
+    p = commands.add_parser("import-damsm", help="the original's released DAMSM encoders as a "
+                                                 "DAMSM run")
+    _add_config_arguments(p, "configs/birds_damsm.yaml")
+    p.add_argument("--text-encoder", required=True, help="the original's text_encoder*.pth")
+    p.add_argument("--image-encoder", required=True, help="the original's image_encoder*.pth")
+    p.add_argument("--out", help="run folder (default runs/<config>_released)")
+    p.add_argument("--r-precision", action="store_true",
+                   help="also measure the test split's R-precision (Inception over every test "
+                        "image)")
+    p.set_defaults(run=_import_damsm)
 
     p = commands.add_parser("train", help="train AttnGAN with frozen DAMSM encoders")
     _add_config_arguments(p, "configs/shapes.yaml")

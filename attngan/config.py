@@ -73,6 +73,8 @@ class ImageEncoderConfig:
     weights: Optional[str] = None         # torchvision inception_v3_google-*.pth; never fetched
     random_init: bool = False             # allow an Inception trunk without weights (tests)
     input_size: int = 299                 # images are resized to this before the backbone
+    align_corners: bool = False           # Inception: enlarge to input_size as PyTorch <= 0.3.1
+                                          # did (true for the original's released encoders)
     width: int = 64                       # small CNN: channels of its first block
 
 

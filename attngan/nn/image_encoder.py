@@ -35,8 +35,9 @@ from attngan.nn.inception import WEIGHTS_HINT, InceptionTrunk, load_inception_we
 __all__ = ["InceptionEncoder", "SmallImageEncoder", "build_image_encoder"]
 
 
-def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Check `images` [B, 3, H, W] and bilinearly resize them to [B, 3, size, size]."""
+def _resize(images: torch.Tensor, size: int, align_corners: bool = False) -> torch.Tensor:
+    """Check `images` [B, 3, H, W] and bilinearly resize them to [B, 3, size, size]
+    (`align_corners` when enlarging: see ImageEncoderConfig.align_corners)."""
     if images.dim() != 4 or images.shape[1] != 3 or not images.dtype.is_floating_point:
         raise ValueError(f"images must be a float tensor [B, 3, H, W] in [-1, 1], got "
                          f"{images.dtype} of shape {tuple(images.shape)}")
@@ -45,8 +46,8 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     # Antialias when shrinking (e.g. a 256 image for a 64 encoder) so the encoder sees the
     # image, not an aliased subsample of it; plain bilinear when enlarging, as the original.
     shrinking = images.shape[-2] > size or images.shape[-1] > size
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=shrinking)
+    return F.interpolate(images, size=(size, size), mode="bilinear",
+                         align_corners=align_corners and not shrinking, antialias=shrinking)
 
 
 def _init_heads(emb_features: nn.Conv2d, emb_cnn_code: nn.Linear) -> None:
@@ -62,13 +63,17 @@ class InceptionEncoder(nn.Module):
         embed_dim: D, the text encoder's width.
         input_size: side the images are resized to (299 for the ImageNet weights).
         trunk: an InceptionTrunk holding the wanted weights; it is frozen here.
+        align_corners: enlarge images with bilinear align_corners=True, as the original code
+            did on the PyTorch its released encoders were trained with (<= 0.3.1).
 
     forward(images [B, 3, H, W] in [-1, 1]) -> (regions [B, D, 17, 17], code [B, D]) at 299.
     """
 
-    def __init__(self, embed_dim: int, input_size: int, trunk: InceptionTrunk):
+    def __init__(self, embed_dim: int, input_size: int, trunk: InceptionTrunk,
+                 align_corners: bool = False):
         super().__init__()
         self.input_size = input_size
+        self.align_corners = align_corners
         self.trunk = trunk
         self.trunk.requires_grad_(False)
         self.trunk.eval()
@@ -86,7 +91,7 @@ class InceptionEncoder(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = _resize(images, self.input_size)                  # [B, 3, 299, 299]
+        x = _resize(images, self.input_size, self.align_corners)  # [B, 3, 299, 299]
         mixed_6e, mixed_7c = self.trunk(x)                    # [B, 768, 17, 17], [B, 2048, 8, 8]
         regions = self.emb_features(mixed_6e)                 # [B, D, 17, 17]
         # The original's 8x8 average pool; the global mean equals it at 299 and also works
@@ -174,10 +179,13 @@ def build_image_encoder(config: ImageEncoderConfig, embed_dim: int) -> nn.Module
         elif not config.random_init:
             raise ConfigError("the Inception image encoder needs ImageNet weights and "
                               f"image_encoder.weights is not set; {WEIGHTS_HINT}")
-        encoder = InceptionEncoder(embed_dim, config.input_size, trunk)
+        encoder = InceptionEncoder(embed_dim, config.input_size, trunk, config.align_corners)
         encoder.ignored_weight_keys = ignored
         return encoder
     if config.backbone == "small":
+        if config.align_corners:
+            raise ConfigError("image_encoder.align_corners is only read by the inception "
+                              "backbone (the original's resize); remove it")
         if config.weights is not None:
             raise ConfigError(f"image_encoder.weights={config.weights} is only read by the "
                               "inception backbone; remove it or set "

@@ -145,6 +145,11 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
     start_epoch, step = 0, 0
     if resume:
         payload = load_checkpoint(checkpoint_path, kind="damsm")
+        if "imported" in payload:
+            raise CheckpointError(f"{checkpoint_path} holds encoders imported from the original "
+                                  f"(attngan import-damsm), without optimizer state to resume; "
+                                  f"use it with attngan train --damsm, or pretrain in a new "
+                                  f"--out folder")
         require_same_vocabulary(payload, vocab.fingerprint(), checkpoint_path,
                                 config.data.root)
         text_encoder.load_state_dict(payload["text_encoder"])

@@ -1,0 +1,157 @@
+"""The original AttnGAN's released DAMSM encoders as an attngan DAMSM run (`attngan import-damsm`).
+
+The original repository (taoxugit/AttnGAN) released its pretrained DAMSM encoders as plain state
+dicts: `text_encoder200.pth` / `image_encoder200.pth` for CUB, `text_encoder100.pth` /
+`image_encoder100.pth` for COCO. Its text encoder's keys are this project's (`encoder.weight`, the
+word embedding, and `rnn.*`, the bidirectional LSTM); its image encoder holds the Inception-v3
+trunk at the top level (`Conv2d_1a_3x3.conv.weight`, ...) where this project's has it under
+`trunk.`, and the same heads (`emb_features.weight`, `emb_cnn_code.weight`, `emb_cnn_code.bias`).
+Files of the PyTorch of 2018 lack BatchNorm's `num_batches_tracked` counters; the encoders do not
+use them.
+
+Word ids: the released encoders index the words of the `captions.pickle` released with them (in
+the original's data archives). The data folder must hold that file; a vocabulary built again
+from the text files orders its words differently, and the embeddings would then belong to other
+words, so the import refuses a folder without it, and an embedding whose row count differs
+from the vocabulary's.
+
+The original enlarged images to 299 px with bilinear interpolation on a PyTorch (<= 0.3.1)
+whose bilinear resize aligned the corners: the imported run sets `image_encoder.align_corners`.
+
+The run folder gets `config.yaml` and `checkpoints/damsm_last.pt` as a pretraining run does, so
+`attngan train --damsm` and `attngan evaluate --damsm` take it; the checkpoint records the
+source files and their sha256 under `imported` and has no optimizer state (it cannot be
+resumed). With `r_precision`, the test split's R-precision is measured and written to
+`r_precision.json`, as at the end of pretraining.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Callable, Union
+
+import torch
+import torch.nn as nn
+
+from attngan.config import Config, ConfigError, config_to_dict, save_config
+from attngan.data.dataset import build_dataset, read_split
+from attngan.data.errors import DataError
+from attngan.nn.image_encoder import build_image_encoder
+from attngan.nn.text_encoder import TextEncoder
+from attngan.train.checkpoint import CheckpointError, save_checkpoint
+from attngan.train.damsm import CHECKPOINT_NAME, evaluate_r_precision
+from attngan.train.gan import file_sha256
+from attngan.train.runtime import prepare_run
+
+__all__ = ["import_damsm"]
+
+_TRUNK = "trunk."
+
+
+def _read_state(path: Path, what: str) -> dict:
+    """The state dict in the original's file `path` (its `what`), or CheckpointError."""
+    fix = f"pass the original's released {what} file (a .pth state dict)"
+    if not path.is_file():
+        raise CheckpointError(f"{what} file {path} does not exist; {fix}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load fails in many ways on a corrupt file
+        reason = (str(error).splitlines() or [""])[0]
+        raise CheckpointError(f"{what} file {path} cannot be read ({type(error).__name__}: "
+                              f"{reason}); it is corrupt or not a PyTorch file; {fix}") from None
+    if not isinstance(state, dict) or not all(
+            isinstance(key, str) and isinstance(value, torch.Tensor)
+            for key, value in state.items()):
+        raise CheckpointError(f"{what} file {path} does not hold a state dict (it holds a "
+                              f"{type(state).__name__}); {fix}")
+    return state
+
+
+def _load_exact(module: nn.Module, state: dict, path: Path, what: str,
+                ours: Callable[[str], str], theirs: Callable[[str], str], fix: str) -> None:
+    """Load the file's `state` into `module`, the file's key k as ours(k) (theirs inverts it):
+    every key of the module with its shape (BatchNorm counters may be absent) and no other."""
+    expected = module.state_dict()
+    mapped = {ours(key): value for key, value in state.items()}
+    unexpected = [key for key in state if ours(key) not in expected]
+    missing = [theirs(key) for key in expected
+               if key not in mapped and not key.endswith("num_batches_tracked")]
+    wrong = [f"{theirs(key)} {tuple(mapped[key].shape)} (expected {tuple(value.shape)})"
+             for key, value in expected.items()
+             if key in mapped and mapped[key].shape != value.shape]
+    problems = [f"{len(keys)} {kind} (first: {', '.join(keys[:3])})" for kind, keys in
+                (("missing keys", missing), ("unexpected keys", unexpected),
+                 ("keys of the wrong shape", wrong)) if keys]
+    if problems:
+        raise CheckpointError(f"{what} file {path} is not the original's {what}: "
+                              f"{'; '.join(problems)}; {fix}")
+    module.load_state_dict({key: mapped.get(key, value) for key, value in expected.items()})
+
+
+def _same(key: str) -> str:
+    return key
+
+
+def import_damsm(text_path: Union[str, Path], image_path: Union[str, Path], config: Config,
+                 out_dir: Union[str, Path], r_precision: bool = False) -> dict:
+    """Write a DAMSM run in `out_dir` from the original's released encoders (module docstring);
+    returns dict(checkpoint, imported, and with `r_precision` the test split's R-precision)."""
+    text_path, image_path, out_dir = Path(text_path), Path(image_path), Path(out_dir)
+    checkpoint_path = out_dir / "checkpoints" / CHECKPOINT_NAME
+    if checkpoint_path.exists():
+        raise CheckpointError(f"{out_dir} already holds a DAMSM run ({checkpoint_path}); choose "
+                              f"another --out folder")
+    if config.image_encoder.backbone != "inception":
+        raise ConfigError("the released image encoders are Inception-v3 ones; use "
+                          "configs/birds_damsm.yaml or configs/coco_damsm.yaml (or set "
+                          "image_encoder.backbone=inception)")
+    captions_file = Path(config.data.root) / "captions.pickle"
+    if not captions_file.is_file():
+        raise DataError(f"{captions_file} does not exist: the released encoders index the words "
+                        f"of the captions.pickle released with them (in the original's data "
+                        f"archive); put it in data.root. A vocabulary built from the text files "
+                        f"orders its words differently")
+    vocab = read_split(config.data, "train").vocab
+    text_state = _read_state(text_path, "text encoder")
+    image_state = _read_state(image_path, "image encoder")
+
+    embedding = text_state.get("encoder.weight")
+    if embedding is not None and embedding.dim() == 2 and embedding.shape[0] != len(vocab):
+        raise CheckpointError(f"the text encoder {text_path} embeds {embedding.shape[0]} words, "
+                              f"but {captions_file} holds {len(vocab)}: use the captions.pickle "
+                              f"released with these encoders")
+    text_encoder = TextEncoder(len(vocab), config.text_encoder)
+    _load_exact(text_encoder, text_state, text_path, "text encoder", _same, _same,
+                "set text_encoder.embedding_dim, hidden_dim and rnn to the file's (the "
+                "released ones: 300, 256, lstm)")
+    image_config = dataclasses.replace(config.image_encoder, weights=None, random_init=True,
+                                       align_corners=True)
+    image_encoder = build_image_encoder(image_config, config.text_encoder.hidden_dim)
+    _load_exact(image_encoder, image_state, image_path, "image encoder",
+                lambda key: key if key.startswith("emb_") else _TRUNK + key,
+                lambda key: key[len(_TRUNK):] if key.startswith(_TRUNK) else key,
+                "set text_encoder.hidden_dim to the width of its emb_cnn_code (256 released)")
+
+    config = dataclasses.replace(config, image_encoder=dataclasses.replace(
+        config.image_encoder, weights=None, random_init=False, align_corners=True))
+    imported = {"text_encoder": str(text_path), "text_encoder_sha256": file_sha256(text_path),
+                "image_encoder": str(image_path),
+                "image_encoder_sha256": file_sha256(image_path)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.yaml")
+    save_checkpoint(checkpoint_path, {
+        "kind": "damsm", "config": config_to_dict(config), "vocab": list(vocab.ixtoword),
+        "vocab_fingerprint": vocab.fingerprint(), "text_encoder": text_encoder.state_dict(),
+        "image_encoder": image_encoder.state_dict(), "imported": imported,
+        "epoch": 0, "step": 0})
+    results = {"checkpoint": str(checkpoint_path), "imported": imported}
+    if r_precision:
+        device = prepare_run(config)
+        for module in (text_encoder, image_encoder):
+            module.to(device).eval()
+        test_set = build_dataset(config.data, "test", augment=False)
+        results.update(evaluate_r_precision(text_encoder, image_encoder, test_set, config,
+                                            device))
+        (out_dir / "r_precision.json").write_text(json.dumps(results, indent=2))
+    return results
