@@ -5,6 +5,7 @@ Subcommands:
     prepare ROOT                build ROOT/captions.pickle (CUB text/ or COCO annotations)
     pretrain-damsm              pretrain the DAMSM text and image encoders, report R-precision
     import-damsm                the original's released DAMSM encoders as a DAMSM run
+    import-generator            the original's released generator as a GAN run
     train                       train AttnGAN with frozen DAMSM encoders
     sample                      generate images and attention figures for captions
     evaluate                    score a generator on the test split (IS and FID with weights)
@@ -79,6 +80,15 @@ def _import_damsm(args) -> int:
                            r_precision=args.r_precision)
     if args.r_precision:
         _print_r_precision(results)
+    print(f"run folder: {out} (checkpoint {results['checkpoint']})")
+    return 0
+
+
+def _import_generator(args) -> int:
+    from attngan.train.import_original import import_generator
+    config = _config(args)
+    out = Path(args.out or f"runs/{Path(args.config).stem}_released")
+    results = import_generator(args.netG, args.damsm, config, out)
     print(f"run folder: {out} (checkpoint {results['checkpoint']})")
     return 0
 
@@ -162,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure the test split's R-precision (Inception over every test "
                         "image)")
     p.set_defaults(run=_import_damsm)
+
+    p = commands.add_parser("import-generator", help="the original's released generator as a "
+                                                     "GAN run")
+    _add_config_arguments(p, "configs/birds.yaml")
+    p.add_argument("--netG", required=True, help="the original's netG_epoch_*.pth")
+    p.add_argument("--damsm", required=True,
+                   help="DAMSM run of its text encoder (attngan import-damsm)")
+    p.add_argument("--out", help="run folder (default runs/<config>_released)")
+    p.set_defaults(run=_import_generator)
 
     p = commands.add_parser("train", help="train AttnGAN with frozen DAMSM encoders")
     _add_config_arguments(p, "configs/shapes.yaml")

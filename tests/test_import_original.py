@@ -1,7 +1,9 @@
-"""Importing the original's released DAMSM encoders (attngan/train/import_original.py): files in
-the original's layout (plain state dicts, the Inception trunk at the top level, no BatchNorm
-counters, PyTorch's legacy serialization) become a DAMSM run whose encoders are exactly the
-files', with the original's resize; every wrong input is one clear error."""
+"""Importing the original's released DAMSM encoders and generator
+(attngan/train/import_original.py): files in the original's layout (plain state dicts, its
+module names, the Inception trunk at the top level, no BatchNorm counters, PyTorch's legacy
+serialization) become runs whose networks are exactly the files', with the original's resize;
+every wrong input is one clear error. (The released files themselves cannot be fetched here:
+their layout is the original code's, model.py.)"""
 import dataclasses
 import json
 
@@ -14,13 +16,16 @@ from attngan.config import ConfigError, load_config
 from attngan.data.dataset import read_split
 from attngan.data.errors import DataError
 from attngan.data.synthetic import make_synthetic
+from attngan.metrics.evaluate import evaluate_generator
+from attngan.nn.generator import Generator
 from attngan.nn.image_encoder import _resize, build_image_encoder
 from attngan.nn.text_encoder import TextEncoder
 from attngan.train.checkpoint import CheckpointError, load_checkpoint
 from attngan.train.damsm import load_damsm, pretrain_damsm, resolve_damsm_checkpoint
-from attngan.train.gan import file_sha256
-from attngan.train.import_original import import_damsm
-from test_gan_training import TINY, single_thread  # noqa: F401 (autouse)
+from attngan.train.gan import file_sha256, generate, load_gan, train_gan
+from attngan.train.import_original import (import_damsm, import_generator,
+                                           original_generator_name)
+from test_gan_training import TINY, make_tiny_run, single_thread  # noqa: F401 (autouse)
 
 INCEPTION = ["image_encoder.backbone=inception", "image_encoder.input_size=75",
              "damsm.eval_candidates=4", "damsm.eval_folds=2"]
@@ -146,3 +151,77 @@ def test_cli_import_damsm(released, tmp_path, capsys):
     assert resolve_damsm_checkpoint(out).is_file()
     assert cli_main(argv) == 2                               # the run exists: refused
     assert "already holds a DAMSM run" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the generator
+
+def _original_generator_file(path, netG):
+    """`netG`'s weights as the original saved its G_NET: its names, the word projection as a
+    1x1 Conv2d, no BatchNorm counters, legacy serialization."""
+    state = {}
+    for key, value in netG.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        name = original_generator_name(key)
+        state[name] = value.unsqueeze(-1) if name.endswith("conv_context.weight") else value
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    return state
+
+
+@pytest.fixture(scope="module")
+def tiny_damsm(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory.mktemp("generator"))
+
+
+def test_imported_generator_samples_and_evaluates(tiny_damsm, tmp_path):
+    config, damsm = tiny_damsm
+    torch.manual_seed(4)
+    source = Generator.from_config(config, config.text_encoder.hidden_dim).eval()
+    state = _original_generator_file(tmp_path / "netG_epoch_600.pth", source)
+    assert {"ca_net.fc.weight", "h_net1.fc.0.weight", "h_net1.upsample2.2.running_var",
+            "h_net2.att.conv_context.weight", "h_net2.residual.0.block.3.weight",
+            "h_net2.upsample.1.weight", "img_net2.img.0.weight"} <= set(state)
+    out = tmp_path / "gan"
+    results = import_generator(tmp_path / "netG_epoch_600.pth", damsm, config, out)
+    assert results["imported"]["generator_sha256"] == file_sha256(tmp_path / "netG_epoch_600.pth")
+    netG, text_encoder, vocab, _, payload = load_gan(out)
+    assert payload["imported"] == results["imported"]
+    for key, value in source.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(netG.state_dict()[key], value), key
+    captions, lengths = torch.randint(1, len(vocab), (2, 5)), torch.tensor([5, 3])
+    noise = torch.randn(2, netG.z_dim)
+    expected = generate(source, text_encoder, captions, lengths, noise, seed=0)[0]
+    for a, b in zip(expected, generate(netG, text_encoder, captions, lengths, noise, seed=0)[0]):
+        assert torch.equal(a, b)
+    result = evaluate_generator(out, max_images=8)
+    assert result["protocol"]["checkpoint_step"] == 0 and 0 <= result["r_precision"]["mean"] <= 1
+    with pytest.raises(CheckpointError, match="already holds a GAN run"):
+        import_generator(tmp_path / "netG_epoch_600.pth", damsm, config, out)
+    with pytest.raises(CheckpointError, match="imported from the original .* without "
+                                              "discriminators"):
+        train_gan(config, damsm, out, resume=True, progress=False)
+
+
+def test_generator_import_errors(tiny_damsm, tmp_path):
+    config, damsm = tiny_damsm
+    source = Generator.from_config(config, config.text_encoder.hidden_dim)
+    path = tmp_path / "netG.pth"
+    _original_generator_file(path, source)
+    three = load_config("configs/shapes.yaml", [f"data.root={config.data.root}", *TINY,
+                                                "data.branch_num=3"])
+    with pytest.raises(CheckpointError, match=r"generator file .* missing keys \(first: "
+                                              r"h_net3.*set gan.ngf, gan.r_num and "
+                                              r"data.branch_num"):
+        import_generator(path, damsm, three, tmp_path / "a")
+    wider = load_config("configs/shapes.yaml", [f"data.root={config.data.root}", *TINY,
+                                                "gan.ngf=16"])
+    with pytest.raises(CheckpointError, match="keys of the wrong shape"):
+        import_generator(path, damsm, wider, tmp_path / "b")
+    text_file = tmp_path / "text_encoder.pth"
+    torch.save(TextEncoder(10, config.text_encoder).state_dict(), text_file)
+    with pytest.raises(CheckpointError, match="unexpected keys .*encoder.weight"):
+        import_generator(text_file, damsm, config, tmp_path / "c")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        import_generator(path, tmp_path / "no_damsm", config, tmp_path / "d")
+    assert not any((tmp_path / name).exists() for name in "abcd")

@@ -223,6 +223,11 @@ def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resum
     step, epoch, batch_in_epoch, seconds_before = 0, 0, 0, 0.0
     if resume:
         payload = load_checkpoint(checkpoint_path, kind="gan")
+        if "imported" in payload:
+            raise CheckpointError(f"{checkpoint_path} holds a generator imported from the "
+                                  f"original (attngan import-generator), without discriminators "
+                                  f"or optimizer state to resume; sample or evaluate it, or "
+                                  f"train in a new --out folder")
         require_same_vocabulary(payload, vocab.fingerprint(), checkpoint_path,
                                 config.data.root)
         if payload["damsm_sha256"] != damsm_hash:

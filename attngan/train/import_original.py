@@ -23,6 +23,17 @@ The run folder gets `config.yaml` and `checkpoints/damsm_last.pt` as a pretraini
 source files and their sha256 under `imported` and has no optimizer state (it cannot be
 resumed). With `r_precision`, the test split's R-precision is measured and written to
 `r_precision.json`, as at the end of pretraining.
+
+The released generators (`netG_epoch_*.pth`, `bird_AttnGAN2.pth`, `coco_AttnGAN2.pth`: the
+original saves its weight average, as this project's EMA) become a GAN run that `attngan
+sample` and `attngan evaluate` take (`import_generator`), conditioned by a DAMSM run (the
+imported released encoders). Its modules map one to one onto this project's
+(`original_generator_name`): the conditioning augmentation, the first stage's fully connected
+layer and four upsampling blocks, per later stage the word projection (a 1x1 Conv2d there, a
+1x1 Conv1d here: the same weights), the residual blocks and the upsampling block, and the image
+heads. The original's attention mask defect (SPEC section 1) lives in its code, not in its
+weights: the imported generator masks per sample. Such a run has no discriminators or optimizer
+state and cannot be resumed.
 """
 from __future__ import annotations
 
@@ -37,16 +48,41 @@ import torch.nn as nn
 from attngan.config import Config, ConfigError, config_to_dict, save_config
 from attngan.data.dataset import build_dataset, read_split
 from attngan.data.errors import DataError
+from attngan.nn.generator import Generator
 from attngan.nn.image_encoder import build_image_encoder
 from attngan.nn.text_encoder import TextEncoder
 from attngan.train.checkpoint import CheckpointError, save_checkpoint
-from attngan.train.damsm import CHECKPOINT_NAME, evaluate_r_precision
+from attngan.train.damsm import CHECKPOINT_NAME, evaluate_r_precision, load_damsm, \
+    resolve_damsm_checkpoint
+from attngan.train.gan import CHECKPOINT_NAME as GAN_CHECKPOINT_NAME
 from attngan.train.gan import file_sha256
 from attngan.train.runtime import prepare_run
 
-__all__ = ["import_damsm"]
+__all__ = ["import_damsm", "import_generator", "original_generator_name"]
 
 _TRUNK = "trunk."
+
+
+def original_generator_name(key: str) -> str:
+    """The original G_NET's name of this project's Generator parameter or buffer `key`."""
+    top, *rest = key.split(".")
+    if top == "ca":                                   # ca.fc.*: the conditioning augmentation
+        return ".".join(["ca_net", *rest])
+    if top == "first" and rest[0] == "fc":            # first.fc.*: the first stage's Linear + BN
+        return ".".join(["h_net1", *rest])
+    if top == "first":                                # first.up.{i}.*: its upsampling blocks
+        return ".".join([f"h_net1.upsample{int(rest[1]) + 1}", *rest[2:]])
+    if top == "stages":                               # stages.{s}.*: the later stages
+        net, part = f"h_net{int(rest[0]) + 2}", rest[1]
+        if part == "project":                         # the word projection
+            return f"{net}.att.conv_context.weight"
+        if part == "residual":                        # residual.{b}.body.*
+            return ".".join([f"{net}.residual.{rest[2]}.block", *rest[4:]])
+        if part == "up":
+            return ".".join([f"{net}.upsample", *rest[2:]])
+    if top == "heads":                                # heads.{s}.0.weight: the image heads
+        return ".".join([f"img_net{int(rest[0]) + 1}.img", *rest[1:]])
+    return key
 
 
 def _read_state(path: Path, what: str) -> dict:
@@ -155,3 +191,36 @@ def import_damsm(text_path: Union[str, Path], image_path: Union[str, Path], conf
                                             device))
         (out_dir / "r_precision.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def import_generator(netg_path: Union[str, Path], damsm_run: Union[str, Path], config: Config,
+                     out_dir: Union[str, Path]) -> dict:
+    """Write a GAN run in `out_dir` from the original's released generator weights, conditioned
+    by the DAMSM run `damsm_run` (module docstring); returns dict(checkpoint, imported)."""
+    netg_path, out_dir = Path(netg_path), Path(out_dir)
+    checkpoint_path = out_dir / "checkpoints" / GAN_CHECKPOINT_NAME
+    if checkpoint_path.exists():
+        raise CheckpointError(f"{out_dir} already holds a GAN run ({checkpoint_path}); choose "
+                              f"another --out folder")
+    damsm_file = resolve_damsm_checkpoint(damsm_run).resolve()
+    text_encoder, _, vocab, damsm_config = load_damsm(damsm_file)
+    state = _read_state(netg_path, "generator")
+    # The word projection is a 1x1 Conv2d in the original and a 1x1 Conv1d here.
+    state = {key: value.squeeze(-1) if key.endswith("conv_context.weight") and value.dim() == 4
+             else value for key, value in state.items()}
+    netG = Generator.from_config(config, damsm_config.text_encoder.hidden_dim)
+    ours = {original_generator_name(key): key for key in netG.state_dict()}
+    _load_exact(netG, state, netg_path, "generator", lambda key: ours.get(key, key),
+                original_generator_name,
+                "set gan.ngf, gan.r_num and data.branch_num to the released model's (birds: 32, "
+                "2, 3; coco: 48, 3, 3: configs/birds.yaml, configs/coco.yaml)")
+    imported = {"generator": str(netg_path), "generator_sha256": file_sha256(netg_path)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.yaml")
+    save_checkpoint(checkpoint_path, {
+        "kind": "gan", "config": config_to_dict(config),
+        "damsm_config": config_to_dict(damsm_config), "damsm_checkpoint": str(damsm_file),
+        "damsm_sha256": file_sha256(damsm_file), "vocab": list(vocab.ixtoword),
+        "vocab_fingerprint": vocab.fingerprint(), "text_encoder": text_encoder.state_dict(),
+        "trainer": {"ema": netG.state_dict()}, "imported": imported, "step": 0, "epoch": 0})
+    return {"checkpoint": str(checkpoint_path), "imported": imported}
