@@ -113,7 +113,7 @@ def test_import_errors(released, tmp_path):
         import_damsm(tmp_path / "none.pth", image_path, config, out)
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a pytorch file" * 10)
-    with pytest.raises(CheckpointError, match="image encoder file .* cannot be read"):
+    with pytest.raises(CheckpointError, match="image encoder file .* could not be read"):
         import_damsm(text_path, corrupt, config, out)
     with pytest.raises(CheckpointError, match=r"image encoder file .* is not the original's "
                                               r"image encoder: .*missing keys"):

@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attngan.config import ConfigError
+from attngan.nn.state_files import load_state_exactly, read_state_file
 
 __all__ = ["BasicConv2d", "InceptionClassifier", "InceptionTrunk", "load_inception_state",
            "load_inception_weights", "read_inception_file", "WEIGHTS_HINT"]
@@ -261,66 +262,20 @@ class InceptionClassifier(InceptionTrunk):
 
 
 def read_inception_file(path: Union[str, Path], hint: str = WEIGHTS_HINT) -> dict:
-    """The state dict in `path` (read on the CPU, tensors only).
-
-    Raises ConfigError naming the file and `hint` (how to fix it) when it is missing,
-    unreadable, or not a mapping of parameter names to tensors.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Inception weights file {path} does not exist; {hint}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load fails in many ways on a corrupt file
-        reason = (str(error).splitlines() or [""])[0]
-        raise ConfigError(f"Inception weights file {path} could not be read as a PyTorch file "
-                          f"({type(error).__name__}: {reason}); it is corrupt or not a .pth "
-                          f"file; {hint}") from None
-    if not isinstance(state, dict) or not all(
-            isinstance(key, str) and isinstance(value, torch.Tensor)
-            for key, value in state.items()):
-        raise ConfigError(f"Inception weights file {path} does not hold a state dict (a mapping "
-                          f"of parameter names to tensors), it holds a {type(state).__name__}; "
-                          f"{hint}")
-    return state
+    """The state dict in `path`; ConfigError naming the file and `hint` (how to fix it) when it
+    is missing, unreadable, or not a mapping of parameter names to tensors."""
+    return read_state_file(path, "Inception weights file", hint, ConfigError)
 
 
 def load_inception_state(module: nn.Module, state: dict, path: Union[str, Path],
                          hint: str = WEIGHTS_HINT) -> list[str]:
-    """Load `state` (read from `path` by read_inception_file) into `module`.
-
-    Every parameter and BatchNorm statistic of `module` must be present with its exact shape;
-    `num_batches_tracked` counters may be absent (older torchvision files lack them). Keys the
-    module has no use for (for the trunk: AuxLogits.*, fc.*) are ignored.
-
-    Returns:
-        The sorted list of ignored keys, so the caller can report them.
-    Raises:
-        ConfigError naming the file and `hint` when keys are missing or of the wrong shape.
-    """
-    expected = module.state_dict()
-    missing = [key for key in expected
-               if key not in state and not key.endswith("num_batches_tracked")]
-    wrong_shape = [f"{key} {tuple(state[key].shape)} (expected {tuple(expected[key].shape)})"
-                   for key in expected
-                   if key in state and state[key].shape != expected[key].shape]
-    if missing or wrong_shape:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} missing keys (first: {', '.join(missing[:3])})")
-        if wrong_shape:
-            problems.append(f"{len(wrong_shape)} keys of the wrong shape "
-                            f"(first: {', '.join(wrong_shape[:3])})")
-        raise ConfigError(f"Inception weights file {path} is not an Inception-v3 state dict "
-                          f"with torchvision's key names: {'; '.join(problems)}; {hint}")
-
-    ignored = sorted(key for key in state if key not in expected)
-    to_load = {key: state[key] for key in expected if key in state}
-    for key, value in expected.items():
-        if key not in to_load:  # an absent num_batches_tracked: keep the module's own counter
-            to_load[key] = value
-    module.load_state_dict(to_load, strict=True)
-    return ignored
+    """Load `state` (read from `path` by read_inception_file) into `module`: every parameter
+    and BatchNorm statistic with its exact shape (older torchvision files lack the
+    `num_batches_tracked` counters); keys the module has no use for (for the trunk: AuxLogits.*,
+    fc.*) are ignored and returned, sorted. ConfigError naming the file and `hint` otherwise."""
+    return load_state_exactly(module, state, path, "Inception weights file",
+                              "an Inception-v3 state dict with torchvision's key names", hint,
+                              ConfigError, ignore_unexpected=True)
 
 
 def load_inception_weights(trunk: InceptionTrunk, path: Union[str, Path]) -> list[str]:

@@ -40,9 +40,8 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
-import torch
 import torch.nn as nn
 
 from attngan.config import Config, ConfigError, config_to_dict, save_config
@@ -50,6 +49,7 @@ from attngan.data.dataset import build_dataset, read_split
 from attngan.data.errors import DataError
 from attngan.nn.generator import Generator
 from attngan.nn.image_encoder import build_image_encoder
+from attngan.nn.state_files import load_state_exactly, read_state_file
 from attngan.nn.text_encoder import TextEncoder
 from attngan.train.checkpoint import CheckpointError, save_checkpoint
 from attngan.train.damsm import CHECKPOINT_NAME, evaluate_r_precision, load_damsm, \
@@ -87,46 +87,17 @@ def original_generator_name(key: str) -> str:
 
 def _read_state(path: Path, what: str) -> dict:
     """The state dict in the original's file `path` (its `what`), or CheckpointError."""
-    fix = f"pass the original's released {what} file (a .pth state dict)"
-    if not path.is_file():
-        raise CheckpointError(f"{what} file {path} does not exist; {fix}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load fails in many ways on a corrupt file
-        reason = (str(error).splitlines() or [""])[0]
-        raise CheckpointError(f"{what} file {path} cannot be read ({type(error).__name__}: "
-                              f"{reason}); it is corrupt or not a PyTorch file; {fix}") from None
-    if not isinstance(state, dict) or not all(
-            isinstance(key, str) and isinstance(value, torch.Tensor)
-            for key, value in state.items()):
-        raise CheckpointError(f"{what} file {path} does not hold a state dict (it holds a "
-                              f"{type(state).__name__}); {fix}")
-    return state
+    return read_state_file(path, f"{what} file",
+                           f"pass the original's released {what} file (a .pth state dict)",
+                           CheckpointError)
 
 
-def _load_exact(module: nn.Module, state: dict, path: Path, what: str,
-                ours: Callable[[str], str], theirs: Callable[[str], str], fix: str) -> None:
-    """Load the file's `state` into `module`, the file's key k as ours(k) (theirs inverts it):
-    every key of the module with its shape (BatchNorm counters may be absent) and no other."""
-    expected = module.state_dict()
-    mapped = {ours(key): value for key, value in state.items()}
-    unexpected = [key for key in state if ours(key) not in expected]
-    missing = [theirs(key) for key in expected
-               if key not in mapped and not key.endswith("num_batches_tracked")]
-    wrong = [f"{theirs(key)} {tuple(mapped[key].shape)} (expected {tuple(value.shape)})"
-             for key, value in expected.items()
-             if key in mapped and mapped[key].shape != value.shape]
-    problems = [f"{len(keys)} {kind} (first: {', '.join(keys[:3])})" for kind, keys in
-                (("missing keys", missing), ("unexpected keys", unexpected),
-                 ("keys of the wrong shape", wrong)) if keys]
-    if problems:
-        raise CheckpointError(f"{what} file {path} is not the original's {what}: "
-                              f"{'; '.join(problems)}; {fix}")
-    module.load_state_dict({key: mapped.get(key, value) for key, value in expected.items()})
-
-
-def _same(key: str) -> str:
-    return key
+def _load_exact(module: nn.Module, state: dict, path: Path, what: str, fix: str,
+                rename: Optional[Callable[[str], str]] = None,
+                file_name: Optional[Callable[[str], str]] = None) -> None:
+    """Load the original's `state` into `module`, every key and no other (load_state_exactly)."""
+    load_state_exactly(module, state, path, f"{what} file", f"the original's {what}", fix,
+                       CheckpointError, rename, file_name)
 
 
 def import_damsm(text_path: Union[str, Path], image_path: Union[str, Path], config: Config,
@@ -158,16 +129,16 @@ def import_damsm(text_path: Union[str, Path], image_path: Union[str, Path], conf
                               f"but {captions_file} holds {len(vocab)}: use the captions.pickle "
                               f"released with these encoders")
     text_encoder = TextEncoder(len(vocab), config.text_encoder)
-    _load_exact(text_encoder, text_state, text_path, "text encoder", _same, _same,
+    _load_exact(text_encoder, text_state, text_path, "text encoder",
                 "set text_encoder.embedding_dim, hidden_dim and rnn to the file's (the "
                 "released ones: 300, 256, lstm)")
     image_config = dataclasses.replace(config.image_encoder, weights=None, random_init=True,
                                        align_corners=True)
     image_encoder = build_image_encoder(image_config, config.text_encoder.hidden_dim)
     _load_exact(image_encoder, image_state, image_path, "image encoder",
-                lambda key: key if key.startswith("emb_") else _TRUNK + key,
-                lambda key: key[len(_TRUNK):] if key.startswith(_TRUNK) else key,
-                "set text_encoder.hidden_dim to the width of its emb_cnn_code (256 released)")
+                "set text_encoder.hidden_dim to the width of its emb_cnn_code (256 released)",
+                rename=lambda key: key if key.startswith("emb_") else _TRUNK + key,
+                file_name=lambda key: key.removeprefix(_TRUNK))
 
     config = dataclasses.replace(config, image_encoder=dataclasses.replace(
         config.image_encoder, weights=None, random_init=False, align_corners=True))
@@ -210,10 +181,10 @@ def import_generator(netg_path: Union[str, Path], damsm_run: Union[str, Path], c
              else value for key, value in state.items()}
     netG = Generator.from_config(config, damsm_config.text_encoder.hidden_dim)
     ours = {original_generator_name(key): key for key in netG.state_dict()}
-    _load_exact(netG, state, netg_path, "generator", lambda key: ours.get(key, key),
-                original_generator_name,
+    _load_exact(netG, state, netg_path, "generator",
                 "set gan.ngf, gan.r_num and data.branch_num to the released model's (birds: 32, "
-                "2, 3; coco: 48, 3, 3: configs/birds.yaml, configs/coco.yaml)")
+                "2, 3; coco: 48, 3, 3: configs/birds.yaml, configs/coco.yaml)",
+                rename=lambda key: ours.get(key, key), file_name=original_generator_name)
     imported = {"generator": str(netg_path), "generator_sha256": file_sha256(netg_path)}
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
