@@ -44,7 +44,8 @@ def _resize(images: torch.Tensor, size: int, align_corners: bool = False) -> tor
     if images.shape[-2:] == (size, size):
         return images
     # Antialias when shrinking (e.g. a 256 image for a 64 encoder) so the encoder sees the
-    # image, not an aliased subsample of it; plain bilinear when enlarging, as the original.
+    # image, not an aliased subsample of it; plain bilinear when enlarging, as the original
+    # (whose PyTorch aligned the corners: `align_corners` reproduces that).
     shrinking = images.shape[-2] > size or images.shape[-1] > size
     return F.interpolate(images, size=(size, size), mode="bilinear",
                          align_corners=align_corners and not shrinking, antialias=shrinking)
