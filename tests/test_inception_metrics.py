@@ -10,11 +10,12 @@ import torch
 
 from attngan.cli import main as cli_main
 from attngan.config import ConfigError
-from attngan.metrics import evaluate as evaluate_module
+from attngan.metrics import inception_metrics
 from attngan.metrics.evaluate import evaluate_generator
-from attngan.metrics.inception_metrics import (FeatureMoments, frechet_distance,
-                                               inception_score, load_inception_network,
-                                               load_statistics, save_statistics)
+from attngan.metrics.inception_metrics import (FeatureMoments, GeneratedImageScores,
+                                               frechet_distance, inception_score,
+                                               load_inception_network, load_statistics,
+                                               save_statistics)
 from attngan.nn.inception import InceptionClassifier, _pool_branch_input
 from attngan.train.gan import file_sha256
 from test_gan_training import single_thread, train_tiny_gan  # noqa: F401 (autouse)
@@ -234,6 +235,13 @@ def test_statistics_files(tmp_path, torchvision_file):
 
 # ---------------------------------------------------------------- evaluation
 
+def test_generated_image_scores_take_one_resolution(torchvision_file):
+    scores = GeneratedImageScores(torchvision_file[0], "torchvision", "cpu", splits=2, count=4,
+                                  resolution=32)
+    scores.add(torch.rand(2, 3, 32, 32) * 2 - 1)
+    with pytest.raises(ValueError, match="makes 16 px images but the test images are 32 px"):
+        scores.add(torch.rand(2, 3, 16, 16) * 2 - 1)
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     return train_tiny_gan(tmp_path_factory.mktemp("evaluate_inception"))
@@ -275,7 +283,7 @@ def test_evaluation_checks_inception_inputs_before_generating(run, torchvision_f
         evaluate_generator(gan, max_images=4, inception_weights=torchvision_file[0])
     with pytest.raises(ConfigError, match="does not exist"):
         evaluate_generator(gan, max_images=4, inception_weights=tmp_path / "none.pth")
-    monkeypatch.setattr(evaluate_module.os, "access", lambda path, mode: False)  # as non-root
+    monkeypatch.setattr(inception_metrics.os, "access", lambda path, mode: False)  # as non-root
     with pytest.raises(ValueError, match="cannot write FID statistics into .*read_only"):
         evaluate_generator(gan, max_images=4, inception_weights=torchvision_file[0],
                            inception_splits=2, fid_stats=tmp_path / "read_only" / "s.npz")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -33,10 +32,7 @@ import torch
 
 from attngan.data.dataset import build_dataset
 from attngan.data.errors import DataError
-from attngan.metrics.inception_metrics import (FeatureMoments, InceptionNetwork, check_splits,
-                                               frechet_distance, inception_score,
-                                               load_inception_network, load_statistics,
-                                               save_statistics)
+from attngan.metrics.inception_metrics import GeneratedImageScores
 from attngan.metrics.r_precision import r_precision
 from attngan.metrics.shapes_checker import check_against_shuffled, parse_caption
 from attngan.train.checkpoint import require_same_vocabulary
@@ -56,13 +52,11 @@ def _check_readable(texts: list[str], words: int) -> None:
                         f"data.words_num)")
 
 
-def _real_moments(dataset, network: InceptionNetwork, batch_size: int) -> FeatureMoments:
-    """Inception features of the test images, one per image, at the data set's top size."""
-    moments = FeatureMoments()
+def _test_images(dataset, batch_size: int):
+    """The test images in batches, one per image, at the data set's top size."""
     for start in range(0, len(dataset.keys), batch_size):
-        indices = range(start, min(start + batch_size, len(dataset.keys)))
-        moments.add(network.outputs(torch.stack([dataset.images(i)[-1] for i in indices]))[0])
-    return moments
+        stop = min(start + batch_size, len(dataset.keys))
+        yield torch.stack([dataset.images(i)[-1] for i in range(start, stop)])
 
 
 @torch.no_grad()
@@ -103,23 +97,11 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
     if config.data.dataset == "shapes":
         _check_readable(texts, eval_words)                 # before any image is generated
     resolution = dataset.image_sizes[-1]
-    network, real, real_source = None, None, None
-    if inception_weights is not None:                      # every file checked before generating
-        network = load_inception_network(inception_weights, inception_variant, device)
-        check_splits(count, inception_splits)
-        if fid_stats is not None and Path(fid_stats).exists():
-            mu, sigma, recorded = load_statistics(fid_stats, network, resolution)
-            real = (mu, sigma)
-            real_source = dict(file=str(fid_stats), **recorded)
-        elif fid_stats is not None:                        # written at the end: fail now if not
-            folder = Path(fid_stats).parent
-            folder.mkdir(parents=True, exist_ok=True)
-            if not os.access(folder, os.W_OK):
-                raise ValueError(f"cannot write FID statistics into {folder}; pass a --fid-stats "
-                                 f"path in a writable folder")
+    inception = None if inception_weights is None else GeneratedImageScores(
+        inception_weights, inception_variant, device, inception_splits, count, resolution,
+        fid_stats)                                         # its files checked before generating
     noise_source = torch.Generator().manual_seed(seed)
-    images, codes, sentences, probabilities = [], [], [], []
-    generated_moments = FeatureMoments()
+    images, codes, sentences = [], [], []
     for start in range(0, count, batch_size):
         chunk = pairs[start:start + batch_size]
         encoded = encoded_all[start:start + batch_size]
@@ -132,14 +114,8 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
         _, code = image_encoder(generated)
         if config.data.dataset == "shapes":                # the checker reads the pixels
             images.append(generated.cpu())
-        if network is not None:
-            if generated.shape[-1] != resolution:
-                raise ValueError(f"the generator makes {generated.shape[-1]} px images but the "
-                                 f"test images are {resolution} px (data.image_sizes); FID "
-                                 f"compares the two at one size")
-            features, probs = network.outputs(generated)
-            generated_moments.add(features)
-            probabilities.append(probs.float())
+        if inception is not None:
+            inception.add(generated)
         sentences.append(sentence.cpu())
         codes.append(code.cpu())
     class_ids = torch.tensor([dataset.class_ids[image] for image, _ in pairs])
@@ -156,19 +132,9 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
                             candidates=config.damsm.eval_candidates,
                             folds=config.damsm.eval_folds, seed=seed)
     score, fid, inception_protocol = None, None, "not computed (no Inception weights given)"
-    if network is not None:
-        score = inception_score(torch.cat(probabilities), inception_splits)
-        if real is None:
-            moments = _real_moments(dataset, network, batch_size)
-            real = moments.statistics()
-            real_source = dict(computed_from=f"{moments.count} test images (centre crop, "
-                                             f"{resolution} px)")
-            if fid_stats is not None:
-                save_statistics(fid_stats, *real, network, resolution, moments.count)
-                real_source["saved_to"] = str(fid_stats)
-        fid = frechet_distance(*generated_moments.statistics(), *real)
-        inception_protocol = dict(network.protocol, inception_score_splits=inception_splits,
-                                  fid_features="pool3 (2048)", fid_real_statistics=real_source)
+    if inception is not None:
+        score, fid, inception_protocol = inception.results(
+            lambda: _test_images(dataset, batch_size))
     result = {
         "protocol": {
             "split": "test", "samples": count, "test_images": len(dataset.keys),

@@ -31,10 +31,11 @@ slightly) and run in float32, the network in eval mode.
 """
 from __future__ import annotations
 
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
 import numpy as np
 import torch
@@ -45,8 +46,8 @@ from attngan.nn.inception import InceptionClassifier, load_inception_state, read
 from attngan.train.gan import file_sha256
 
 __all__ = ["INCEPTION_VARIANTS", "INPUT_SIZE", "InceptionNetwork", "FeatureMoments",
-           "load_inception_network", "check_splits", "inception_score", "frechet_distance",
-           "load_statistics", "save_statistics"]
+           "GeneratedImageScores", "load_inception_network", "check_splits", "inception_score",
+           "frechet_distance", "load_statistics", "save_statistics"]
 
 INCEPTION_VARIANTS = ("torchvision", "pytorch-fid")
 INPUT_SIZE = 299
@@ -241,3 +242,63 @@ def load_statistics(path: Union[str, Path], network: Optional[InceptionNetwork] 
                           f"path computes them)")
     return (torch.as_tensor(mu, dtype=torch.float64), torch.as_tensor(sigma, dtype=torch.float64),
             recorded)
+
+
+class GeneratedImageScores:
+    """The Inception Score and FID of generated images, fed batch by batch (attngan evaluate).
+
+    Everything a user names is checked on construction, before any image is generated: the
+    weights file, `count` images against the splits, and `fid_stats` (read when it exists; else
+    its folder must be writable, since the real statistics are written there at the end).
+    `add(images)` takes generated batches at `resolution` px; `results(real_batches)` returns
+    (score dict, FID, protocol dict), computing the real statistics from the batches
+    `real_batches()` yields when no file gave them.
+    """
+
+    def __init__(self, weights: Union[str, Path], variant: str, device: Union[str, torch.device],
+                 splits: int, count: int, resolution: int,
+                 fid_stats: Optional[Union[str, Path]] = None):
+        self.network = load_inception_network(weights, variant, device)
+        check_splits(count, splits)
+        self.splits, self.resolution = splits, resolution
+        self.fid_stats = None if fid_stats is None else Path(fid_stats)
+        self.real, self.real_source = None, None
+        if self.fid_stats is not None and self.fid_stats.exists():
+            mu, sigma, recorded = load_statistics(self.fid_stats, self.network, resolution)
+            self.real, self.real_source = (mu, sigma), dict(file=str(self.fid_stats), **recorded)
+        elif self.fid_stats is not None:
+            folder = self.fid_stats.parent
+            folder.mkdir(parents=True, exist_ok=True)
+            if not os.access(folder, os.W_OK):
+                raise ValueError(f"cannot write FID statistics into {folder}; pass a --fid-stats "
+                                 f"path in a writable folder")
+        self.moments = FeatureMoments()
+        self.probabilities: list[torch.Tensor] = []
+
+    def add(self, images: torch.Tensor) -> None:
+        if images.shape[-1] != self.resolution:
+            raise ValueError(f"the generator makes {images.shape[-1]} px images but the test "
+                             f"images are {self.resolution} px (data.image_sizes); FID compares "
+                             f"the two at one size")
+        features, probabilities = self.network.outputs(images)
+        self.moments.add(features)
+        self.probabilities.append(probabilities.float())
+
+    def results(self, real_batches: Callable[[], Iterable[torch.Tensor]]
+                ) -> tuple[dict, float, dict]:
+        score = inception_score(torch.cat(self.probabilities), self.splits)
+        if self.real is None:
+            real = FeatureMoments()
+            for images in real_batches():
+                real.add(self.network.outputs(images)[0])
+            self.real = real.statistics()
+            self.real_source = dict(computed_from=f"{real.count} test images (centre crop, "
+                                                  f"{self.resolution} px)")
+            if self.fid_stats is not None:
+                save_statistics(self.fid_stats, *self.real, self.network, self.resolution,
+                                real.count)
+                self.real_source["saved_to"] = str(self.fid_stats)
+        fid = frechet_distance(*self.moments.statistics(), *self.real)
+        protocol = dict(self.network.protocol, inception_score_splits=self.splits,
+                        fid_features="pool3 (2048)", fid_real_statistics=self.real_source)
+        return score, fid, protocol
