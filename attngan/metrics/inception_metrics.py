@@ -160,6 +160,8 @@ class FeatureMoments:
 
 
 def _root_psd(matrix: torch.Tensor) -> torch.Tensor:
+    """The symmetric square root of a symmetric positive semi-definite matrix (eigenvalues that
+    rounding made negative count as 0)."""
     values, vectors = torch.linalg.eigh(matrix)
     return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
 
