@@ -175,6 +175,18 @@ def test_tf_pools_leave_the_padding_out_and_max_pool_mixed_7c():
     assert _pool_branch_input(x, "avg")[0, 0, 0, 0] == pytest.approx(4 / 9)
 
 
+@pytest.mark.gpu
+def test_inception_network_on_cuda_matches_cpu(torchvision_file):
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    on_cpu = load_inception_network(torchvision_file[0], "torchvision", "cpu").outputs(images)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):   # IEEE convolutions
+        on_gpu = load_inception_network(torchvision_file[0], "torchvision",
+                                        "cuda").outputs(images.cuda())
+    for cpu, gpu in zip(on_cpu, on_gpu):
+        assert gpu.device.type == "cpu" and gpu.dtype == torch.float64   # returned on the CPU
+        assert torch.allclose(gpu, cpu, rtol=1e-3, atol=1e-5)
+
+
 def test_network_file_errors(tmp_path, torchvision_file):
     with pytest.raises(ConfigError, match=r"does not exist.*inception_v3_google.*pt_inception"):
         load_inception_network(tmp_path / "none.pth")
