@@ -2,8 +2,8 @@
 (attngan/train/import_original.py): files in the original's layout (plain state dicts, its
 module names, the Inception trunk at the top level, no BatchNorm counters, PyTorch's legacy
 serialization) become runs whose networks are exactly the files', with the original's resize;
-every wrong input is one clear error. (The released files themselves cannot be fetched here:
-their layout is the original code's, model.py.)"""
+every wrong input is one clear error. (The released files cannot be fetched here; the layout
+comes from the original's model.py.)"""
 import dataclasses
 import json
 
