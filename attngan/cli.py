@@ -62,10 +62,15 @@ def _print_r_precision(results: dict) -> None:
               f"(chance {100 / r['candidates']:.0f} %)")
 
 
+def _run_folder(args, suffix: str) -> Path:
+    """--out, or runs/<config file name>_<suffix>."""
+    return Path(args.out or f"runs/{Path(args.config).stem}_{suffix}")
+
+
 def _pretrain_damsm(args) -> int:
     from attngan.train.damsm import pretrain_damsm
     config = _config(args)
-    out = Path(args.out or f"runs/{Path(args.config).stem}_damsm")
+    out = _run_folder(args, "damsm")
     results = pretrain_damsm(config, out, resume=args.resume)
     _print_r_precision(results)
     print(f"run folder: {out} (checkpoint {results['checkpoint']})")
@@ -75,7 +80,7 @@ def _pretrain_damsm(args) -> int:
 def _import_damsm(args) -> int:
     from attngan.train.import_original import import_damsm
     config = _config(args)
-    out = Path(args.out or f"runs/{Path(args.config).stem}_released")
+    out = _run_folder(args, "released")
     results = import_damsm(args.text_encoder, args.image_encoder, config, out,
                            r_precision=args.r_precision)
     if args.r_precision:
@@ -87,7 +92,7 @@ def _import_damsm(args) -> int:
 def _import_generator(args) -> int:
     from attngan.train.import_original import import_generator
     config = _config(args)
-    out = Path(args.out or f"runs/{Path(args.config).stem}_released")
+    out = _run_folder(args, "released")
     results = import_generator(args.netG, args.damsm, config, out)
     print(f"run folder: {out} (checkpoint {results['checkpoint']})")
     return 0
@@ -96,7 +101,7 @@ def _import_generator(args) -> int:
 def _train(args) -> int:
     from attngan.train.gan import train_gan
     config = _config(args)
-    out = Path(args.out or f"runs/{Path(args.config).stem}_gan")
+    out = _run_folder(args, "gan")
     results = train_gan(config, args.damsm, out, resume=args.resume)
     print(json.dumps(results, indent=2))
     print(f"run folder: {out}")
