@@ -188,10 +188,12 @@ def save_statistics(path: Union[str, Path], mu: torch.Tensor, sigma: torch.Tenso
     """Write mu and sigma in pytorch-fid's format plus what they were computed with; never
     overwrites a file."""
     path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"{path} exists; statistics are never written over a file")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "xb") as file:
+    try:
+        file = open(path, "xb")                     # "x": fails if the file exists
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists; statistics are never written over a file") from None
+    with file:
         np.savez(file, mu=mu.numpy(), sigma=sigma.numpy(),
                  variant=np.array(network.protocol["variant"]),
                  weights_sha256=np.array(network.protocol["weights_sha256"]),
