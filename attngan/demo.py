@@ -3,8 +3,8 @@
 Steps, each in a sub-folder of the output folder: the data set (data/shapes), DAMSM
 pretraining with its R-precision (damsm/), AttnGAN training (gan/), samples with attention
 figures for a few fixed captions (samples/), the evaluation of the generator (evaluation.json),
-and report.md linking them. Sized by configs/shapes.yaml to finish in about 15 minutes on a
-2-core CPU; `quick=True` shrinks everything to a smoke test of a minute.
+and report.md linking them. Sized by configs/shapes.yaml to finish in 5 to 8 minutes on a
+2-core CPU (docs/RESULTS.md); `quick=True` shrinks everything to a smoke test of a minute.
 """
 from __future__ import annotations
 
