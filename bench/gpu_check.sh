@@ -12,9 +12,10 @@
 #      on a tiny case of every CUDA kernel, the tile sweep of the Triton DAMSM kernels
 #      (bench/tune_damsm_tiles.py), the DAMSM benchmark again with the tiles the sweep suggests
 #      (the PyTorch providers and Triton, so the record compares them in one run), the
-#      word-attention benchmark, racecheck on the same case, and the end-to-end training step at
-#      the CUB preset (reference ops vs fused kernels, fp32 and bf16 autocast), in that order
-#      (most needed first: the budget may cut the last ones),
+#      word-attention benchmark, racecheck on the same case, the end-to-end GAN training step at
+#      the CUB preset (reference ops vs fused kernels, fp32 and bf16 autocast) and the DAMSM
+#      pretraining step at the CUB preset (the original's loop vs reference ops vs fused kernels),
+#      in that order (most needed first: the budget may cut the last ones),
 #   5. writes bench/results/<date>-<gpu>.md and .json and prints a short table last.
 # Every step has a time limit and the whole run stays under BUDGET_S (default 520 s); a failing
 # step is recorded and the next one still runs. Exit status: 0 only when every step that ran
@@ -75,7 +76,8 @@ LOGS=$(mktemp -d /tmp/gpu_check.XXXXXX)
 touch "$LOGS/.start"   # the results this run writes are the files newer than this one
 
 TRITON_TESTS=(tests/test_damsm_triton.py tests/test_word_attention.py tests/test_tune_damsm_tiles.py)
-BENCH_STEPS=(bench_damsm tune_damsm_tiles bench_damsm_tuned bench_word_attention bench_train_step)
+BENCH_STEPS=(bench_damsm tune_damsm_tiles bench_damsm_tuned bench_word_attention bench_train_step
+             bench_damsm_step)
 SANITIZER_CASE='
 import torch
 import attngan._C  # registers torch.ops.attngan_C
@@ -174,6 +176,8 @@ else
 fi
 step bench_train_step 150 "$PY" bench/bench_train_step.py --preset cub --device cuda \
   --impls reference,auto,cuda --precisions fp32,bf16 --min-time 2 --record
+step bench_damsm_step 120 "$PY" bench/bench_train_step.py --stage damsm --preset cub \
+  --device cuda --impls loop,reference,auto,cuda --precisions fp32,bf16 --min-time 2 --record
 
 # Results: bench/results/<date>-<gpu>.md and .json (machine, versions, commit, steps, log tails).
 RESULT=$("$PY" -c 'import sys; sys.path.insert(0, "bench"); from common import gpu_check_record

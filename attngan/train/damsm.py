@@ -62,6 +62,30 @@ def damsm_losses(text_encoder, image_encoder, batch: dict, config: Config,
     return {"w0": w0, "w1": w1, "s0": s0, "s1": s1, "loss": w0 + w1 + s0 + s1}
 
 
+def build_damsm_training(config: Config, vocab_size: int, device: torch.device):
+    """(text encoder, image encoder, optimizer) of a new DAMSM run on `device`: one Adam over the
+    text encoder and the image encoder's trainable parameters."""
+    text_encoder = TextEncoder(vocab_size, config.text_encoder).to(device)
+    image_encoder = build_image_encoder(config.image_encoder,
+                                        config.text_encoder.hidden_dim).to(device)
+    trainable = list(text_encoder.parameters()) + list(image_encoder.trainable_parameters())
+    optimizer = torch.optim.Adam(trainable, lr=config.damsm.lr, betas=tuple(config.damsm.betas))
+    return text_encoder, image_encoder, optimizer
+
+
+def damsm_training_step(text_encoder, image_encoder, optimizer, batch: dict, config: Config,
+                        device: torch.device) -> dict[str, torch.Tensor]:
+    """One optimizer step of DAMSM pretraining on `batch` (the forward passes under the run's
+    precision); returns the batch's losses."""
+    with training_autocast(config, device):
+        losses = damsm_losses(text_encoder, image_encoder, batch, config, device)
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(text_encoder.parameters(), config.damsm.grad_clip)
+    optimizer.step()
+    return losses
+
+
 @torch.no_grad()
 def encode_split(text_encoder, image_encoder, dataset, device: torch.device,
                  batch_size: int = 64) -> dict[str, torch.Tensor]:
@@ -136,11 +160,7 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
         raise ValueError(f"the training split has {len(train_set)} items, fewer than "
                          f"damsm.batch_size={settings.batch_size}: lower the batch size")
     vocab = train_set.vocab
-    text_encoder = TextEncoder(len(vocab), config.text_encoder).to(device)
-    image_encoder = build_image_encoder(config.image_encoder,
-                                        config.text_encoder.hidden_dim).to(device)
-    trainable = list(text_encoder.parameters()) + list(image_encoder.trainable_parameters())
-    optimizer = torch.optim.Adam(trainable, lr=settings.lr, betas=tuple(settings.betas))
+    text_encoder, image_encoder, optimizer = build_damsm_training(config, len(vocab), device)
 
     start_epoch, step = 0, 0
     if resume:
@@ -182,12 +202,8 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
             bar = tqdm(loader, desc=f"DAMSM epoch {epoch + 1}/{settings.epochs}",
                        disable=not progress, leave=False)
             for batch in bar:
-                with training_autocast(config, device):
-                    losses = damsm_losses(text_encoder, image_encoder, batch, config, device)
-                optimizer.zero_grad(set_to_none=True)
-                losses["loss"].backward()
-                torch.nn.utils.clip_grad_norm_(text_encoder.parameters(), settings.grad_clip)
-                optimizer.step()
+                losses = damsm_training_step(text_encoder, image_encoder, optimizer, batch,
+                                             config, device)
                 step += 1
                 bar.set_postfix(loss=f"{losses['loss'].item():.3f}")
                 if step % settings.log_every == 0:
