@@ -1,4 +1,4 @@
-"""Checkpoints: atomic write, weights_only load, kind checks, exact RNG restore."""
+"""Checkpoints: atomic write, weights_only load, kind checks, run folders, exact RNG restore."""
 import random
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from attngan.train.checkpoint import (CheckpointError, load_checkpoint,
-                                      require_same_vocabulary, rng_state, save_checkpoint,
-                                      set_rng_state)
+                                      require_same_vocabulary, resolve_run_checkpoint,
+                                      rng_state, save_checkpoint, set_rng_state)
 
 
 def test_round_trip_with_weights_only(tmp_path):
@@ -28,11 +28,39 @@ def test_wrong_kind_missing_and_corrupt_files(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="corrupt"):
+    with pytest.raises(CheckpointError, match=r"\(UnpicklingError: Unsupported operand \d+\); "
+                       "it is corrupt") as error:
         load_checkpoint(corrupt)
+    assert "weights_only" not in str(error.value)   # not torch's advice to load unsafely
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="failed reading zip archive"):
+        load_checkpoint(truncated)
     torch.save({"no": "kind"}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not an attngan checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_run_folders_resolve_to_their_last_checkpoint(tmp_path):
+    """A file is passed through (load_checkpoint checks it); a run folder gives its checkpoint;
+    a folder without one says what it holds: another kind of run, or runs inside it."""
+    assert resolve_run_checkpoint(tmp_path / "c.pt", "gan_last.pt", "GAN") == tmp_path / "c.pt"
+    gan = save_checkpoint(tmp_path / "demo" / "gan" / "checkpoints" / "gan_last.pt",
+                          {"kind": "gan"})
+    save_checkpoint(tmp_path / "demo" / "damsm" / "checkpoints" / "damsm_last.pt",
+                    {"kind": "damsm"})
+    assert resolve_run_checkpoint(tmp_path / "demo" / "gan", "gan_last.pt", "GAN") == gan
+    with pytest.raises(CheckpointError, match=r"demo/damsm is not a GAN run folder \(no "
+                       r"checkpoints/gan_last.pt; it holds checkpoints/damsm_last.pt\): pass a "
+                       r"GAN run folder or its .pt file"):
+        resolve_run_checkpoint(tmp_path / "demo" / "damsm", "gan_last.pt", "GAN")
+    with pytest.raises(CheckpointError, match=r"demo is not a DAMSM run folder \(no checkpoints/"
+                       r"damsm_last.pt; the runs inside it: \S+/demo/damsm, \S+/demo/gan\)"):
+        resolve_run_checkpoint(tmp_path / "demo", "damsm_last.pt", "DAMSM")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"empty is not a GAN run folder \(no "
+                       r"checkpoints/gan_last.pt\): pass"):
+        resolve_run_checkpoint(tmp_path / "empty", "gan_last.pt", "GAN")
 
 
 class Pickled:
@@ -41,7 +69,9 @@ class Pickled:
 
 def test_pickled_objects_are_refused(tmp_path):
     torch.save({"kind": "damsm", "x": Pickled()}, tmp_path / "evil.pt")
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    with pytest.raises(CheckpointError, match=r"cannot be read \(UnpicklingError: Unsupported "
+                       r"global: GLOBAL test_checkpoint.Pickled was not an allowed global "
+                       r"by default\); it is corrupt"):
         load_checkpoint(tmp_path / "evil.pt")
 
 

@@ -9,7 +9,22 @@ from typing import Callable, Optional, Union
 import torch
 import torch.nn as nn
 
-__all__ = ["read_state_file", "load_state_exactly"]
+__all__ = ["load_failure_reason", "read_state_file", "load_state_exactly"]
+
+
+def load_failure_reason(failure: Exception) -> str:
+    """Why `torch.load(..., weights_only=True)` refused a file, in one short line: the
+    unpickler's own reason ("Unsupported operand 103", "Unsupported global: GLOBAL
+    mymodule.Net was not an allowed global by default") or the first sentence of any other error,
+    without torch's advice to retry with weights_only=False (which would run code from the
+    file)."""
+    text = str(failure)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    return f"{type(failure).__name__}: {first.split('. ')[0].rstrip('.')}"
 
 
 def read_state_file(path: Union[str, Path], what: str, fix: str,
@@ -25,9 +40,8 @@ def read_state_file(path: Union[str, Path], what: str, fix: str,
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as failure:  # torch.load fails in many ways on a corrupt file
-        reason = (str(failure).splitlines() or [""])[0]
         raise error(f"{what} {path} could not be read as a PyTorch file "
-                    f"({type(failure).__name__}: {reason}); it is corrupt or not a .pth file; "
+                    f"({load_failure_reason(failure)}); it is corrupt or not a .pth file; "
                     f"{fix}") from None
     if not isinstance(state, dict) or not all(
             isinstance(key, str) and isinstance(value, torch.Tensor)

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from attngan.nn.state_files import load_failure_reason
+
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or of the wrong kind (the message says the fix)."""
@@ -39,6 +41,25 @@ def save_checkpoint(path: str | Path, payload: dict) -> Path:
     return path
 
 
+def resolve_run_checkpoint(path_or_run_dir: str | Path, file_name: str, run_kind: str) -> Path:
+    """`path_or_run_dir` itself unless it is a folder (`load_checkpoint` then checks the file);
+    for a run folder its last checkpoint, <folder>/checkpoints/<file_name>. A folder without one
+    is an error that says what the folder holds instead (another kind of run, or runs in its
+    sub-folders, as `attngan demo` writes them)."""
+    path = Path(path_or_run_dir)
+    if not path.is_dir():
+        return path
+    checkpoint = path / "checkpoints" / file_name
+    if checkpoint.is_file():
+        return checkpoint
+    others = sorted(found.name for found in path.glob("checkpoints/*_last.pt"))
+    runs = sorted(str(found.parent.parent) for found in path.glob("*/checkpoints/*_last.pt"))
+    holds = (f"; it holds checkpoints/{', '.join(others)}" if others else
+             f"; the runs inside it: {', '.join(runs)}" if runs else "")
+    raise CheckpointError(f"{path} is not a {run_kind} run folder (no checkpoints/{file_name}"
+                          f"{holds}): pass a {run_kind} run folder or its .pt file")
+
+
 def load_checkpoint(path: str | Path, *, kind: str | None = None,
                     map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint with weights_only=True; check its `kind` ("damsm", "gan") if given."""
@@ -48,9 +69,9 @@ def load_checkpoint(path: str | Path, *, kind: str | None = None,
                               "a training run (or its run folder)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(error).__name__}: "
-                              f"{error}); it is corrupt or not an attngan checkpoint: "
+    except Exception as error:  # torch.load fails in many ways on a corrupt file
+        raise CheckpointError(f"checkpoint {path} cannot be read ({load_failure_reason(error)}"
+                              f"); it is corrupt or not an attngan checkpoint: "
                               "use another checkpoint or retrain") from None
     if not isinstance(payload, dict) or "kind" not in payload:
         raise CheckpointError(f"{path} is not an attngan checkpoint (no 'kind' entry)")

@@ -32,8 +32,8 @@ from attngan.nn.image_encoder import build_image_encoder
 from attngan.nn.text_encoder import TextEncoder
 from attngan.ops.damsm import damsm_sentence_loss, damsm_word_loss, damsm_word_similarity
 from attngan.train.checkpoint import (CheckpointError, load_checkpoint,
-                                      require_same_vocabulary, rng_state, save_checkpoint,
-                                      set_rng_state)
+                                      require_same_vocabulary, resolve_run_checkpoint,
+                                      rng_state, save_checkpoint, set_rng_state)
 from attngan.train.runtime import prepare_run, training_autocast
 
 CHECKPOINT_NAME = "damsm_last.pt"
@@ -235,10 +235,7 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
 
 def resolve_damsm_checkpoint(path_or_run_dir: str | Path) -> Path:
     """A DAMSM checkpoint file, or the last checkpoint of a DAMSM run folder."""
-    path = Path(path_or_run_dir)
-    if path.is_dir():
-        path = path / "checkpoints" / CHECKPOINT_NAME
-    return path
+    return resolve_run_checkpoint(path_or_run_dir, CHECKPOINT_NAME, "DAMSM")
 
 
 def load_damsm(path_or_run_dir: str | Path, device: str | torch.device = "cpu",

@@ -37,8 +37,8 @@ from attngan.nn.discriminator import build_discriminators
 from attngan.nn.generator import Generator
 from attngan.nn.text_encoder import TextEncoder
 from attngan.train.checkpoint import (CheckpointError, load_checkpoint,
-                                      require_same_vocabulary, rng_state, save_checkpoint,
-                                      set_rng_state)
+                                      require_same_vocabulary, resolve_run_checkpoint,
+                                      rng_state, save_checkpoint, set_rng_state)
 from attngan.train.damsm import load_damsm, resolve_damsm_checkpoint
 from attngan.train.ema import EMA
 from attngan.train.losses import (damsm_generator_loss, discriminator_loss,
@@ -64,8 +64,7 @@ def file_sha256(path: str | Path) -> str:
 
 def resolve_gan_checkpoint(path_or_run_dir: str | Path) -> Path:
     """A GAN checkpoint file, or the last checkpoint of a GAN run folder."""
-    path = Path(path_or_run_dir)
-    return path / "checkpoints" / CHECKPOINT_NAME if path.is_dir() else path
+    return resolve_run_checkpoint(path_or_run_dir, CHECKPOINT_NAME, "GAN")
 
 
 class GANTrainer:
