@@ -15,11 +15,12 @@ import torch
 from attngan.config import load_config
 from attngan.data.synthetic import make_synthetic
 from attngan.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from attngan.train.damsm import damsm_losses, pretrain_damsm, resolve_damsm_checkpoint
+from attngan.train.damsm import (build_damsm_training, damsm_training_step, pretrain_damsm,
+                                 resolve_damsm_checkpoint)
 from attngan.train.gan import load_gan, train_gan
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from bench_train_step import make_trainer, preset_config, random_batch  # noqa: E402
+from bench_train_step import VOCAB_SIZE, make_trainer, preset_config, random_batch  # noqa: E402
 
 TINY = ["data.synthetic.num_train=16", "data.synthetic.num_test=12", "data.synthetic.canvas=32",
         "data.base_size=16", "data.branch_num=2", "text_encoder.embedding_dim=16",
@@ -169,21 +170,18 @@ def test_damsm_of_another_vocabulary_is_refused(tiny, tmp_path):
 
 @pytest.mark.gpu
 def test_gpu_training_steps_never_wait_for_the_gpu(no_gpu_synchronisation):
-    """A GAN step and a DAMSM loss forward and backward on the GPU, fed a batch as the data loader
-    gives it (CPU tensors): no synchronisation with the GPU anywhere (the lengths and caption
-    ids are checked on the CPU, copies are queued), which torch's sync debug mode would raise."""
-    cuda = torch.device("cuda")
+    """A GAN step and a DAMSM pretraining step on the GPU, fed batches as the data loader gives
+    them (CPU tensors): no synchronisation with the GPU anywhere (the lengths and caption ids
+    are checked on the CPU, copies are queued), which torch's sync debug mode would raise."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
     config = preset_config("shapes", "auto", cuda)
-    trainer, batch = make_trainer(config, cuda), random_batch(config, torch.device("cpu"))
-    encoders = (trainer.text_encoder, trainer.image_encoder)
+    trainer, gan_batch = make_trainer(config, cuda), random_batch(config, cpu)
+    damsm = build_damsm_training(config, VOCAB_SIZE, cuda)
+    damsm_batch = random_batch(config, cpu, stage="damsm")
 
     def steps():
-        trainer.step(batch)
-        for module in encoders:           # (the GAN's frozen encoders, trained here)
-            module.train().requires_grad_(True)
-        damsm_losses(*encoders, batch, config, cuda)["loss"].backward()
-        for module in encoders:
-            module.eval().requires_grad_(False)
+        trainer.step(gan_batch)
+        damsm_training_step(*damsm, damsm_batch, config, cuda)
 
     steps()                                # compiles the kernels and builds optimizer state
     with no_gpu_synchronisation():
