@@ -61,6 +61,7 @@ def preset_config(preset: str, impl: str, device: torch.device, precision: str =
 
 
 def batch_size(config: Config, stage: str) -> int:
+    """The batch size the stage trains with."""
     return config.gan.batch_size if stage == "gan" else config.damsm.batch_size
 
 
@@ -103,7 +104,7 @@ def training_step(preset: str, impl: str, device: torch.device, precision: str =
     torch.manual_seed(0)
     text_encoder, image_encoder, optimizer = build_damsm_training(config, VOCAB_SIZE, device)
     text_encoder.train()
-    image_encoder.train()
+    image_encoder.train()        # as pretraining sets them (Inception's trunk stays in eval)
     return lambda: damsm_training_step(text_encoder, image_encoder, optimizer, batch, config,
                                        device)
 
