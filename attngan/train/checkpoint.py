@@ -53,7 +53,7 @@ def resolve_run_checkpoint(path_or_run_dir: str | Path, file_name: str, run_kind
     if checkpoint.is_file():
         return checkpoint
     others = sorted(found.name for found in path.glob("checkpoints/*_last.pt"))
-    runs = sorted(str(found.parent.parent) for found in path.glob("*/checkpoints/*_last.pt"))
+    runs = sorted({str(found.parent.parent) for found in path.glob("*/checkpoints/*_last.pt")})
     holds = (f"; it holds checkpoints/{', '.join(others)}" if others else
              f"; the runs inside it: {', '.join(runs)}" if runs else "")
     raise CheckpointError(f"{path} is not a {run_kind} run folder (no checkpoints/{file_name}"
