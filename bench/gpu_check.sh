@@ -177,7 +177,7 @@ fi
 step bench_train_step 150 "$PY" bench/bench_train_step.py --preset cub --device cuda \
   --impls reference,auto,cuda --precisions fp32,bf16 --min-time 2 --record
 step bench_damsm_step 120 "$PY" bench/bench_train_step.py --stage damsm --preset cub \
-  --device cuda --impls loop,reference,auto,cuda --precisions fp32,bf16 --min-time 2 --record
+  --device cuda --impls loop,reference,auto,cuda --precisions fp32,bf16 --min-time 1 --record
 
 # Results: bench/results/<date>-<gpu>.md and .json (machine, versions, commit, steps, log tails).
 RESULT=$("$PY" -c 'import sys; sys.path.insert(0, "bench"); from common import gpu_check_record
