@@ -37,6 +37,14 @@ def _format_r_precision(result: dict) -> str:
             f"{result['num_folds']} folds)")
 
 
+def _format_checker(checker: dict) -> str:
+    """The shapes checker's headline attributes, true captions (shuffled captions)."""
+    names = {"color": "colour", "position": "position", "size": "size", "shape": "shape",
+             "all": "all four"}
+    return ", ".join(f"{label} {checker['true'][key]:.3f} ({checker['shuffled'][key]:.3f})"
+                     for key, label in names.items())
+
+
 def run_demo(out: Path, overrides: Sequence[str] = (), quick: bool = False) -> dict:
     """Run every step into `out`; returns the collected results (also in report.md)."""
     from attngan.data.synthetic import make_synthetic
@@ -71,6 +79,10 @@ def run_demo(out: Path, overrides: Sequence[str] = (), quick: bool = False) -> d
     evaluation = timed("evaluation", evaluate_generator, out / "gan",
                        out_path=out / "evaluation.json", device="cpu", seed=config.run.seed,
                        max_images=EVALUATION_IMAGES)
+    print(f"[demo] shapes checker on generated images, their own captions (shuffled captions): "
+          f"{_format_checker(evaluation['checker'])}")
+    print(f"[demo] R-precision of generated images: "
+          f"{_format_r_precision(evaluation['r_precision'])}")
     results = {"damsm": damsm, "gan": gan, "evaluation": evaluation,
                "samples": [str(p) for p in samples], "seconds": timings}
     (out / "report.md").write_text(_report(out, results))

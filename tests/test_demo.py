@@ -1,5 +1,6 @@
 """`attngan demo --quick`: the whole pipeline end to end through the CLI, at smoke-test size."""
 import json
+import re
 
 from attngan.cli import main
 
@@ -7,7 +8,10 @@ from attngan.cli import main
 def test_quick_demo_writes_every_output(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--set", "run.threads=0"]) == 0
-    assert "report:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "report:" in printed and "R-precision of generated images: " in printed
+    assert re.search(r"their own captions \(shuffled captions\): colour \d\.\d{3} \(\d\.\d{3}\), "
+                     r"position .* all four \d\.\d{3} \(\d\.\d{3}\)\n", printed)
     report = (out / "report.md").read_text()
     assert "R-precision, sentence level" in report and "| color |" in report
     evaluation = json.loads((out / "evaluation.json").read_text())
