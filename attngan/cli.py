@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from attngan.backend import ImplementationUnavailable
-from attngan.config import load_config
+from attngan.config import load_config, preset_names
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--config", default=default,
-                        help=f"YAML preset (default: {default})")
+                        help=f"a YAML file, or a preset by name ({', '.join(preset_names())}; "
+                             f"default: {default})")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a setting, e.g. damsm.batch_size=8")
 
@@ -63,7 +64,7 @@ def _print_r_precision(results: dict) -> None:
 
 
 def _run_folder(args, suffix: str) -> Path:
-    """--out, or runs/<config file name>_<suffix>."""
+    """--out, or runs/<preset or config file name>_<suffix>."""
     return Path(args.out or f"runs/{Path(args.config).stem}_{suffix}")
 
 
@@ -154,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("make-synthetic", help="write the synthetic shapes data set")
     p.add_argument("out", help="output folder, e.g. data/shapes")
-    _add_config_arguments(p, "configs/shapes.yaml")
+    _add_config_arguments(p, "shapes")
     p.set_defaults(run=_make_synthetic)
 
     p = commands.add_parser("prepare", help="build captions.pickle (CUB text/ or COCO annotations)")
@@ -162,14 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_prepare)
 
     p = commands.add_parser("pretrain-damsm", help="pretrain the DAMSM encoders")
-    _add_config_arguments(p, "configs/shapes.yaml")
+    _add_config_arguments(p, "shapes")
     p.add_argument("--out", help="run folder (default runs/<config>_damsm)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.set_defaults(run=_pretrain_damsm)
 
     p = commands.add_parser("import-damsm", help="the original's released DAMSM encoders as a "
                                                  "DAMSM run")
-    _add_config_arguments(p, "configs/birds_damsm.yaml")
+    _add_config_arguments(p, "birds_damsm")
     p.add_argument("--text-encoder", required=True, help="the original's text_encoder*.pth")
     p.add_argument("--image-encoder", required=True, help="the original's image_encoder*.pth")
     p.add_argument("--out", help="run folder (default runs/<config>_released)")
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("import-generator", help="the original's released generator as a "
                                                      "GAN run")
-    _add_config_arguments(p, "configs/birds.yaml")
+    _add_config_arguments(p, "birds")
     p.add_argument("--netG", required=True, help="the original's netG_epoch_*.pth")
     p.add_argument("--damsm", required=True,
                    help="DAMSM run of its text encoder (attngan import-damsm)")
@@ -188,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_import_generator)
 
     p = commands.add_parser("train", help="train AttnGAN with frozen DAMSM encoders")
-    _add_config_arguments(p, "configs/shapes.yaml")
+    _add_config_arguments(p, "shapes")
     p.add_argument("--damsm", required=True, help="DAMSM run folder or checkpoint file")
     p.add_argument("--out", help="run folder (default runs/<config>_gan)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
@@ -230,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo", help="output folder (default demo/)")
     p.add_argument("--quick", action="store_true", help="a tiny run for smoke tests")
     p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="KEY=VALUE", help="override a setting of configs/shapes.yaml")
+                   metavar="KEY=VALUE",
+                   help="override a setting of the shapes preset (configs/shapes.yaml)")
     p.set_defaults(run=_demo)
     return parser
 

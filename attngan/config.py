@@ -1,6 +1,7 @@
 """Typed, frozen configuration: dataclasses, YAML presets and dotted command-line overrides.
 
-A run is described by one `Config` built from a YAML preset in `configs/` plus overrides such as
+A run is described by one `Config` built from a YAML preset in `configs/` (installed with the
+package as `attngan.configs`, so `--config shapes` works anywhere) plus overrides such as
 `--set damsm.batch_size=8`. Loading is strict: an unknown key or a value of the wrong type is a
 `ConfigError` naming the key and the fix, never a silently ignored typo. The resolved config is
 written next to every run (`save_config`) so a run can be reproduced from its folder alone.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import types
 import typing
 from dataclasses import dataclass, field
@@ -257,14 +259,40 @@ def apply_overrides(values: dict, overrides: Sequence[str]) -> dict:
     return result
 
 
+def preset_names() -> list[str]:
+    """The presets installed with the package (configs/*.yaml), by name: "shapes", "birds"..."""
+    return sorted(entry.name[:-len(".yaml")] for entry in
+                  importlib.resources.files("attngan.configs").iterdir()
+                  if entry.name.endswith(".yaml"))
+
+
+def preset_path(name: str) -> Path:
+    """The installed preset `name` ("shapes", one of `preset_names()`)."""
+    if name not in preset_names():
+        raise ConfigError(f"there is no preset '{name}'; the presets are "
+                          f"{', '.join(preset_names())}")
+    return Path(str(importlib.resources.files("attngan.configs") / f"{name}.yaml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """`path` if it is a file; else, for a preset's name ("birds") or a path configs/<name>.yaml
+    that is not here (outside a clone of the repository), the installed preset."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    stem = path.name[:-len(".yaml")] if path.name.endswith(".yaml") else path.name
+    if path.parent in (Path("."), Path("configs")) and stem in preset_names():
+        return preset_path(stem)
+    raise ConfigError(f"config file {path} does not exist and names no preset; pass a YAML "
+                      f"file, or a preset by name: {', '.join(preset_names())}")
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> Config:
-    """Read a YAML preset (or start from defaults when `path` is None) and apply overrides."""
+    """Read a YAML preset (or start from defaults when `path` is None) and apply overrides.
+    `path` is a file, or a preset's name (`resolve_config_path`)."""
     values: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; presets live in configs/ "
-                              "(for example configs/shapes.yaml)")
+        path = resolve_config_path(path)
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:

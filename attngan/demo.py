@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from attngan.config import load_config
+from attngan.config import load_config, preset_path
 
-PRESET = Path(__file__).resolve().parent.parent / "configs" / "shapes.yaml"
+PRESET = preset_path("shapes")
 DEMO_CAPTIONS = (
     "a small red circle at the top left",
     "there is a big blue square in the center",

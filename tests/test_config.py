@@ -1,10 +1,11 @@
-"""Config: presets load, strict keys and types, dotted overrides, round trip through YAML."""
+"""Config: presets load (by path or by name), strict keys and types, dotted overrides, round
+trip through YAML."""
 from pathlib import Path
 
 import pytest
 
 from attngan.config import (Config, ConfigError, apply_overrides, config_from_dict,
-                            config_to_dict, load_config, save_config)
+                            config_to_dict, load_config, preset_names, preset_path, save_config)
 
 PRESETS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 
@@ -70,6 +71,23 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("damsm: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_presets_by_name_and_outside_a_clone(tmp_path, monkeypatch):
+    """A preset's name, or configs/<name>.yaml where there is no such file (outside a clone of
+    the repository, after pip install), reads the installed preset; other missing paths, and
+    unknown names, are errors that list the presets."""
+    assert preset_names() == [path.stem for path in PRESETS]
+    assert load_config("configs/birds.yaml") == load_config("birds")
+    monkeypatch.chdir(tmp_path)
+    assert load_config("configs/shapes.yaml") == load_config("shapes") \
+        == load_config(preset_path("shapes"))
+    assert load_config("coco.yaml").data.dataset == "coco"
+    for wrong in ("configs/bird.yaml", "bird", "other/shapes.yaml"):
+        with pytest.raises(ConfigError, match=f"config file {wrong} does not exist and names no "
+                           "preset; pass a YAML file, or a preset by name: birds, birds_damsm, "
+                           "coco, coco_damsm, shapes"):
+            load_config(wrong)
 
 
 def test_defaults_and_dict_round_trip():
