@@ -1,26 +1,31 @@
 """What `pip install .` installs: a wheel built from this tree (without the compiled extension,
 which other tests cover) holds every package, the Triton kernels as attngan.kernels and the YAML
 presets as attngan.configs, so that `attngan demo` and `--config <preset>` work outside a
-clone."""
+clone; a source distribution holds every C++ and CUDA source, whatever this machine builds."""
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["setup.py", "pyproject.toml", "README.md", "LICENSE", "attngan", "kernels", "configs",
-           "csrc"]
+SOURCES = ["setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE", "attngan",
+           "kernels", "configs", "csrc"]
+
+
+def _copy_of_the_sources(folder: Path) -> Path:
+    """The sources in `folder`: a build in the tree itself would reuse its build/ folder."""
+    folder.mkdir()
+    for name in SOURCES:
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
+        copy(ROOT / name, folder / name)
+    return folder
 
 
 def test_wheel_holds_the_kernels_and_the_presets(tmp_path):
-    # A copy of the sources: a build in the tree itself would reuse its build/ folder.
-    source = tmp_path / "source"
-    source.mkdir()
-    for name in SOURCES:
-        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
-        copy(ROOT / name, source / name)
+    source = _copy_of_the_sources(tmp_path / "source")
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps",
          "--no-cache-dir", "-q", "-w", str(tmp_path / "wheel"), str(source)],
@@ -34,3 +39,18 @@ def test_wheel_holds_the_kernels_and_the_presets(tmp_path):
     expected |= {f"attngan/{path.relative_to(ROOT / 'attngan')}"
                  for path in (ROOT / "attngan").rglob("*.py")}
     assert len(expected) > 40 and not expected - names, sorted(expected - names)
+
+
+def test_source_distribution_holds_every_extension_source(tmp_path):
+    source = _copy_of_the_sources(tmp_path / "source")
+    result = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)],
+                            cwd=source, env={**os.environ, "ATTNGAN_NO_EXTENSION": "1"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (archive,) = tmp_path.glob("attngan-*.tar.gz")
+    names = {name.split("/", 1)[1] for name in tarfile.open(archive).getnames() if "/" in name}
+    expected = {str(path.relative_to(ROOT)) for path in (ROOT / "csrc").rglob("*")
+                if path.suffix in (".cpp", ".cu", ".h")}
+    expected |= {f"configs/{path.name}" for path in (ROOT / "configs").glob("*.yaml")}
+    assert any(name.endswith(".cu") for name in expected) and not expected - names, \
+        sorted(expected - names)
