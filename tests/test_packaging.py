@@ -16,11 +16,15 @@ SOURCES = ["setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE", 
 
 
 def _copy_of_the_sources(folder: Path) -> Path:
-    """The sources in `folder`: a build in the tree itself would reuse its build/ folder."""
+    """The sources in `folder` (a build in the tree itself would reuse its build/ folder), without
+    what a build or an import left in them."""
     folder.mkdir()
     for name in SOURCES:
-        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
-        copy(ROOT / name, folder / name)
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, folder / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+        else:
+            shutil.copy2(ROOT / name, folder / name)
     return folder
 
 
