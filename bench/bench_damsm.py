@@ -68,8 +68,8 @@ def make_inputs(size: dict, device: torch.device, dtype: torch.dtype, seed: int 
                 scale: Optional[float] = None, ragged: bool = False,
                 lengths_on: Optional[torch.device] = None):
     """Words, lengths (on `lengths_on`, default `device`), regions and an upstream gradient.
-    Gaussian features times `scale`, by
-    default D^-1/4 so that s = v^T e has unit spread (softmaxes neither uniform nor one-hot).
+    Gaussian features times `scale`, by default D^-1/4 so that s = v^T e has unit spread
+    (softmaxes neither uniform nor one-hot).
     With scale 1, s spreads ~ sqrt(D) = 16: one-hot word softmaxes whose tiny values (denormal
     floats) slow the PyTorch providers down. Every caption has all L words, or with `ragged`
     between L / 2 and L."""

@@ -1,4 +1,5 @@
-"""The original AttnGAN's released DAMSM encoders as an attngan DAMSM run (`attngan import-damsm`).
+"""The original AttnGAN's released models as attngan runs: its DAMSM encoders as a DAMSM run
+(`attngan import-damsm`), its generators as a GAN run (`attngan import-generator`).
 
 The original repository (taoxugit/AttnGAN) released its pretrained DAMSM encoders as plain state
 dicts: `text_encoder200.pth` / `image_encoder200.pth` for CUB, `text_encoder100.pth` /
