@@ -31,6 +31,7 @@ allocator keeps no statistics).
                                 [--providers loop,reference,cpp] [--min-time 1.0]
                                 [--tiles FILE]   (Triton tiles from tune_damsm_tiles.py)
                                 [--lengths-on cpu|device]   (default cpu, as in training)
+                                [--matmul-precision highest|high|medium]   (default highest)
     pytest bench/bench_damsm.py          # pytest-benchmark, the "cpu" size
 """
 from __future__ import annotations
@@ -47,7 +48,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DTYPES, add_lengths_option, interleaved_cpu_samples,  # noqa: E402
+from common import (DTYPES, add_lengths_option, add_matmul_precision_option,  # noqa: E402
+                    interleaved_cpu_samples,
                     lengths_device, load_tiles, machine, machine_lines, markdown_table,
                     matmul_gflops, median_seconds, peak_memory_bytes, publish)
 
@@ -228,8 +230,10 @@ def main(argv=None) -> int:
                         help="measure the Triton kernels with this kernels.damsm.TILES table "
                              "(JSON, as bench/tune_damsm_tiles.py --write-tiles writes it)")
     add_lengths_option(parser)
+    add_matmul_precision_option(parser)
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    torch.set_float32_matmul_precision(args.matmul_precision)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if device.type == "cuda" and not torch.cuda.is_available():
