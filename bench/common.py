@@ -175,8 +175,10 @@ def add_matmul_precision_option(parser) -> None:
                         choices=("highest", "high", "medium"),
                         help="torch.set_float32_matmul_precision for the whole run: every "
                              "provider and the machine matmul rate (default highest: IEEE "
-                             "float32 products). On a CPU with AMX the C++ DAMSM op then computes "
-                             "float32 products in bfloat16 x 3 (high) or bfloat16 (medium)")
+                             "float32 products). torch's own matmul follows it (on a CPU, "
+                             "medium rounds the operands to bfloat16), and so do the C++ DAMSM "
+                             "op's float32 products, which go through it; the Triton, CUDA and "
+                             "C++ word-attention kernels compute float32 in IEEE float32")
 
 
 def add_lengths_option(parser) -> None:
@@ -200,12 +202,16 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
 
 def record(name: str, info: dict, rows: list[dict], markdown: str) -> tuple[Path, Path]:
-    """Write bench/results/<date>-<name>-<machine>.json and .md; return their paths."""
+    """Write bench/results/<date>-<name>-<machine>.json and .md; return their paths. A second
+    record of the same name within the minute gets -2 (-3, ...) after it, never overwrites."""
     where = info["gpu"] if info.get("gpu") else f"{info['cpu']} {info['threads']}t"
     slug = re.sub(r"[^a-z0-9]+", "-", where.lower()).strip("-")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M")
-    base = RESULTS / f"{stamp}-{name}-{slug}"
     RESULTS.mkdir(parents=True, exist_ok=True)
+    base, count = RESULTS / f"{stamp}-{name}-{slug}", 1
+    while base.with_suffix(".json").exists() or base.with_suffix(".md").exists():
+        count += 1
+        base = RESULTS / f"{stamp}-{name}-{slug}-{count}"
     base.with_suffix(".json").write_text(json.dumps(dict(machine=info, results=rows), indent=2)
                                          + "\n")
     base.with_suffix(".md").write_text(markdown + "\n")

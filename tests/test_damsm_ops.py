@@ -136,46 +136,6 @@ def test_cpp_bfloat16_products_on_amx_and_as_float(shape, monkeypatch):
         assert any(not torch.equal(a, f) for a, f in zip(results[True], results[False]))
 
 
-@pytest.fixture
-def matmul_precision():
-    """torch.set_float32_matmul_precision for one test, the setting before restored after it."""
-    before = torch.get_float32_matmul_precision()
-    yield torch.set_float32_matmul_precision
-    torch.set_float32_matmul_precision(before)
-
-
-@pytest.mark.parametrize("shape", SHAPES["cpp"])
-def test_cpp_float32_products_follow_matmul_precision(shape, matmul_precision):
-    """float32 inputs: "highest" (the default) keeps IEEE float32 products. On a CPU with AMX,
-    "high" splits every product operand into two bfloat16 parts (within 5e-5 of float64 and at
-    least 10x closer than "medium"), and "medium" computes exactly what bfloat16 inputs compute.
-    Without AMX (or with ATTNGAN_CPU_AMX=0) the products are torch's own CPU matmul, which
-    follows the setting its own way."""
-    _require("cpp")
-    words, lengths, regions = _inputs(*shape, dtype=torch.float32)
-    grad_s = torch.randn(shape[0], shape[1], dtype=torch.float64)
-    expected = _run(None, words.double(), lengths, regions.double(), grad_s)
-    errors = {}
-    for precision in ("highest", "high", "medium"):
-        matmul_precision(precision)
-        actual = _run("cpp", words, lengths, regions, grad_s)
-        assert all(a.dtype == torch.float32 for a in actual)
-        errors[precision] = [_relative_error(a, e) for a, e in zip(actual, expected)]
-    assert max(errors["highest"]) < 2e-5, errors
-    if not torch.ops.attngan_C.damsm_cpu_amx():
-        return
-    assert max(errors["high"]) < 5e-5, errors
-    assert all(10 * high < medium for high, medium in zip(errors["high"], errors["medium"])), \
-        errors
-    # "medium" on float inputs that bfloat16 holds exactly: the bfloat16 inputs' results
-    exact_words, exact_regions = words.bfloat16(), regions.bfloat16()
-    as_float = _run("cpp", exact_words.float(), lengths, exact_regions.float(), grad_s)
-    matmul_precision("highest")
-    as_bfloat16 = _run("cpp", exact_words, lengths, exact_regions, grad_s)
-    assert torch.equal(as_float[0], as_bfloat16[0])
-    assert all(torch.equal(f.bfloat16(), b) for f, b in zip(as_float[1:], as_bfloat16[1:]))
-
-
 def test_cpp_gradcheck_fp64():
     _require("cpp")
     words, lengths, regions = _inputs(2, 3, 5, 4, 6)

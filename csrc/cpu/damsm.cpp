@@ -27,10 +27,8 @@
 // vectorizes (AVX-512 / AVX2 clones chosen at load time); exp is a polynomial accurate to
 // ~2 ulp. They always run in float (double for gradcheck inputs). The GEMMs run on one of two
 // engines (FloatGemm, AmxGemm below): float or double on MKL for float, half and double
-// inputs; on a CPU with AMX, bfloat16 products with float accumulation on the AMX tiles,
-// several times the float rate, for bfloat16 inputs, and for float inputs when
-// torch.set_float32_matmul_precision allows it ("medium": bfloat16 operands; "high": each
-// operand split into two bfloat16 parts, three products; see float32_amx_parts).
+// inputs; for bfloat16 inputs on a CPU with AMX, bfloat16 products with float accumulation on
+// the AMX tiles, several times the float rate (else as float).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
@@ -340,7 +338,6 @@ struct Prepared {
   int64_t num_images, num_captions, D, L, R, N;
   int64_t ld_d, ld_r;                // row strides of the D-long and R-long row buffers
   int64_t blocks;                    // caption blocks per image (work items = B_img * blocks)
-  int amx_parts;                     // AmxGemm's bfloat16 parts per operand (1 or 3); 0: float
 };
 
 void check_inputs(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions) {
@@ -372,8 +369,7 @@ void check_inputs(const at::Tensor& words, const at::Tensor& lengths, const at::
 }
 
 Prepared prepare(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions,
-                 at::ScalarType compute, int amx_parts) {
-  const bool amx = amx_parts > 0;
+                 at::ScalarType compute, bool amx) {
   check_inputs(words, lengths, regions);
   const int64_t threads = at::get_num_threads();
   // The preparation is a few small ATen ops: run them on this thread (they see themselves
@@ -381,7 +377,6 @@ Prepared prepare(const at::Tensor& words, const at::Tensor& lengths, const at::T
   // machine shared with other work every join waits for a descheduled thread.
   c10::ParallelGuard serial(true);
   Prepared pr;
-  pr.amx_parts = amx_parts;
   pr.num_captions = words.size(0);
   pr.D = words.size(1);
   pr.L = words.size(2);
@@ -464,10 +459,9 @@ void parallel_dynamic(int64_t count, const Init& init, const Body& body) {
 // Two engines:
 //   FloatGemm<T>: at::mm_out in T (MKL's sgemm / dgemm), ld_d = D, ld_r = R.
 //   AmxGemm: bfloat16 operands, float accumulation and results, on the AMX tiles through
-//     ATen's oneDNN brgemm ukernel (at::native::cpublas), on a CPU that has AMX. For bfloat16
-//     inputs (and float ones under "medium"): the operands the products see are the ones the
-//     GPU kernels' bfloat16 tensor-core dots see (inputs, alpha, dC and dS rounded to
-//     bfloat16). For float inputs under "high", each operand as a high and a low bfloat16 part.
+//     ATen's oneDNN brgemm ukernel (at::native::cpublas). For bfloat16 inputs on a CPU that
+//     has AMX: the operands the products see are the ones the GPU kernels' bfloat16 tensor-core
+//     dots see (inputs as given, alpha, dC and dS rounded to bfloat16).
 
 template <typename T>
 class FloatGemm {
@@ -509,28 +503,10 @@ ATTNGAN_AVX512_BF16 ATTNGAN_INLINE __m256i bfloat16_of(__m512 x) {
   return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x));
 }
 
-// The part of x a product operand carries: x itself (Low = false; the converters round it to
-// its high bfloat16 part), or what that rounding left out, x - high(x) (Low = true; rounded to
-// bfloat16 in turn it is the low part, so x = high + low to about 16 significant bits).
-template <bool Low>
-ATTNGAN_AVX512_BF16 ATTNGAN_INLINE __m512 operand_part(__m512 x) {
-  if constexpr (Low) {
-    // high(x) widened back to float: its bits in the upper half of each 32-bit lane (the maskz
-    // forms: GCC 12 warns of the plain ones' undefined pass-through operand)
-    const __m512i high = _mm512_maskz_slli_epi32(
-        0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, bfloat16_of(x)), 16);
-    return _mm512_sub_ps(x, _mm512_castsi512_ps(high));
-  } else {
-    return x;
-  }
-}
-
-// out [rows, width] (rows ld_out apart) = the Low part of in [rows, cols] (rows ld_in apart) in
-// bfloat16; width is a multiple of 16 >= cols and the columns [cols, width) become 0.
-template <bool Low>
+// out [rows, ld_out] = in [rows, cols] (rows ld_in apart) in bfloat16; ld_out is a multiple of
+// 16 >= cols and the columns [cols, ld_out) become 0.
 ATTNGAN_AVX512_BF16 void rows_to_bfloat16(const float* in, int64_t rows, int64_t cols,
-                                          int64_t ld_in, uint16_t* out, int64_t width,
-                                          int64_t ld_out) {
+                                          int64_t ld_in, uint16_t* out, int64_t ld_out) {
   const int64_t full = cols / 16 * 16;
   const __mmask16 tail = static_cast<__mmask16>((1u << (cols - full)) - 1u);
   for (int64_t i = 0; i < rows; ++i) {
@@ -538,20 +514,18 @@ ATTNGAN_AVX512_BF16 void rows_to_bfloat16(const float* in, int64_t rows, int64_t
     uint16_t* y = out + i * ld_out;
     int64_t c = 0;
     for (; c < full; c += 16) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + c),
-                          bfloat16_of(operand_part<Low>(_mm512_loadu_ps(x + c))));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + c), bfloat16_of(_mm512_loadu_ps(x + c)));
     }
-    for (; c < width; c += 16) {
+    for (; c < ld_out; c += 16) {
       const __mmask16 m = c == full ? tail : 0;
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + c),
-                          bfloat16_of(operand_part<Low>(_mm512_maskz_loadu_ps(m, x + c))));
+                          bfloat16_of(_mm512_maskz_loadu_ps(m, x + c)));
     }
   }
 }
 
-// out [cols, rows] (rows ld_out apart) = the Low part of in^T for in [rows, cols] (rows ld_in
-// apart), in bfloat16, through 16 x 16 tiles (contiguous loads, 32-byte stores).
-template <bool Low>
+// out [cols, ld_out] = in^T for in [rows, cols] (rows ld_in apart), in bfloat16, through 16 x 16
+// tiles (contiguous loads, 32-byte stores).
 ATTNGAN_AVX512_BF16 void columns_to_bfloat16(const float* in, int64_t rows, int64_t cols,
                                              int64_t ld_in, uint16_t* out, int64_t ld_out) {
   alignas(64) uint16_t tile[16][16];
@@ -562,8 +536,7 @@ ATTNGAN_AVX512_BF16 void columns_to_bfloat16(const float* in, int64_t rows, int6
       const __mmask16 m = static_cast<__mmask16>((1u << nc) - 1u);
       for (int64_t k = 0; k < ni; ++k) {
         _mm256_store_si256(reinterpret_cast<__m256i*>(tile[k]),
-                           bfloat16_of(operand_part<Low>(
-                               _mm512_maskz_loadu_ps(m, in + (i0 + k) * ld_in + c0))));
+                           bfloat16_of(_mm512_maskz_loadu_ps(m, in + (i0 + k) * ld_in + c0)));
       }
       for (int64_t c = 0; c < nc; ++c) {
         uint16_t* y = out + (c0 + c) * ld_out + i0;
@@ -573,15 +546,12 @@ ATTNGAN_AVX512_BF16 void columns_to_bfloat16(const float* in, int64_t rows, int6
   }
 }
 
-// The Low part of b [K, N] (float rows ld apart; rows >= rows and columns >= cols read as 0) as
-// rows [k0, k0 + K) of a bfloat16 operand of panel_k rows in the VNNI-2 layout the oneDNN brgemm
-// ukernel takes (what cpublas::pack writes): column panels of width w <= kAmxPanel, the one at
-// column n0 stored at packed + n0 * panel_k as [panel_k / 2][w][2]. K and k0 even, N a multiple
-// of 16.
-template <bool Low>
+// packed = b [K, N] in the VNNI-2 layout the oneDNN brgemm ukernel takes for bfloat16 (what
+// cpublas::pack writes): column panels of width w <= kAmxPanel, the one at column n0 stored at
+// packed + n0 * K as [K / 2][w][2]. b is float rows ld apart; rows >= rows and columns >= cols
+// read as 0. K even, N a multiple of 16.
 ATTNGAN_AVX512_BF16 void pack_bfloat16(const float* in, int64_t rows, int64_t cols, int64_t ld,
-                                       int64_t K, int64_t N, uint16_t* packed, int64_t panel_k,
-                                       int64_t k0) {
+                                       int64_t K, int64_t N, uint16_t* packed) {
   alignas(64) static const uint16_t kInterleave[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5,
                                                        21, 6, 22, 7, 23, 8, 24, 9, 25, 10, 26,
                                                        11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
@@ -589,16 +559,14 @@ ATTNGAN_AVX512_BF16 void pack_bfloat16(const float* in, int64_t rows, int64_t co
   for (int64_t k = 0; k < K; k += 2) {  // a pair of rows at a time, all panels: streaming reads
     for (int64_t n0 = 0; n0 < N; n0 += kAmxPanel) {
       const int64_t width = std::min(kAmxPanel, N - n0);
-      uint16_t* out = packed + n0 * panel_k + (k0 + k) * width;  // pair row (k0 + k) / 2
+      uint16_t* out = packed + n0 * K + k * width;  // pair row k / 2 of this panel
       for (int64_t c = 0; c < width; c += 16) {
         const int64_t valid = std::clamp<int64_t>(cols - (n0 + c), 0, 16);
         const __mmask16 m = static_cast<__mmask16>((1u << valid) - 1u);
-        const __m512 even = k < rows
-            ? operand_part<Low>(_mm512_maskz_loadu_ps(m, in + k * ld + n0 + c))
-            : _mm512_setzero_ps();
-        const __m512 odd = k + 1 < rows
-            ? operand_part<Low>(_mm512_maskz_loadu_ps(m, in + (k + 1) * ld + n0 + c))
-            : _mm512_setzero_ps();
+        const __m512 even = k < rows ? _mm512_maskz_loadu_ps(m, in + k * ld + n0 + c)
+                                     : _mm512_setzero_ps();
+        const __m512 odd = k + 1 < rows ? _mm512_maskz_loadu_ps(m, in + (k + 1) * ld + n0 + c)
+                                        : _mm512_setzero_ps();
         const __m512i both = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(odd, even));
         _mm512_storeu_si512(out + 2 * c, _mm512_permutexvar_epi16(interleave, both));
       }
@@ -606,25 +574,23 @@ ATTNGAN_AVX512_BF16 void pack_bfloat16(const float* in, int64_t rows, int64_t co
   }
 }
 
-// pack_bfloat16 of in^T, for in [rows, cols] float rows ld apart: b [K, N] with b[k, n] =
-// in[n, k], 0 past the input. The VNNI pairs (k, k + 1) of a column n are neighbours in in's
-// row n, so 16 rows x 32 columns of in become 16 x 16 pairs, transposed through a tile (gathers
-// from it).
-template <bool Low>
+// packed = in^T in the layout of pack_bfloat16, for in [rows, cols] float rows ld apart: B [K, N]
+// with B[k, n] = in[n, k], 0 past the input. The VNNI pairs (k, k + 1) of a column n are
+// neighbours in in's row n, so 16 rows x 32 columns of in become 16 x 16 pairs, transposed
+// through a tile (gathers from it).
 ATTNGAN_AVX512_BF16 void pack_bfloat16_transposed(const float* in, int64_t rows, int64_t cols,
                                                   int64_t ld, int64_t K, int64_t N,
-                                                  uint16_t* packed, int64_t panel_k, int64_t k0) {
+                                                  uint16_t* packed) {
   alignas(64) uint32_t tile[16][16];  // [column n of B][pair of B's rows]
   const __m512i down = _mm512_mullo_epi32(_mm512_set1_epi32(16),
                                           _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6,
                                                            5, 4, 3, 2, 1, 0));
   for (int64_t n0 = 0; n0 < N; n0 += kAmxPanel) {
     const int64_t width = std::min(kAmxPanel, N - n0);
-    // this operand's pairs [K / 2][width] in the panel, from pair row k0 / 2
-    uint32_t* panel = reinterpret_cast<uint32_t*>(packed + n0 * panel_k + k0 * width);
+    uint32_t* panel = reinterpret_cast<uint32_t*>(packed + n0 * K);  // [K / 2][width] pairs
     for (int64_t c = 0; c < width; c += 16) {
-      for (int64_t kk = 0; kk < K; kk += 32) {
-        const int64_t valid = std::clamp<int64_t>(cols - kk, 0, 32);
+      for (int64_t k0 = 0; k0 < K; k0 += 32) {
+        const int64_t valid = std::clamp<int64_t>(cols - k0, 0, 32);
         const __mmask16 lo = static_cast<__mmask16>((1u << std::min<int64_t>(valid, 16)) - 1u);
         const __mmask16 hi =
             static_cast<__mmask16>((1u << std::max<int64_t>(valid - 16, 0)) - 1u);
@@ -632,44 +598,34 @@ ATTNGAN_AVX512_BF16 void pack_bfloat16_transposed(const float* in, int64_t rows,
           const int64_t n = n0 + c + i;
           __m512 first = _mm512_setzero_ps(), second = _mm512_setzero_ps();
           if (n < rows) {
-            first = operand_part<Low>(_mm512_maskz_loadu_ps(lo, in + n * ld + kk));
-            second = operand_part<Low>(_mm512_maskz_loadu_ps(hi, in + n * ld + kk + 16));
+            first = _mm512_maskz_loadu_ps(lo, in + n * ld + k0);
+            second = _mm512_maskz_loadu_ps(hi, in + n * ld + k0 + 16);
           }
           _mm512_store_si512(tile[i],
                              reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(second, first)));
         }
-        const int64_t pairs = std::min<int64_t>(16, (K - kk) / 2);
+        const int64_t pairs = std::min<int64_t>(16, (K - k0) / 2);
         for (int64_t q = 0; q < pairs; ++q) {
           const __m512i column = _mm512_mask_i32gather_epi32(
               _mm512_setzero_si512(), 0xFFFF,
               _mm512_add_epi32(down, _mm512_set1_epi32(static_cast<int>(q))), tile, 4);
-          _mm512_storeu_si512(panel + (kk / 2 + q) * width + c, column);
+          _mm512_storeu_si512(panel + (k0 / 2 + q) * width + c, column);
         }
       }
     }
   }
 }
 
-// Both halves of the bfloat16 x 3 split, in the order they sit along a product's inner size:
-// the left operand [high | high | low], the right one [high; low; high], so one product sums
-// high*high + high*low + low*high (low*low, below float's last bit of the sum, left out).
-constexpr bool kLeftLow[3] = {false, false, true};
-constexpr bool kRightLow[3] = {false, true, false};
-
-// The engine on AMX (see the top of this section), in pr.amx_parts parts per operand: 1, every
-// operand rounded to bfloat16 (bfloat16 inputs; float32 under "medium"), or 3, every operand
-// split into a high and a low bfloat16 part and the products' inner size tripled (float32
-// under "high"). Per image: v and v^T packed once (D and R zero-padded to multiples of 16); per
-// product: the float rows converted as the left operand, panels of <= kAmxPanel output
-// columns, one brgemm call each.
+// The engine for bfloat16 inputs on AMX (see the top of this section). Per image: v and v^T
+// packed once (D and R zero-padded to multiples of 16); per product: the float rows rounded to
+// bfloat16 as the left operand, panels of <= kAmxPanel output columns, one brgemm call each.
 class AmxGemm {
  public:
   using Scalar = float;
   AmxGemm(const Prepared& pr, int64_t max_rows)
-      : pr_(pr), parts_(pr.amx_parts), Dp_(pr.ld_d), Rp_(pr.ld_r),
-        v_packed_(parts_ * Dp_ * Rp_), vt_packed_(parts_ * Rp_ * Dp_),
-        lhs_(parts_ * std::max(max_rows * std::max(Dp_, Rp_), Dp_ * 2 * max_rows)),
-        rhs_packed_(parts_ * 2 * max_rows * Rp_), dv_(Dp_ * Rp_) {}
+      : pr_(pr), Dp_(pr.ld_d), Rp_(pr.ld_r), v_packed_(Dp_ * Rp_), vt_packed_(Rp_ * Dp_),
+        lhs_(std::max(max_rows * std::max(Dp_, Rp_), Dp_ * 2 * max_rows)),
+        rhs_packed_(2 * max_rows * Rp_), dv_(Dp_ * Rp_) {}
   AmxGemm(const AmxGemm&) = delete;
   AmxGemm& operator=(const AmxGemm&) = delete;
   ~AmxGemm() { at::native::cpublas::brgemm_release(true); }  // this thread's tile state
@@ -679,33 +635,21 @@ class AmxGemm {
     image_ = j;
     const int64_t D = pr_.D, R = pr_.R;
     const float* v = pr_.regions.data_ptr<float>() + j * D * R;
-    for (int part = 0; part < parts_; ++part) {
-      const bool low = parts_ == 3 && kRightLow[part];
-      (low ? pack_bfloat16<true> : pack_bfloat16<false>)(
-          v, D, R, R, Dp_, Rp_, v_packed_.data(), parts_ * Dp_, part * Dp_);
-      (low ? pack_bfloat16_transposed<true> : pack_bfloat16_transposed<false>)(
-          v, D, R, R, Rp_, Dp_, vt_packed_.data(), parts_ * Rp_, part * Rp_);
-    }
+    pack_bfloat16(v, D, R, R, Dp_, Rp_, v_packed_.data());
+    pack_bfloat16_transposed(v, D, R, R, Rp_, Dp_, vt_packed_.data());
   }
   void times_v(const float* rows, int64_t n, float* out) {
-    left_rows(rows, n, Dp_, Dp_);
-    product(n, parts_ * Dp_, Rp_, v_packed_.data(), out, Rp_, false);
+    rows_to_bfloat16(rows, n, Dp_, Dp_, lhs_.data(), Dp_);
+    product(n, Dp_, Rp_, Dp_, v_packed_.data(), out, Rp_, false);
   }
   void times_vt(const float* rows, int64_t n, float* out, bool add) {
-    left_rows(rows, n, pr_.R, Rp_);
-    product(n, parts_ * Rp_, Dp_, vt_packed_.data(), out, Dp_, add);
+    rows_to_bfloat16(rows, n, pr_.R, Rp_, lhs_.data(), Rp_);
+    product(n, Rp_, Dp_, Rp_, vt_packed_.data(), out, Dp_, add);
   }
   void region_gradient(const float* x, const float* y, int64_t n, at::Tensor& dv) {
-    const int64_t K = 2 * n;
-    for (int part = 0; part < parts_; ++part) {  // x^T [Dp, parts * 2n], y [parts * 2n, Rp]
-      const bool left_low = parts_ == 3 && kLeftLow[part];
-      const bool right_low = parts_ == 3 && kRightLow[part];
-      (left_low ? columns_to_bfloat16<true> : columns_to_bfloat16<false>)(
-          x, K, Dp_, Dp_, lhs_.data() + part * K, parts_ * K);
-      (right_low ? pack_bfloat16<true> : pack_bfloat16<false>)(
-          y, K, pr_.R, Rp_, K, Rp_, rhs_packed_.data(), parts_ * K, part * K);
-    }
-    product(Dp_, parts_ * K, Rp_, rhs_packed_.data(), dv_.data(), Rp_, false);
+    columns_to_bfloat16(x, 2 * n, Dp_, Dp_, lhs_.data(), 2 * n);       // x^T [Dp, 2n]
+    pack_bfloat16(y, 2 * n, pr_.R, Rp_, 2 * n, Rp_, rhs_packed_.data());
+    product(Dp_, 2 * n, Rp_, 2 * n, rhs_packed_.data(), dv_.data(), Rp_, false);
     float* out = dv.data_ptr<float>();
     for (int64_t d = 0; d < pr_.D; ++d) {
       std::memcpy(out + d * pr_.R, dv_.data() + d * Rp_, sizeof(float) * pr_.R);
@@ -713,28 +657,18 @@ class AmxGemm {
   }
 
  private:
-  // lhs_ [n, parts * width] = the parts of rows [n, cols] (rows ld apart) side by side.
-  void left_rows(const float* rows, int64_t n, int64_t cols, int64_t width) {
-    for (int part = 0; part < parts_; ++part) {
-      const bool low = parts_ == 3 && kLeftLow[part];
-      (low ? rows_to_bfloat16<true> : rows_to_bfloat16<false>)(
-          rows, n, cols, width, lhs_.data() + part * width, width, parts_ * width);
-    }
-  }
-  // c [M, N] (ldc apart) = (or +=) lhs_ [M, K] (rows K apart) times the packed b [K, N], panel
-  // by panel.
-  void product(int64_t M, int64_t K, int64_t N, const uint16_t* packed, float* c, int64_t ldc,
-               bool add) const {
+  // c [M, N] (ldc apart) = (or +=) lhs_ [M, K] (lda apart) times the packed b, panel by panel.
+  void product(int64_t M, int64_t K, int64_t N, int64_t lda, const uint16_t* packed, float* c,
+               int64_t ldc, bool add) const {
     const auto* a16 = reinterpret_cast<const at::BFloat16*>(lhs_.data());
     const auto* b16 = reinterpret_cast<const at::BFloat16*>(packed);
     for (int64_t n0 = 0; n0 < N; n0 += kAmxPanel) {
       const int64_t width = std::min(kAmxPanel, N - n0);
-      at::native::cpublas::brgemm(M, width, K, K, width, ldc, add, a16, b16 + n0 * K, c + n0,
+      at::native::cpublas::brgemm(M, width, K, lda, width, ldc, add, a16, b16 + n0 * K, c + n0,
                                   true);
     }
   }
   const Prepared& pr_;
-  int parts_;
   int64_t Dp_, Rp_;
   int64_t image_ = -1;
   std::vector<uint16_t> v_packed_, vt_packed_;  // image j: v [Dp, Rp], v^T [Rp, Dp], packed
@@ -743,9 +677,8 @@ class AmxGemm {
 };
 #endif  // x86-64 GCC / Clang
 
-// Whether products may run on AmxGemm (bfloat16 inputs always, float ones under a float32 matmul
-// precision below "highest"): a CPU with AMX-BF16 (the oneDNN ukernel packs for it) and no
-// ATTNGAN_CPU_AMX=0.
+// Whether bfloat16 products run on AmxGemm: a CPU with AMX-BF16 (the oneDNN ukernel packs for
+// it) and no ATTNGAN_CPU_AMX=0.
 bool amx_available() {
   const char* flag = std::getenv("ATTNGAN_CPU_AMX");
   if (flag != nullptr && std::strcmp(flag, "0") == 0) return false;
@@ -941,46 +874,23 @@ struct EngineTag {
   using type = Gemm;
 };
 
-#if defined(ATTNGAN_AVX512_BF16)
-// How many bfloat16 parts per operand AmxGemm gives float32 inputs' products, as
-// torch.set_float32_matmul_precision asks (what it allows for "high" and "medium"): "highest",
-// 0 (IEEE float on MKL, as torch's own CPU matmul); "high", 3 (bfloat16 x 3: about 16 significant
-// bits per operand, products within ~1e-5 of float's); "medium", 1 (bfloat16 operands, as
-// torch's own CPU matmul under "medium"). 0 without AMX.
-int float32_amx_parts() {
-  if (!amx_available()) return 0;
-  switch (at::globalContext().float32MatmulPrecision()) {
-    case at::Float32MatmulPrecision::MEDIUM:
-      return 1;
-    case at::Float32MatmulPrecision::HIGH:
-      return 3;
-    default:
-      return 0;
-  }
-}
-#endif
-
 // Prepares the inputs for the engine that computes them and returns body(pr, EngineTag<Gemm>{}):
-// double (gradcheck) on MKL; bfloat16 on the AMX tiles when the CPU has them (ATTNGAN_CPU_AMX=0
-// computes it as float instead); float on MKL, or on the AMX tiles under a float32 matmul
-// precision below "highest" (float32_amx_parts); float16 as float on MKL.
+// double (gradcheck) and float on MKL; bfloat16 on the AMX tiles when the CPU has them
+// (ATTNGAN_CPU_AMX=0 computes it as float instead); float16 as float.
 template <typename Body>
 auto with_engine(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions,
                  const Body& body) {
-  const auto dtype = words.scalar_type();
-  if (dtype == at::kDouble) {
-    return body(prepare(words, lengths, regions, at::kDouble, 0),
+  if (words.scalar_type() == at::kDouble) {
+    return body(prepare(words, lengths, regions, at::kDouble, false),
                 EngineTag<FloatGemm<double>>{});
   }
 #if defined(ATTNGAN_AVX512_BF16)
-  const int parts = dtype == at::kBFloat16 ? (amx_available() ? 1 : 0)
-                    : dtype == at::kFloat  ? float32_amx_parts()
-                                           : 0;
-  if (parts > 0) {
-    return body(prepare(words, lengths, regions, at::kFloat, parts), EngineTag<AmxGemm>{});
+  if (words.scalar_type() == at::kBFloat16 && amx_available()) {
+    return body(prepare(words, lengths, regions, at::kFloat, true), EngineTag<AmxGemm>{});
   }
 #endif
-  return body(prepare(words, lengths, regions, at::kFloat, 0), EngineTag<FloatGemm<float>>{});
+  return body(prepare(words, lengths, regions, at::kFloat, false),
+              EngineTag<FloatGemm<float>>{});
 }
 
 at::Tensor damsm_word_similarity_fwd_cpu(const at::Tensor& words, const at::Tensor& lengths,
