@@ -12,7 +12,10 @@ Each with `run.impl` set to each implementation named, on one random batch (rand
 random images and captions of the preset's sizes; timing does not depend on the values), in
 float32 and, with --precisions, under bfloat16 autocast (`run.precision`). Reported: median ms
 per step, images per second, and the speed-up over the first row (the first impl in the first
-precision), measured in the same run.
+precision), measured in the same run. With --profile N, also where each row's step spends its
+time (torch.profiler over N steps): the ops that take the most, on a GPU by the time of the
+kernels each launched, with the kernels' total against the step's time (a GPU busy far less than
+the step is waiting for the CPU to launch work), on the CPU by their own CPU time.
 
 Presets: "shapes" (configs/shapes.yaml, the CPU demo) and "cub" (a GPU size: for the GAN
 configs/birds.yaml, 64/128/256 images, batch 20; for DAMSM configs/birds_damsm.yaml, 299 px
@@ -20,7 +23,7 @@ images, batch 48; both with an Inception-v3 image encoder of random weights).
 
     python bench/bench_train_step.py [--stage gan|damsm] [--preset shapes|cub]
                                      [--device cpu|cuda] [--impls reference,auto]
-                                     [--precisions fp32,bf16] [--record]
+                                     [--precisions fp32,bf16] [--profile N] [--record]
     pytest bench/bench_train_step.py   (pytest-benchmark, the shapes preset)
 """
 from __future__ import annotations
@@ -33,7 +36,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, machine_lines, median_seconds, publish  # noqa: E402
+from common import machine, machine_lines, markdown_table, median_seconds, publish  # noqa: E402
 
 from attngan.config import Config, load_config  # noqa: E402
 from attngan.nn.image_encoder import build_image_encoder  # noqa: E402
@@ -109,6 +112,48 @@ def training_step(preset: str, impl: str, device: torch.device, precision: str =
                                        device)
 
 
+def profile_step(step, device: torch.device, steps: int, top: int = 15) -> tuple[list[dict], float]:
+    """The `top` ops taking the most time over `steps` profiled calls of `step` (after one
+    unprofiled call): on CUDA by the time of the kernels each op launched itself, on the CPU by
+    its own CPU time (children excluded, so nothing is counted twice). Returns rows of op name,
+    calls, ms and share of the total, per step, and that total in ms per step."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == "cuda"
+
+    def run(count):
+        for _ in range(count):
+            step()
+        if cuda:
+            torch.cuda.synchronize(device)
+    run(1)
+    with profile(activities=[ProfilerActivity.CPU]
+                 + ([ProfilerActivity.CUDA] if cuda else [])) as profiler:
+        run(steps)
+    ops = [(event.key, event.count,
+            event.self_device_time_total if cuda else event.self_cpu_time_total)
+           for event in profiler.key_averages() if event.device_type == DeviceType.CPU]
+    total_us = sum(us for _, _, us in ops)
+    ops.sort(key=lambda op: -op[2])
+    rows = [{"op": name, "calls": count / steps, "ms": us / steps / 1e3,
+             "share": us / total_us if total_us else 0.0} for name, count, us in ops[:top] if us > 0]
+    return rows, total_us / steps / 1e3
+
+
+def profile_lines(rows: list[dict], total_ms: float, step_ms: float, device: torch.device,
+                  impl: str, precision: str, steps: int) -> list[str]:
+    """The markdown of one profile_step result."""
+    what = "kernel time of the ops that launched it" if device.type == "cuda" else "own CPU time"
+    head = (f"kernels {total_ms:.1f} ms per step against a {step_ms:.1f} ms step "
+            f"(the GPU busy {100 * total_ms / step_ms:.0f} % of it)" if device.type == "cuda"
+            else f"{total_ms:.1f} ms per step in ops")
+    table = markdown_table(["op", "calls / step", "ms / step", "share"],
+                           [[f"`{r['op']}`", f"{r['calls']:g}", f"{r['ms']:.2f}",
+                             f"{100 * r['share']:.1f} %"] for r in rows])
+    return ["", f"## Where the time goes: {impl}, {precision} ({what}; {steps} profiled steps)",
+            "", f"- {head}", "", table]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stage", choices=sorted(DEFAULT_IMPLS), default="gan",
@@ -123,22 +168,31 @@ def main() -> int:
                              "every impl; the first with the first impl is the baseline")
     parser.add_argument("--min-time", type=float, default=3.0,
                         help="seconds of timed steps per implementation")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile N steps of each row and show the ops that take the "
+                             "most time (default 0: no profile)")
     parser.add_argument("--record", action="store_true", help="write bench/results/")
     args = parser.parse_args()
+    if args.profile < 0:
+        parser.error(f"--profile takes a number of steps >= 0, got {args.profile}")
     device = torch.device(args.device)
     impls = (args.impls or DEFAULT_IMPLS[args.stage]).split(",")
     precisions = args.precisions.split(",")
     batch = batch_size(preset_config(args.preset, impls[0], device, precisions[0], args.stage),
                        args.stage)
-    rows = []
+    rows, profiles = [], []
     for precision in precisions:
         for impl in impls:
-            seconds = median_seconds(training_step(args.preset, impl, device, precision,
-                                                   args.stage), device, args.min_time)
-            rows.append({"stage": args.stage, "preset": args.preset, "impl": impl,
-                         "precision": precision, "ms": 1e3 * seconds,
-                         "images_per_s": batch / seconds})
+            step = training_step(args.preset, impl, device, precision, args.stage)
+            seconds = median_seconds(step, device, args.min_time)
+            row = {"stage": args.stage, "preset": args.preset, "impl": impl,
+                   "precision": precision, "ms": 1e3 * seconds, "images_per_s": batch / seconds}
             print(f"  {impl} {precision}: {1e3 * seconds:.1f} ms/step", flush=True)
+            if args.profile:
+                row["profile"], row["profile_total_ms"] = profile_step(step, device, args.profile)
+                profiles += profile_lines(row["profile"], row["profile_total_ms"], row["ms"],
+                                          device, impl, precision, args.profile)
+            rows.append(row)
     info = machine(device)
     title = "AttnGAN training step" if args.stage == "gan" else "DAMSM pretraining step"
     lines = [f"# {title}, preset {args.preset}, {device.type}, {info['date_utc']} UTC", "",
@@ -151,7 +205,7 @@ def main() -> int:
     for row in rows:
         lines.append(f"| {row['impl']} | {row['precision']} | {row['ms']:.1f} | "
                      f"{row['images_per_s']:.1f} | {rows[0]['ms'] / row['ms']:.2f}x |")
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines + profiles) + "\n"
     name = "train_step" if args.stage == "gan" else "damsm_step"
     publish(f"{name}-{args.preset}", info, rows, text, args.record)
     return 0

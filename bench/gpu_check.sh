@@ -15,7 +15,8 @@
 #      word-attention benchmark, racecheck on the same case, the end-to-end GAN training step at
 #      the CUB preset (reference ops vs fused kernels, fp32 and bf16 autocast) and the DAMSM
 #      pretraining step at the CUB preset (the original's loop vs reference ops vs fused kernels),
-#      in that order (most needed first: the budget may cut the last ones),
+#      both with a profile of each row (the ops whose kernels take the step's time, and how busy
+#      the GPU is), in that order (most needed first: the budget may cut the last ones),
 #   5. writes bench/results/<date>-<gpu>.md and .json and prints a short table last.
 # Every step has a time limit and the whole run stays under BUDGET_S (default 520 s); a failing
 # step is recorded and the next one still runs. Exit status: 0 only when every step that ran
@@ -174,10 +175,11 @@ if [[ -n $SANITIZER ]]; then
 else
   STEPS+=("sanitizer|skipped (no compute-sanitizer)|0")
 fi
-step bench_train_step 150 "$PY" bench/bench_train_step.py --preset cub --device cuda \
-  --impls reference,auto,cuda --precisions fp32,bf16 --min-time 2 --record
-step bench_damsm_step 120 "$PY" bench/bench_train_step.py --stage damsm --preset cub \
-  --device cuda --impls loop,reference,auto,cuda --precisions fp32,bf16 --min-time 1 --record
+step bench_train_step 170 "$PY" bench/bench_train_step.py --preset cub --device cuda \
+  --impls reference,auto,cuda --precisions fp32,bf16 --min-time 2 --profile 3 --record
+step bench_damsm_step 140 "$PY" bench/bench_train_step.py --stage damsm --preset cub \
+  --device cuda --impls loop,reference,auto,cuda --precisions fp32,bf16 --min-time 1 \
+  --profile 3 --record
 
 # Results: bench/results/<date>-<gpu>.md and .json (machine, versions, commit, steps, log tails).
 RESULT=$("$PY" -c 'import sys; sys.path.insert(0, "bench"); from common import gpu_check_record
@@ -194,7 +196,9 @@ fi
 echo
 echo "=== results: $RESULT.md / .json (logs in $LOGS)"
 for name in "${BENCH_STEPS[@]}"; do
-  [[ -f $LOGS/$name.log ]] && { echo "--- $name"; tail -n 15 "$LOGS/$name.log"; }
+  # the timing table (a training step's profiles follow it in the log and the record)
+  [[ -f $LOGS/$name.log ]] && { echo "--- $name"; sed '/^## Where the time goes/,$d' \
+    "$LOGS/$name.log" | tail -n 15; }
 done
 printf '%-26s %-28s %s\n' step status seconds
 for s in "${STEPS[@]}"; do

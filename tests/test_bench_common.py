@@ -1,6 +1,7 @@
 """bench/common.py: the record of a GPU check (what bench/gpu_check.sh writes last: the machine,
-the commit it is told, each step's status and the tail of its log, as markdown and JSON), and
-where the benchmarks keep the caption lengths (--lengths-on)."""
+the commit it is told, each step's status and the tail of its log, as markdown and JSON),
+where the benchmarks keep the caption lengths (--lengths-on), and records that never overwrite
+one another."""
 import argparse
 import json
 import sys
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import common  # noqa: E402
 from common import (add_lengths_option, gpu_check_record, lengths_device, machine,  # noqa: E402
                     machine_lines)
 
@@ -44,3 +46,12 @@ def test_lengths_option():
     info = dict(machine(torch.device("cpu")), lengths_on="cpu")
     assert "- caption lengths on the cpu (--lengths-on)" in machine_lines(info)
     assert not any("lengths" in line for line in machine_lines(machine(torch.device("cpu"))))
+
+
+def test_records_of_one_minute_keep_each_other(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    info = dict(gpu=None, cpu="Some CPU", threads=2)
+    paths = [common.record("damsm", info, [dict(run=k)], f"run {k}") for k in range(3)]
+    assert len({path for pair in paths for path in pair}) == 6
+    assert [md.read_text() for _, md in paths] == ["run 0\n", "run 1\n", "run 2\n"]
+    assert paths[1][0].name.endswith("-some-cpu-2t-2.json")

@@ -1,7 +1,6 @@
 """The benchmark scripts as gpu_check.sh runs them, on the CPU at small settings: each exits 0
 and prints its table with a row per provider, writing no file without --record (a benchmark
-broken here would otherwise be found only in a GPU session's few minutes); and records that
-never overwrite one another."""
+broken here would otherwise be found only in a GPU session's few minutes)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -38,8 +37,17 @@ def _table_rows(output: str) -> list[list[str]]:
 @pytest.mark.parametrize("stage, impls", [("gan", ["reference", "auto"]),
                                           ("damsm", ["loop", "reference", "auto"])])
 def test_train_step_benchmark(stage, impls):
-    rows = _table_rows(_output("bench_train_step.py", "--stage", stage, "--min-time", "0.01"))
-    assert [row[0] for row in rows] == impls and all(float(row[2]) > 0 for row in rows)
+    output = _output("bench_train_step.py", "--stage", stage, "--min-time", "0.01",
+                     "--profile", "1")
+    timings = _table_rows(output.split("\n## ")[0])
+    assert [row[0] for row in timings] == impls and all(float(row[2]) > 0 for row in timings)
+    profiles = output.split("\n## Where the time goes: ")[1:]
+    assert [p.split(" (")[0] for p in profiles] == [f"{impl}, fp32" for impl in impls]
+    for profile in profiles:   # the costliest ops first, each an op that ran
+        ops = _table_rows(profile)
+        shares = [float(row[3].rstrip(" %")) for row in ops]
+        assert len(ops) >= 5 and all(row[0].startswith("`") for row in ops)
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.1
 
 
 def test_damsm_benchmark():
@@ -59,16 +67,3 @@ def test_word_attention_benchmark():
     assert [(row[1], row[2]) for row in rows] == [
         (passes, provider) for passes in ("forward", "forward+backward") for provider in providers]
 
-
-def test_records_of_one_minute_keep_each_other(tmp_path, monkeypatch):
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import common
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    monkeypatch.setattr(common, "RESULTS", tmp_path)
-    info = dict(gpu=None, cpu="Some CPU", threads=2)
-    paths = [common.record("damsm", info, [dict(run=k)], f"run {k}") for k in range(3)]
-    assert len({path for pair in paths for path in pair}) == 6
-    assert [md.read_text() for _, md in paths] == ["run 0\n", "run 1\n", "run 2\n"]
-    assert paths[1][0].name.endswith("-some-cpu-2t-2.json")
