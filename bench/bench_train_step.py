@@ -14,8 +14,9 @@ float32 and, with --precisions, under bfloat16 autocast (`run.precision`). Repor
 per step, images per second, and the speed-up over the first row (the first impl in the first
 precision), measured in the same run. With --profile N, also where each row's step spends its
 time (torch.profiler over N steps): the ops that take the most, on a GPU by the time of the
-kernels each launched, with the kernels' total against the step's time (a GPU busy far less than
-the step is waiting for the CPU to launch work), on the CPU by their own CPU time.
+kernels each launched, then the kernels that take the most and their total against the step's
+time (a GPU busy far less than the step waits for the CPU to launch work), on the CPU by the
+ops' own CPU time.
 
 Presets: "shapes" (configs/shapes.yaml, the CPU demo) and "cub" (a GPU size: for the GAN
 configs/birds.yaml, 64/128/256 images, batch 20; for DAMSM configs/birds_damsm.yaml, 299 px
@@ -112,12 +113,9 @@ def training_step(preset: str, impl: str, device: torch.device, precision: str =
                                        device)
 
 
-def profile_step(step, device: torch.device, steps: int, top: int = 15) -> tuple[list[dict], float]:
-    """The `top` ops taking the most time over `steps` profiled calls of `step` (after one
-    unprofiled call): on CUDA by the time of the kernels each op launched itself, on the CPU by
-    its own CPU time (children excluded, so nothing is counted twice). Returns rows of op name,
-    calls, ms and share of the total, per step, and that total in ms per step."""
-    from torch.autograd import DeviceType
+def profile_step(step, device: torch.device, steps: int) -> dict:
+    """Profile `steps` calls of `step` (after one unprofiled call) with torch.profiler, CUDA
+    kernels too on a GPU, and summarize it (summarize_profile)."""
     from torch.profiler import ProfilerActivity, profile
     cuda = device.type == "cuda"
 
@@ -130,28 +128,52 @@ def profile_step(step, device: torch.device, steps: int, top: int = 15) -> tuple
     with profile(activities=[ProfilerActivity.CPU]
                  + ([ProfilerActivity.CUDA] if cuda else [])) as profiler:
         run(steps)
-    ops = [(event.key, event.count,
-            event.self_device_time_total if cuda else event.self_cpu_time_total)
-           for event in profiler.key_averages() if event.device_type == DeviceType.CPU]
-    total_us = sum(us for _, _, us in ops)
-    ops.sort(key=lambda op: -op[2])
-    rows = [{"op": name, "calls": count / steps, "ms": us / steps / 1e3,
-             "share": us / total_us if total_us else 0.0} for name, count, us in ops[:top] if us > 0]
-    return rows, total_us / steps / 1e3
+    return summarize_profile(profiler.key_averages(), steps, cuda)
 
 
-def profile_lines(rows: list[dict], total_ms: float, step_ms: float, device: torch.device,
-                  impl: str, precision: str, steps: int) -> list[str]:
-    """The markdown of one profile_step result."""
-    what = "kernel time of the ops that launched it" if device.type == "cuda" else "own CPU time"
-    head = (f"kernels {total_ms:.1f} ms per step against a {step_ms:.1f} ms step "
-            f"(the GPU busy {100 * total_ms / step_ms:.0f} % of it)" if device.type == "cuda"
-            else f"{total_ms:.1f} ms per step in ops")
-    table = markdown_table(["op", "calls / step", "ms / step", "share"],
-                           [[f"`{r['op']}`", f"{r['calls']:g}", f"{r['ms']:.2f}",
-                             f"{100 * r['share']:.1f} %"] for r in rows])
-    return ["", f"## Where the time goes: {impl}, {precision} ({what}; {steps} profiled steps)",
-            "", f"- {head}", "", table]
+def summarize_profile(events, steps: int, cuda: bool, top: int = 15) -> dict:
+    """Per step, from torch.profiler's key_averages() over `steps` steps:
+    - "ops": the `top` ops taking the most time: on CUDA by the time of the kernels each op
+      launched itself, on the CPU by its own CPU time (children excluded either way, so nothing
+      counts twice), each {"name", "calls", "ms", "share"} (share of "ops_ms", all ops' total);
+    - on CUDA "kernels": the same for the kernels themselves, and "kernels_ms", the total time
+      of all kernels (against the step's time: how busy the GPU is)."""
+    from torch.autograd import DeviceType
+
+    def table(timed):
+        timed = [(event, us) for event, us in timed if us > 0]
+        total_us = sum(us for _, us in timed)
+        timed.sort(key=lambda pair: -pair[1])
+        return [{"name": event.key, "calls": event.count / steps, "ms": us / steps / 1e3,
+                 "share": us / total_us} for event, us in timed[:top]], total_us / steps / 1e3
+    summary = {}
+    summary["ops"], summary["ops_ms"] = table(
+        (event, event.self_device_time_total if cuda else event.self_cpu_time_total)
+        for event in events if event.device_type == DeviceType.CPU)
+    if cuda:
+        summary["kernels"], summary["kernels_ms"] = table(
+            (event, event.self_device_time_total)
+            for event in events if event.device_type == DeviceType.CUDA)
+    return summary
+
+
+def profile_lines(summary: dict, step_ms: float, impl: str, precision: str,
+                  steps: int) -> list[str]:
+    """The markdown of one summarize_profile result, for a step of step_ms."""
+    def table(rows, what):
+        return markdown_table([what, "calls / step", "ms / step", "share"],
+                              [[f"`{r['name'][:100]}`", f"{r['calls']:g}", f"{r['ms']:.2f}",
+                                f"{100 * r['share']:.1f} %"] for r in rows])
+    if "kernels" not in summary:
+        return ["", f"## Where the time goes: {impl}, {precision} (ops by their own CPU time; "
+                f"{steps} profiled steps)", "", f"- {summary['ops_ms']:.1f} ms per step in ops",
+                "", table(summary["ops"], "op")]
+    busy = summary["kernels_ms"]
+    return ["", f"## Where the time goes: {impl}, {precision} (ops by the time of the kernels "
+            f"they launched; {steps} profiled steps)", "",
+            f"- kernels {busy:.1f} ms per step against a {step_ms:.1f} ms step: the GPU busy "
+            f"{100 * busy / step_ms:.0f} % of it", "", table(summary["ops"], "op"), "",
+            table(summary["kernels"], "kernel")]
 
 
 def main() -> int:
@@ -189,9 +211,9 @@ def main() -> int:
                    "precision": precision, "ms": 1e3 * seconds, "images_per_s": batch / seconds}
             print(f"  {impl} {precision}: {1e3 * seconds:.1f} ms/step", flush=True)
             if args.profile:
-                row["profile"], row["profile_total_ms"] = profile_step(step, device, args.profile)
-                profiles += profile_lines(row["profile"], row["profile_total_ms"], row["ms"],
-                                          device, impl, precision, args.profile)
+                row["profile"] = profile_step(step, device, args.profile)
+                profiles += profile_lines(row["profile"], row["ms"], impl, precision,
+                                          args.profile)
             rows.append(row)
     info = machine(device)
     title = "AttnGAN training step" if args.stage == "gan" else "DAMSM pretraining step"

@@ -4,6 +4,7 @@ broken here would otherwise be found only in a GPU session's few minutes)."""
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -67,3 +68,33 @@ def test_word_attention_benchmark():
     assert [(row[1], row[2]) for row in rows] == [
         (passes, provider) for passes in ("forward", "forward+backward") for provider in providers]
 
+
+
+def test_profile_summary_of_a_gpu_step():
+    """bench_train_step's profile summary on events as torch.profiler gives them on a GPU (ops
+    with the time of the kernels they launched, and the kernels themselves), here without one."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import bench_train_step
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    from torch.autograd import DeviceType
+
+    def event(key, device, count, self_cpu_us, self_device_us):
+        return SimpleNamespace(key=key, device_type=device, count=count,
+                               self_cpu_time_total=self_cpu_us,
+                               self_device_time_total=self_device_us)
+    events = [event("aten::mm", DeviceType.CPU, 4, 500, 1000),
+              event("aten::conv", DeviceType.CPU, 6, 900, 3000),
+              event("aten::view", DeviceType.CPU, 20, 50, 0),
+              event("sm90_conv_kernel", DeviceType.CUDA, 6, 0, 3000),
+              event("gemm_kernel", DeviceType.CUDA, 4, 0, 1000)]
+    gpu = bench_train_step.summarize_profile(events, steps=2, cuda=True)
+    assert [row["name"] for row in gpu["ops"]] == ["aten::conv", "aten::mm"]  # launched nothing
+    assert gpu["ops"][0] == dict(name="aten::conv", calls=3, ms=1.5, share=0.75)
+    assert gpu["kernels_ms"] == 2.0 and gpu["kernels"][1]["name"] == "gemm_kernel"
+    text = "\n".join(bench_train_step.profile_lines(gpu, 4.0, "auto", "bf16", steps=2))
+    assert "the GPU busy 50 % of it" in text and "| `gemm_kernel` | 2 | 0.50 | 25.0 % |" in text
+    cpu = bench_train_step.summarize_profile(events, steps=2, cuda=False)
+    assert [row["name"] for row in cpu["ops"]] == ["aten::conv", "aten::mm", "aten::view"]
+    assert "kernels" not in cpu
