@@ -9,6 +9,9 @@ reason; auto falls back and warns once per (op, reason).
 Ops and the implementations each can have:
     damsm_word_similarity: loop, reference, cpp, triton, cuda
     word_attention:        reference, cpp, triton, cuda
+"loop" names the original code's way everywhere (`run.impl=loop` trains as the original
+computed): the per-caption loop of the DAMSM similarity, and for word attention, which the
+original computes batched, the reference.
 Triton kernels run on CPU tensors only under the interpreter (TRITON_INTERPRET=1).
 """
 from __future__ import annotations
@@ -101,6 +104,8 @@ def choose(op: str, device: torch.device, impl: str = "auto",
         impl = os.environ.get("ATTNGAN_IMPL", "auto") or "auto"
     if impl not in IMPL_CHOICES:
         raise ValueError(f"impl='{impl}' is not known; choose from {', '.join(IMPL_CHOICES)}")
+    if impl == "loop" and "loop" not in OP_IMPLS.get(op, ("loop",)):
+        impl = "reference"   # an op the original computes batched: its way is the reference
     if impl != "auto":
         reason = unavailable_reason(op, impl, device)
         if reason is None and supported is not None:

@@ -176,7 +176,7 @@ else
   STEPS+=("sanitizer|skipped (no compute-sanitizer)|0")
 fi
 step bench_train_step 170 "$PY" bench/bench_train_step.py --preset cub --device cuda \
-  --impls reference,auto,cuda --precisions fp32,bf16 --min-time 2 --profile 3 --record
+  --impls loop,reference,auto,cuda --precisions fp32,bf16 --min-time 2 --profile 3 --record
 step bench_damsm_step 140 "$PY" bench/bench_train_step.py --stage damsm --preset cub \
   --device cuda --impls loop,reference,auto,cuda --precisions fp32,bf16 --min-time 1 \
   --profile 3 --record

@@ -35,7 +35,7 @@ def _table_rows(output: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
 
 
-@pytest.mark.parametrize("stage, impls", [("gan", ["reference", "auto"]),
+@pytest.mark.parametrize("stage, impls", [("gan", ["loop", "reference", "auto"]),
                                           ("damsm", ["loop", "reference", "auto"])])
 def test_train_step_benchmark(stage, impls):
     output = _output("bench_train_step.py", "--stage", stage, "--min-time", "0.01",

@@ -344,6 +344,14 @@ def test_dispatch(monkeypatch):
     with pytest.raises(ValueError, match="not known"):
         word_attention(q, w, n, impl="fast")
     assert backend.choose("word_attention", torch.device("cpu"), "reference") == "reference"
+    # "loop", the original's way (run.impl=loop): it computes word attention batched, as the
+    # reference does
+    word_attention(q, w, n, impl="loop")
+    monkeypatch.setenv("ATTNGAN_IMPL", "loop")
+    word_attention(q, w, n)
+    assert called == ["cpp", "cpp"]
+    assert backend.choose("word_attention", torch.device("cpu"), "loop") == "reference"
+    assert backend.choose("damsm_word_similarity", torch.device("cpu"), "loop") == "loop"
 
 
 # ----------------------------------------------------------------------------- GPU (real proof)
