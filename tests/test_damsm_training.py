@@ -137,3 +137,16 @@ def test_cli_end_to_end_and_errors(data_root, tmp_path, capsys):
     assert main(["pretrain-damsm", "--out", str(tmp_path / "x"),
                  "--set", f"data.root={tmp_path / 'no_such_data'}"]) == 2
     assert "no_such_data" in capsys.readouterr().err
+
+
+def test_impossible_r_precision_is_refused_before_training(data_root, tmp_path):
+    """The R-precision that ends a run is checked before the run: 48 test images of 4 colours
+    (classes) cannot give an image 99 captions of other classes; nothing is written."""
+    with pytest.raises(ValueError, match=r"damsm.eval_candidates=100 needs 99 mismatched .* "
+                                         r"lower damsm.eval_candidates to at most \d+"):
+        pretrain_damsm(tiny_config(data_root, "damsm.eval_candidates=100"), tmp_path / "run",
+                       progress=False)
+    with pytest.raises(ValueError, match="damsm.eval_folds=49 needs between 1 and 48 folds"):
+        pretrain_damsm(tiny_config(data_root, "damsm.eval_folds=49"), tmp_path / "run",
+                       progress=False)
+    assert not (tmp_path / "run").exists()

@@ -85,9 +85,16 @@ def test_captions_cut_below_what_the_checker_reads_fail_before_generating(run, m
     assert generated == []
 
 
-def test_too_few_images_is_a_clear_error(run):
+def test_too_few_images_is_a_clear_error(run, monkeypatch):
     with pytest.raises(ValueError, match="at least 2"):
         evaluate_generator(run[0], max_images=1)
+    # too few for the run's R-precision (4 candidates), found before generating
+    generated = []
+    monkeypatch.setattr(evaluate_module, "generate", lambda *args, **kwargs: generated.append(1))
+    with pytest.raises(ValueError, match=r"damsm.eval_candidates=4 needs 3 mismatched .* "
+                                         r"raise max_images \(--max-images; 3 of \d+ test"):
+        evaluate_generator(run[0], max_images=3)
+    assert generated == []
 
 
 def test_data_of_another_vocabulary_is_refused_before_generating(run, monkeypatch):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from attngan.metrics.r_precision import r_precision, r_precision_from_scores
+from attngan.metrics.r_precision import check_protocol, r_precision, r_precision_from_scores
 
 
 def test_perfect_and_hopeless_scores():
@@ -40,7 +40,21 @@ def test_cosine_of_codes():
 
 
 def test_too_few_mismatches_is_a_clear_error():
-    with pytest.raises(ValueError, match="lower the number of candidates"):
+    with pytest.raises(ValueError, match="lower candidates to at most 50"):
         r_precision_from_scores(torch.rand(50, 50), candidates=100, folds=5)
+    with pytest.raises(ValueError, match="between 1 and 50 folds"):
+        r_precision_from_scores(torch.rand(50, 50), candidates=10, folds=51)
     with pytest.raises(ValueError, match="must both be"):
         r_precision(torch.rand(5, 3), torch.rand(4, 3))
+
+
+def test_protocol_checked_before_the_scores_exist():
+    """What training and evaluation check before their work: the largest class bounds the
+    mismatched captions of its images; the message names the setting to change."""
+    class_ids = torch.tensor([0] * 30 + [1] * 10 + [2] * 10)          # 20 others for class 0
+    check_protocol(class_ids, candidates=21, folds=50)
+    with pytest.raises(ValueError, match=r"damsm.eval_candidates=22 needs 21 mismatched .* only "
+                                         r"20 .* lower damsm.eval_candidates to at most 21"):
+        check_protocol(class_ids, 22, 5, candidates_name="damsm.eval_candidates")
+    with pytest.raises(ValueError, match=r"damsm.eval_folds=0 needs between 1 and 50 folds"):
+        check_protocol(class_ids, 2, 0, folds_name="damsm.eval_folds")

@@ -33,7 +33,7 @@ import torch
 from attngan.data.dataset import build_dataset
 from attngan.data.errors import DataError
 from attngan.metrics.inception_metrics import GeneratedImageScores
-from attngan.metrics.r_precision import r_precision
+from attngan.metrics.r_precision import check_protocol, r_precision
 from attngan.metrics.shapes_checker import check_against_shuffled, parse_caption
 from attngan.train.checkpoint import require_same_vocabulary
 from attngan.train.damsm import load_damsm, resolve_damsm_checkpoint
@@ -85,13 +85,21 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
     damsm_hash = file_sha256(damsm_file)
 
     per_image = dataset.captions_per_image
-    count = len(dataset.keys) * per_image
+    available = count = len(dataset.keys) * per_image
     if max_images is not None:
         if max_images < 2:
             raise ValueError(f"max_images={max_images}: evaluation needs at least 2 images")
         count = min(count, max_images)
     pairs = [(image, slot) for slot in range(per_image)
              for image in range(len(dataset.keys))][:count]
+    class_ids = torch.tensor([dataset.class_ids[image] for image, _ in pairs])
+    # the R-precision of the generated images, checked before they are generated
+    check_protocol(class_ids, config.damsm.eval_candidates, config.damsm.eval_folds,
+                   candidates_name="damsm.eval_candidates", folds_name="damsm.eval_folds",
+                   fix=f"raise max_images (--max-images; {count} of {available} test captions "
+                       f"now)" if count < available else
+                       f"the test split's {available} captions are too few for the run's own "
+                       f"settings (from its config): evaluate on a larger test split")
     encoded_all = [dataset.caption(image * per_image + slot) for image, slot in pairs]
     texts = [vocab.decode(caption[:length].tolist()) for caption, length in encoded_all]
     if config.data.dataset == "shapes":
@@ -118,7 +126,6 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
             inception.add(generated)
         sentences.append(sentence.cpu())
         codes.append(code.cpu())
-    class_ids = torch.tensor([dataset.class_ids[image] for image, _ in pairs])
 
     checker = None
     if config.data.dataset == "shapes":

@@ -13,6 +13,27 @@ import torch
 import torch.nn.functional as F
 
 
+def check_protocol(class_ids: torch.Tensor, candidates: int, folds: int, *,
+                   candidates_name: str = "candidates", folds_name: str = "folds",
+                   fix: str | None = None) -> None:
+    """Raise one ValueError unless R-precision with these settings can score images of these
+    classes (`[N]`): at most N folds, and for every image candidates - 1 captions of other
+    classes. Callers that produce the scores first (training, generating) check before that
+    work; the names are how their user sets the two numbers (damsm.eval_candidates, ...), and
+    `fix`, if given, replaces the advice to change them."""
+    n = len(class_ids)
+    if not 1 <= folds <= n:
+        raise ValueError(f"R-precision with {folds_name}={folds} needs between 1 and {n} folds "
+                         f"(one per image at most): {fix or f'set {folds_name} in that range'}")
+    _, per_class = torch.unique(torch.as_tensor(class_ids), return_counts=True)
+    fewest = n - int(per_class.max())                 # captions of other classes, fewest
+    if fewest < candidates - 1:
+        raise ValueError(f"R-precision with {candidates_name}={candidates} needs "
+                         f"{candidates - 1} mismatched captions per image, but one image has "
+                         f"only {fewest} (too few test images or classes): "
+                         f"{fix or f'lower {candidates_name} to at most {fewest + 1}'}")
+
+
 def r_precision_from_scores(scores: torch.Tensor, class_ids: torch.Tensor | None = None, *,
                             candidates: int = 100, folds: int = 10, seed: int = 0) -> dict:
     """R-precision from a score matrix.
@@ -31,17 +52,11 @@ def r_precision_from_scores(scores: torch.Tensor, class_ids: torch.Tensor | None
     n = scores.shape[0]
     if scores.dim() != 2 or scores.shape[1] != n:
         raise ValueError(f"scores must be a square [N, N] matrix, got {tuple(scores.shape)}")
-    if not 1 <= folds <= n:
-        raise ValueError(f"folds={folds} must be between 1 and the number of images ({n})")
     if class_ids is None:
         class_ids = torch.arange(n)
+    check_protocol(class_ids, candidates, folds)
     class_ids = class_ids.to(scores.device)
     eligible = class_ids[None, :] != class_ids[:, None]                   # [N, N]
-    fewest = int(eligible.sum(dim=1).min())
-    if fewest < candidates - 1:
-        raise ValueError(f"R-precision with {candidates} candidates needs {candidates - 1} "
-                         f"mismatched captions per image, but one image has only {fewest} "
-                         "(too few test images or classes): lower the number of candidates")
     generator = torch.Generator().manual_seed(seed)
     noise = torch.rand(n, n, generator=generator).to(scores.device)
     noise = noise.masked_fill(~eligible, -1.0)

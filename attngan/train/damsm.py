@@ -27,7 +27,7 @@ from tqdm import tqdm
 from attngan.config import Config, config_from_dict, config_to_dict, save_config
 from attngan.data.dataset import build_dataset, collate
 from attngan.data.vocab import Vocabulary
-from attngan.metrics.r_precision import r_precision, r_precision_from_scores
+from attngan.metrics.r_precision import check_protocol, r_precision, r_precision_from_scores
 from attngan.nn.image_encoder import build_image_encoder
 from attngan.nn.text_encoder import TextEncoder
 from attngan.ops.damsm import damsm_sentence_loss, damsm_word_loss, damsm_word_similarity
@@ -159,6 +159,9 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
     if len(train_set) < settings.batch_size:
         raise ValueError(f"the training split has {len(train_set)} items, fewer than "
                          f"damsm.batch_size={settings.batch_size}: lower the batch size")
+    # the R-precision that ends the run, checked before the run
+    check_protocol(test_set.class_ids, settings.eval_candidates, settings.eval_folds,
+                   candidates_name="damsm.eval_candidates", folds_name="damsm.eval_folds")
     vocab = train_set.vocab
     text_encoder, image_encoder, optimizer = build_damsm_training(config, len(vocab), device)
 
