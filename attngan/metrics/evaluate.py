@@ -92,14 +92,6 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
         count = min(count, max_images)
     pairs = [(image, slot) for slot in range(per_image)
              for image in range(len(dataset.keys))][:count]
-    class_ids = torch.tensor([dataset.class_ids[image] for image, _ in pairs])
-    # the R-precision of the generated images, checked before they are generated
-    check_protocol(class_ids, config.damsm.eval_candidates, config.damsm.eval_folds,
-                   candidates_name="damsm.eval_candidates", folds_name="damsm.eval_folds",
-                   fix=f"raise max_images (--max-images; {count} of {available} test captions "
-                       f"now)" if count < available else
-                       f"the test split's {available} captions are too few for the run's own "
-                       f"settings (from its config): evaluate on a larger test split")
     encoded_all = [dataset.caption(image * per_image + slot) for image, slot in pairs]
     texts = [vocab.decode(caption[:length].tolist()) for caption, length in encoded_all]
     if config.data.dataset == "shapes":
@@ -108,6 +100,14 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
     inception = None if inception_weights is None else GeneratedImageScores(
         inception_weights, inception_variant, device, inception_splits, count, resolution,
         fid_stats)                                         # its files checked before generating
+    class_ids = torch.tensor([dataset.class_ids[image] for image, _ in pairs])
+    # the R-precision of the generated images, checked before they are generated
+    check_protocol(class_ids, config.damsm.eval_candidates, config.damsm.eval_folds,
+                   candidates_name="damsm.eval_candidates", folds_name="damsm.eval_folds",
+                   fix=f"raise max_images (--max-images; {count} of {available} test captions "
+                       f"now)" if count < available else
+                       f"the test split's {available} captions are too few for the run's own "
+                       f"settings (from its config): evaluate on a larger test split")
     noise_source = torch.Generator().manual_seed(seed)
     images, codes, sentences = [], [], []
     for start in range(0, count, batch_size):
