@@ -125,7 +125,7 @@ class RunConfig:
     """Things about a run that are not the model: seed, device, kernels, threads, precision."""
     seed: int = 0
     device: str = "auto"                  # "auto", "cpu", "cuda", "cuda:1", ...
-    impl: str = "auto"                    # hot ops' implementation (attngan.backend; "loop": the original's)
+    impl: str = "auto"                    # hot ops' code (attngan.backend); "loop": the original's
     threads: int = 0                      # torch.set_num_threads (0: leave torch's default)
     # Training steps' forward passes under torch.autocast in bfloat16 ("bf16": tensor cores on a
     # GPU, AMX on a recent Xeon; weights, optimizer state and the losses' reductions stay

@@ -168,9 +168,9 @@ def profile_lines(summary: dict, step_ms: float, impl: str, precision: str,
                                 f"{100 * r['share']:.1f} %"] for r in rows])
     if "kernels" not in summary:
         return ["", f"## Where the time goes: {impl}, {precision} (ops by their own CPU time; "
-                f"{steps} profiled steps)", "", f"- {summary['ops_ms']:.1f} ms per step in ops (timed "
-                f"under the profiler, which slows the many small ones)",
-                "", table(summary["ops"], "op")]
+                f"{steps} profiled steps)", "",
+                f"- {summary['ops_ms']:.1f} ms per step in ops (timed under the profiler, which "
+                f"slows the many small ones)", "", table(summary["ops"], "op")]
     busy = summary["kernels_ms"]
     return ["", f"## Where the time goes: {impl}, {precision} (ops by the time of the kernels "
             f"they launched; {steps} profiled steps)", "",

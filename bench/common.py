@@ -165,7 +165,8 @@ def machine_lines(info: dict) -> list[str]:
         lines.append(f"- caption lengths on the {info['lengths_on']} (--lengths-on)")
     if info.get("float32_matmul_precision", "highest") != "highest":
         lines.append(f"- float32 matmul precision: {info['float32_matmul_precision']} "
-                     f"(torch.set_float32_matmul_precision, for every provider; --matmul-precision)")
+                     f"(torch.set_float32_matmul_precision, for every provider; "
+                     f"--matmul-precision)")
     return lines
 
 

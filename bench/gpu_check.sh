@@ -13,7 +13,8 @@
 #      (bench/tune_damsm_tiles.py), the DAMSM benchmark again with the tiles the sweep suggests
 #      (the PyTorch providers and Triton, so the record compares them in one run), the
 #      word-attention benchmark, racecheck on the same case, the end-to-end GAN training step at
-#      the CUB preset (reference ops vs fused kernels, fp32 and bf16 autocast) and the DAMSM
+#      the CUB preset (the original's way vs reference ops vs fused kernels, fp32 and bf16
+#      autocast) and the DAMSM
 #      pretraining step at the CUB preset (the original's loop vs reference ops vs fused kernels),
 #      both with a profile of each row (the ops whose kernels take the step's time, and how busy
 #      the GPU is), in that order (most needed first: the budget may cut the last ones),

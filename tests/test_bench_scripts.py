@@ -21,7 +21,8 @@ def _with_cpp(op: str, providers: list[str]) -> list[str]:
 
 
 def _output(script: str, *args: str) -> str:
-    """Run bench/<script> with `args`; return what it printed (it must exit 0, recording nothing)."""
+    """Run bench/<script> with `args`; return what it printed (it must exit 0 and record
+    nothing)."""
     result = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
