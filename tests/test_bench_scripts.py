@@ -70,7 +70,6 @@ def test_word_attention_benchmark():
         (passes, provider) for passes in ("forward", "forward+backward") for provider in providers]
 
 
-
 def test_profile_summary_of_a_gpu_step():
     """bench_train_step's profile summary on events as torch.profiler gives them on a GPU (ops
     with the time of the kernels they launched, and the kernels themselves), here without one."""
