@@ -330,7 +330,7 @@ template <> struct Rows<double> {
 // Inputs checked, words gathered to E^T [N, D], regions as [B_img, D, R], in the compute type.
 struct Prepared {
   at::Tensor words_t;                // [N, ld_d] valid words only, zero past column D
-  at::Tensor regions;                // [B_img, D, R] contiguous
+  at::Tensor regions;                // [B_img, D, R] contiguous; bfloat16 for AmxGemm
   at::Tensor enorm;                  // [N] |e_t|
   std::vector<int64_t> lengths;      // [B_cap]
   std::vector<int64_t> offsets;      // [B_cap + 1] first row of each caption in words_t
@@ -408,7 +408,8 @@ Prepared prepare(const at::Tensor& words, const at::Tensor& lengths, const at::T
                    .index_select(0, pr.valid_index).to(compute);
   if (pr.ld_d != pr.D) pr.words_t = at::constant_pad_nd(pr.words_t, {0, pr.ld_d - pr.D});
   pr.words_t = pr.words_t.contiguous();
-  pr.regions = regions.detach().to(compute).contiguous();
+  // AmxGemm packs the regions straight from bfloat16 (the inputs' dtype there); no float copy
+  pr.regions = regions.detach().to(amx ? at::kBFloat16 : compute).contiguous();
   pr.enorm = at::linalg_vector_norm(pr.words_t, 2, {1}).contiguous();
   // Enough items for every thread even when there are few images (R-precision: 1 image
   // against 100 captions); one block per image when images alone keep the threads busy.
@@ -455,7 +456,9 @@ void parallel_dynamic(int64_t count, const Init& init, const Body& body) {
 //   set_image(j)
 //   times_v(rows [n, D], n, out [n, R])            out = rows v
 //   times_vt(rows [n, R], n, out [n, D], add)      out = rows v^T  (or += with add)
-//   region_gradient(x [2n, D], y [2n, R], n, dv)   dv [D, R] (contiguous) = x^T y
+//   region_gradient(x [2n, D], y [2n, R], n, dv)   dv [D, R] (contiguous) = x^T y, dv in
+//                                                  kRegionGradient (an image's whole gradient:
+//                                                  the dtype returned) or in Scalar (a part)
 // Two engines:
 //   FloatGemm<T>: at::mm_out in T (MKL's sgemm / dgemm), ld_d = D, ld_r = R.
 //   AmxGemm: bfloat16 operands, float accumulation and results, on the AMX tiles through
@@ -467,6 +470,7 @@ template <typename T>
 class FloatGemm {
  public:
   using Scalar = T;
+  static constexpr at::ScalarType kRegionGradient = c10::CppTypeToScalarType<T>::value;
   FloatGemm(const Prepared& pr, int64_t /*max_rows*/) : pr_(pr), options_(pr.words_t.options()) {}
   void set_image(int64_t j) { v_ = pr_.regions[j]; }
   void times_v(const T* rows, int64_t n, T* out) {
@@ -501,6 +505,31 @@ class FloatGemm {
 
 ATTNGAN_AVX512_BF16 ATTNGAN_INLINE __m256i bfloat16_of(__m512 x) {
   return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x));
+}
+
+// 16 values from p as floats, lanes off in m read as 0: float as it is, bfloat16 widened exactly
+// (its bits in the upper half of each 32-bit lane; the maskz forms because GCC 12 warns of the
+// plain ones' undefined pass-through operand).
+ATTNGAN_AVX512_BF16 ATTNGAN_INLINE __m512 load_floats(const float* p, __mmask16 m) {
+  return _mm512_maskz_loadu_ps(m, p);
+}
+ATTNGAN_AVX512_BF16 ATTNGAN_INLINE __m512 load_floats(const uint16_t* p, __mmask16 m) {
+  const __m512i wide = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(m, p));
+  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, wide, 16));
+}
+
+// out [rows, cols] (rows ld_out apart) = in [rows, cols] (rows ld_in apart) rounded to bfloat16,
+// nothing written past column cols.
+ATTNGAN_AVX512_BF16 void store_bfloat16_rows(const float* in, int64_t rows, int64_t cols,
+                                             int64_t ld_in, uint16_t* out, int64_t ld_out) {
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t c = 0; c < cols; c += 16) {
+      const __mmask16 m =
+          static_cast<__mmask16>((1u << std::min<int64_t>(16, cols - c)) - 1u);
+      _mm256_mask_storeu_epi16(out + i * ld_out + c, m,
+                               bfloat16_of(_mm512_maskz_loadu_ps(m, in + i * ld_in + c)));
+    }
+  }
 }
 
 // out [rows, ld_out] = in [rows, cols] (rows ld_in apart) in bfloat16; ld_out is a multiple of
@@ -548,9 +577,10 @@ ATTNGAN_AVX512_BF16 void columns_to_bfloat16(const float* in, int64_t rows, int6
 
 // packed = b [K, N] in the VNNI-2 layout the oneDNN brgemm ukernel takes for bfloat16 (what
 // cpublas::pack writes): column panels of width w <= kAmxPanel, the one at column n0 stored at
-// packed + n0 * K as [K / 2][w][2]. b is float rows ld apart; rows >= rows and columns >= cols
-// read as 0. K even, N a multiple of 16.
-ATTNGAN_AVX512_BF16 void pack_bfloat16(const float* in, int64_t rows, int64_t cols, int64_t ld,
+// packed + n0 * K as [K / 2][w][2]. b is float or bfloat16 rows ld apart; rows >= rows and
+// columns >= cols read as 0. K even, N a multiple of 16.
+template <typename In>
+ATTNGAN_AVX512_BF16 void pack_bfloat16(const In* in, int64_t rows, int64_t cols, int64_t ld,
                                        int64_t K, int64_t N, uint16_t* packed) {
   alignas(64) static const uint16_t kInterleave[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5,
                                                        21, 6, 22, 7, 23, 8, 24, 9, 25, 10, 26,
@@ -563,9 +593,9 @@ ATTNGAN_AVX512_BF16 void pack_bfloat16(const float* in, int64_t rows, int64_t co
       for (int64_t c = 0; c < width; c += 16) {
         const int64_t valid = std::clamp<int64_t>(cols - (n0 + c), 0, 16);
         const __mmask16 m = static_cast<__mmask16>((1u << valid) - 1u);
-        const __m512 even = k < rows ? _mm512_maskz_loadu_ps(m, in + k * ld + n0 + c)
+        const __m512 even = k < rows ? load_floats(in + k * ld + n0 + c, m)
                                      : _mm512_setzero_ps();
-        const __m512 odd = k + 1 < rows ? _mm512_maskz_loadu_ps(m, in + (k + 1) * ld + n0 + c)
+        const __m512 odd = k + 1 < rows ? load_floats(in + (k + 1) * ld + n0 + c, m)
                                         : _mm512_setzero_ps();
         const __m512i both = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(odd, even));
         _mm512_storeu_si512(out + 2 * c, _mm512_permutexvar_epi16(interleave, both));
@@ -574,11 +604,12 @@ ATTNGAN_AVX512_BF16 void pack_bfloat16(const float* in, int64_t rows, int64_t co
   }
 }
 
-// packed = in^T in the layout of pack_bfloat16, for in [rows, cols] float rows ld apart: B [K, N]
-// with B[k, n] = in[n, k], 0 past the input. The VNNI pairs (k, k + 1) of a column n are
-// neighbours in in's row n, so 16 rows x 32 columns of in become 16 x 16 pairs, transposed
-// through a tile (gathers from it).
-ATTNGAN_AVX512_BF16 void pack_bfloat16_transposed(const float* in, int64_t rows, int64_t cols,
+// packed = in^T in the layout of pack_bfloat16, for in [rows, cols] float or bfloat16 rows ld
+// apart: B [K, N] with B[k, n] = in[n, k], 0 past the input. The VNNI pairs (k, k + 1) of a
+// column n are neighbours in in's row n, so 16 rows x 32 columns of in become 16 x 16 pairs,
+// transposed through a tile (gathers from it).
+template <typename In>
+ATTNGAN_AVX512_BF16 void pack_bfloat16_transposed(const In* in, int64_t rows, int64_t cols,
                                                   int64_t ld, int64_t K, int64_t N,
                                                   uint16_t* packed) {
   alignas(64) uint32_t tile[16][16];  // [column n of B][pair of B's rows]
@@ -598,8 +629,8 @@ ATTNGAN_AVX512_BF16 void pack_bfloat16_transposed(const float* in, int64_t rows,
           const int64_t n = n0 + c + i;
           __m512 first = _mm512_setzero_ps(), second = _mm512_setzero_ps();
           if (n < rows) {
-            first = _mm512_maskz_loadu_ps(lo, in + n * ld + k0);
-            second = _mm512_maskz_loadu_ps(hi, in + n * ld + k0 + 16);
+            first = load_floats(in + n * ld + k0, lo);
+            second = load_floats(in + n * ld + k0 + 16, hi);
           }
           _mm512_store_si512(tile[i],
                              reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(second, first)));
@@ -622,6 +653,7 @@ ATTNGAN_AVX512_BF16 void pack_bfloat16_transposed(const float* in, int64_t rows,
 class AmxGemm {
  public:
   using Scalar = float;
+  static constexpr at::ScalarType kRegionGradient = at::kBFloat16;
   AmxGemm(const Prepared& pr, int64_t max_rows)
       : pr_(pr), Dp_(pr.ld_d), Rp_(pr.ld_r), v_packed_(Dp_ * Rp_), vt_packed_(Rp_ * Dp_),
         lhs_(std::max(max_rows * std::max(Dp_, Rp_), Dp_ * 2 * max_rows)),
@@ -634,7 +666,8 @@ class AmxGemm {
     if (j == image_) return;  // the same image as this thread's last item: packed already
     image_ = j;
     const int64_t D = pr_.D, R = pr_.R;
-    const float* v = pr_.regions.data_ptr<float>() + j * D * R;
+    const auto* v = reinterpret_cast<const uint16_t*>(pr_.regions.data_ptr<at::BFloat16>()) +
+                    j * D * R;
     pack_bfloat16(v, D, R, R, Dp_, Rp_, v_packed_.data());
     pack_bfloat16_transposed(v, D, R, R, Rp_, Dp_, vt_packed_.data());
   }
@@ -650,6 +683,11 @@ class AmxGemm {
     columns_to_bfloat16(x, 2 * n, Dp_, Dp_, lhs_.data(), 2 * n);       // x^T [Dp, 2n]
     pack_bfloat16(y, 2 * n, pr_.R, Rp_, 2 * n, Rp_, rhs_packed_.data());
     product(Dp_, 2 * n, Rp_, 2 * n, rhs_packed_.data(), dv_.data(), Rp_, false);
+    if (dv.scalar_type() == at::kBFloat16) {  // an image's whole gradient: in the inputs' dtype
+      store_bfloat16_rows(dv_.data(), pr_.D, pr_.R, Rp_,
+                          reinterpret_cast<uint16_t*>(dv.data_ptr<at::BFloat16>()), pr_.R);
+      return;
+    }
     float* out = dv.data_ptr<float>();
     for (int64_t d = 0; d < pr_.D; ++d) {
       std::memcpy(out + d * pr_.R, dv_.data() + d * Rp_, sizeof(float) * pr_.R);
@@ -754,10 +792,11 @@ std::pair<at::Tensor, at::Tensor> backward_impl(const Prepared& pr, const at::Te
   const T* grad_p = grad.data_ptr<T>();
   const T* words = pr.words_t.data_ptr<T>();
   const int64_t items = pr.num_images * pr.blocks;
-  // With one caption block per image, dv of image j is written in place; otherwise each
-  // block writes its own slot and the slots are summed.
+  // With one caption block per image, dv of image j is written in place (by AmxGemm in
+  // bfloat16, the dtype returned); otherwise each block writes its own slot, in the compute
+  // type, and the slots are summed.
   at::Tensor grad_regions = pr.blocks == 1
-      ? at::empty({pr.num_images, D, R}, options)
+      ? at::empty({pr.num_images, D, R}, options.dtype(Gemm::kRegionGradient))
       : at::empty({pr.num_images, pr.blocks, D, R}, options);
   // The word gradient sums over images. Items are handed out in fixed groups of consecutive
   // items, each group with its own [N, D] accumulator, summed in group order at the end: the
