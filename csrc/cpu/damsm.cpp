@@ -327,7 +327,8 @@ template <> struct Rows<double> {
   }
 };
 
-// Inputs checked, words gathered to E^T [N, D], regions as [B_img, D, R], in the compute type.
+// Inputs checked, words gathered to E^T [N, D], regions as [B_img, D, R], in the compute type
+// (the regions in bfloat16 for AmxGemm, which packs them from there).
 struct Prepared {
   at::Tensor words_t;                // [N, ld_d] valid words only, zero past column D
   at::Tensor regions;                // [B_img, D, R] contiguous; bfloat16 for AmxGemm
