@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--captions", help="text file, one caption per line")
     p.add_argument("--n", type=int, default=8, help="images per caption")
     p.add_argument("--out", default="samples", help="output folder")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto",
+                   help="auto (default: the GPU when there is one, else the CPU), cpu or cuda[:N]")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_sample)
 
@@ -209,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              "weights IS and FID, of a generator")
     p.add_argument("--ckpt", required=True, help="GAN checkpoint file or run folder")
     p.add_argument("--out", help="JSON file for the results")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto",
+                   help="auto (default: the GPU when there is one, else the CPU), cpu or cuda[:N]")
     p.add_argument("--max-images", type=int, default=None,
                    help="generate at most this many images (default: one per test caption)")
     p.add_argument("--damsm", help="DAMSM run or checkpoint for R-precision "

@@ -75,10 +75,10 @@ def run_demo(out: Path, overrides: Sequence[str] = (), quick: bool = False) -> d
     gan = timed("GAN training", train_gan, config, out / "damsm", out / "gan",
                 resume=(out / "gan" / "checkpoints").exists())
     samples = timed("sampling", sample_captions, out / "gan", list(DEMO_CAPTIONS), n=4,
-                    out_dir=out / "samples", device="cpu", seed=config.run.seed)
+                    out_dir=out / "samples", device=config.run.device, seed=config.run.seed)
     evaluation = timed("evaluation", evaluate_generator, out / "gan",
-                       out_path=out / "evaluation.json", device="cpu", seed=config.run.seed,
-                       max_images=EVALUATION_IMAGES)
+                       out_path=out / "evaluation.json", device=config.run.device,
+                       seed=config.run.seed, max_images=EVALUATION_IMAGES)
     print(f"[demo] shapes checker on generated images, their own captions (shuffled captions): "
           f"{_format_checker(evaluation['checker'])}")
     print(f"[demo] R-precision of generated images: "

@@ -24,6 +24,7 @@ import torch
 
 from attngan.data.vocab import tokenize
 from attngan.train.gan import generate, load_gan
+from attngan.train.runtime import resolve_device
 from attngan.viz import attention_figure, save_image_grid
 
 __all__ = ["sample_captions", "TOP_WORDS"]
@@ -42,14 +43,14 @@ def _slug(text: str, limit: int = 40) -> str:
 
 
 def sample_captions(ckpt_path: str | Path, texts: Sequence[str], *, n: int = 8,
-                    out_dir: str | Path, device: str | torch.device = "cpu",
+                    out_dir: str | Path, device: str | torch.device = "auto",
                     seed: int = 0) -> list[Path]:
     """Write n samples per caption (every stage) and an attention figure; return the paths."""
     if n < 1:
         raise ValueError(f"n={n}: ask for at least one sample per caption")
     if not texts:
         raise ValueError("no captions given; pass at least one caption to draw")
-    device = torch.device(device)
+    device = resolve_device(device, "device", "device='cpu' (--device cpu)")
     netG, text_encoder, vocab, _, _ = load_gan(ckpt_path, device)
     encoded = [vocab.encode(text) for text in texts]        # DataError names unknown words
     out_dir = Path(out_dir)

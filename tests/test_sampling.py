@@ -1,12 +1,14 @@
 """Sampling (attngan/sampling.py) and figures (attngan/viz.py): files per stage and caption,
-an attention figure with the chosen words, clear errors for unknown words."""
+an attention figure with the chosen words, clear errors for unknown words and missing devices."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from attngan.cli import main
 from attngan.data.errors import DataError
+from attngan.metrics.evaluate import evaluate_generator
 from attngan.sampling import sample_captions
 from attngan.viz import attention_figure, colormap, save_image_grid, word_confidence
 from test_gan_training import single_thread, train_tiny_gan  # noqa: F401 (autouse)
@@ -41,6 +43,21 @@ def test_samples_and_attention_figure_are_written(checkpoint, tmp_path):
 def test_unknown_word_is_named(checkpoint, tmp_path):
     with pytest.raises(DataError, match="'zebra'"):
         sample_captions(checkpoint, ["a red zebra"], out_dir=tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without a GPU")
+def test_device_auto_by_default_and_a_missing_gpu_is_one_error(checkpoint, tmp_path, capsys):
+    """Sampling and evaluation take the GPU when there is one (device "auto", as training); one
+    asked for where there is none is one error naming the fix, from the API and the CLI."""
+    with pytest.raises(ValueError, match=r"device='cuda' but no CUDA device is available; use "
+                                         r"device='cpu' \(--device cpu\)"):
+        sample_captions(checkpoint, ["a red circle"], out_dir=tmp_path, device="cuda")
+    with pytest.raises(ValueError, match="device='gpu' is not a device; use auto, cpu or cuda"):
+        evaluate_generator(checkpoint, max_images=4, device="gpu")
+    assert main(["sample", "--ckpt", str(checkpoint), "--text", "a red circle", "--n", "1",
+                 "--out", str(tmp_path / "auto")]) == 0                   # auto: the CPU here
+    assert main(["evaluate", "--ckpt", str(checkpoint), "--device", "cuda:0"]) == 2
+    assert "no CUDA device is available; use device='cpu' (--device cpu)" in capsys.readouterr().err
 
 
 def test_word_confidence_counts_mass_above_twice_uniform():

@@ -38,6 +38,7 @@ from attngan.metrics.shapes_checker import check_against_shuffled, parse_caption
 from attngan.train.checkpoint import require_same_vocabulary
 from attngan.train.damsm import load_damsm, resolve_damsm_checkpoint
 from attngan.train.gan import file_sha256, generate, load_gan
+from attngan.train.runtime import resolve_device
 
 __all__ = ["evaluate_generator"]
 
@@ -61,7 +62,7 @@ def _test_images(dataset, batch_size: int):
 
 @torch.no_grad()
 def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] = None,
-                       device: str | torch.device = "cpu", max_images: Optional[int] = None,
+                       device: str | torch.device = "auto", max_images: Optional[int] = None,
                        seed: int = 0, damsm_path: Optional[str | Path] = None,
                        batch_size: int = 64, inception_weights: Optional[str | Path] = None,
                        inception_variant: str = "torchvision",
@@ -70,7 +71,7 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
     """Score the generator of `ckpt_path` (file or run folder); returns (and with `out_path`
     writes as JSON) dict(protocol, checker (shapes data only, else None), r_precision,
     inception_score and fid (None without `inception_weights`))."""
-    device = torch.device(device)
+    device = resolve_device(device, "device", "device='cpu' (--device cpu)")
     if fid_stats is not None and inception_weights is None:
         raise ValueError("fid_stats needs inception_weights: FID is computed with the Inception "
                          "network the statistics were made with")

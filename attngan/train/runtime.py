@@ -10,17 +10,19 @@ import torch
 from attngan.config import Config
 
 
-def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when available else cpu; anything else must name a usable device."""
+def resolve_device(name: str | torch.device, setting: str = "run.device",
+                   cpu_instead: str = "--set run.device=cpu") -> torch.device:
+    """"auto" -> cuda when available else cpu; anything else must name a usable device. The
+    errors name the `setting` that gave `name` and, for a missing GPU, `cpu_instead`."""
+    name = str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"run.device='{name}' is not a device; use auto, cpu or cuda[:N]") from None
+        raise ValueError(f"{setting}='{name}' is not a device; use auto, cpu or cuda[:N]") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"run.device='{name}' but no CUDA device is available; "
-                         "use --set run.device=cpu")
+        raise ValueError(f"{setting}='{name}' but no CUDA device is available; use {cpu_instead}")
     return device
 
 
