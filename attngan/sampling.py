@@ -24,7 +24,7 @@ import torch
 
 from attngan.data.vocab import tokenize
 from attngan.train.gan import generate, load_gan
-from attngan.train.runtime import resolve_device
+from attngan.train.runtime import resolve_device_argument
 from attngan.viz import attention_figure, save_image_grid
 
 __all__ = ["sample_captions", "TOP_WORDS"]
@@ -50,7 +50,7 @@ def sample_captions(ckpt_path: str | Path, texts: Sequence[str], *, n: int = 8,
         raise ValueError(f"n={n}: ask for at least one sample per caption")
     if not texts:
         raise ValueError("no captions given; pass at least one caption to draw")
-    device = resolve_device(device, "device", "device='cpu' (--device cpu)")
+    device = resolve_device_argument(device)
     netG, text_encoder, vocab, _, _ = load_gan(ckpt_path, device)
     encoded = [vocab.encode(text) for text in texts]        # DataError names unknown words
     out_dir = Path(out_dir)

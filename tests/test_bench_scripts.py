@@ -12,6 +12,8 @@ import torch
 from attngan import backend
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import bench_train_step  # noqa: E402
 
 
 def _with_cpp(op: str, providers: list[str]) -> list[str]:
@@ -73,11 +75,6 @@ def test_word_attention_benchmark():
 def test_profile_summary_of_a_gpu_step():
     """bench_train_step's profile summary on events as torch.profiler gives them on a GPU (ops
     with the time of the kernels they launched, and the kernels themselves), here without one."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import bench_train_step
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
     from torch.autograd import DeviceType
 
     def event(key, device, count, self_cpu_us, self_device_us):

@@ -38,7 +38,7 @@ from attngan.metrics.shapes_checker import check_against_shuffled, parse_caption
 from attngan.train.checkpoint import require_same_vocabulary
 from attngan.train.damsm import load_damsm, resolve_damsm_checkpoint
 from attngan.train.gan import file_sha256, generate, load_gan
-from attngan.train.runtime import resolve_device
+from attngan.train.runtime import resolve_device_argument
 
 __all__ = ["evaluate_generator"]
 
@@ -71,7 +71,7 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
     """Score the generator of `ckpt_path` (file or run folder); returns (and with `out_path`
     writes as JSON) dict(protocol, checker (shapes data only, else None), r_precision,
     inception_score and fid (None without `inception_weights`))."""
-    device = resolve_device(device, "device", "device='cpu' (--device cpu)")
+    device = resolve_device_argument(device)
     if fid_stats is not None and inception_weights is None:
         raise ValueError("fid_stats needs inception_weights: FID is computed with the Inception "
                          "network the statistics were made with")

@@ -26,6 +26,12 @@ def resolve_device(name: str | torch.device, setting: str = "run.device",
     return device
 
 
+def resolve_device_argument(device: str | torch.device) -> torch.device:
+    """resolve_device for the `device` argument of sampling and evaluation (`--device` of
+    `attngan sample` and `attngan evaluate`), its errors naming both."""
+    return resolve_device(device, "device", "device='cpu' (--device cpu)")
+
+
 def prepare_run(config: Config) -> torch.device:
     """Seed every generator, set the thread count and return the run's device."""
     if config.run.threads > 0:
