@@ -49,8 +49,14 @@ def _make_synthetic(args) -> int:
 
 def _prepare(args) -> int:
     from attngan.data import prepare
+    existing = (Path(args.root) / "captions.pickle").is_file()
     path = prepare(args.root)
-    print(f"captions written to {path}")
+    if existing:
+        print(f"{path} exists and was kept, not rebuilt (its vocabulary is the one encoders "
+              "trained on it know); to rebuild it from the captions, delete it first: the new "
+              "vocabulary will not match those encoders")
+    else:
+        print(f"captions written to {path}")
     return 0
 
 
@@ -114,9 +120,17 @@ def _read_captions(args) -> list[str]:
     if args.captions:
         path = Path(args.captions)
         if not path.is_file():
-            raise FileNotFoundError(f"captions file {path} does not exist; "
+            raise FileNotFoundError(f"captions file {path} does not exist or is not a file; "
                                     "pass a text file with one caption per line")
-        texts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as error:
+            raise ValueError(f"captions file {path} is not UTF-8 text ({error.reason} at byte "
+                             f"{error.start}); save it as UTF-8") from None
+        from_file = [line.strip() for line in lines if line.strip()]
+        if not from_file:
+            raise ValueError(f"captions file {path} has no captions; write one caption per line")
+        texts += from_file
     if not texts:
         raise ValueError("no captions given: pass --text \"a caption\" or --captions FILE")
     return texts
@@ -242,6 +256,20 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = (ValueError, FileNotFoundError, ImplementationUnavailable)
 
 
+def user_message(error: BaseException) -> str:
+    """The one line to print for a user error. An error raised in a DataLoader worker process
+    (data.num_workers > 0) comes back as "Caught DataError in DataLoader worker process 0.",
+    the worker's traceback, and last "attngan.data.errors.DataError: <message>": the message is
+    that last part."""
+    text = str(error)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        kind = type(error)
+        for marker in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "):
+            if marker in text:
+                return text.rsplit(marker, 1)[1].strip()
+    return text
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if os.environ.get("ATTNGAN_DEBUG") == "1":
@@ -249,7 +277,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.run(args)
     except USER_ERRORS as error:
-        print(f"attngan {args.command}: error: {error}", file=sys.stderr)
+        print(f"attngan {args.command}: error: {user_message(error)}", file=sys.stderr)
         return 2
 
 

@@ -54,7 +54,11 @@ def sample_captions(ckpt_path: str | Path, texts: Sequence[str], *, n: int = 8,
     netG, text_encoder, vocab, _, _ = load_gan(ckpt_path, device)
     encoded = [vocab.encode(text) for text in texts]        # DataError names unknown words
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot make the output folder {out_dir} ({error.strerror or error}); "
+                         "choose another folder (--out)") from None
     noise_source = torch.Generator().manual_seed(seed)
     written: list[Path] = []
     lines = []

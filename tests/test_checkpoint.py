@@ -1,5 +1,7 @@
 """Checkpoints: atomic write, weights_only load, kind checks, run folders, exact RNG restore."""
+import os
 import random
+import stat
 
 import numpy as np
 import pytest
@@ -81,6 +83,17 @@ def test_failed_write_keeps_the_old_file(tmp_path):
         save_checkpoint(path, {"kind": "gan", "bad": lambda: 0})   # lambdas cannot be pickled
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_checkpoints_have_the_umasks_permissions(tmp_path):
+    """0666 less the umask, as open() makes a file: the temporary file it is written through is
+    its owner's only, which the rename must not keep."""
+    old = os.umask(0o027)
+    try:
+        path = save_checkpoint(tmp_path / "c.pt", {"kind": "gan", "step": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
 def test_rng_state_restores_every_generator(tmp_path):

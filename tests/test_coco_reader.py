@@ -123,6 +123,46 @@ def test_damaged_annotation_file(coco):
         prepare(coco)
 
 
+@pytest.mark.parametrize("damage, match", [
+    (lambda data: data["annotations"][0].update(caption=None),
+     r"annotation 1015 has the caption None, not text"),
+    (lambda data: data["annotations"][0].update(caption=5),
+     r"annotation 1015 has the caption 5, not text"),
+    (lambda data: data["annotations"].insert(0, "oops"), "is not a COCO caption file"),
+    (lambda data: data.update(images=[], annotations=[]), "lists no images"),
+])
+def test_damaged_annotations(coco, damage, match):
+    path = coco / "annotations" / "captions_train2014.json"
+    data = json.loads(path.read_text())
+    damage(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=match):
+        prepare(coco)
+    assert not (coco / "captions.pickle").exists()
+
+
+def test_a_filenames_pickle_of_the_users_is_kept(coco):
+    """Its images, in its order, are the split: prepare builds the captions for them and never
+    replaces the list with every image of the annotation file."""
+    keys = [file_name("train", 25)[:-4], file_name("train", 9)[:-4]]
+    (coco / "train").mkdir()
+    with open(coco / "train" / "filenames.pickle", "wb") as file:
+        pickle.dump(keys, file, protocol=2)
+    before = (coco / "train" / "filenames.pickle").read_bytes()
+    prepare(coco)
+    assert (coco / "train" / "filenames.pickle").read_bytes() == before
+    data = build_dataset(config(coco), "train", augment=False)
+    assert data.keys == keys
+    assert data.texts(0)[0] == "two cats sleep" and data.texts(1)[0] == "a dog runs on grass"
+    assert data.vocab.decode(data.caption(0)[0][:2].tolist()) == "two cats"
+    with open(coco / "train" / "filenames.pickle", "wb") as file:
+        pickle.dump(keys + ["COCO_train2014_000000000077"], file, protocol=2)
+    (coco / "captions.pickle").unlink()
+    with pytest.raises(DataError, match="names 1 images that captions_train2014.json lacks "
+                                        r"\(first: COCO_train2014_000000000077\)"):
+        prepare(coco)
+
+
 def test_missing_image(coco):
     path = coco / "train2014" / file_name("train", 25)
     path.unlink()

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from attngan.cli import user_message
 from attngan.config import DataConfig
 from attngan.data import DataError, build_dataset, collate, prepare, tokenize
 from attngan.data.cub import crop_window, prepare_captions, read_cub
@@ -298,11 +299,122 @@ def test_captions_pickle_of_other_images(cub):
         build_dataset(config(cub, captions_per_image=5), "test", augment=False)
 
 
+def test_an_error_in_a_loader_worker_is_the_same_one_line(cub):
+    """With data.num_workers > 0 the DataLoader wraps an item's DataError in the worker's
+    traceback; the command line prints the message alone."""
+    path = cub / "CUB_200_2011" / "images" / f"{IMAGES[0][0]}.jpg"
+    path.write_bytes(b"not an image at all")
+    dataset = build_dataset(config(cub), "train", augment=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1, collate_fn=collate)
+    with pytest.raises(DataError) as caught:
+        next(iter(loader))
+    assert "Original Traceback" in str(caught.value)
+    message = user_message(caught.value)
+    assert message.startswith(f"image {path} cannot be decoded") and "\n" not in message
+    plain = DataError("a message")
+    assert user_message(plain) == "a message"
+
+
 def test_missing_boxes(cub):
     (cub / "CUB_200_2011" / "bounding_boxes.txt").unlink()
     with pytest.raises(DataError, match="bounding_boxes.txt is missing.*bbox_crop=false"):
         build_dataset(config(cub), "train", augment=False)
     assert len(build_dataset(config(cub, bbox_crop=False), "train", augment=False)) == 3
+
+
+def test_utf16_caption_file_is_refused(cub):
+    """Decoded as UTF-8, each letter of a UTF-16 file would be a word of its own."""
+    path = cub / "text" / f"{IMAGES[0][0]}.txt"
+    path.write_text(path.read_text(encoding="utf-8"), encoding="utf-16")
+    with pytest.raises(DataError, match=f"caption file {path} is not UTF-8 text.*save it as "
+                                        "UTF-8"):
+        prepare(cub)
+    assert not (cub / "captions.pickle").exists()
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(caption_lines(1)).encode("utf-8"))
+    prepare(cub)                                              # a UTF-8 byte-order mark is fine
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda lines: lines[:1] + [lines[1].replace("2 ", "1 ", 1)] + lines[2:],
+     r"images\.txt line 2: image id 1 is listed twice"),
+    (lambda lines: lines[:1] + lines[2:],
+     r"images\.txt lists no image for 1 keys of train/filenames\.pickle \(first: "
+     r"001\.Red_Bird/Red_Bird_0002\)"),
+])
+def test_damaged_image_list(cub, damage, match):
+    path = cub / "CUB_200_2011" / "images.txt"
+    path.write_text("\n".join(damage(path.read_text(encoding="latin1").splitlines())),
+                    encoding="latin1")
+    with pytest.raises(DataError, match=match):
+        build_dataset(config(cub, bbox_crop=False), "train", augment=False)
+
+
+@pytest.mark.parametrize("line, match", [
+    ("1 0 0 inf 10", "finite numbers"), ("1 nan nan 10 10", "finite numbers"),
+    ("2 0 0 10 10", "image id 2 has a second box"),
+])
+def test_damaged_boxes(cub, line, match):
+    path = cub / "CUB_200_2011" / "bounding_boxes.txt"
+    path.write_text(path.read_text() + line + "\n")
+    with pytest.raises(DataError, match=match):
+        build_dataset(config(cub), "train", augment=False)
+
+
+@pytest.mark.parametrize("value, match", [
+    ([1, None, 2], r"entry 1 is None, not an integer class id"),
+    ([1, "2a", 2], r"entry 1 is '2a', not an integer class id"),
+    ({"a": 1}, r"one class id per key of filenames\.pickle \(3\), not a dict"),
+])
+def test_damaged_class_info(cub, value, match):
+    with open(cub / "train" / "class_info.pickle", "wb") as file:
+        pickle.dump(value, file, protocol=2)
+    with pytest.raises(DataError, match=match):
+        build_dataset(config(cub), "train", augment=False)
+
+
+def test_class_info_as_an_array(cub):
+    with open(cub / "train" / "class_info.pickle", "wb") as file:
+        pickle.dump(np.array([1, 1, 2]), file, protocol=2)
+    assert list(build_dataset(config(cub), "train", augment=False).class_ids) == [1, 1, 2]
+
+
+def test_empty_split(cub):
+    (cub / "test" / "filenames.pickle").write_bytes(py2_pickle([]))
+    (cub / "test" / "class_info.pickle").write_bytes(py2_pickle([]))
+    with pytest.raises(DataError, match=r"filenames\.pickle is empty: the test split has no "
+                                        "images"):
+        build_dataset(config(cub), "test", augment=False)
+
+
+@pytest.mark.parametrize("caption, match", [
+    (None, "caption 0 \\(image 0\\) is None, not a list of word ids"),
+    ("red bird", "caption 0 \\(image 0\\) is 'red bird', not a list of word ids"),
+    ([1.7], "caption 0 \\(image 0\\) is \\[1.7\\], not a list of word ids"),
+])
+def test_captions_pickle_with_captions_that_are_not_word_ids(cub, caption, match):
+    prepare(cub)
+    train, test, ixtoword, wordtoix = pickle.loads((cub / "captions.pickle").read_bytes())
+    train[0] = caption
+    (cub / "captions.pickle").write_bytes(pickle.dumps([train, test, ixtoword, wordtoix]))
+    with pytest.raises(DataError, match=match):
+        build_dataset(config(cub), "train", augment=False)
+
+
+def test_duplicate_vocabulary_word_says_to_delete_the_file(cub):
+    prepare(cub)
+    train, test, ixtoword, wordtoix = pickle.loads((cub / "captions.pickle").read_bytes())
+    ixtoword[2] = ixtoword[1]
+    (cub / "captions.pickle").write_bytes(pickle.dumps([train, test, ixtoword, wordtoix]))
+    with pytest.raises(DataError, match=f"the word '{ixtoword[1]}' appears twice.*delete it and "
+                                        f"run `attngan prepare {cub}`"):
+        build_dataset(config(cub), "train", augment=False)
+
+
+def test_unwritable_data_folder(cub):
+    (cub / "captions.pickle").mkdir()              # where the file would be renamed to
+    with pytest.raises(DataError, match=r"cannot write .*captions\.pickle .*make .* writable"):
+        prepare_captions(cub, rebuild=True)
+    assert [p.name for p in cub.iterdir() if p.name.startswith(".")] == []
 
 
 def test_unknown_dataset_and_split(cub):

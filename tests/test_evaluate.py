@@ -6,11 +6,11 @@ import json
 import pytest
 
 from attngan.data.errors import DataError
+from attngan.files import file_sha256
 from attngan.metrics import evaluate as evaluate_module
 from attngan.metrics.evaluate import evaluate_generator
 from attngan.train.checkpoint import CheckpointError
 from attngan.train.damsm import resolve_damsm_checkpoint
-from attngan.train.gan import file_sha256
 from test_gan_training import single_thread, train_tiny_gan  # noqa: F401 (autouse)
 
 

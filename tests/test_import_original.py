@@ -16,13 +16,14 @@ from attngan.config import ConfigError, load_config
 from attngan.data.dataset import read_split
 from attngan.data.errors import DataError
 from attngan.data.synthetic import make_synthetic
+from attngan.files import file_sha256
 from attngan.metrics.evaluate import evaluate_generator
 from attngan.nn.generator import Generator
 from attngan.nn.image_encoder import _resize, build_image_encoder
 from attngan.nn.text_encoder import TextEncoder
 from attngan.train.checkpoint import CheckpointError, load_checkpoint
 from attngan.train.damsm import load_damsm, pretrain_damsm, resolve_damsm_checkpoint
-from attngan.train.gan import file_sha256, generate, load_gan, train_gan
+from attngan.train.gan import generate, load_gan, train_gan
 from attngan.train.import_original import (import_damsm, import_generator,
                                            original_generator_name)
 from test_gan_training import TINY, make_tiny_run, single_thread  # noqa: F401 (autouse)

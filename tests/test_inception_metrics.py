@@ -10,6 +10,7 @@ import torch
 
 from attngan.cli import main as cli_main
 from attngan.config import ConfigError
+from attngan.files import file_sha256
 from attngan.metrics import inception_metrics
 from attngan.metrics.evaluate import evaluate_generator
 from attngan.metrics.inception_metrics import (FeatureMoments, GeneratedImageScores,
@@ -17,7 +18,6 @@ from attngan.metrics.inception_metrics import (FeatureMoments, GeneratedImageSco
                                                load_inception_network, load_statistics,
                                                save_statistics)
 from attngan.nn.inception import InceptionClassifier, _pool_branch_input
-from attngan.train.gan import file_sha256
 from test_gan_training import single_thread, train_tiny_gan  # noqa: F401 (autouse)
 
 

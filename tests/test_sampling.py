@@ -60,6 +60,27 @@ def test_device_auto_by_default_and_a_missing_gpu_is_one_error(checkpoint, tmp_p
     assert "no CUDA device is available; use device='cpu' (--device cpu)" in capsys.readouterr().err
 
 
+def test_bad_captions_files_and_output_folders_are_one_error(checkpoint, tmp_path, capsys):
+    def error(*arguments):
+        assert main(["sample", "--ckpt", str(checkpoint), "--n", "1", *arguments]) == 2
+        return capsys.readouterr().err
+
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("a red circle caf\xe9\n".encode("latin1"))
+    assert f"captions file {latin1} is not UTF-8 text (invalid continuation byte at byte 16); " \
+           "save it as UTF-8" in error("--captions", str(latin1))
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n")
+    assert f"captions file {blank} has no captions; write one caption per line" in error(
+        "--captions", str(blank))
+    assert f"captions file {tmp_path} does not exist or is not a file" in error(
+        "--captions", str(tmp_path))
+    assert f"cannot make the output folder {blank} (File exists); choose another folder " \
+           "(--out)" in error("--text", "a red circle", "--out", str(blank))
+    assert f"cannot make the output folder {blank / 'under'} (Not a directory)" in error(
+        "--text", "a red circle", "--out", str(blank / "under"))
+
+
 def test_word_confidence_counts_mass_above_twice_uniform():
     """3 words, 16 regions: word 0 owns region 0, word 1 dominates regions 1-4, the rest is
     spread below 2/3 (twice the uniform share 1/3) and counts for nobody."""

@@ -1,7 +1,9 @@
 """The synthetic shapes generator: layout, captions, held-out pairs, determinism, errors."""
 import json
+import os
 import pickle
 import pickletools
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +117,27 @@ def test_regenerating_replaces_an_earlier_set_and_refuses_other_folders(tmp_path
     with pytest.raises(DataError, match="not a synthetic shapes set"):
         make_synthetic(foreign, small)
     assert (foreign / "notes.txt").read_text() == "keep me"
+    (root / "notes.txt").write_text("keep me too")
+    (root / "runs").mkdir()
+    with pytest.raises(DataError, match="also notes.txt, runs, which replacing the set would "
+                                        "delete; move them out"):
+        make_synthetic(root, small)
+    assert (root / "notes.txt").read_text() == "keep me too" and (root / "runs").is_dir()
+    assert len(_load(root / "train" / "filenames.pickle")) == 3
+
+
+def test_the_set_has_the_umasks_permissions(tmp_path):
+    """Folders and files as mkdir and open would make them (a shared data folder stays
+    readable by its group), not the owner-only ones of the temporary folder it is written in."""
+    old = os.umask(0o022)
+    try:
+        root = make_synthetic(tmp_path / "set", SyntheticConfig(num_train=3, num_test=2,
+                                                                canvas=16, seed=1))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(root.stat().st_mode) == 0o755
+    for name in ("captions.pickle", "train/filenames.pickle", "scenes.json"):
+        assert stat.S_IMODE((root / name).stat().st_mode) == 0o644, name
 
 
 @pytest.mark.parametrize("changes, match", [

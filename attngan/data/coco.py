@@ -16,7 +16,8 @@ DAMSM's same-class masking masks nothing.
 `prepare_captions` (what `attngan prepare` runs for COCO) tokenizes both files once and writes
 the original release's metadata: train|test/filenames.pickle (keys = file names without
 extension, images sorted by file name) and captions.pickle [train, test, ixtoword, wordtoix]
-with the vocabulary of train and val. An existing captions.pickle (for example the released
+with the vocabulary of train and val. A filenames.pickle already there (the released one, or a
+subset of the user's) is kept: the captions follow its images and order. An existing captions.pickle (for example the released
 one) is never rebuilt; with it and the filenames pickles present the large JSON files are not
 read at all. Images are looked up in train2014/ or val2014/ by the key's prefix, then in
 images/ (the original release's folder).
@@ -59,14 +60,20 @@ def read_annotations(root: Path, split: str, captions_per_image: int
                 raise DataError(f"{path}: annotation {note.get('id')} names image {image_id}, "
                                 "which its 'images' list lacks; the file is damaged: "
                                 f"{coco_fix(root)}")
-            if tokenize(str(note["caption"])):
-                grouped[image_id].append(str(note["caption"]))
-    except (ValueError, KeyError, TypeError) as error:
+            if not isinstance(note["caption"], str):
+                raise DataError(f"{path}: annotation {note.get('id')} has the caption "
+                                f"{note['caption']!r}, not text; the file is damaged: "
+                                f"{coco_fix(root)}")
+            if tokenize(note["caption"]):
+                grouped[image_id].append(note["caption"])
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         if isinstance(error, DataError):
             raise
         raise DataError(f"{path} is not a COCO caption file (images[{{id, file_name}}], "
                         f"annotations[{{image_id, caption}}]): {type(error).__name__}: {error}; "
                         f"{coco_fix(root)}") from None
+    if not images:
+        raise DataError(f"{path} lists no images; the file is damaged: {coco_fix(root)}")
     order = sorted(images, key=lambda image_id: images[image_id])
     short = [images[i] for i in order if len(grouped[i]) < captions_per_image]
     if short:
@@ -94,14 +101,38 @@ def prepare_captions(root: str | Path, captions_per_image: int = 5, *,
     keys, tokenized = {}, {}
     for split in SPLITS:
         keys[split], texts = read_annotations(root, split, captions_per_image)
+        listed = _listed_keys(root, split)
+        if listed is not None:                # a split of the user's: its images, its order
+            by_key = dict(zip(keys[split], texts))
+            absent = [key for key in listed if key not in by_key]
+            if absent:
+                raise DataError(f"{root / split / 'filenames.pickle'} names {len(absent)} images "
+                                f"that captions_{SPLITS[split]}.json lacks (first: {absent[0]}); "
+                                "fix the list, or delete it to use every image of the file")
+            keys[split], texts = listed, [by_key[key] for key in listed]
         tokenized[split] = [tokenize(text) for image in texts for text in image]
     vocab = Vocabulary.build(tokenized["train"] + tokenized["test"])
     for split in SPLITS:
-        save_pickle(root / split / "filenames.pickle", keys[split])
+        if not (root / split / "filenames.pickle").is_file():
+            save_pickle(root / split / "filenames.pickle", keys[split])
     ixtoword, wordtoix = vocab.to_maps()
     save_pickle(target, [[[vocab.wordtoix[w] for w in tokens] for tokens in tokenized[split]]
                          for split in SPLITS] + [ixtoword, wordtoix])
     return target
+
+
+def _listed_keys(root: Path, split: str) -> Optional[list[str]]:
+    """The keys of ROOT/<split>/filenames.pickle, None when there is none."""
+    names = root / split / "filenames.pickle"
+    if not names.is_file():
+        return None
+    remedy = f"delete it and run `attngan prepare {root}`"
+    keys = load_pickle(names, remedy)
+    if not isinstance(keys, (list, tuple)) or not all(isinstance(k, (str, bytes)) for k in keys):
+        raise DataError(f"{names} is not a list of image keys; {remedy}")
+    if not keys:
+        raise DataError(f"{names} is empty: the {split} split has no images; {remedy}")
+    return [k.decode("latin1") if isinstance(k, bytes) else k for k in keys]
 
 
 def _image_path(root: Path, key: str, split: str) -> Path:
@@ -121,14 +152,8 @@ def read_coco(root: str | Path, split: str, *, captions_per_image: int = 5) -> S
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; {fix}")
     prepare_captions(root, captions_per_image)
-    names = root / split / "filenames.pickle"
-    if names.is_file():
-        keys = load_pickle(names, f"delete it and run `attngan prepare {root}`")
-        if not isinstance(keys, (list, tuple)):
-            raise DataError(f"{names} is not a list of image keys; delete it and run "
-                            f"`attngan prepare {root}`")
-        keys = [k.decode("latin1") if isinstance(k, bytes) else str(k) for k in keys]
-    else:
+    keys = _listed_keys(root, split)
+    if keys is None:
         keys = read_annotations(root, split, captions_per_image)[0]
     train, test, vocab = load_captions(root)
     captions = check_caption_lists(

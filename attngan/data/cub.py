@@ -15,7 +15,8 @@ Layout under ROOT (SPEC section 4; the original release's `birds.zip` metadata p
 when it is absent: released DAMSM encoders need the released vocabulary, so an existing file is
 never rebuilt. Each image keeps the first captions_per_image lines that have a word; lines with
 no word (blank lines) are skipped, as the original does. Text files are read as UTF-8 with bad
-bytes replaced (CUB's stray bytes become the U+FFFD pair the tokenizer treats as a space);
+bytes replaced (CUB's stray bytes become the U+FFFD pair the tokenizer treats as a space; a
+UTF-16 file is refused, not read as one word per letter);
 images.txt and bounding_boxes.txt as Latin-1, like the pickles, so keys match byte for byte.
 
 Birds are cropped around their box (SPEC: side 1.5 max(w, h) centred on the box, clipped to the
@@ -23,6 +24,8 @@ image); `crop_window` computes that window, the dataset applies it.
 """
 from __future__ import annotations
 
+import math
+import operator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -40,6 +43,16 @@ def cub_fix(root: Path) -> str:
             f"train/, test/) under {root}, or set data.root to where they are")
 
 
+def decode_text(raw: bytes, path: Path) -> str:
+    """A caption file's text: UTF-8 with bad bytes replaced (a UTF-8 byte-order mark is
+    dropped). UTF-16 or UTF-32 (what some editors save as "Unicode") is refused: decoded as
+    UTF-8 its every letter would become a word of its own."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw:
+        raise DataError(f"caption file {path} is not UTF-8 text (it holds NUL bytes: UTF-16 or "
+                        "UTF-32, as some editors save 'Unicode'); save it as UTF-8")
+    return raw.decode("utf-8", errors="replace").removeprefix("\ufeff")
+
+
 def read_caption_file(path: Path, captions_per_image: int, fix: str) -> list[str]:
     """The first `captions_per_image` lines of a text file that contain a word."""
     path = Path(path)
@@ -49,20 +62,43 @@ def read_caption_file(path: Path, captions_per_image: int, fix: str) -> list[str
         raise DataError(f"caption file {path} is missing; {fix}") from None
     except OSError as error:
         raise DataError(f"caption file {path} cannot be read ({error}); {fix}") from None
-    lines = [line for line in raw.decode("utf-8", errors="replace").splitlines()
-             if tokenize(line)]
+    lines = [line for line in decode_text(raw, path).splitlines() if tokenize(line)]
     if len(lines) < captions_per_image:
-        raise DataError(f"caption file {path} has {len(lines)} captions with words, fewer than "
+        raise DataError(f"caption file {path} has {len(lines)} captions with words (of ASCII "
+                        f"letters and digits: other characters are dropped), fewer than "
                         f"data.captions_per_image={captions_per_image}; add captions to it or "
                         "lower data.captions_per_image")
     return lines[:captions_per_image]
 
 
 def _split_keys(root: Path, split: str, fix: str) -> list[str]:
-    keys = load_pickle(root / split / "filenames.pickle", fix)
+    path = root / split / "filenames.pickle"
+    keys = load_pickle(path, fix)
     if not isinstance(keys, (list, tuple)) or not all(isinstance(k, (str, bytes)) for k in keys):
-        raise DataError(f"{root / split / 'filenames.pickle'} is not a list of image keys; {fix}")
+        raise DataError(f"{path} is not a list of image keys; {fix}")
+    if not keys:
+        raise DataError(f"{path} is empty: the {split} split has no images; {fix}")
     return [k.decode("latin1") if isinstance(k, bytes) else k for k in keys]
+
+
+def _class_ids(root: Path, split: str, count: int, fix: str) -> list[int]:
+    """The class id of each key, from train|test/class_info.pickle (a list or an array)."""
+    path = root / split / "class_info.pickle"
+    stored = load_pickle(path, fix)
+    values = stored.tolist() if hasattr(stored, "tolist") else stored
+    if not isinstance(values, (list, tuple)) or len(values) != count:
+        found = f"{len(values)} entries" if isinstance(values, (list, tuple)) else \
+            f"a {type(stored).__name__}"
+        raise DataError(f"{path} must hold one class id per key of filenames.pickle ({count}), "
+                        f"not {found}; {fix}")
+    ids = []
+    for index, value in enumerate(values):
+        try:
+            ids.append(operator.index(value))        # ints and NumPy integers, not 1.5 or "2"
+        except TypeError:
+            raise DataError(f"{path}: entry {index} is {value!r}, not an integer class id; "
+                            f"{fix}") from None
+    return ids
 
 
 def prepare_captions(root: str | Path, captions_per_image: int = 10, *, rebuild: bool = False,
@@ -110,17 +146,33 @@ def _image_list(root: Path) -> dict[str, tuple[int, str]]:
     listing = root / "CUB_200_2011" / "images.txt"
     if not listing.is_file():
         return {}
-    entries = {}
+    entries, ids = {}, set()
     # Latin-1 like the pickles, so a key and its images.txt entry match byte for byte.
-    for number, line in enumerate(listing.read_text(encoding="latin1").splitlines(), 1):
+    for number, line in enumerate(_read_listing(listing), 1):
         parts = line.split()
         if not parts:
             continue
         if len(parts) != 2 or not parts[0].isdigit():
             raise DataError(f"{listing} line {number} is {line!r}, not '<id> <class>/<name>.jpg'; "
                             f"the file is damaged: {cub_fix(root)}")
-        entries[parts[1].rsplit(".", 1)[0]] = (int(parts[0]), parts[1])
+        image_id, key = int(parts[0]), parts[1].rsplit(".", 1)[0]
+        if image_id in ids or key in entries:
+            twice = f"image id {image_id}" if image_id in ids else f"image {key}"
+            raise DataError(f"{listing} line {number}: {twice} is listed twice; the file is "
+                            f"damaged: {cub_fix(root)}")
+        ids.add(image_id)
+        entries[key] = (image_id, parts[1])
     return entries
+
+
+def _read_listing(path: Path) -> list[str]:
+    """The lines of images.txt or bounding_boxes.txt (Latin-1, like the pickles, so keys match
+    byte for byte); a file that cannot be read is a DataError."""
+    try:
+        return path.read_text(encoding="latin1").splitlines()
+    except OSError as error:
+        raise DataError(f"{path} cannot be read ({error.strerror or error}); make it a readable "
+                        "file") from None
 
 
 def _boxes(root: Path, images: dict[str, tuple[int, str]], fix: str
@@ -132,7 +184,7 @@ def _boxes(root: Path, images: dict[str, tuple[int, str]], fix: str
         raise DataError(f"{missing} is missing and data.bbox_crop is true; {fix}, or set "
                         "data.bbox_crop=false")
     boxes = {}
-    for number, line in enumerate(path.read_text(encoding="latin1").splitlines(), 1):
+    for number, line in enumerate(_read_listing(path), 1):
         parts = line.split()
         if not parts:
             continue
@@ -140,9 +192,13 @@ def _boxes(root: Path, images: dict[str, tuple[int, str]], fix: str
             image_id, x, y, w, h = int(parts[0]), *map(float, parts[1:])
         except ValueError:
             image_id = None
-        if image_id is None or len(parts) != 5 or w <= 0 or h <= 0:
+        if (image_id is None or len(parts) != 5 or not all(map(math.isfinite, (x, y, w, h)))
+                or w <= 0 or h <= 0):
             raise DataError(f"{path} line {number} is {line!r}, not '<id> <x> <y> <w> <h>' with "
-                            f"a positive size; the file is damaged: {fix}")
+                            f"finite numbers and a positive size; the file is damaged: {fix}")
+        if image_id in boxes:
+            raise DataError(f"{path} line {number}: image id {image_id} has a second box; the "
+                            f"file is damaged: {fix}")
         boxes[image_id] = (x, y, w, h)
     return boxes
 
@@ -172,10 +228,7 @@ def read_cub(root: str | Path, split: str, *, captions_per_image: int = 10,
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; {fix}")
     keys = _split_keys(root, split, fix)
-    class_ids = load_pickle(root / split / "class_info.pickle", fix)
-    if not isinstance(class_ids, (list, tuple)) or len(class_ids) != len(keys):
-        raise DataError(f"{root / split / 'class_info.pickle'} must hold one class id per key of "
-                        f"filenames.pickle ({len(keys)}); {fix}")
+    class_ids = _class_ids(root, split, len(keys), fix)
     prepare_captions(root, captions_per_image, fix=fix)
     train, test, vocab = load_captions(root)
     where = f"{root / 'captions.pickle'} ({split} part)"
@@ -185,7 +238,13 @@ def read_cub(root: str | Path, split: str, *, captions_per_image: int = 10,
                                    captions_per_image, vocab, where, remedy)
     images = _image_list(root)
     folder = root / "CUB_200_2011" / "images"
-    paths = [folder / images[key][1] if key in images else folder / f"{key}.jpg" for key in keys]
+    unlisted = [key for key in keys if key not in images]
+    if images and unlisted:
+        raise DataError(f"{root / 'CUB_200_2011' / 'images.txt'} lists no image for "
+                        f"{len(unlisted)} keys of {split}/filenames.pickle (first: "
+                        f"{unlisted[0]}); the file is damaged: {fix}")
+    # Without images.txt the images are <key>.jpg, as the original reads them.
+    paths = [folder / images[key][1] if images else folder / f"{key}.jpg" for key in keys]
     boxes = None
     if bbox_crop:
         by_id = _boxes(root, images, fix)
@@ -195,7 +254,7 @@ def read_cub(root: str | Path, split: str, *, captions_per_image: int = 10,
                 raise DataError(f"image {key} has no box in {root / 'CUB_200_2011'} (images.txt "
                                 f"and bounding_boxes.txt); {fix}, or set data.bbox_crop=false")
             boxes.append(by_id[images[key][0]])
-    return SplitRecords(keys=keys, class_ids=[int(c) for c in class_ids], image_paths=paths,
+    return SplitRecords(keys=keys, class_ids=class_ids, image_paths=paths,
                         captions=captions, vocab=vocab, captions_per_image=captions_per_image,
                         fix=fix, boxes=boxes,
                         texts=CaptionTexts(root, keys, captions_per_image, fix))

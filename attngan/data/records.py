@@ -10,15 +10,15 @@ project writes use protocol 2 so Python 2 can read them back.
 """
 from __future__ import annotations
 
-import os
+import operator
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from attngan.data.errors import DataError
 from attngan.data.vocab import Vocabulary
+from attngan.files import write_atomically
 
 
 @dataclass
@@ -49,23 +49,23 @@ def load_pickle(path: Path, fix: str) -> Any:
     try:
         with open(path, "rb") as handle:
             return pickle.load(handle, encoding="latin1")
+    except OSError as error:
+        raise DataError(f"{path} cannot be read ({error.strerror or error}); make it a readable "
+                        "file") from None
     except Exception as error:  # pickle raises many types on damaged input
         raise DataError(f"{path} cannot be read ({type(error).__name__}: {error}); the file is "
                         f"damaged: {fix}") from None
 
 
 def save_pickle(path: Path, value: Any) -> None:
-    """Write a protocol-2 pickle atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    """Write a protocol-2 pickle atomically (attngan.files.write_atomically); a folder that
+    cannot be written is a DataError naming it."""
     try:
-        with os.fdopen(handle, "wb") as stream:
-            pickle.dump(value, stream, protocol=2)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+        write_atomically(path, lambda stream: pickle.dump(value, stream, protocol=2))
+    except OSError as error:
+        raise DataError(f"cannot write {path} ({error.strerror or error}); make "
+                        f"{Path(path).parent} writable, or copy the data set to a folder you "
+                        "can write and set data.root to it") from None
 
 
 def check_caption_lists(captions: Any, num_images: int, captions_per_image: int,
@@ -83,7 +83,11 @@ def check_caption_lists(captions: Any, num_images: int, captions_per_image: int,
     size = len(vocab)
     result = []
     for index, caption in enumerate(captions):
-        ids = [int(word) for word in caption]
+        try:
+            ids = [operator.index(word) for word in caption]    # ints, not 1.7 or "red"
+        except TypeError:
+            raise DataError(f"{where}: caption {index} (image {index // captions_per_image}) is "
+                            f"{caption!r:.60}, not a list of word ids; {fix}") from None
         if not ids:
             raise DataError(f"{where}: caption {index} (image {index // captions_per_image}) "
                             f"is empty; {fix}")

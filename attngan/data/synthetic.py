@@ -43,6 +43,7 @@ from attngan.data.cub import prepare_captions
 from attngan.data.errors import DataError
 from attngan.data.records import save_pickle
 from attngan.data.vocab import tokenize
+from attngan.files import default_permissions
 
 PALETTE = {"red": (220, 30, 30), "yellow": (230, 220, 30), "green": (30, 190, 30),
            "blue": (40, 80, 255), "purple": (160, 50, 230), "white": (235, 235, 235)}
@@ -184,18 +185,31 @@ def _captions(objects: list[SceneObject], rng: random.Random) -> list[str]:
     return captions
 
 
+SET_ENTRIES = ("CUB_200_2011", "text", "train", "test", "captions.pickle", "scenes.json")
+
+
 def _prepare_target(out: Path) -> None:
-    """Refuse to replace a folder that is not an earlier synthetic set."""
-    if out.exists() and not (out / "scenes.json").is_file() and (
-            not out.is_dir() or any(out.iterdir())):
+    """Refuse to replace a folder that is not an earlier synthetic set, or one that also holds
+    files of the user's (replacing the set deletes the whole folder)."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not (out / "scenes.json").is_file():
         raise DataError(f"{out} exists and is not a synthetic shapes set (no scenes.json); "
                         "choose an empty or new folder for `attngan make-synthetic`")
+    others = sorted(entry.name for entry in out.iterdir() if entry.name not in SET_ENTRIES)
+    if others:
+        listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5
+                                          else "")
+        raise DataError(f"{out} holds an earlier synthetic set and also {listed}, which "
+                        "replacing the set would delete; move them out of the folder or choose "
+                        "another folder for `attngan make-synthetic`")
 
 
 def make_synthetic(out_dir: str | Path, cfg: SyntheticConfig) -> Path:
     """Write the shapes data set of `cfg` to `out_dir` (CUB layout, see above); return it.
 
-    An earlier synthetic set in `out_dir` is replaced; any other non-empty folder is refused.
+    An earlier synthetic set in `out_dir` is replaced; any other non-empty folder, or a set's
+    folder that holds anything else, is refused.
     """
     train_pairs, held = _check(cfg)
     out = Path(out_dir)
@@ -204,6 +218,7 @@ def make_synthetic(out_dir: str | Path, cfg: SyntheticConfig) -> Path:
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         _write(work, cfg, train_pairs, held)
+        os.chmod(work, default_permissions(0o777))     # mkdtemp's folder is its owner's only
         _prepare_target(out)
         if out.exists():
             shutil.rmtree(out)

@@ -16,6 +16,7 @@ import difflib
 import hashlib
 import json
 import re
+from pathlib import Path
 from typing import Iterable, Mapping, Sequence, Union
 
 from attngan.data.errors import DataError
@@ -41,21 +42,21 @@ class Vocabulary:
     (`Vocabulary.from_maps`).
     """
 
-    def __init__(self, ixtoword: Sequence[str]):
+    def __init__(self, ixtoword: Sequence[str], source: str = "the vocabulary",
+                 fix: str = "it is damaged"):
+        """`source` and `fix` name where the words came from and what to do if they are not a
+        vocabulary."""
         words = list(ixtoword)
         if not words or words[0] != PAD:
-            raise DataError(f"a vocabulary must start with the padding word '{PAD}' at index 0; "
-                            f"got {words[:1]!r}. Rebuild captions.pickle with "
-                            "`attngan prepare ROOT`")
+            raise DataError(f"{source} must start with the padding word '{PAD}' at index 0; "
+                            f"got {words[:1]!r}: {fix}")
         wordtoix = {}
         for index, word in enumerate(words):
             if not isinstance(word, str) or not word:
-                raise DataError(f"vocabulary entry {index} is {word!r}, not a word; rebuild "
-                                "captions.pickle with `attngan prepare ROOT`")
+                raise DataError(f"{source}: entry {index} is {word!r}, not a word: {fix}")
             if word in wordtoix:
-                raise DataError(f"vocabulary word '{word}' appears twice (indices "
-                                f"{wordtoix[word]} and {index}); rebuild captions.pickle with "
-                                "`attngan prepare ROOT`")
+                raise DataError(f"{source}: the word '{word}' appears twice (indices "
+                                f"{wordtoix[word]} and {index}): {fix}")
             wordtoix[word] = index
         self.ixtoword: list[str] = words
         self.wordtoix: dict[str, int] = wordtoix
@@ -68,25 +69,28 @@ class Vocabulary:
 
     @classmethod
     def from_maps(cls, ixtoword: Union[Mapping[int, str], Sequence[str]],
-                  wordtoix: Mapping[str, int] | None = None, source: str = "captions.pickle"
-                  ) -> "Vocabulary":
+                  wordtoix: Mapping[str, int] | None = None,
+                  source: str = "captions.pickle") -> "Vocabulary":
         """The vocabulary of a `captions.pickle`: `ixtoword` as the original's dict or a list.
 
         Indices must run 0..V-1 without gaps, and `wordtoix`, when given, must agree.
         """
+        fix = (f"the file is damaged; delete it and run `attngan prepare {Path(source).parent}` "
+               "(this makes a new vocabulary: released encoders will not match it)")
         if isinstance(ixtoword, Mapping):
             if sorted(ixtoword) != list(range(len(ixtoword))):
-                raise DataError(f"{source}: ixtoword indices are not 0..{len(ixtoword) - 1}; the "
-                                "file is damaged. Delete it and run `attngan prepare ROOT` (this "
-                                "makes a new vocabulary: released encoders will not match it)")
+                raise DataError(f"{source}: ixtoword indices are not 0..{len(ixtoword) - 1}: "
+                                f"{fix}")
             words = [ixtoword[index] for index in range(len(ixtoword))]
-        else:
+        elif isinstance(ixtoword, (list, tuple)):
             words = list(ixtoword)
-        vocab = cls(words)
-        if wordtoix is not None and dict(wordtoix) != vocab.wordtoix:
-            raise DataError(f"{source}: wordtoix disagrees with ixtoword; the file is damaged. "
-                            "Delete it and run `attngan prepare ROOT` (this makes a new "
-                            "vocabulary: released encoders will not match it)")
+        else:
+            raise DataError(f"{source}: ixtoword is a {type(ixtoword).__name__}, not a list or "
+                            f"dict of words: {fix}")
+        vocab = cls(words, source, fix)
+        if wordtoix is not None and (not isinstance(wordtoix, Mapping)
+                                     or dict(wordtoix) != vocab.wordtoix):
+            raise DataError(f"{source}: wordtoix disagrees with ixtoword: {fix}")
         return vocab
 
     def to_maps(self) -> tuple[dict[int, str], dict[str, int]]:

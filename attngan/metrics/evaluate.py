@@ -32,12 +32,13 @@ import torch
 
 from attngan.data.dataset import build_dataset
 from attngan.data.errors import DataError
+from attngan.files import file_sha256
 from attngan.metrics.inception_metrics import GeneratedImageScores
 from attngan.metrics.r_precision import check_protocol, r_precision
 from attngan.metrics.shapes_checker import check_against_shuffled, parse_caption
 from attngan.train.checkpoint import require_same_vocabulary
 from attngan.train.damsm import load_damsm, resolve_damsm_checkpoint
-from attngan.train.gan import file_sha256, generate, load_gan
+from attngan.train.gan import generate, load_gan
 from attngan.train.runtime import resolve_device_argument
 
 __all__ = ["evaluate_generator"]

@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from attngan.config import ConfigError
+from attngan.files import file_sha256
 from attngan.nn.inception import InceptionClassifier, load_inception_state, read_inception_file
-from attngan.train.gan import file_sha256
 
 __all__ = ["INCEPTION_VARIANTS", "INPUT_SIZE", "InceptionNetwork", "FeatureMoments",
            "GeneratedImageScores", "load_inception_network", "check_splits", "inception_score",

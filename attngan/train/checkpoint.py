@@ -8,15 +8,14 @@ CUDA) is captured and restored so a resumed run draws the same numbers as an uni
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from attngan.files import write_atomically
 from attngan.nn.state_files import load_failure_reason
 
 
@@ -25,20 +24,8 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
-    """Write `payload` to `path` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    """Write `payload` to `path` atomically (attngan.files.write_atomically)."""
+    return write_atomically(path, lambda stream: torch.save(payload, stream))
 
 
 def resolve_run_checkpoint(path_or_run_dir: str | Path, file_name: str, run_kind: str) -> Path:

@@ -21,7 +21,6 @@ their own generators).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from tqdm import tqdm
 from attngan.config import Config, config_from_dict, config_to_dict, save_config
 from attngan.data.dataset import build_dataset, collate
 from attngan.data.vocab import Vocabulary
+from attngan.files import file_sha256
 from attngan.nn.discriminator import build_discriminators
 from attngan.nn.generator import Generator
 from attngan.nn.text_encoder import TextEncoder
@@ -47,19 +47,11 @@ from attngan.train.runtime import prepare_run, training_autocast
 from attngan.viz import save_image_grid
 
 __all__ = ["GANTrainer", "train_gan", "load_gan", "generate", "resolve_gan_checkpoint",
-           "file_sha256", "CHECKPOINT_NAME"]
+           "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "gan_last.pt"
 FIXED_CAPTIONS = 8            # captions of the sample grids
 FIXED_NOISES = 2              # noise vectors per caption in the sample grids
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_gan_checkpoint(path_or_run_dir: str | Path) -> Path:

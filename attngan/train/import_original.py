@@ -48,6 +48,7 @@ import torch.nn as nn
 from attngan.config import Config, ConfigError, config_to_dict, save_config
 from attngan.data.dataset import build_dataset, read_split
 from attngan.data.errors import DataError
+from attngan.files import file_sha256
 from attngan.nn.generator import Generator
 from attngan.nn.image_encoder import build_image_encoder
 from attngan.nn.state_files import load_state_exactly, read_state_file
@@ -56,7 +57,6 @@ from attngan.train.checkpoint import CheckpointError, save_checkpoint
 from attngan.train.damsm import CHECKPOINT_NAME, evaluate_r_precision, load_damsm, \
     resolve_damsm_checkpoint
 from attngan.train.gan import CHECKPOINT_NAME as GAN_CHECKPOINT_NAME
-from attngan.train.gan import file_sha256
 from attngan.train.runtime import prepare_run
 
 __all__ = ["import_damsm", "import_generator", "original_generator_name"]
