@@ -60,6 +60,17 @@ def triton_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def interpreter_dtype_reason(impl: str, dtype: torch.dtype, device: torch.device
+                             ) -> Optional[str]:
+    """Why the Triton interpreter (which runs the Triton kernels on CPU tensors) cannot take
+    `dtype`, or None: its bfloat16 products are wrong (a 16 x 16 bfloat16 tl.dot off by 1e10
+    under Triton 3.8), which would be a silent wrong result."""
+    if impl == "triton" and dtype == torch.bfloat16 and torch.device(device).type == "cpu":
+        return ("the Triton interpreter (TRITON_INTERPRET=1, CPU tensors) computes bfloat16 "
+                "products wrongly; use float32 or float16 there, or impl='cpp'")
+    return None
+
+
 def unavailable_reason(op: str, impl: str, device: torch.device) -> Optional[str]:
     """None if `impl` of `op` can run on `device`, else a sentence saying why not."""
     if op not in OP_IMPLS:
@@ -100,10 +111,11 @@ def choose(op: str, device: torch.device, impl: str = "auto",
         impl: "auto" or an implementation name; "auto" defers to ATTNGAN_IMPL when set.
         supported: optional shape check, impl -> None if the inputs are supported, else why not.
     """
-    if impl == "auto":
-        impl = os.environ.get("ATTNGAN_IMPL", "auto") or "auto"
+    source = "impl"
+    if impl == "auto" and os.environ.get("ATTNGAN_IMPL"):
+        impl, source = os.environ["ATTNGAN_IMPL"], "the environment variable ATTNGAN_IMPL"
     if impl not in IMPL_CHOICES:
-        raise ValueError(f"impl='{impl}' is not known; choose from {', '.join(IMPL_CHOICES)}")
+        raise ValueError(f"{source}='{impl}' is not known; choose from {', '.join(IMPL_CHOICES)}")
     if impl == "loop" and "loop" not in OP_IMPLS.get(op, ("loop",)):
         impl = "reference"   # an op the original computes batched: its way is the reference
     if impl != "auto":
@@ -111,7 +123,7 @@ def choose(op: str, device: torch.device, impl: str = "auto",
         if reason is None and supported is not None:
             reason = supported(impl)
         if reason is not None:
-            raise ImplementationUnavailable(f"{op}: impl='{impl}' cannot run here: {reason}")
+            raise ImplementationUnavailable(f"{op}: {source}='{impl}' cannot run here: {reason}")
         return impl
     preferred = ("triton", "cuda") if device.type == "cuda" else ("cpp",)
     for candidate in preferred:

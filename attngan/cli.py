@@ -152,7 +152,8 @@ def _evaluate(args) -> int:
                                  damsm_path=args.damsm,
                                  inception_weights=args.inception_weights,
                                  inception_variant=args.inception_variant,
-                                 fid_stats=args.fid_stats, inception_splits=args.inception_splits)
+                                 fid_stats=args.fid_stats, inception_splits=args.inception_splits,
+                                 data_root=args.data_root)
     print(json.dumps(results, indent=2))
     return 0
 
@@ -231,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--damsm", help="DAMSM run or checkpoint for R-precision "
                                    "(default: the one the GAN was trained with)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", metavar="PATH",
+                   help="where the run's data set is now (default: data.root of its config)")
     p.add_argument("--inception-weights", metavar="PATH",
                    help="Inception-v3 weights file: adds the Inception Score and FID")
     p.add_argument("--inception-variant", default="torchvision",

@@ -12,13 +12,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.resources
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import yaml
+
+from attngan.backend import IMPL_CHOICES
 
 
 class ConfigError(ValueError):
@@ -220,11 +223,83 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def _at_least(low: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda value: value >= low), f"at least {low}"
+
+
+def _positive() -> tuple[Callable[[Any], bool], str]:
+    return (lambda value: math.isfinite(value) and value > 0), "a finite number above 0"
+
+
+def _between(low: float, high: float, *, high_open: bool = False
+             ) -> tuple[Callable[[Any], bool], str]:
+    return ((lambda value: low <= value < high) if high_open else
+            (lambda value: low <= value <= high)), \
+        f"in [{low}, {high}{')' if high_open else ']'}"
+
+
+_ADAM_BETAS = ((lambda value: len(value) == 2 and all(0 <= beta < 1 for beta in value)),
+               "two numbers in [0, 1), like [0.5, 0.999]")
+_EVERY = _at_least(1)
+# The ranges of the settings whose types alone let wrong values through, checked when a config
+# is built, before any data or model is: a zero log_every, an empty betas list or a negative
+# learning rate would otherwise fail steps or epochs later in torch's words, or run silently
+# wrong (epochs = 0 trained nothing and reported a checkpoint it never wrote). Settings a module
+# checks against its own rules (data.base_size, text_encoder.hidden_dim, gan.ema_decay, ...)
+# are checked there.
+LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.eval_words_num": ((lambda value: value is None or value >= 1),
+                            "at least 1, or null for data.words_num"),
+    "data.captions_per_image": _at_least(1),
+    "data.branch_num": _at_least(1),
+    "data.num_workers": _at_least(0),
+    "text_encoder.embedding_dim": _at_least(1),
+    "text_encoder.dropout": _between(0, 1, high_open=True),
+    "image_encoder.width": _at_least(1),
+    "damsm.gamma1": _positive(), "damsm.gamma2": _positive(), "damsm.gamma3": _positive(),
+    "damsm.batch_size": _at_least(2),
+    "damsm.epochs": _at_least(1),
+    "damsm.lr": _positive(),
+    "damsm.betas": _ADAM_BETAS,
+    "damsm.lr_decay": _between(0, 1),
+    "damsm.min_lr_ratio": _between(0, 1),
+    "damsm.grad_clip": _positive(),
+    "damsm.log_every": _EVERY,
+    "damsm.checkpoint_every": _EVERY,
+    "damsm.eval_candidates": _at_least(2),
+    "damsm.eval_folds": _at_least(1),
+    "gan.ngf": _at_least(1), "gan.ndf": _at_least(1),
+    "gan.z_dim": _at_least(1), "gan.cond_dim": _at_least(1),
+    "gan.r_num": _at_least(0),
+    "gan.lambda_damsm": ((lambda value: math.isfinite(value) and value >= 0),
+                         "a finite number, 0 or more"),
+    "gan.epochs": _at_least(1),
+    "gan.max_steps": ((lambda value: value >= 0), "0 (every epoch) or more"),
+    "gan.lr_g": _positive(), "gan.lr_d": _positive(),
+    "gan.betas": _ADAM_BETAS,
+    "gan.log_every": _EVERY, "gan.sample_every": _EVERY, "gan.checkpoint_every": _EVERY,
+    "run.seed": _between(0, 2 ** 32 - 1),
+    "run.impl": ((lambda value: value in IMPL_CHOICES), f"one of {', '.join(IMPL_CHOICES)}"),
+    "run.threads": ((lambda value: value >= 0), "0 (torch's default) or more"),
+}
+
+
+def _check_limits(config: Config) -> None:
+    for key, (within, allowed) in LIMITS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if not within(value):
+            raise ConfigError(f"config key '{key}' must be {allowed}, got {value!r}")
+
+
 def config_from_dict(values: dict) -> Config:
-    """Build a `Config` from nested plain values; unknown keys and wrong types raise."""
+    """Build a `Config` from nested plain values; unknown keys, wrong types and values out of
+    their range (`LIMITS`) raise."""
     if not isinstance(values, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(values).__name__}")
-    return _build(Config, values)
+    config = _build(Config, values)
+    _check_limits(config)
+    return config
 
 
 def config_to_dict(config: Any) -> dict:
@@ -280,6 +355,9 @@ def resolve_config_path(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; pass a YAML file, or a preset by "
+                          f"name: {', '.join(preset_names())}")
     stem = path.name[:-len(".yaml")] if path.name.endswith(".yaml") else path.name
     if path.parent in (Path("."), Path("configs")) and stem in preset_names():
         return preset_path(stem)
@@ -294,9 +372,12 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
     if path is not None:
         path = resolve_config_path(path)
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"config file {path} is not UTF-8 text ({error.reason} at byte "
+                              f"{error.start}); pass a YAML file") from None
     try:
         return config_from_dict(apply_overrides(values, overrides))
     except ConfigError as error:

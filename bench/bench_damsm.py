@@ -98,7 +98,8 @@ def unavailable(provider: str, words: torch.Tensor, regions: torch.Tensor) -> Op
     """None if the provider runs on these inputs here, else why not."""
     impl = "reference" if provider == "reference_compiled" else provider
     reason = backend.unavailable_reason("damsm_word_similarity", impl, words.device)
-    return reason or damsm._unsupported(impl, words.dtype, damsm._shape_reasons(words, regions))
+    return reason or damsm._unsupported(impl, words.dtype, words.device,
+                                        damsm._shape_reasons(words, regions))
 
 
 def make_call(provider: str, words, lengths, regions, grad_s,

@@ -136,7 +136,7 @@ def unavailable(provider: str, device: torch.device, dtype: torch.dtype, size: d
         return None if hasattr(SDPBackend, name) else f"this torch has no SDPBackend.{name}"
     impl = _implementation(provider)
     reason = backend.unavailable_reason("word_attention", impl, device)
-    return reason or wa._unsupported(impl, size["channels"], size["words"], dtype)
+    return reason or wa._unsupported(impl, size["channels"], size["words"], dtype, str(device))
 
 
 def _implementation(provider: str) -> str:

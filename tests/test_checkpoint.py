@@ -7,16 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from attngan.train.checkpoint import (CheckpointError, load_checkpoint,
+from attngan.config import Config, config_to_dict
+from attngan.train.checkpoint import (CheckpointError, load_checkpoint, require_resumable_config,
                                       require_same_vocabulary, resolve_run_checkpoint,
-                                      rng_state, save_checkpoint, set_rng_state)
+                                      rng_state, run_checkpoint_path, save_checkpoint,
+                                      set_rng_state, trim_metrics)
 
 
 def test_round_trip_with_weights_only(tmp_path):
     payload = {"kind": "damsm", "weights": {"w": torch.randn(3, 4)}, "step": 7,
                "vocab": ["<end>", "a"], "betas": (0.5, 0.999)}
     path = save_checkpoint(tmp_path / "sub" / "c.pt", payload)
-    loaded = load_checkpoint(path, kind="damsm")
+    loaded = load_checkpoint(path)
     assert torch.equal(loaded["weights"]["w"], payload["weights"]["w"])
     assert loaded["step"] == 7 and loaded["vocab"] == ["<end>", "a"]
     assert [p.name for p in path.parent.iterdir()] == ["c.pt"]   # no temporary left behind
@@ -41,6 +43,10 @@ def test_wrong_kind_missing_and_corrupt_files(tmp_path):
     torch.save({"no": "kind"}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not an attngan checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+    torch.save({"kind": "gan", "config": {}}, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match="partial.pt is not a complete attngan gan "
+                                              "checkpoint \\(no 'damsm_config', "):
+        load_checkpoint(tmp_path / "partial.pt", kind="gan")
 
 
 def test_run_folders_resolve_to_their_last_checkpoint(tmp_path):
@@ -110,3 +116,51 @@ def test_resume_on_another_vocabulary_is_refused():
     require_same_vocabulary(payload, "abc", "c.pt", "data/shapes")
     with pytest.raises(CheckpointError, match="another vocabulary than the data in data/x"):
         require_same_vocabulary(payload, "def", "c.pt", "data/x")
+
+
+def test_run_folders_are_checked_before_a_run_writes(tmp_path):
+    """A run never writes into a file, into a run of the other kind (whose config.yaml and
+    metrics it would overwrite), or over a run of its kind without --resume."""
+    damsm = tmp_path / "damsm"
+    save_checkpoint(damsm / "checkpoints" / "damsm_last.pt", {"kind": "damsm"})
+    with pytest.raises(CheckpointError, match=r"holds a DAMSM run \(checkpoints/damsm_last\.pt\); "
+                                              "choose another --out folder for the GAN run"):
+        run_checkpoint_path(damsm, "gan", resume=False)
+    with pytest.raises(CheckpointError, match="already holds a DAMSM run .* pass --resume"):
+        run_checkpoint_path(damsm, "damsm", resume=False)
+    assert run_checkpoint_path(damsm, "damsm", resume=True) == \
+        damsm / "checkpoints" / "damsm_last.pt"
+    with pytest.raises(CheckpointError, match="--resume: .*gan_last.pt does not exist; train "
+                                              "without --resume"):
+        run_checkpoint_path(tmp_path / "new", "gan", resume=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match="is a file, not a folder"):
+        run_checkpoint_path(tmp_path / "file", "damsm", resume=False)
+
+
+def test_a_resume_may_change_only_how_long_and_where_a_run_trains(tmp_path):
+    config = Config()
+    saved = {"config": config_to_dict(config)}
+    changed = config_to_dict(config)
+    changed["gan"].update(max_steps=99, epochs=3)
+    changed["run"].update(device="cpu", impl="reference")
+    changed["data"]["root"] = "/elsewhere"
+    require_resumable_config(saved, changed, tmp_path / "c.pt", tmp_path)
+    changed["gan"]["ngf"] = 8
+    changed["damsm"]["lr"] = 0.1
+    with pytest.raises(CheckpointError, match=r"--resume: the config differs from the one .*c\.pt "
+                       r"was trained with: damsm\.lr=0\.1 \(the run's: 0\.002\), gan\.ngf=8 "
+                       r"\(the run's: 32\); resume with the run's config \(--config "
+                       f"{tmp_path}/config.yaml"):
+        require_resumable_config(saved, changed, tmp_path / "c.pt", tmp_path)
+
+
+def test_trim_metrics_drops_later_lines_and_a_line_cut_short(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "lo')
+    trim_metrics(path, 2)
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+    path.write_text('{"step": 1}\n{"ste\n{"step": 2}\n')
+    with pytest.raises(CheckpointError, match="metrics.jsonl line 2 is not a JSON record"):
+        trim_metrics(path, 2)
+    assert path.read_text() == '{"step": 1}\n{"ste\n{"step": 2}\n'

@@ -53,6 +53,37 @@ def test_wrong_types_are_errors(override, message):
         load_config("configs/shapes.yaml", [override])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("damsm.betas=[0.5]", "'damsm.betas' must be two numbers in [0, 1), like [0.5, 0.999], got "
+                          "(0.5,)"),
+    ("gan.betas=[0.5, 1.0]", "'gan.betas' must be two numbers in [0, 1)"),
+    ("damsm.checkpoint_every=0", "'damsm.checkpoint_every' must be at least 1, got 0"),
+    ("gan.sample_every=0", "'gan.sample_every' must be at least 1, got 0"),
+    ("damsm.epochs=0", "'damsm.epochs' must be at least 1, got 0"),
+    ("gan.epochs=-3", "'gan.epochs' must be at least 1, got -3"),
+    ("gan.max_steps=-1", "'gan.max_steps' must be 0 (every epoch) or more, got -1"),
+    ("data.branch_num=0", "'data.branch_num' must be at least 1, got 0"),
+    ("data.captions_per_image=0", "'data.captions_per_image' must be at least 1, got 0"),
+    ("damsm.eval_candidates=1", "'damsm.eval_candidates' must be at least 2, got 1"),
+    ("damsm.gamma1=-1", "'damsm.gamma1' must be a finite number above 0, got -1.0"),
+    ("damsm.gamma2=.nan", "'damsm.gamma2' must be a finite number above 0, got nan"),
+    ("gan.lr_d=0", "'gan.lr_d' must be a finite number above 0, got 0.0"),
+    ("damsm.batch_size=1", "'damsm.batch_size' must be at least 2, got 1"),
+    ("text_encoder.dropout=1", "'text_encoder.dropout' must be in [0, 1), got 1.0"),
+    ("run.seed=-1", r"'run.seed' must be in [0, 4294967295], got -1"),
+    ("run.threads=-1", "'run.threads' must be 0 (torch's default) or more, got -1"),
+    ("run.impl=fast", "'run.impl' must be one of auto, loop, reference, cpp, triton, cuda, got "
+                      "'fast'"),
+    ("data.num_workers=-1", "'data.num_workers' must be at least 0, got -1"),
+])
+def test_values_out_of_range_are_errors_naming_the_key(override, message):
+    """Caught when the config is built, before data or models: these failed later in torch's
+    words (modulo by zero, Adam's index error) or ran silently wrong (no epoch trained)."""
+    with pytest.raises(ConfigError) as caught:
+        load_config("configs/shapes.yaml", [override])
+    assert str(caught.value).startswith(f"config key {message}")
+
+
 def test_overrides_apply_and_config_is_frozen():
     config = load_config("configs/shapes.yaml", ["damsm.batch_size=8", "damsm.lr=1e-3",
                                                  "data.synthetic.colors=[red, blue]",
@@ -71,6 +102,11 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("damsm: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+    bad.write_bytes(b"\xff\xfe d\x00a\x00")
+    with pytest.raises(ConfigError, match=f"config file {bad} is not UTF-8 text"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=f"config file {tmp_path} is a folder"):
+        load_config(tmp_path)
 
 
 def test_presets_by_name_and_outside_a_clone(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from attngan.ops import damsm as damsm_module
 from attngan.ops._library import damsm_word_similarity_ops
 from attngan.ops.damsm import damsm_word_loss, damsm_word_similarity
 from attngan.ops.reference import damsm_word_similarity_reference
+from attngan.ops.word_attention import word_attention
 
 CPU = torch.device("cpu")
 FUSED = ["cpp", "triton"]
@@ -381,16 +382,30 @@ def test_dispatch_unavailable_impl_raises_with_reason():
     assert reason is not None
     with pytest.raises(ImplementationUnavailable, match="impl='cuda'"):
         damsm_word_similarity(words, lengths, regions, impl="cuda")
-    with pytest.raises(ValueError, match="not known"):
+    with pytest.raises(ValueError, match="impl='fastest' is not known"):
         damsm_word_similarity(words, lengths, regions, impl="fastest")
+
+
+def test_dispatch_errors_name_the_environment_variable_that_chose(monkeypatch):
+    """A user who never passed `impl` is told where the implementation came from."""
+    words, lengths, regions = _inputs(2, 3, 8, 5, 6, dtype=torch.float32)
+    monkeypatch.setenv("ATTNGAN_IMPL", "fastest")
+    with pytest.raises(ValueError, match="the environment variable ATTNGAN_IMPL='fastest' is not "
+                                         "known; choose from auto, loop"):
+        damsm_word_similarity(words, lengths, regions)
+    monkeypatch.setenv("ATTNGAN_IMPL", "cuda")
+    with pytest.raises(ImplementationUnavailable, match="the environment variable "
+                                                        "ATTNGAN_IMPL='cuda' cannot run here"):
+        damsm_word_similarity(words, lengths, regions)
 
 
 def test_shape_limits_of_the_gpu_kernels_steer_dispatch():
     words, regions = torch.empty(2, 8, 40), torch.empty(3, 8, 6)
     reasons = damsm_module._shape_reasons(words, regions)
-    assert "L <= 32" in damsm_module._unsupported("cuda", torch.float32, reasons)
-    assert damsm_module._unsupported("cpp", torch.float32, reasons) is None
-    assert damsm_module._unsupported("cuda", torch.float32,
+    cuda = torch.device("cuda")
+    assert "L <= 32" in damsm_module._unsupported("cuda", torch.float32, cuda, reasons)
+    assert damsm_module._unsupported("cpp", torch.float32, CPU, reasons) is None
+    assert damsm_module._unsupported("cuda", torch.float32, cuda,
                                      damsm_module._shape_reasons(words[:, :, :32], regions)) is None
 
 
@@ -474,3 +489,16 @@ def test_word_loss_needs_matching_batches():
     regions = torch.randn(3, 8, 6)
     with pytest.raises(ValueError, match="class_ids"):
         damsm_word_loss(words, lengths, regions, class_ids=[1, 2], impl="reference")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter runs where there is no GPU")
+def test_the_triton_interpreter_refuses_bfloat16():
+    """Its bfloat16 products are wrong (Triton 3.8: results off by 1e8 and more), which would be
+    a silent wrong result; float16 and float32 stay open to it."""
+    words, lengths, regions = _inputs(2, 3, 8, 5, 6, dtype=torch.bfloat16)
+    with pytest.raises(ImplementationUnavailable, match="the Triton interpreter .* computes "
+                                                        "bfloat16 products wrongly"):
+        damsm_word_similarity(words, lengths, regions, impl="triton")
+    query, words = torch.randn(2, 16, 4, 4, dtype=torch.bfloat16), torch.randn(2, 16, 5).bfloat16()
+    with pytest.raises(ImplementationUnavailable, match="computes bfloat16 products wrongly"):
+        word_attention(query, words, torch.tensor([5, 2]), impl="triton")

@@ -72,6 +72,15 @@ def test_resume_continues_exactly(data_root, tmp_path):
         for name, tensor in a[part].items():
             assert torch.equal(tensor, b[part][name]), f"{part}.{name} differs after resume"
 
+    def metrics(run):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics(split) == metrics(straight)
+    with pytest.raises(CheckpointError, match="has trained 2 epochs, as many as damsm.epochs=2; "
+                                              "raise damsm.epochs to train on"):
+        pretrain_damsm(tiny_config(data_root, "damsm.epochs=2"), split, resume=True,
+                       progress=False)
+
 
 @pytest.mark.parametrize("impl", ["reference", "cpp"])
 def test_one_step_is_the_same_with_every_implementation(data_root, impl):

@@ -113,3 +113,41 @@ def test_data_of_another_vocabulary_is_refused_before_generating(run, monkeypatc
                                               "trained on"):
         evaluate_generator(run[0], max_images=4)
     assert generated == []
+
+
+
+def test_an_output_that_cannot_be_written_is_an_error_before_generating(run, tmp_path,
+                                                                        monkeypatch):
+    """An --out that is a folder lost the whole evaluation at the end."""
+    generated = []
+    monkeypatch.setattr(evaluate_module, "generate", lambda *args, **kwargs: generated.append(1))
+    with pytest.raises(ValueError, match=f"--out {tmp_path} is a folder; pass the path of a "
+                                         r"\.json file"):
+        evaluate_generator(run[0], out_path=tmp_path, max_images=4)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="cannot make the folder of --out .*e.json"):
+        evaluate_generator(run[0], out_path=tmp_path / "file" / "e.json", max_images=4)
+    assert generated == []
+
+
+def test_data_and_damsm_that_moved_since_training(run, tmp_path, monkeypatch):
+    """The run's config and checkpoint name where its data and DAMSM were; when they have
+    moved, the error says which option points at them, and the options work."""
+    gan, damsm = run
+    load_gan = evaluate_module.load_gan
+
+    def load_as_if_moved(*args, **kwargs):
+        netG, text_encoder, vocab, config, payload = load_gan(*args, **kwargs)
+        data = dataclasses.replace(config.data, root=str(tmp_path / "old_data"))
+        return (netG, text_encoder, vocab, dataclasses.replace(config, data=data),
+                {**payload, "damsm_checkpoint": str(tmp_path / "old_damsm" / "d.pt")})
+    monkeypatch.setattr(evaluate_module, "load_gan", load_as_if_moved)
+    data_root = load_gan(gan)[3].data.root
+    with pytest.raises(DataError, match=f"the run's test data, data.root={tmp_path}/old_data in "
+                                        "its config, is not there .* pass --data-root"):
+        evaluate_generator(gan, max_images=4)
+    with pytest.raises(CheckpointError, match=f"{tmp_path}/old_damsm/d.pt, is not there any "
+                                              "more; pass --damsm"):
+        evaluate_generator(gan, max_images=4, data_root=data_root)
+    result = evaluate_generator(gan, max_images=12, data_root=data_root, damsm_path=damsm)
+    assert result["protocol"]["samples"] == 12

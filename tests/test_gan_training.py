@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from attngan.backend import ImplementationUnavailable
 from attngan.config import load_config
 from attngan.data.synthetic import make_synthetic
 from attngan.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -155,6 +156,37 @@ def test_existing_run_needs_resume_and_resume_needs_a_run(tiny, tmp_path):
     train_gan(_with(config, max_steps=1), damsm, tmp_path / "run", progress=False)
     with pytest.raises(CheckpointError, match="--resume"):
         train_gan(_with(config, max_steps=2), damsm, tmp_path / "run", progress=False)
+
+
+def test_resume_refuses_another_model_and_a_run_with_nothing_left(tiny, tmp_path):
+    """Before anything is loaded or written: a resumed run with another model size failed in
+    load_state_dict's words, and one with no step left reported a finished run."""
+    config, damsm = tiny
+    run = tmp_path / "run"
+    train_gan(_with(config, max_steps=2), damsm, run, progress=False)
+    before = (run / "metrics.jsonl").read_text()
+    with pytest.raises(CheckpointError, match=r"gan\.ngf=4 \(the run's: 8\)"):
+        train_gan(_with(config, max_steps=4, ngf=4), damsm, run, resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="has trained 2 steps, as many as this config's 2 "
+                                              r"\(gan.epochs=.*raise them to train on"):
+        train_gan(_with(config, max_steps=2), damsm, run, resume=True, progress=False)
+    assert (run / "metrics.jsonl").read_text() == before
+    with pytest.raises(CheckpointError, match="holds a DAMSM run"):
+        train_gan(_with(config, max_steps=1), damsm, damsm, progress=False)
+
+
+def test_run_settings_that_cannot_run_here_fail_before_the_run_writes(tiny, tmp_path):
+    """A device this torch lacks failed in torch's words (or, sampling, called the checkpoint
+    corrupt); kernels that cannot run here failed at the first step, after the run folder was
+    written."""
+    config, damsm = tiny
+    for run in (dict(device="mps"), dict(device="meta"), dict(impl="cuda")):
+        changed = dataclasses.replace(config, run=dataclasses.replace(config.run, **run))
+        with pytest.raises((ValueError, ImplementationUnavailable),
+                           match="run.device='.*' is not a device this project runs on; use "
+                                 "auto, cpu or cuda|run.impl='cuda' on cpu: .*cannot run here"):
+            train_gan(changed, damsm, tmp_path / "run", progress=False)
+        assert not (tmp_path / "run").exists()
 
 
 def test_damsm_of_another_vocabulary_is_refused(tiny, tmp_path):

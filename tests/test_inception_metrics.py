@@ -13,7 +13,7 @@ from attngan.config import ConfigError
 from attngan.files import file_sha256
 from attngan.metrics import inception_metrics
 from attngan.metrics.evaluate import evaluate_generator
-from attngan.metrics.inception_metrics import (FeatureMoments, GeneratedImageScores,
+from attngan.metrics.inception_metrics import (FEATURES, FeatureMoments, GeneratedImageScores,
                                                frechet_distance, inception_score,
                                                load_inception_network, load_statistics,
                                                save_statistics)
@@ -209,7 +209,8 @@ def test_network_file_errors(tmp_path, torchvision_file):
 
 def test_statistics_files(tmp_path, torchvision_file):
     network = load_inception_network(torchvision_file[0])
-    mu, sigma = torch.randn(4, dtype=torch.float64), torch.eye(4, dtype=torch.float64)
+    mu = torch.randn(FEATURES, dtype=torch.float64)
+    sigma = torch.eye(FEATURES, dtype=torch.float64)
     ours = tmp_path / "ours.npz"
     save_statistics(ours, mu, sigma, network, resolution=64, images=12)
     got_mu, got_sigma, recorded = load_statistics(ours, network, 64)
@@ -236,7 +237,9 @@ def test_statistics_files(tmp_path, torchvision_file):
             load_statistics(path)
     fails(dict(mu=mu.numpy()), "lacks sigma", "a.npz")
     fails(dict(mu=mu.numpy(), sigma=np.eye(3)), r"expected float mu \[d\]", "b.npz")
-    fails(dict(mu=np.full(4, np.nan), sigma=np.eye(4)), "NaN or infinite", "c.npz")
+    fails(dict(mu=np.zeros(10), sigma=np.eye(10)), "holds statistics of 10 features, but FID "
+          "compares Inception's 2048 pool features", "c.npz")
+    fails(dict(mu=np.full(2048, np.nan), sigma=np.eye(2048)), "NaN or infinite", "d.npz")
     with pytest.raises(ConfigError, match="does not exist"):
         load_statistics(tmp_path / "none.npz")
     garbage = tmp_path / "garbage.npz"

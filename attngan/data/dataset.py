@@ -49,6 +49,9 @@ def read_image(path: Path, fix: str) -> Image.Image:
             return image.convert("RGB")
     except FileNotFoundError:
         raise DataError(f"image {path} is missing; {fix}") from None
+    except (PermissionError, IsADirectoryError) as error:
+        raise DataError(f"image {path} cannot be read ({error.strerror}); make it a readable "
+                        "file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise DataError(f"image {path} cannot be decoded ({type(error).__name__}: {error}); "
                         f"replace the file with a good copy ({fix})") from None

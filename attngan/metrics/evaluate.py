@@ -23,6 +23,7 @@ words, which defaults to data.words_num; SPEC's evaluation lengths are 25 for CU
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -36,7 +37,7 @@ from attngan.files import file_sha256
 from attngan.metrics.inception_metrics import GeneratedImageScores
 from attngan.metrics.r_precision import check_protocol, r_precision
 from attngan.metrics.shapes_checker import check_against_shuffled, parse_caption
-from attngan.train.checkpoint import require_same_vocabulary
+from attngan.train.checkpoint import CheckpointError, require_same_vocabulary
 from attngan.train.damsm import load_damsm, resolve_damsm_checkpoint
 from attngan.train.gan import generate, load_gan
 from attngan.train.runtime import resolve_device_argument
@@ -68,20 +69,43 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
                        batch_size: int = 64, inception_weights: Optional[str | Path] = None,
                        inception_variant: str = "torchvision",
                        fid_stats: Optional[str | Path] = None,
-                       inception_splits: int = 10) -> dict:
+                       inception_splits: int = 10,
+                       data_root: Optional[str | Path] = None) -> dict:
     """Score the generator of `ckpt_path` (file or run folder); returns (and with `out_path`
     writes as JSON) dict(protocol, checker (shapes data only, else None), r_precision,
-    inception_score and fid (None without `inception_weights`))."""
+    inception_score and fid (None without `inception_weights`)). The test split is the run's
+    data (its config's data.root, or `data_root` where the data set is now)."""
     device = resolve_device_argument(device)
     if fid_stats is not None and inception_weights is None:
         raise ValueError("fid_stats needs inception_weights: FID is computed with the Inception "
                          "network the statistics were made with")
+    if out_path is not None:                   # checked before the work its results are of
+        out_path = Path(out_path)
+        if out_path.is_dir():
+            raise ValueError(f"--out {out_path} is a folder; pass the path of a .json file")
+        try:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"cannot make the folder of --out {out_path} "
+                             f"({error.strerror or error}); pass another path") from None
     netG, gan_text_encoder, vocab, config, payload = load_gan(ckpt_path, device)
+    if data_root is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                      root=str(data_root)))
+    elif not Path(config.data.root).is_dir():
+        raise DataError(f"the run's test data, data.root={config.data.root} in its config, is "
+                        f"not there (a relative path is taken from the current folder); pass "
+                        f"--data-root with where that data set is now")
     eval_words = (config.data.words_num if config.data.eval_words_num is None
                   else config.data.eval_words_num)
     dataset = build_dataset(config.data, "test", augment=False, words_num=eval_words)
     require_same_vocabulary(payload, dataset.vocab.fingerprint(), payload["path"],
                             config.data.root, fix="evaluate it on the data it was trained on")
+    if damsm_path is None and not Path(payload["damsm_checkpoint"]).exists():
+        raise CheckpointError(f"the DAMSM checkpoint {payload['path']} was trained with, "
+                              f"{payload['damsm_checkpoint']}, is not there any more; pass "
+                              f"--damsm with its run folder or .pt file where it is now (sha256 "
+                              f"{payload['damsm_sha256'][:12]}...)")
     damsm_file = resolve_damsm_checkpoint(damsm_path or payload["damsm_checkpoint"])
     text_encoder, image_encoder, _, _ = load_damsm(damsm_file, device, expected_vocab=vocab)
     damsm_hash = file_sha256(damsm_file)
@@ -167,7 +191,5 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
         "fid": fid,
     }
     if out_path is not None:
-        out_path = Path(out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(result, indent=2))
     return result

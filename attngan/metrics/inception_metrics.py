@@ -227,6 +227,10 @@ def load_statistics(path: Union[str, Path], network: Optional[InceptionNetwork] 
         raise ConfigError(f"FID statistics file {path} holds mu {mu.shape} {mu.dtype} and sigma "
                           f"{sigma.shape} {sigma.dtype}; expected float mu [d] and sigma [d, d]; "
                           f"{fix}")
+    if mu.shape[0] != FEATURES:
+        raise ConfigError(f"FID statistics file {path} holds statistics of {mu.shape[0]} "
+                          f"features, but FID compares Inception's {FEATURES} pool features; "
+                          f"{fix}")
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise ConfigError(f"FID statistics file {path} holds NaN or infinite values; {fix}")
     recorded = {key: content[key].item() for key in ("variant", "weights_sha256", "resolution",
@@ -272,7 +276,12 @@ class GeneratedImageScores:
             self.real, self.real_source = (mu, sigma), dict(file=str(self.fid_stats), **recorded)
         elif self.fid_stats is not None:
             folder = self.fid_stats.parent
-            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise ValueError(f"cannot make the folder {folder} for the FID statistics "
+                                 f"({error.strerror or error}); pass another --fid-stats "
+                                 "path") from None
             if not os.access(folder, os.W_OK):
                 raise ValueError(f"cannot write FID statistics into {folder}; pass a --fid-stats "
                                  f"path in a writable folder")

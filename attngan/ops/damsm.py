@@ -80,14 +80,15 @@ CUDA_MAX_DIM = 256
 CUDA_MAX_WORDS = 32
 
 
-def _unsupported(impl: str, dtype: torch.dtype, shape_reasons: tuple) -> Optional[str]:
-    """None if `impl` takes inputs of this dtype, else why not. shape_reasons: the Triton and
-    CUDA kernels' verdicts on the shapes (None where they fit)."""
+def _unsupported(impl: str, dtype: torch.dtype, device: torch.device,
+                 shape_reasons: tuple) -> Optional[str]:
+    """None if `impl` takes inputs of this dtype on `device`, else why not. shape_reasons: the
+    Triton and CUDA kernels' verdicts on the shapes (None where they fit)."""
     if impl in ("triton", "cuda") and dtype == torch.float64:
         return f"the {impl} kernel takes float32, float16 or bfloat16, not float64"
-    if impl in ("triton", "cuda"):
+    if impl in ("triton", "cuda") and shape_reasons[impl == "cuda"]:
         return shape_reasons[impl == "cuda"]
-    return None
+    return backend.interpreter_dtype_reason(impl, dtype, device)
 
 
 # Both run once per traced graph: torch.compile bakes their results in as constants instead of
@@ -100,7 +101,8 @@ def _triton_available(device: torch.device) -> bool:
 @torch.compiler.assume_constant_result
 def _choose_impl(device: torch.device, impl: str, dtype: torch.dtype,
                  shape_reasons: tuple) -> str:
-    return backend.choose(_OP, device, impl, lambda name: _unsupported(name, dtype, shape_reasons))
+    return backend.choose(_OP, device, impl,
+                          lambda name: _unsupported(name, dtype, device, shape_reasons))
 
 
 def _shape_reasons(words: torch.Tensor, regions: torch.Tensor) -> tuple:

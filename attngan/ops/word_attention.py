@@ -83,7 +83,8 @@ def _cuda_padded_words(num_words: int) -> int:
     return next(padded for padded in (8, 16, 24, 32, 48, 64) if num_words <= padded)
 
 
-def _unsupported(impl: str, channels: int, num_words: int, dtype: torch.dtype) -> Optional[str]:
+def _unsupported(impl: str, channels: int, num_words: int, dtype: torch.dtype,
+                 device: str) -> Optional[str]:
     if impl in ("triton", "cuda") and dtype == torch.float64:
         return f"the {impl} kernel takes float32, float16 or bfloat16 (got float64)"
     if impl in MAX_CHANNELS and channels > MAX_CHANNELS[impl]:
@@ -93,7 +94,7 @@ def _unsupported(impl: str, channels: int, num_words: int, dtype: torch.dtype) -
     if impl == "cuda" and channels * _cuda_padded_words(num_words) > _CUDA_MAX_TILE:
         return (f"C={channels} x L={num_words} exceeds the cuda kernel's shared-memory tile "
                 f"(C x L rounded up <= {_CUDA_MAX_TILE})")
-    return None
+    return backend.interpreter_dtype_reason(impl, dtype, device)
 
 
 @torch.compiler.assume_constant_result
@@ -101,7 +102,8 @@ def _choose(device: str, impl: str, channels: int, num_words: int, dtype: torch.
     """backend.choose for these sizes; torch.compile runs it once at trace time (it imports
     modules and reads the environment, which Dynamo cannot trace) and keeps the answer."""
     return backend.choose("word_attention", torch.device(device), impl,
-                          supported=lambda candidate: _unsupported(candidate, channels, num_words, dtype))
+                          supported=lambda candidate: _unsupported(candidate, channels,
+                                                                   num_words, dtype, device))
 
 
 def _precision(query: torch.Tensor, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,7 @@ CUDA) is captured and restored so a resumed run draws the same numbers as an uni
 """
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,94 @@ from attngan.nn.state_files import load_failure_reason
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or of the wrong kind (the message says the fix)."""
+
+
+# The checkpoint file of each kind of run folder, the run's name in messages, and the entries
+# every checkpoint of the kind holds (imported runs included).
+CHECKPOINT_NAMES = {"damsm": "damsm_last.pt", "gan": "gan_last.pt"}
+RUN_NAMES = {"damsm": "DAMSM", "gan": "GAN"}
+REQUIRED_ENTRIES = {
+    "damsm": ("config", "vocab", "vocab_fingerprint", "text_encoder", "image_encoder", "epoch",
+              "step"),
+    "gan": ("config", "damsm_config", "damsm_checkpoint", "damsm_sha256", "vocab",
+            "vocab_fingerprint", "text_encoder", "trainer", "step", "epoch"),
+}
+# What a resumed run may set differently from the run it continues: how long it trains, how
+# often it writes, where and with which kernels it runs, and where the data now is. Anything
+# else (a model size, a learning rate, the data's sizes) would not continue the run but start
+# another from its weights, or fail to load them.
+RESUME_MAY_CHANGE = frozenset({
+    "data.root", "data.num_workers", "damsm.epochs", "damsm.log_every", "damsm.checkpoint_every",
+    "gan.epochs", "gan.max_steps", "gan.log_every", "gan.sample_every", "gan.checkpoint_every",
+    "run.device", "run.impl", "run.threads"})
+
+
+def run_checkpoint_path(out_dir: Path, kind: str, resume: bool) -> Path:
+    """The checkpoint of a `kind` run to be written in `out_dir`, after checking the folder: it
+    must be a folder or nothing yet, hold no run of another kind (whose config.yaml and metrics
+    the new run would overwrite), hold no run of this kind unless resuming, and hold one when
+    resuming."""
+    name, run = CHECKPOINT_NAMES[kind], RUN_NAMES[kind]
+    checkpoint = out_dir / "checkpoints" / name
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"--out {out_dir} is a file, not a folder; choose a folder for the "
+                              f"{run} run")
+    for other, other_name in CHECKPOINT_NAMES.items():
+        if other != kind and (out_dir / "checkpoints" / other_name).exists():
+            raise CheckpointError(f"{out_dir} holds a {RUN_NAMES[other]} run (checkpoints/"
+                                  f"{other_name}); choose another --out folder for the {run} run")
+    if checkpoint.exists() and not resume:
+        raise CheckpointError(f"{out_dir} already holds a {run} run ({checkpoint}); pass "
+                              "--resume to continue it or choose another --out folder")
+    if resume and not checkpoint.exists():
+        raise CheckpointError(f"--resume: {checkpoint} does not exist; train without --resume "
+                              "to start a new run in this folder")
+    return checkpoint
+
+
+def _flat(values: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def require_resumable_config(payload: dict, config: dict, path: Path, out_dir: Path) -> None:
+    """Refuse to resume the run of checkpoint `payload` with a `config` (config_to_dict) that
+    differs from the run's own in anything but RESUME_MAY_CHANGE."""
+    saved, given = _flat(payload["config"]), _flat(config)
+    changed = sorted(key for key in saved.keys() | given.keys()
+                     if key not in RESUME_MAY_CHANGE and saved.get(key) != given.get(key))
+    if changed:
+        shown = ", ".join(f"{key}={given.get(key)!r} (the run's: {saved.get(key)!r})"
+                          for key in changed[:3]) + (" ..." if len(changed) > 3 else "")
+        raise CheckpointError(
+            f"--resume: the config differs from the one {path} was trained with: {shown}; resume "
+            f"with the run's config (--config {out_dir / 'config.yaml'}; a resume may change only "
+            f"{', '.join(sorted(RESUME_MAY_CHANGE))}) or start a new run in another --out folder")
+
+
+def trim_metrics(path: Path, last_step: int) -> None:
+    """Drop the lines of a run's metrics.jsonl written after the checkpoint it resumes from
+    (the resumed run writes them again), and a last line cut short by a crash mid-write."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                break
+            raise CheckpointError(f"{path} line {number} is not a JSON record ({line[:40]!r}); "
+                                  "repair or delete that line, then resume") from None
+        if record.get("step", 0) <= last_step:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept))
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
@@ -49,7 +138,8 @@ def resolve_run_checkpoint(path_or_run_dir: str | Path, file_name: str, run_kind
 
 def load_checkpoint(path: str | Path, *, kind: str | None = None,
                     map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint with weights_only=True; check its `kind` ("damsm", "gan") if given."""
+    """Read a checkpoint with weights_only=True; if `kind` ("damsm", "gan") is given, check that
+    the checkpoint is one of that kind with every entry such a checkpoint holds."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the .pt file written by "
@@ -65,6 +155,11 @@ def load_checkpoint(path: str | Path, *, kind: str | None = None,
     if kind is not None and payload["kind"] != kind:
         raise CheckpointError(f"{path} is a '{payload['kind']}' checkpoint, but a '{kind}' "
                               "checkpoint is needed here")
+    missing = [entry for entry in REQUIRED_ENTRIES.get(kind, ()) if entry not in payload]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete attngan {kind} checkpoint "
+                              f"(no {', '.join(repr(entry) for entry in missing)}): use another "
+                              "checkpoint or retrain")
     return payload
 
 

@@ -31,12 +31,13 @@ from attngan.metrics.r_precision import check_protocol, r_precision, r_precision
 from attngan.nn.image_encoder import build_image_encoder
 from attngan.nn.text_encoder import TextEncoder
 from attngan.ops.damsm import damsm_sentence_loss, damsm_word_loss, damsm_word_similarity
-from attngan.train.checkpoint import (CheckpointError, load_checkpoint,
-                                      require_same_vocabulary, resolve_run_checkpoint,
-                                      rng_state, save_checkpoint, set_rng_state)
+from attngan.train.checkpoint import (CHECKPOINT_NAMES, CheckpointError, load_checkpoint,
+                                      require_resumable_config, require_same_vocabulary,
+                                      resolve_run_checkpoint, rng_state, run_checkpoint_path,
+                                      save_checkpoint, set_rng_state, trim_metrics)
 from attngan.train.runtime import prepare_run, training_autocast
 
-CHECKPOINT_NAME = "damsm_last.pt"
+CHECKPOINT_NAME = CHECKPOINT_NAMES["damsm"]
 
 
 def epoch_learning_rate(lr: float, decay: float, min_ratio: float, epoch: int) -> float:
@@ -148,10 +149,20 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
                    progress: bool = True) -> dict:
     """Pretrain the DAMSM encoders; returns the final R-precision results (also saved)."""
     out_dir = Path(out_dir)
-    checkpoint_path = out_dir / "checkpoints" / CHECKPOINT_NAME
-    if checkpoint_path.exists() and not resume:
-        raise CheckpointError(f"{out_dir} already holds a DAMSM run ({checkpoint_path}); "
-                              "pass --resume to continue it or choose another --out folder")
+    checkpoint_path = run_checkpoint_path(out_dir, "damsm", resume)
+    payload = None
+    if resume:
+        payload = load_checkpoint(checkpoint_path, kind="damsm")
+        if "imported" in payload:
+            raise CheckpointError(f"{checkpoint_path} holds encoders imported from the original "
+                                  f"(attngan import-damsm), without optimizer state to resume; "
+                                  f"use it with attngan train --damsm, or pretrain in a new "
+                                  f"--out folder")
+        require_resumable_config(payload, config_to_dict(config), checkpoint_path, out_dir)
+        if payload["epoch"] >= config.damsm.epochs:
+            raise CheckpointError(f"--resume: {checkpoint_path} has trained "
+                                  f"{payload['epoch']} epochs, as many as damsm.epochs="
+                                  f"{config.damsm.epochs}; raise damsm.epochs to train on")
     device = prepare_run(config)
     train_set = build_dataset(config.data, "train", augment=True)
     test_set = build_dataset(config.data, "test", augment=False)
@@ -166,13 +177,7 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
     text_encoder, image_encoder, optimizer = build_damsm_training(config, len(vocab), device)
 
     start_epoch, step = 0, 0
-    if resume:
-        payload = load_checkpoint(checkpoint_path, kind="damsm")
-        if "imported" in payload:
-            raise CheckpointError(f"{checkpoint_path} holds encoders imported from the original "
-                                  f"(attngan import-damsm), without optimizer state to resume; "
-                                  f"use it with attngan train --damsm, or pretrain in a new "
-                                  f"--out folder")
+    if payload is not None:
         require_same_vocabulary(payload, vocab.fingerprint(), checkpoint_path,
                                 config.data.root)
         text_encoder.load_state_dict(payload["text_encoder"])
@@ -180,6 +185,7 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
         optimizer.load_state_dict(payload["optimizer"])
         start_epoch, step = payload["epoch"], payload["step"]
         set_rng_state(payload["rng"])
+        trim_metrics(out_dir / "metrics.jsonl", step)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
 

@@ -36,9 +36,10 @@ from attngan.files import file_sha256
 from attngan.nn.discriminator import build_discriminators
 from attngan.nn.generator import Generator
 from attngan.nn.text_encoder import TextEncoder
-from attngan.train.checkpoint import (CheckpointError, load_checkpoint,
-                                      require_same_vocabulary, resolve_run_checkpoint,
-                                      rng_state, save_checkpoint, set_rng_state)
+from attngan.train.checkpoint import (CHECKPOINT_NAMES, CheckpointError, load_checkpoint,
+                                      require_resumable_config, require_same_vocabulary,
+                                      resolve_run_checkpoint, rng_state, run_checkpoint_path,
+                                      save_checkpoint, set_rng_state, trim_metrics)
 from attngan.train.damsm import load_damsm, resolve_damsm_checkpoint
 from attngan.train.ema import EMA
 from attngan.train.losses import (damsm_generator_loss, discriminator_loss,
@@ -49,7 +50,7 @@ from attngan.viz import save_image_grid
 __all__ = ["GANTrainer", "train_gan", "load_gan", "generate", "resolve_gan_checkpoint",
            "CHECKPOINT_NAME"]
 
-CHECKPOINT_NAME = "gan_last.pt"
+CHECKPOINT_NAME = CHECKPOINT_NAMES["gan"]
 FIXED_CAPTIONS = 8            # captions of the sample grids
 FIXED_NOISES = 2              # noise vectors per caption in the sample grids
 
@@ -172,27 +173,21 @@ def _fixed_captions(dataset) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     return captions, lengths, texts
 
 
-def _trim_metrics(path: Path, last_step: int) -> None:
-    """Drop metrics lines written after the checkpoint a run resumes from."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
-
-
 def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resume: bool = False,
               progress: bool = True) -> dict:
     """Train the AttnGAN generator against frozen DAMSM encoders; returns a summary dict
     (steps, epochs, seconds, checkpoint, last losses)."""
     out_dir = Path(out_dir)
-    checkpoint_path = out_dir / "checkpoints" / CHECKPOINT_NAME
-    if checkpoint_path.exists() and not resume:
-        raise CheckpointError(f"{out_dir} already holds a GAN run ({checkpoint_path}); pass "
-                              "--resume to continue it or choose another --out folder")
-    if resume and not checkpoint_path.exists():
-        raise CheckpointError(f"--resume: {checkpoint_path} does not exist; train without "
-                              "--resume to start a new run in this folder")
+    checkpoint_path = run_checkpoint_path(out_dir, "gan", resume)
+    payload = None
+    if resume:
+        payload = load_checkpoint(checkpoint_path, kind="gan")
+        if "imported" in payload:
+            raise CheckpointError(f"{checkpoint_path} holds a generator imported from the "
+                                  f"original (attngan import-generator), without discriminators "
+                                  f"or optimizer state to resume; sample or evaluate it, or "
+                                  f"train in a new --out folder")
+        require_resumable_config(payload, config_to_dict(config), checkpoint_path, out_dir)
     device = prepare_run(config)
     gan = config.gan
     dataset = build_dataset(config.data, "train", augment=True)
@@ -212,13 +207,12 @@ def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resum
 
     trainer = GANTrainer(config, text_encoder, image_encoder, device)
     step, epoch, batch_in_epoch, seconds_before = 0, 0, 0, 0.0
-    if resume:
-        payload = load_checkpoint(checkpoint_path, kind="gan")
-        if "imported" in payload:
-            raise CheckpointError(f"{checkpoint_path} holds a generator imported from the "
-                                  f"original (attngan import-generator), without discriminators "
-                                  f"or optimizer state to resume; sample or evaluate it, or "
-                                  f"train in a new --out folder")
+    if payload is not None:
+        if payload["step"] >= total_steps:
+            raise CheckpointError(f"--resume: {checkpoint_path} has trained {payload['step']} "
+                                  f"steps, as many as this config's {total_steps} (gan.epochs="
+                                  f"{gan.epochs}, gan.max_steps={gan.max_steps}); raise them to "
+                                  "train on")
         require_same_vocabulary(payload, vocab.fingerprint(), checkpoint_path,
                                 config.data.root)
         if payload["damsm_sha256"] != damsm_hash:
@@ -230,7 +224,7 @@ def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resum
         step, epoch, batch_in_epoch = payload["step"], payload["epoch"], payload["batch_in_epoch"]
         seconds_before = payload["seconds"]
         set_rng_state(payload["rng"])
-        _trim_metrics(out_dir / "metrics.jsonl", step)
+        trim_metrics(out_dir / "metrics.jsonl", step)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
 

@@ -53,10 +53,8 @@ from attngan.nn.generator import Generator
 from attngan.nn.image_encoder import build_image_encoder
 from attngan.nn.state_files import load_state_exactly, read_state_file
 from attngan.nn.text_encoder import TextEncoder
-from attngan.train.checkpoint import CheckpointError, save_checkpoint
-from attngan.train.damsm import CHECKPOINT_NAME, evaluate_r_precision, load_damsm, \
-    resolve_damsm_checkpoint
-from attngan.train.gan import CHECKPOINT_NAME as GAN_CHECKPOINT_NAME
+from attngan.train.checkpoint import CheckpointError, run_checkpoint_path, save_checkpoint
+from attngan.train.damsm import evaluate_r_precision, load_damsm, resolve_damsm_checkpoint
 from attngan.train.runtime import prepare_run
 
 __all__ = ["import_damsm", "import_generator", "original_generator_name"]
@@ -106,10 +104,7 @@ def import_damsm(text_path: Union[str, Path], image_path: Union[str, Path], conf
     """Write a DAMSM run in `out_dir` from the original's released encoders (module docstring);
     returns dict(checkpoint, imported, and with `r_precision` the test split's R-precision)."""
     text_path, image_path, out_dir = Path(text_path), Path(image_path), Path(out_dir)
-    checkpoint_path = out_dir / "checkpoints" / CHECKPOINT_NAME
-    if checkpoint_path.exists():
-        raise CheckpointError(f"{out_dir} already holds a DAMSM run ({checkpoint_path}); choose "
-                              f"another --out folder")
+    checkpoint_path = run_checkpoint_path(out_dir, "damsm", resume=False)
     if config.image_encoder.backbone != "inception":
         raise ConfigError("the released image encoders are Inception-v3 ones; use "
                           "configs/birds_damsm.yaml or configs/coco_damsm.yaml (or set "
@@ -170,10 +165,7 @@ def import_generator(netg_path: Union[str, Path], damsm_run: Union[str, Path], c
     """Write a GAN run in `out_dir` from the original's released generator weights, conditioned
     by the DAMSM run `damsm_run` (module docstring); returns dict(checkpoint, imported)."""
     netg_path, out_dir = Path(netg_path), Path(out_dir)
-    checkpoint_path = out_dir / "checkpoints" / GAN_CHECKPOINT_NAME
-    if checkpoint_path.exists():
-        raise CheckpointError(f"{out_dir} already holds a GAN run ({checkpoint_path}); choose "
-                              f"another --out folder")
+    checkpoint_path = run_checkpoint_path(out_dir, "gan", resume=False)
     damsm_file = resolve_damsm_checkpoint(damsm_run).resolve()
     text_encoder, _, vocab, damsm_config = load_damsm(damsm_file)
     state = _read_state(netg_path, "generator")

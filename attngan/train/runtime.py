@@ -7,6 +7,7 @@ import random
 import numpy as np
 import torch
 
+from attngan.backend import OP_IMPLS, ImplementationUnavailable, choose
 from attngan.config import Config
 
 
@@ -20,7 +21,10 @@ def resolve_device(name: str | torch.device, setting: str = "run.device",
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"{setting}='{name}' is not a device; use auto, cpu or cuda[:N]") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{setting}='{name}' is not a device this project runs on; use auto, "
+                         "cpu or cuda[:N]") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{setting}='{name}' but no CUDA device is available; use {cpu_instead}")
     return device
@@ -33,13 +37,21 @@ def resolve_device_argument(device: str | torch.device) -> torch.device:
 
 
 def prepare_run(config: Config) -> torch.device:
-    """Seed every generator, set the thread count and return the run's device."""
+    """Seed every generator, set the thread count and return the run's device, after checking
+    that run.impl can run there (before a run writes anything)."""
     if config.run.threads > 0:
         torch.set_num_threads(config.run.threads)
     random.seed(config.run.seed)
     np.random.seed(config.run.seed)
     torch.manual_seed(config.run.seed)
-    return resolve_device(config.run.device)
+    device = resolve_device(config.run.device)
+    for op in OP_IMPLS:
+        try:
+            choose(op, device, config.run.impl)
+        except ImplementationUnavailable as error:
+            raise ImplementationUnavailable(f"run.impl='{config.run.impl}' on {device.type}: "
+                                            f"{error}") from None
+    return device
 
 
 def training_autocast(config: Config, device: torch.device) -> torch.autocast:
