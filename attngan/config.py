@@ -355,12 +355,12 @@ def resolve_config_path(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file():
         return path
-    if path.is_dir():
-        raise ConfigError(f"config file {path} is a folder; pass a YAML file, or a preset by "
-                          f"name: {', '.join(preset_names())}")
     stem = path.name[:-len(".yaml")] if path.name.endswith(".yaml") else path.name
     if path.parent in (Path("."), Path("configs")) and stem in preset_names():
         return preset_path(stem)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; pass a YAML file, or a preset by "
+                          f"name: {', '.join(preset_names())}")
     raise ConfigError(f"config file {path} does not exist and names no preset; pass a YAML "
                       f"file, or a preset by name: {', '.join(preset_names())}")
 

@@ -6,6 +6,7 @@ checkpoint or pickle, and an existing file is replaced only by a complete new on
 gets the permissions an ordinary `open(path, "w")` would give it (0666 less the umask):
 `tempfile.mkstemp` creates its file readable by its owner only, which, kept through the rename,
 made every checkpoint and metadata pickle unreadable to the other users of a shared data folder.
+`make_folder` creates an output folder a user named, or says which option to change.
 `file_sha256` is the SHA-256 that runs and evaluations record of every file they were made from.
 """
 from __future__ import annotations
@@ -16,14 +17,39 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Union
 
-__all__ = ["write_atomically", "default_permissions", "file_sha256"]
+__all__ = ["write_atomically", "default_permissions", "make_folder", "file_sha256"]
+
+
+def _umask() -> int:
+    """The process's umask, read from /proc where it is there: setting and restoring it, the
+    only other way, lets a file another thread creates in between escape it."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def default_permissions(mode: int = 0o666) -> int:
     """`mode` less the process's umask: what `open` (0666) or `mkdir` (0777) would give."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return mode & ~umask
+    return mode & ~_umask()
+
+
+def make_folder(folder: Union[str, Path], option: str) -> Path:
+    """Create `folder` (and its parents) for output the user pointed at with `option`; one that
+    cannot be made is a ValueError naming it and the option to change."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot make the folder {folder} ({error.strerror or error}); pass "
+                         f"another {option}") from None
+    return folder
 
 
 def write_atomically(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> Path:

@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 
 from attngan.data.vocab import tokenize
+from attngan.files import make_folder
 from attngan.train.gan import generate, load_gan
 from attngan.train.runtime import resolve_device_argument
 from attngan.viz import attention_figure, save_image_grid
@@ -53,12 +54,7 @@ def sample_captions(ckpt_path: str | Path, texts: Sequence[str], *, n: int = 8,
     device = resolve_device_argument(device)
     netG, text_encoder, vocab, _, _ = load_gan(ckpt_path, device)
     encoded = [vocab.encode(text) for text in texts]        # DataError names unknown words
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"cannot make the output folder {out_dir} ({error.strerror or error}); "
-                         "choose another folder (--out)") from None
+    out_dir = make_folder(out_dir, "output folder (--out)")
     noise_source = torch.Generator().manual_seed(seed)
     written: list[Path] = []
     lines = []

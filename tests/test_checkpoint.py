@@ -52,23 +52,23 @@ def test_wrong_kind_missing_and_corrupt_files(tmp_path):
 def test_run_folders_resolve_to_their_last_checkpoint(tmp_path):
     """A file is passed through (load_checkpoint checks it); a run folder gives its checkpoint;
     a folder without one says what it holds: another kind of run, or runs inside it."""
-    assert resolve_run_checkpoint(tmp_path / "c.pt", "gan_last.pt", "GAN") == tmp_path / "c.pt"
+    assert resolve_run_checkpoint(tmp_path / "c.pt", "gan") == tmp_path / "c.pt"
     gan = save_checkpoint(tmp_path / "demo" / "gan" / "checkpoints" / "gan_last.pt",
                           {"kind": "gan"})
     save_checkpoint(tmp_path / "demo" / "damsm" / "checkpoints" / "damsm_last.pt",
                     {"kind": "damsm"})
-    assert resolve_run_checkpoint(tmp_path / "demo" / "gan", "gan_last.pt", "GAN") == gan
+    assert resolve_run_checkpoint(tmp_path / "demo" / "gan", "gan") == gan
     with pytest.raises(CheckpointError, match=r"demo/damsm is not a GAN run folder \(no "
                        r"checkpoints/gan_last.pt; it holds checkpoints/damsm_last.pt\): pass a "
                        r"GAN run folder or its .pt file"):
-        resolve_run_checkpoint(tmp_path / "demo" / "damsm", "gan_last.pt", "GAN")
+        resolve_run_checkpoint(tmp_path / "demo" / "damsm", "gan")
     with pytest.raises(CheckpointError, match=r"demo is not a DAMSM run folder \(no checkpoints/"
                        r"damsm_last.pt; the runs inside it: \S+/demo/damsm, \S+/demo/gan\)"):
-        resolve_run_checkpoint(tmp_path / "demo", "damsm_last.pt", "DAMSM")
+        resolve_run_checkpoint(tmp_path / "demo", "damsm")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match=r"empty is not a GAN run folder \(no "
                        r"checkpoints/gan_last.pt\): pass"):
-        resolve_run_checkpoint(tmp_path / "empty", "gan_last.pt", "GAN")
+        resolve_run_checkpoint(tmp_path / "empty", "gan")
 
 
 class Pickled:
@@ -140,7 +140,7 @@ def test_run_folders_are_checked_before_a_run_writes(tmp_path):
 
 def test_a_resume_may_change_only_how_long_and_where_a_run_trains(tmp_path):
     config = Config()
-    saved = {"config": config_to_dict(config)}
+    saved = {"kind": "gan", "config": config_to_dict(config)}
     changed = config_to_dict(config)
     changed["gan"].update(max_steps=99, epochs=3)
     changed["run"].update(device="cpu", impl="reference")

@@ -95,7 +95,7 @@ def test_overrides_apply_and_config_is_frozen():
         config.damsm.batch_size = 3
 
 
-def test_missing_file_and_bad_yaml(tmp_path):
+def test_missing_file_and_bad_yaml(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
@@ -107,6 +107,9 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match=f"config file {tmp_path} is a folder"):
         load_config(tmp_path)
+    (tmp_path / "shapes").mkdir()                  # a folder named like a preset: the preset
+    monkeypatch.chdir(tmp_path)
+    assert load_config("shapes").data.dataset == "shapes"
 
 
 def test_presets_by_name_and_outside_a_clone(tmp_path, monkeypatch):

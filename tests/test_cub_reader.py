@@ -412,7 +412,8 @@ def test_duplicate_vocabulary_word_says_to_delete_the_file(cub):
 
 def test_unwritable_data_folder(cub):
     (cub / "captions.pickle").mkdir()              # where the file would be renamed to
-    with pytest.raises(DataError, match=r"cannot write .*captions\.pickle .*make .* writable"):
+    with pytest.raises(DataError, match=r"cannot write .*captions\.pickle .*make sure .* can be "
+                                        "written and has room"):
         prepare_captions(cub, rebuild=True)
     assert [p.name for p in cub.iterdir() if p.name.startswith(".")] == []
 

@@ -76,10 +76,14 @@ def test_resume_continues_exactly(data_root, tmp_path):
         return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
                 for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert metrics(split) == metrics(straight)
-    with pytest.raises(CheckpointError, match="has trained 2 epochs, as many as damsm.epochs=2; "
-                                              "raise damsm.epochs to train on"):
-        pretrain_damsm(tiny_config(data_root, "damsm.epochs=2"), split, resume=True,
+    with pytest.raises(CheckpointError, match="has trained 2 epochs, more than damsm.epochs=1; "
+                                              "set damsm.epochs to at least 2"):
+        pretrain_damsm(tiny_config(data_root, "damsm.epochs=1"), split, resume=True,
                        progress=False)
+    # a finished run resumed with its own length trains nothing and is evaluated again
+    again = pretrain_damsm(tiny_config(data_root, "damsm.epochs=2"), split, resume=True,
+                           progress=False)
+    assert again["steps"] == a["step"] and metrics(split) == metrics(straight)
 
 
 @pytest.mark.parametrize("impl", ["reference", "cpp"])

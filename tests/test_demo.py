@@ -25,3 +25,7 @@ def test_quick_demo_writes_every_output(tmp_path, capsys):
     for link in (line.split("](")[1].rstrip(")") for line in report.splitlines()
                  if line.startswith("- [samples/")):
         assert (out / link).is_file(), link
+    # a second demo into the same folder resumes its finished runs and ends the same way
+    evaluated = (out / "evaluation.json").read_text()
+    assert main(["demo", "--quick", "--out", str(out), "--set", "run.threads=0"]) == 0
+    assert (out / "evaluation.json").read_text() == evaluated

@@ -158,18 +158,23 @@ def test_existing_run_needs_resume_and_resume_needs_a_run(tiny, tmp_path):
         train_gan(_with(config, max_steps=2), damsm, tmp_path / "run", progress=False)
 
 
-def test_resume_refuses_another_model_and_a_run_with_nothing_left(tiny, tmp_path):
-    """Before anything is loaded or written: a resumed run with another model size failed in
-    load_state_dict's words, and one with no step left reported a finished run."""
+def test_resume_refuses_another_model_and_a_shorter_run(tiny, tmp_path):
+    """Before anything is written: a resumed run with another model size failed in
+    load_state_dict's words, and one shorter than the run reported a finished run of its
+    length."""
     config, damsm = tiny
     run = tmp_path / "run"
     train_gan(_with(config, max_steps=2), damsm, run, progress=False)
     before = (run / "metrics.jsonl").read_text()
     with pytest.raises(CheckpointError, match=r"gan\.ngf=4 \(the run's: 8\)"):
         train_gan(_with(config, max_steps=4, ngf=4), damsm, run, resume=True, progress=False)
-    with pytest.raises(CheckpointError, match="has trained 2 steps, as many as this config's 2 "
-                                              r"\(gan.epochs=.*raise them to train on"):
-        train_gan(_with(config, max_steps=2), damsm, run, resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="has trained 2 steps, more than this config's 1 "
+                                              r"\(gan.epochs=.*raise them to at least 2 steps"):
+        train_gan(_with(config, max_steps=1), damsm, run, resume=True, progress=False)
+    assert (run / "metrics.jsonl").read_text() == before
+    # a finished run resumed with its own length is left as it is (what a second demo does)
+    assert train_gan(_with(config, max_steps=2), damsm, run, resume=True,
+                     progress=False)["steps"] == 2
     assert (run / "metrics.jsonl").read_text() == before
     with pytest.raises(CheckpointError, match="holds a DAMSM run"):
         train_gan(_with(config, max_steps=1), damsm, damsm, progress=False)

@@ -52,8 +52,8 @@ def test_device_auto_by_default_and_a_missing_gpu_is_one_error(checkpoint, tmp_p
     with pytest.raises(ValueError, match=r"device='cuda' but no CUDA device is available; use "
                                          r"device='cpu' \(--device cpu\)"):
         sample_captions(checkpoint, ["a red circle"], out_dir=tmp_path, device="cuda")
-    with pytest.raises(ValueError, match="device='gpu' is not a device this project runs on; use auto, cpu "
-                                         "or cuda"):
+    with pytest.raises(ValueError, match="device='gpu' is not a device this project runs on; "
+                                         "use auto, cpu or cuda"):
         evaluate_generator(checkpoint, max_images=4, device="gpu")
     assert main(["sample", "--ckpt", str(checkpoint), "--text", "a red circle", "--n", "1",
                  "--out", str(tmp_path / "auto")]) == 0                   # auto: the CPU here
@@ -76,9 +76,9 @@ def test_bad_captions_files_and_output_folders_are_one_error(checkpoint, tmp_pat
         "--captions", str(blank))
     assert f"captions file {tmp_path} does not exist or is not a file" in error(
         "--captions", str(tmp_path))
-    assert f"cannot make the output folder {blank} (File exists); choose another folder " \
+    assert f"cannot make the folder {blank} (File exists); pass another output folder " \
            "(--out)" in error("--text", "a red circle", "--out", str(blank))
-    assert f"cannot make the output folder {blank / 'under'} (Not a directory)" in error(
+    assert f"cannot make the folder {blank / 'under'} (Not a directory)" in error(
         "--text", "a red circle", "--out", str(blank / "under"))
 
 

@@ -17,10 +17,10 @@ DAMSM's same-class masking masks nothing.
 the original release's metadata: train|test/filenames.pickle (keys = file names without
 extension, images sorted by file name) and captions.pickle [train, test, ixtoword, wordtoix]
 with the vocabulary of train and val. A filenames.pickle already there (the released one, or a
-subset of the user's) is kept: the captions follow its images and order. An existing captions.pickle (for example the released
-one) is never rebuilt; with it and the filenames pickles present the large JSON files are not
-read at all. Images are looked up in train2014/ or val2014/ by the key's prefix, then in
-images/ (the original release's folder).
+subset of the user's) is kept: the captions follow its images and order. An existing
+captions.pickle (for example the released one) is never rebuilt; with it and the filenames
+pickles present the large JSON files are not read at all. Images are looked up in train2014/
+or val2014/ by the key's prefix, then in images/ (the original release's folder).
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ from typing import Optional
 
 from attngan.data.cub import load_captions
 from attngan.data.errors import DataError
-from attngan.data.records import SplitRecords, check_caption_lists, load_pickle, save_pickle
+from attngan.data.records import (SplitRecords, check_caption_lists, load_split_keys,
+                                  save_pickle)
 from attngan.data.vocab import Vocabulary, tokenize
 
 SPLITS = {"train": "train2014", "test": "val2014"}
@@ -126,13 +127,7 @@ def _listed_keys(root: Path, split: str) -> Optional[list[str]]:
     names = root / split / "filenames.pickle"
     if not names.is_file():
         return None
-    remedy = f"delete it and run `attngan prepare {root}`"
-    keys = load_pickle(names, remedy)
-    if not isinstance(keys, (list, tuple)) or not all(isinstance(k, (str, bytes)) for k in keys):
-        raise DataError(f"{names} is not a list of image keys; {remedy}")
-    if not keys:
-        raise DataError(f"{names} is empty: the {split} split has no images; {remedy}")
-    return [k.decode("latin1") if isinstance(k, bytes) else k for k in keys]
+    return load_split_keys(names, split, f"delete it and run `attngan prepare {root}`")
 
 
 def _image_path(root: Path, key: str, split: str) -> Path:

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from attngan.data.errors import DataError
-from attngan.data.records import SplitRecords, check_caption_lists, load_pickle, save_pickle
+from attngan.data.errors import DataError, unreadable
+from attngan.data.records import (SplitRecords, check_caption_lists, load_pickle,
+                                  load_split_keys, save_pickle)
 from attngan.data.vocab import Vocabulary, tokenize
 
 SPLITS = ("train", "test")
@@ -72,13 +73,7 @@ def read_caption_file(path: Path, captions_per_image: int, fix: str) -> list[str
 
 
 def _split_keys(root: Path, split: str, fix: str) -> list[str]:
-    path = root / split / "filenames.pickle"
-    keys = load_pickle(path, fix)
-    if not isinstance(keys, (list, tuple)) or not all(isinstance(k, (str, bytes)) for k in keys):
-        raise DataError(f"{path} is not a list of image keys; {fix}")
-    if not keys:
-        raise DataError(f"{path} is empty: the {split} split has no images; {fix}")
-    return [k.decode("latin1") if isinstance(k, bytes) else k for k in keys]
+    return load_split_keys(root / split / "filenames.pickle", split, fix)
 
 
 def _class_ids(root: Path, split: str, count: int, fix: str) -> list[int]:
@@ -171,8 +166,7 @@ def _read_listing(path: Path) -> list[str]:
     try:
         return path.read_text(encoding="latin1").splitlines()
     except OSError as error:
-        raise DataError(f"{path} cannot be read ({error.strerror or error}); make it a readable "
-                        "file") from None
+        raise unreadable(path, error) from None
 
 
 def _boxes(root: Path, images: dict[str, tuple[int, str]], fix: str

@@ -35,7 +35,7 @@ from PIL import Image
 from attngan.config import DataConfig
 from attngan.data.coco import prepare_captions as prepare_coco, read_coco
 from attngan.data.cub import crop_window, cub_fix, prepare_captions as prepare_cub, read_cub
-from attngan.data.errors import DataError
+from attngan.data.errors import DataError, unreadable
 from attngan.data.records import SplitRecords
 
 CACHE_BYTES = 256 << 20
@@ -50,8 +50,7 @@ def read_image(path: Path, fix: str) -> Image.Image:
     except FileNotFoundError:
         raise DataError(f"image {path} is missing; {fix}") from None
     except (PermissionError, IsADirectoryError) as error:
-        raise DataError(f"image {path} cannot be read ({error.strerror}); make it a readable "
-                        "file") from None
+        raise unreadable(path, error, "image ") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise DataError(f"image {path} cannot be decoded ({type(error).__name__}: {error}); "
                         f"replace the file with a good copy ({fix})") from None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from attngan.data.errors import DataError
+from attngan.data.errors import DataError, unreadable
 from attngan.data.vocab import Vocabulary
 from attngan.files import write_atomically
 
@@ -50,8 +50,7 @@ def load_pickle(path: Path, fix: str) -> Any:
         with open(path, "rb") as handle:
             return pickle.load(handle, encoding="latin1")
     except OSError as error:
-        raise DataError(f"{path} cannot be read ({error.strerror or error}); make it a readable "
-                        "file") from None
+        raise unreadable(path, error) from None
     except Exception as error:  # pickle raises many types on damaged input
         raise DataError(f"{path} cannot be read ({type(error).__name__}: {error}); the file is "
                         f"damaged: {fix}") from None
@@ -63,9 +62,20 @@ def save_pickle(path: Path, value: Any) -> None:
     try:
         write_atomically(path, lambda stream: pickle.dump(value, stream, protocol=2))
     except OSError as error:
-        raise DataError(f"cannot write {path} ({error.strerror or error}); make "
-                        f"{Path(path).parent} writable, or copy the data set to a folder you "
-                        "can write and set data.root to it") from None
+        raise DataError(f"cannot write {path} ({error.strerror or error}); make sure "
+                        f"{Path(path).parent} can be written and has room, or copy the data set "
+                        "to a folder that can and set data.root to it") from None
+
+
+def load_split_keys(path: Path, split: str, fix: str) -> list[str]:
+    """The image keys of a train|test/filenames.pickle (Python 2 byte strings decoded as
+    Latin-1); a file that is not a non-empty list of keys is a DataError."""
+    keys = load_pickle(path, fix)
+    if not isinstance(keys, (list, tuple)) or not all(isinstance(k, (str, bytes)) for k in keys):
+        raise DataError(f"{path} is not a list of image keys; {fix}")
+    if not keys:
+        raise DataError(f"{path} is empty: the {split} split has no images; {fix}")
+    return [k.decode("latin1") if isinstance(k, bytes) else k for k in keys]
 
 
 def check_caption_lists(captions: Any, num_images: int, captions_per_image: int,

@@ -33,7 +33,7 @@ import torch
 
 from attngan.data.dataset import build_dataset
 from attngan.data.errors import DataError
-from attngan.files import file_sha256
+from attngan.files import file_sha256, make_folder
 from attngan.metrics.inception_metrics import GeneratedImageScores
 from attngan.metrics.r_precision import check_protocol, r_precision
 from attngan.metrics.shapes_checker import check_against_shuffled, parse_caption
@@ -83,11 +83,7 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
         out_path = Path(out_path)
         if out_path.is_dir():
             raise ValueError(f"--out {out_path} is a folder; pass the path of a .json file")
-        try:
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ValueError(f"cannot make the folder of --out {out_path} "
-                             f"({error.strerror or error}); pass another path") from None
+        make_folder(out_path.parent, "--out path")
     netG, gan_text_encoder, vocab, config, payload = load_gan(ckpt_path, device)
     if data_root is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data,

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from attngan.config import ConfigError
-from attngan.files import file_sha256
+from attngan.files import file_sha256, make_folder
 from attngan.nn.inception import InceptionClassifier, load_inception_state, read_inception_file
 
 __all__ = ["INCEPTION_VARIANTS", "INPUT_SIZE", "InceptionNetwork", "FeatureMoments",
@@ -275,13 +275,7 @@ class GeneratedImageScores:
             mu, sigma, recorded = load_statistics(self.fid_stats, self.network, resolution)
             self.real, self.real_source = (mu, sigma), dict(file=str(self.fid_stats), **recorded)
         elif self.fid_stats is not None:
-            folder = self.fid_stats.parent
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise ValueError(f"cannot make the folder {folder} for the FID statistics "
-                                 f"({error.strerror or error}); pass another --fid-stats "
-                                 "path") from None
+            folder = make_folder(self.fid_stats.parent, "--fid-stats path")
             if not os.access(folder, os.W_OK):
                 raise ValueError(f"cannot write FID statistics into {folder}; pass a --fid-stats "
                                  f"path in a writable folder")

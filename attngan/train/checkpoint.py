@@ -35,11 +35,14 @@ REQUIRED_ENTRIES = {
             "vocab_fingerprint", "text_encoder", "trainer", "step", "epoch"),
 }
 # What a resumed run may set differently from the run it continues: how long it trains, how
-# often it writes, where and with which kernels it runs, and where the data now is. Anything
-# else (a model size, a learning rate, the data's sizes) would not continue the run but start
-# another from its weights, or fail to load them.
+# often it writes, where and with which kernels it runs, where the data and the Inception
+# weights now are, and how the finished run is evaluated. Anything else (a model size, a
+# learning rate, the data's sizes) would not continue the run but start another from its
+# weights, or fail to load them.
 RESUME_MAY_CHANGE = frozenset({
-    "data.root", "data.num_workers", "damsm.epochs", "damsm.log_every", "damsm.checkpoint_every",
+    "data.root", "image_encoder.weights", "data.num_workers",
+    "damsm.epochs", "damsm.log_every", "damsm.checkpoint_every",
+    "damsm.eval_candidates", "damsm.eval_folds", "data.eval_words_num",
     "gan.epochs", "gan.max_steps", "gan.log_every", "gan.sample_every", "gan.checkpoint_every",
     "run.device", "run.impl", "run.threads"})
 
@@ -86,10 +89,12 @@ def require_resumable_config(payload: dict, config: dict, path: Path, out_dir: P
     if changed:
         shown = ", ".join(f"{key}={given.get(key)!r} (the run's: {saved.get(key)!r})"
                           for key in changed[:3]) + (" ..." if len(changed) > 3 else "")
+        other = next(name for name in RUN_NAMES if name != payload["kind"])
+        allowed = sorted(key for key in RESUME_MAY_CHANGE if not key.startswith(f"{other}."))
         raise CheckpointError(
             f"--resume: the config differs from the one {path} was trained with: {shown}; resume "
             f"with the run's config (--config {out_dir / 'config.yaml'}; a resume may change only "
-            f"{', '.join(sorted(RESUME_MAY_CHANGE))}) or start a new run in another --out folder")
+            f"{', '.join(allowed)}) or start a new run in another --out folder")
 
 
 def trim_metrics(path: Path, last_step: int) -> None:
@@ -109,7 +114,8 @@ def trim_metrics(path: Path, last_step: int) -> None:
                                   "repair or delete that line, then resume") from None
         if record.get("step", 0) <= last_step:
             kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept))
+    text = "".join(line + "\n" for line in kept).encode()
+    write_atomically(path, lambda stream: stream.write(text))
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
@@ -117,14 +123,15 @@ def save_checkpoint(path: str | Path, payload: dict) -> Path:
     return write_atomically(path, lambda stream: torch.save(payload, stream))
 
 
-def resolve_run_checkpoint(path_or_run_dir: str | Path, file_name: str, run_kind: str) -> Path:
+def resolve_run_checkpoint(path_or_run_dir: str | Path, kind: str) -> Path:
     """`path_or_run_dir` itself unless it is a folder (`load_checkpoint` then checks the file);
-    for a run folder its last checkpoint, <folder>/checkpoints/<file_name>. A folder without one
-    is an error that says what the folder holds instead (another kind of run, or runs in its
-    sub-folders, as `attngan demo` writes them)."""
+    for the folder of a `kind` run its last checkpoint, <folder>/checkpoints/<CHECKPOINT_NAMES
+    [kind]>. A folder without one is an error that says what the folder holds instead (another
+    kind of run, or runs in its sub-folders, as `attngan demo` writes them)."""
     path = Path(path_or_run_dir)
     if not path.is_dir():
         return path
+    file_name, run_kind = CHECKPOINT_NAMES[kind], RUN_NAMES[kind]
     checkpoint = path / "checkpoints" / file_name
     if checkpoint.is_file():
         return checkpoint

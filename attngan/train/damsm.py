@@ -31,13 +31,11 @@ from attngan.metrics.r_precision import check_protocol, r_precision, r_precision
 from attngan.nn.image_encoder import build_image_encoder
 from attngan.nn.text_encoder import TextEncoder
 from attngan.ops.damsm import damsm_sentence_loss, damsm_word_loss, damsm_word_similarity
-from attngan.train.checkpoint import (CHECKPOINT_NAMES, CheckpointError, load_checkpoint,
+from attngan.train.checkpoint import (CheckpointError, load_checkpoint,
                                       require_resumable_config, require_same_vocabulary,
                                       resolve_run_checkpoint, rng_state, run_checkpoint_path,
                                       save_checkpoint, set_rng_state, trim_metrics)
 from attngan.train.runtime import prepare_run, training_autocast
-
-CHECKPOINT_NAME = CHECKPOINT_NAMES["damsm"]
 
 
 def epoch_learning_rate(lr: float, decay: float, min_ratio: float, epoch: int) -> float:
@@ -159,10 +157,11 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
                                   f"use it with attngan train --damsm, or pretrain in a new "
                                   f"--out folder")
         require_resumable_config(payload, config_to_dict(config), checkpoint_path, out_dir)
-        if payload["epoch"] >= config.damsm.epochs:
+        if payload["epoch"] > config.damsm.epochs:      # equal: a finished run, evaluated again
             raise CheckpointError(f"--resume: {checkpoint_path} has trained "
-                                  f"{payload['epoch']} epochs, as many as damsm.epochs="
-                                  f"{config.damsm.epochs}; raise damsm.epochs to train on")
+                                  f"{payload['epoch']} epochs, more than damsm.epochs="
+                                  f"{config.damsm.epochs}; set damsm.epochs to at least "
+                                  f"{payload['epoch']}")
     device = prepare_run(config)
     train_set = build_dataset(config.data, "train", augment=True)
     test_set = build_dataset(config.data, "test", augment=False)
@@ -244,7 +243,7 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
 
 def resolve_damsm_checkpoint(path_or_run_dir: str | Path) -> Path:
     """A DAMSM checkpoint file, or the last checkpoint of a DAMSM run folder."""
-    return resolve_run_checkpoint(path_or_run_dir, CHECKPOINT_NAME, "DAMSM")
+    return resolve_run_checkpoint(path_or_run_dir, "damsm")
 
 
 def load_damsm(path_or_run_dir: str | Path, device: str | torch.device = "cpu",

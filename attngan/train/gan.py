@@ -36,7 +36,7 @@ from attngan.files import file_sha256
 from attngan.nn.discriminator import build_discriminators
 from attngan.nn.generator import Generator
 from attngan.nn.text_encoder import TextEncoder
-from attngan.train.checkpoint import (CHECKPOINT_NAMES, CheckpointError, load_checkpoint,
+from attngan.train.checkpoint import (CheckpointError, load_checkpoint,
                                       require_resumable_config, require_same_vocabulary,
                                       resolve_run_checkpoint, rng_state, run_checkpoint_path,
                                       save_checkpoint, set_rng_state, trim_metrics)
@@ -47,17 +47,15 @@ from attngan.train.losses import (damsm_generator_loss, discriminator_loss,
 from attngan.train.runtime import prepare_run, training_autocast
 from attngan.viz import save_image_grid
 
-__all__ = ["GANTrainer", "train_gan", "load_gan", "generate", "resolve_gan_checkpoint",
-           "CHECKPOINT_NAME"]
+__all__ = ["GANTrainer", "train_gan", "load_gan", "generate", "resolve_gan_checkpoint"]
 
-CHECKPOINT_NAME = CHECKPOINT_NAMES["gan"]
 FIXED_CAPTIONS = 8            # captions of the sample grids
 FIXED_NOISES = 2              # noise vectors per caption in the sample grids
 
 
 def resolve_gan_checkpoint(path_or_run_dir: str | Path) -> Path:
     """A GAN checkpoint file, or the last checkpoint of a GAN run folder."""
-    return resolve_run_checkpoint(path_or_run_dir, CHECKPOINT_NAME, "GAN")
+    return resolve_run_checkpoint(path_or_run_dir, "gan")
 
 
 class GANTrainer:
@@ -208,11 +206,11 @@ def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resum
     trainer = GANTrainer(config, text_encoder, image_encoder, device)
     step, epoch, batch_in_epoch, seconds_before = 0, 0, 0, 0.0
     if payload is not None:
-        if payload["step"] >= total_steps:
+        if payload["step"] > total_steps:               # equal: a finished run, left as it is
             raise CheckpointError(f"--resume: {checkpoint_path} has trained {payload['step']} "
-                                  f"steps, as many as this config's {total_steps} (gan.epochs="
+                                  f"steps, more than this config's {total_steps} (gan.epochs="
                                   f"{gan.epochs}, gan.max_steps={gan.max_steps}); raise them to "
-                                  "train on")
+                                  f"at least {payload['step']} steps")
         require_same_vocabulary(payload, vocab.fingerprint(), checkpoint_path,
                                 config.data.root)
         if payload["damsm_sha256"] != damsm_hash:

@@ -138,6 +138,7 @@ def import_damsm(text_path: Union[str, Path], image_path: Union[str, Path], conf
 
     config = dataclasses.replace(config, image_encoder=dataclasses.replace(
         config.image_encoder, weights=None, random_init=False, align_corners=True))
+    device = prepare_run(config) if r_precision else None     # checked before writing
     imported = {"text_encoder": str(text_path), "text_encoder_sha256": file_sha256(text_path),
                 "image_encoder": str(image_path),
                 "image_encoder_sha256": file_sha256(image_path)}
@@ -149,8 +150,7 @@ def import_damsm(text_path: Union[str, Path], image_path: Union[str, Path], conf
         "image_encoder": image_encoder.state_dict(), "imported": imported,
         "epoch": 0, "step": 0})
     results = {"checkpoint": str(checkpoint_path), "imported": imported}
-    if r_precision:
-        device = prepare_run(config)
+    if device is not None:
         for module in (text_encoder, image_encoder):
             module.to(device).eval()
         test_set = build_dataset(config.data, "test", augment=False)

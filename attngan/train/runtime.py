@@ -2,6 +2,7 @@
 the precision of training steps."""
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -24,7 +25,7 @@ def resolve_device(name: str | torch.device, setting: str = "run.device",
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
         raise ValueError(f"{setting}='{name}' is not a device this project runs on; use auto, "
-                         "cpu or cuda[:N]") from None
+                         "cpu or cuda[:N]")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{setting}='{name}' but no CUDA device is available; use {cpu_instead}")
     return device
@@ -45,12 +46,13 @@ def prepare_run(config: Config) -> torch.device:
     np.random.seed(config.run.seed)
     torch.manual_seed(config.run.seed)
     device = resolve_device(config.run.device)
-    for op in OP_IMPLS:
-        try:
-            choose(op, device, config.run.impl)
-        except ImplementationUnavailable as error:
-            raise ImplementationUnavailable(f"run.impl='{config.run.impl}' on {device.type}: "
-                                            f"{error}") from None
+    if config.run.impl != "auto" or os.environ.get("ATTNGAN_IMPL"):   # auto alone always runs
+        for op in OP_IMPLS:
+            try:
+                choose(op, device, config.run.impl)
+            except ImplementationUnavailable as error:
+                raise ImplementationUnavailable(f"run.impl='{config.run.impl}' on "
+                                                f"{device.type}: {error}") from None
     return device
 
 
