@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -68,6 +68,22 @@ def run_checkpoint_path(out_dir: Path, kind: str, resume: bool) -> Path:
         raise CheckpointError(f"--resume: {checkpoint} does not exist; train without --resume "
                               "to start a new run in this folder")
     return checkpoint
+
+
+def open_run(out_dir: Path, kind: str, resume: bool, config: dict, imported: str
+             ) -> tuple[Path, Optional[dict]]:
+    """(checkpoint path, the checkpoint to resume from or None) of a `kind` run in `out_dir`:
+    run_checkpoint_path's checks, and when resuming, a checkpoint that is not an imported run
+    (`imported`: what it holds and what to do with it instead) of a config the resume keeps
+    (require_resumable_config with `config`, config_to_dict of the new run's)."""
+    checkpoint_path = run_checkpoint_path(out_dir, kind, resume)
+    if not resume:
+        return checkpoint_path, None
+    payload = load_checkpoint(checkpoint_path, kind=kind)
+    if "imported" in payload:
+        raise CheckpointError(f"{checkpoint_path} holds {imported}")
+    require_resumable_config(payload, config, checkpoint_path, out_dir)
+    return checkpoint_path, payload
 
 
 def _flat(values: dict, prefix: str = "") -> dict[str, Any]:

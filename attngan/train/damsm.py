@@ -31,10 +31,9 @@ from attngan.metrics.r_precision import check_protocol, r_precision, r_precision
 from attngan.nn.image_encoder import build_image_encoder
 from attngan.nn.text_encoder import TextEncoder
 from attngan.ops.damsm import damsm_sentence_loss, damsm_word_loss, damsm_word_similarity
-from attngan.train.checkpoint import (CheckpointError, load_checkpoint,
-                                      require_resumable_config, require_same_vocabulary,
-                                      resolve_run_checkpoint, rng_state, run_checkpoint_path,
-                                      save_checkpoint, set_rng_state, trim_metrics)
+from attngan.train.checkpoint import (CheckpointError, load_checkpoint, open_run,
+                                      require_same_vocabulary, resolve_run_checkpoint,
+                                      rng_state, save_checkpoint, set_rng_state, trim_metrics)
 from attngan.train.runtime import prepare_run, training_autocast
 
 
@@ -147,16 +146,12 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
                    progress: bool = True) -> dict:
     """Pretrain the DAMSM encoders; returns the final R-precision results (also saved)."""
     out_dir = Path(out_dir)
-    checkpoint_path = run_checkpoint_path(out_dir, "damsm", resume)
-    payload = None
-    if resume:
-        payload = load_checkpoint(checkpoint_path, kind="damsm")
-        if "imported" in payload:
-            raise CheckpointError(f"{checkpoint_path} holds encoders imported from the original "
-                                  f"(attngan import-damsm), without optimizer state to resume; "
-                                  f"use it with attngan train --damsm, or pretrain in a new "
-                                  f"--out folder")
-        require_resumable_config(payload, config_to_dict(config), checkpoint_path, out_dir)
+    checkpoint_path, payload = open_run(
+        out_dir, "damsm", resume, config_to_dict(config),
+        imported="encoders imported from the original (attngan import-damsm), without optimizer "
+                 "state to resume; use it with attngan train --damsm, or pretrain in a new --out "
+                 "folder")
+    if payload is not None:
         if payload["epoch"] > config.damsm.epochs:      # equal: a finished run, evaluated again
             raise CheckpointError(f"--resume: {checkpoint_path} has trained "
                                   f"{payload['epoch']} epochs, more than damsm.epochs="

@@ -36,10 +36,9 @@ from attngan.files import file_sha256
 from attngan.nn.discriminator import build_discriminators
 from attngan.nn.generator import Generator
 from attngan.nn.text_encoder import TextEncoder
-from attngan.train.checkpoint import (CheckpointError, load_checkpoint,
-                                      require_resumable_config, require_same_vocabulary,
-                                      resolve_run_checkpoint, rng_state, run_checkpoint_path,
-                                      save_checkpoint, set_rng_state, trim_metrics)
+from attngan.train.checkpoint import (CheckpointError, load_checkpoint, open_run,
+                                      require_same_vocabulary, resolve_run_checkpoint,
+                                      rng_state, save_checkpoint, set_rng_state, trim_metrics)
 from attngan.train.damsm import load_damsm, resolve_damsm_checkpoint
 from attngan.train.ema import EMA
 from attngan.train.losses import (damsm_generator_loss, discriminator_loss,
@@ -176,16 +175,11 @@ def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resum
     """Train the AttnGAN generator against frozen DAMSM encoders; returns a summary dict
     (steps, epochs, seconds, checkpoint, last losses)."""
     out_dir = Path(out_dir)
-    checkpoint_path = run_checkpoint_path(out_dir, "gan", resume)
-    payload = None
-    if resume:
-        payload = load_checkpoint(checkpoint_path, kind="gan")
-        if "imported" in payload:
-            raise CheckpointError(f"{checkpoint_path} holds a generator imported from the "
-                                  f"original (attngan import-generator), without discriminators "
-                                  f"or optimizer state to resume; sample or evaluate it, or "
-                                  f"train in a new --out folder")
-        require_resumable_config(payload, config_to_dict(config), checkpoint_path, out_dir)
+    checkpoint_path, payload = open_run(
+        out_dir, "gan", resume, config_to_dict(config),
+        imported="a generator imported from the original (attngan import-generator), without "
+                 "discriminators or optimizer state to resume; sample or evaluate it, or train "
+                 "in a new --out folder")
     device = prepare_run(config)
     gan = config.gan
     dataset = build_dataset(config.data, "train", augment=True)
