@@ -49,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (DTYPES, add_lengths_option, add_matmul_precision_option,  # noqa: E402
-                    interleaved_cpu_samples,
+                    at_least, interleaved_cpu_samples,
                     lengths_device, load_tiles, machine, machine_lines, markdown_table,
                     matmul_gflops, median_seconds, peak_memory_bytes, publish)
 
@@ -215,15 +215,15 @@ def main(argv=None) -> int:
     parser.add_argument("--passes", default=None,
                         help="comma list of: " + ",".join(PASSES) + " (default: all on CPU, the "
                         "first two on CUDA)")
-    parser.add_argument("--min-time", type=float, default=1.0,
+    parser.add_argument("--min-time", type=at_least(0.01, float), default=1.0,
                         help="seconds of timed runs per measurement on CUDA and for the matmul "
                         "rate (default 1)")
-    parser.add_argument("--rounds", type=int, default=7,
+    parser.add_argument("--rounds", type=at_least(1), default=7,
                         help="CPU: timed calls per provider, interleaved over the providers "
                         "(default 7)")
-    parser.add_argument("--scale", type=float, default=None,
+    parser.add_argument("--scale", type=at_least(1e-6, float), default=None,
                         help="feature scale (default D^-1/4: s = v^T e of unit spread)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=at_least(1), default=None,
                         help="CPU threads (torch.set_num_threads); default: torch's choice")
     parser.add_argument("--record", action="store_true",
                         help="write JSON and markdown to bench/results/")

@@ -38,7 +38,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, machine_lines, markdown_table, median_seconds, publish  # noqa: E402
+from common import (at_least, machine, machine_lines, markdown_table,  # noqa: E402
+                    median_seconds, publish)
 
 from attngan.config import Config, load_config  # noqa: E402
 from attngan.nn.image_encoder import build_image_encoder  # noqa: E402
@@ -191,9 +192,9 @@ def main() -> int:
     parser.add_argument("--precisions", default="fp32",
                         help="comma list of run.precision values (fp32, bf16), each run with "
                              "every impl; the first with the first impl is the baseline")
-    parser.add_argument("--min-time", type=float, default=3.0,
+    parser.add_argument("--min-time", type=at_least(0.01, float), default=3.0,
                         help="seconds of timed steps per implementation")
-    parser.add_argument("--profile", type=int, default=0, metavar="N",
+    parser.add_argument("--profile", type=at_least(0), default=0, metavar="N",
                         help="also profile N steps of each row and show the ops that take the "
                              "most time (default 0: no profile)")
     parser.add_argument("--record", action="store_true", help="write bench/results/")

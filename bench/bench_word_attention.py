@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DTYPES, add_lengths_option, lengths_device, machine,  # noqa: E402
+from common import (DTYPES, add_lengths_option, at_least, lengths_device, machine,  # noqa: E402
                     machine_lines, markdown_table, median_seconds, peak_memory_bytes, publish)
 
 from attngan import backend  # noqa: E402
@@ -301,10 +301,10 @@ def main(argv=None) -> int:
                              "'none' for none)")
     parser.add_argument("--providers", default=",".join(PYTORCH_PROVIDERS + PROJECT_PROVIDERS))
     parser.add_argument("--full-lengths", action="store_true", help="every caption has all L words")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=at_least(1), default=None,
                         help="CPU threads (default: torch's; one thread is the steadier number on "
                              "a shared machine, where a busy core stalls the other thread)")
-    parser.add_argument("--min-time", type=float, default=None,
+    parser.add_argument("--min-time", type=at_least(0.01, float), default=None,
                         help="seconds of timed runs per measurement (default 1 on CPU, 0.25 on CUDA)")
     parser.add_argument("--record", action="store_true",
                         help="write JSON and markdown to bench/results/")

@@ -9,6 +9,7 @@ versions and the git commit.
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -168,6 +169,21 @@ def machine_lines(info: dict) -> list[str]:
                      f"(torch.set_float32_matmul_precision, for every provider; "
                      f"--matmul-precision)")
     return lines
+
+
+def at_least(low: float, kind: type = int) -> Callable[[str], float]:
+    """An argparse type: a number of `kind` that is at least `low`, so that --rounds 0 or a
+    negative time is a usage error instead of a failure after the set-up."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not value >= low:                         # also refuses NaN
+            raise argparse.ArgumentTypeError(f"{text} is less than {low}")
+        return value
+    return parse
 
 
 def add_matmul_precision_option(parser) -> None:

@@ -34,8 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_damsm import SIZES, make_inputs  # noqa: E402
-from common import (DTYPES, machine, machine_lines, markdown_table, median_seconds,  # noqa: E402
-                    publish, save_tiles)
+from common import (DTYPES, at_least, machine, machine_lines, markdown_table,  # noqa: E402
+                    median_seconds, publish, save_tiles)
 
 from attngan.kernels import damsm as tk  # noqa: E402
 
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--kernels", default=",".join(KERNELS))
-    parser.add_argument("--max-seconds", type=float, default=75.0,
+    parser.add_argument("--max-seconds", type=at_least(1.0, float), default=75.0,
                         help="start no new candidate after this many seconds")
     parser.add_argument("--record", action="store_true", help="write JSON and markdown to bench/results/")
     parser.add_argument("--write-tiles", metavar="FILE",

@@ -55,3 +55,16 @@ def test_records_of_one_minute_keep_each_other(tmp_path, monkeypatch):
     assert len({path for pair in paths for path in pair}) == 6
     assert [md.read_text() for _, md in paths] == ["run 0\n", "run 1\n", "run 2\n"]
     assert paths[1][0].name.endswith("-some-cpu-2t-2.json")
+
+
+def test_counts_and_times_below_their_least_are_usage_errors():
+    """--rounds 0 or a negative --min-time failed after the set-up (a median of nothing)."""
+    rounds, seconds = common.at_least(1), common.at_least(0.01, float)
+    assert rounds("7") == 7 and seconds("0.5") == 0.5
+    for parse, text, message in ((rounds, "0", "0 is less than 1"),
+                                 (rounds, "x", "'x' is not an integer"),
+                                 (seconds, "-1", "-1 is less than 0.01"),
+                                 (seconds, "nan", "nan is less than 0.01"),
+                                 (seconds, "fast", "'fast' is not a number")):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            parse(text)
