@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from attngan.cli import user_message
+from attngan.cli import main as cli_main, user_message
 from attngan.config import DataConfig
 from attngan.data import DataError, build_dataset, collate, prepare, tokenize
 from attngan.data.cub import crop_window, prepare_captions, read_cub
@@ -432,3 +432,13 @@ def test_random_module_state_is_untouched(cub):
     random.seed(11)
     data.caption(3)
     assert random.random() == expected
+
+
+def test_prepare_says_whether_it_wrote_or_kept_the_captions(cub, capsys):
+    """It keeps an existing captions.pickle; saying "written" then hid that edited captions
+    were not read."""
+    assert cli_main(["prepare", str(cub)]) == 0
+    assert capsys.readouterr().out == f"captions written to {cub / 'captions.pickle'}\n"
+    assert cli_main(["prepare", str(cub)]) == 0
+    assert capsys.readouterr().out.startswith(f"{cub / 'captions.pickle'} exists and was kept, "
+                                              "not rebuilt")
