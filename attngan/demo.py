@@ -50,6 +50,9 @@ def run_demo(out: Path, overrides: Sequence[str] = (), quick: bool = False) -> d
     from attngan.data.synthetic import make_synthetic
     from attngan.metrics.evaluate import evaluate_generator
     from attngan.sampling import sample_captions
+    from attngan.config import config_to_dict
+    from attngan.train.checkpoint import (CHECKPOINT_NAMES, CheckpointError, config_changes,
+                                          load_checkpoint)
     from attngan.train.damsm import pretrain_damsm
     from attngan.train.gan import train_gan
 
@@ -67,13 +70,24 @@ def run_demo(out: Path, overrides: Sequence[str] = (), quick: bool = False) -> d
         print(f"[demo] {name} done in {timings[name]:.0f} s", flush=True)
         return result
 
+    # A run whose checkpoint is there is continued (a finished one is kept), when it was made
+    # with these settings: an earlier demo into the same folder, stopped or finished.
+    checkpoints = {kind: out / kind / "checkpoints" / CHECKPOINT_NAMES[kind]
+                   for kind in ("damsm", "gan")}
+    for kind, path in checkpoints.items():
+        if path.exists():
+            changes = config_changes(load_checkpoint(path, kind=kind), config_to_dict(config))
+            if changes:
+                raise CheckpointError(f"{out} holds a demo run with other settings ({kind}: "
+                                      f"{changes}); choose another --out folder, or delete "
+                                      f"{out / 'damsm'} and {out / 'gan'} to start again")
     if not (data_root / "captions.pickle").exists() and not (data_root / "text").exists():
         timed("synthetic data", make_synthetic, data_root, config.data.synthetic)
     damsm = timed("DAMSM pretraining", pretrain_damsm, config, out / "damsm",
-                  resume=(out / "damsm" / "checkpoints").exists())
+                  resume=checkpoints["damsm"].exists())
     print(f"[demo] DAMSM R-precision: {_format_r_precision(damsm['sentence'])}")
     gan = timed("GAN training", train_gan, config, out / "damsm", out / "gan",
-                resume=(out / "gan" / "checkpoints").exists())
+                resume=checkpoints["gan"].exists())
     samples = timed("sampling", sample_captions, out / "gan", list(DEMO_CAPTIONS), n=4,
                     out_dir=out / "samples", device=config.run.device, seed=config.run.seed)
     evaluation = timed("evaluation", evaluate_generator, out / "gan",

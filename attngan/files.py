@@ -11,6 +11,7 @@ made every checkpoint and metadata pickle unreadable to the other users of a sha
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import tempfile
@@ -56,10 +57,13 @@ def write_atomically(path: Union[str, Path], write: Callable[[BinaryIO], None]) 
     """Create or replace `path` with what `write(stream)` writes, all or nothing.
 
     The folder is created if needed. On any failure (including KeyboardInterrupt) the temporary
-    file is removed, an existing `path` is left as it was, and the error propagates.
+    file is removed, an existing `path` is left as it was, and the error propagates; the
+    temporary files of an earlier write of `path` that was killed outright are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)        # left by a process killed while writing `path`
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:

@@ -164,3 +164,12 @@ def test_trim_metrics_drops_later_lines_and_a_line_cut_short(tmp_path):
     with pytest.raises(CheckpointError, match="metrics.jsonl line 2 is not a JSON record"):
         trim_metrics(path, 2)
     assert path.read_text() == '{"step": 1}\n{"ste\n{"step": 2}\n'
+
+
+def test_a_write_removes_the_temporaries_of_a_killed_one(tmp_path):
+    """A process killed outright (SIGKILL) while writing leaves its temporary file: the next
+    write of the same file removes it, and only it."""
+    (tmp_path / ".c.pt.x1y2z3.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / ".other.pt.abc.tmp").write_bytes(b"another file's")
+    save_checkpoint(tmp_path / "c.pt", {"kind": "gan", "step": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.abc.tmp", "c.pt"]

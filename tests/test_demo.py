@@ -29,3 +29,8 @@ def test_quick_demo_writes_every_output(tmp_path, capsys):
     evaluated = (out / "evaluation.json").read_text()
     assert main(["demo", "--quick", "--out", str(out), "--set", "run.threads=0"]) == 0
     assert (out / "evaluation.json").read_text() == evaluated
+    # other settings into the same folder: one error saying so, naming no option demo lacks
+    assert main(["demo", "--quick", "--out", str(out), "--set", "gan.ngf=8"]) == 2
+    error = capsys.readouterr().err
+    assert f"{out} holds a demo run with other settings (damsm: gan.ngf=8 (the run's: " in error
+    assert "choose another --out folder" in error and "--config" not in error

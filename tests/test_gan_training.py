@@ -148,6 +148,17 @@ def test_resume_continues_exactly(tiny, tmp_path):
     assert all(torch.equal(state_a[k]["exp_avg"], state_b[k]["exp_avg"]) for k in state_a)
 
 
+def test_a_new_run_starts_the_metrics_of_a_run_killed_before_its_checkpoint_afresh(tiny,
+                                                                                   tmp_path):
+    config, damsm = tiny
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1, "d0": 9.0}\n{"step": 2, "d')
+    train_gan(_with(config, max_steps=2), damsm, tmp_path / "run", progress=False)
+    fresh = tmp_path / "fresh"
+    train_gan(_with(config, max_steps=2), damsm, fresh, progress=False)
+    assert _losses(tmp_path / "run") == _losses(fresh)
+
+
 def test_existing_run_needs_resume_and_resume_needs_a_run(tiny, tmp_path):
     config, damsm = tiny
     with pytest.raises(CheckpointError, match="without --resume"):

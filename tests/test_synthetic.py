@@ -126,6 +126,12 @@ def test_regenerating_replaces_an_earlier_set_and_refuses_other_folders(tmp_path
     assert len(_load(root / "train" / "filenames.pickle")) == 3
 
 
+def test_a_set_left_half_written_by_a_killed_run_is_removed(tmp_path):
+    (tmp_path / ".set.tmp-abc123" / "text").mkdir(parents=True)
+    make_synthetic(tmp_path / "set", SyntheticConfig(num_train=3, num_test=2, canvas=16))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+
+
 def test_the_set_has_the_umasks_permissions(tmp_path):
     """Folders and files as mkdir and open would make them (a shared data folder stays
     readable by its group), not the owner-only ones of the temporary folder it is written in."""

@@ -27,6 +27,7 @@ folder is written beside the target and renamed into place, so a failed run leav
 """
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
@@ -215,6 +216,8 @@ def make_synthetic(out_dir: str | Path, cfg: SyntheticConfig) -> Path:
     out = Path(out_dir)
     _prepare_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)   # left by a run killed while writing the set
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         _write(work, cfg, train_pairs, held)

@@ -96,15 +96,21 @@ def _flat(values: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def require_resumable_config(payload: dict, config: dict, path: Path, out_dir: Path) -> None:
-    """Refuse to resume the run of checkpoint `payload` with a `config` (config_to_dict) that
-    differs from the run's own in anything but RESUME_MAY_CHANGE."""
+def config_changes(payload: dict, config: dict) -> str:
+    """The settings in which `config` (config_to_dict) differs from the run of checkpoint
+    `payload` beyond RESUME_MAY_CHANGE, as "key=new (the run's: old), ...", or ""."""
     saved, given = _flat(payload["config"]), _flat(config)
     changed = sorted(key for key in saved.keys() | given.keys()
                      if key not in RESUME_MAY_CHANGE and saved.get(key) != given.get(key))
-    if changed:
-        shown = ", ".join(f"{key}={given.get(key)!r} (the run's: {saved.get(key)!r})"
-                          for key in changed[:3]) + (" ..." if len(changed) > 3 else "")
+    return ", ".join(f"{key}={given.get(key)!r} (the run's: {saved.get(key)!r})"
+                     for key in changed[:3]) + (" ..." if len(changed) > 3 else "")
+
+
+def require_resumable_config(payload: dict, config: dict, path: Path, out_dir: Path) -> None:
+    """Refuse to resume the run of checkpoint `payload` with a `config` (config_to_dict) that
+    differs from the run's own in anything but RESUME_MAY_CHANGE."""
+    shown = config_changes(payload, config)
+    if shown:
         other = next(name for name in RUN_NAMES if name != payload["kind"])
         allowed = sorted(key for key in RESUME_MAY_CHANGE if not key.startswith(f"{other}."))
         raise CheckpointError(
@@ -114,8 +120,9 @@ def require_resumable_config(payload: dict, config: dict, path: Path, out_dir: P
 
 
 def trim_metrics(path: Path, last_step: int) -> None:
-    """Drop the lines of a run's metrics.jsonl written after the checkpoint it resumes from
-    (the resumed run writes them again), and a last line cut short by a crash mid-write."""
+    """Drop the lines of a run's metrics.jsonl written after the checkpoint it resumes from, or
+    all of them for a new run (last_step 0) in a folder where a run was killed before its first
+    checkpoint: the run writes them again. A last line cut short by a crash goes too."""
     if not path.exists():
         return
     lines = [line for line in path.read_text().splitlines() if line.strip()]

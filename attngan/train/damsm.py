@@ -179,7 +179,8 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
         optimizer.load_state_dict(payload["optimizer"])
         start_epoch, step = payload["epoch"], payload["step"]
         set_rng_state(payload["rng"])
-        trim_metrics(out_dir / "metrics.jsonl", step)
+    # what a run killed before this checkpoint (or its first) logged is logged again
+    trim_metrics(out_dir / "metrics.jsonl", step)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
 

@@ -216,7 +216,8 @@ def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resum
         step, epoch, batch_in_epoch = payload["step"], payload["epoch"], payload["batch_in_epoch"]
         seconds_before = payload["seconds"]
         set_rng_state(payload["rng"])
-        trim_metrics(out_dir / "metrics.jsonl", step)
+    # what a run killed before this checkpoint (or its first) logged is logged again
+    trim_metrics(out_dir / "metrics.jsonl", step)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
 
