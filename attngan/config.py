@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import importlib.resources
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -384,6 +385,19 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
         where = f" (config {path}" if path is not None else " (config defaults"
         where += " with --set overrides)" if overrides else ")"
         raise ConfigError(f"{error}{where}") from None
+
+
+def with_absolute_paths(config: Config) -> Config:
+    """`config` with data.root and image_encoder.weights as absolute paths (`~` expanded): what
+    a run records, so that evaluating or resuming it from another folder reads the same files
+    (a relative root read another data set of the same vocabulary there, silently)."""
+    def absolute(path: str) -> str:
+        return os.path.abspath(os.path.expanduser(path))
+    weights = config.image_encoder.weights
+    return dataclasses.replace(
+        config, data=dataclasses.replace(config.data, root=absolute(config.data.root)),
+        image_encoder=dataclasses.replace(config.image_encoder,
+                                          weights=weights and absolute(weights)))
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -125,6 +125,10 @@ def test_an_output_that_cannot_be_written_is_an_error_before_generating(run, tmp
                                          r"\.json file"):
         evaluate_generator(run[0], out_path=tmp_path, max_images=4)
     (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=f"--out {tmp_path / 'file'} exists and is not the "
+                                         "result of an evaluation; pass a new path"):
+        evaluate_generator(run[0], out_path=tmp_path / "file", max_images=4)
+    assert (tmp_path / "file").read_text() == "x"
     with pytest.raises(ValueError, match="cannot make the folder .*file \\(.*\\); pass "
                                          "another --out path"):
         evaluate_generator(run[0], out_path=tmp_path / "file" / "e.json", max_images=4)

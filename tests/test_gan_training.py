@@ -159,6 +159,20 @@ def test_a_new_run_starts_the_metrics_of_a_run_killed_before_its_checkpoint_afre
     assert _losses(tmp_path / "run") == _losses(fresh)
 
 
+def test_a_run_records_where_its_data_is_from_anywhere(tiny, tmp_path, monkeypatch):
+    """A relative data.root is recorded as the absolute folder it meant, so that evaluating or
+    resuming the run from another folder reads the same data (it read another set silently)."""
+    config, damsm = tiny
+    monkeypatch.chdir(Path(config.data.root).parent)
+    relative = dataclasses.replace(config, data=dataclasses.replace(
+        config.data, root=Path(config.data.root).name))
+    train_gan(_with(relative, max_steps=1), damsm, tmp_path / "run", progress=False)
+    monkeypatch.chdir(tmp_path)
+    assert load_gan(tmp_path / "run")[3].data.root == str(Path(config.data.root).resolve())
+    assert load_config(tmp_path / "run" / "config.yaml").data.root == \
+        str(Path(config.data.root).resolve())
+
+
 def test_existing_run_needs_resume_and_resume_needs_a_run(tiny, tmp_path):
     config, damsm = tiny
     with pytest.raises(CheckpointError, match="without --resume"):

@@ -55,6 +55,15 @@ def _check_readable(texts: list[str], words: int) -> None:
                         f"data.words_num)")
 
 
+def _is_evaluation(path: Path) -> bool:
+    """Whether `path` holds what evaluate_generator writes (a JSON object with a protocol)."""
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(content, dict) and "protocol" in content
+
+
 def _test_images(dataset, batch_size: int):
     """The test images in batches, one per image, at the data set's top size."""
     for start in range(0, len(dataset.keys), batch_size):
@@ -83,6 +92,9 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
         out_path = Path(out_path)
         if out_path.is_dir():
             raise ValueError(f"--out {out_path} is a folder; pass the path of a .json file")
+        if out_path.exists() and not _is_evaluation(out_path):
+            raise ValueError(f"--out {out_path} exists and is not the result of an evaluation; "
+                             "pass a new path (an earlier evaluation's file is replaced)")
         make_folder(out_path.parent, "--out path")
     netG, gan_text_encoder, vocab, config, payload = load_gan(ckpt_path, device)
     if data_root is not None:
@@ -166,7 +178,8 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
             lambda: _test_images(dataset, batch_size))
     result = {
         "protocol": {
-            "split": "test", "samples": count, "test_images": len(dataset.keys),
+            "split": "test", "data_root": config.data.root, "samples": count,
+            "test_images": len(dataset.keys),
             "captions": "round-robin: caption 0 of every test image, then caption 1, ...",
             "words_per_caption": eval_words,
             "resolution": resolution, "generator": "EMA weights",

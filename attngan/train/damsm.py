@@ -24,7 +24,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from attngan.config import Config, config_from_dict, config_to_dict, save_config
+from attngan.config import (Config, config_from_dict, config_to_dict, save_config,
+                            with_absolute_paths)
 from attngan.data.dataset import build_dataset, collate
 from attngan.data.vocab import Vocabulary
 from attngan.metrics.r_precision import check_protocol, r_precision, r_precision_from_scores
@@ -146,6 +147,7 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
                    progress: bool = True) -> dict:
     """Pretrain the DAMSM encoders; returns the final R-precision results (also saved)."""
     out_dir = Path(out_dir)
+    config = with_absolute_paths(config)
     checkpoint_path, payload = open_run(
         out_dir, "damsm", resume, config_to_dict(config),
         imported="encoders imported from the original (attngan import-damsm), without optimizer "

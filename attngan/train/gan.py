@@ -29,7 +29,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from attngan.config import Config, config_from_dict, config_to_dict, save_config
+from attngan.config import (Config, config_from_dict, config_to_dict, save_config,
+                            with_absolute_paths)
 from attngan.data.dataset import build_dataset, collate
 from attngan.data.vocab import Vocabulary
 from attngan.files import file_sha256
@@ -175,6 +176,7 @@ def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resum
     """Train the AttnGAN generator against frozen DAMSM encoders; returns a summary dict
     (steps, epochs, seconds, checkpoint, last losses)."""
     out_dir = Path(out_dir)
+    config = with_absolute_paths(config)
     checkpoint_path, payload = open_run(
         out_dir, "gan", resume, config_to_dict(config),
         imported="a generator imported from the original (attngan import-generator), without "

@@ -45,7 +45,7 @@ from typing import Callable, Optional, Union
 
 import torch.nn as nn
 
-from attngan.config import Config, ConfigError, config_to_dict, save_config
+from attngan.config import Config, ConfigError, config_to_dict, save_config, with_absolute_paths
 from attngan.data.dataset import build_dataset, read_split
 from attngan.data.errors import DataError
 from attngan.files import file_sha256
@@ -104,6 +104,7 @@ def import_damsm(text_path: Union[str, Path], image_path: Union[str, Path], conf
     """Write a DAMSM run in `out_dir` from the original's released encoders (module docstring);
     returns dict(checkpoint, imported, and with `r_precision` the test split's R-precision)."""
     text_path, image_path, out_dir = Path(text_path), Path(image_path), Path(out_dir)
+    config = with_absolute_paths(config)
     checkpoint_path = run_checkpoint_path(out_dir, "damsm", resume=False)
     if config.image_encoder.backbone != "inception":
         raise ConfigError("the released image encoders are Inception-v3 ones; use "
@@ -165,6 +166,7 @@ def import_generator(netg_path: Union[str, Path], damsm_run: Union[str, Path], c
     """Write a GAN run in `out_dir` from the original's released generator weights, conditioned
     by the DAMSM run `damsm_run` (module docstring); returns dict(checkpoint, imported)."""
     netg_path, out_dir = Path(netg_path), Path(out_dir)
+    config = with_absolute_paths(config)
     checkpoint_path = run_checkpoint_path(out_dir, "gan", resume=False)
     damsm_file = resolve_damsm_checkpoint(damsm_run).resolve()
     text_encoder, _, vocab, damsm_config = load_damsm(damsm_file)
