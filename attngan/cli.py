@@ -23,8 +23,21 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from attngan import __version__
 from attngan.backend import ImplementationUnavailable
 from attngan.config import load_config, preset_names
+from attngan.sampling import MAX_SAMPLES
+
+
+def _seed(text: str) -> int:
+    """An argparse type: a seed torch.Generator.manual_seed takes (a 64-bit integer)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not -2 ** 63 <= value < 2 ** 64:
+        raise argparse.ArgumentTypeError(f"{text} is outside the 64-bit seeds torch takes")
+    return value
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, default: str) -> None:
@@ -166,6 +179,7 @@ def _demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attngan", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"attngan {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("make-synthetic", help="write the synthetic shapes data set")
@@ -214,11 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="GAN checkpoint file or run folder")
     p.add_argument("--text", action="append", help="a caption (repeatable)")
     p.add_argument("--captions", help="text file, one caption per line")
-    p.add_argument("--n", type=int, default=8, help="images per caption")
-    p.add_argument("--out", default="samples", help="output folder")
+    p.add_argument("--n", type=int, default=8,
+                   help=f"images per caption, 1 to {MAX_SAMPLES} (default 8)")
+    p.add_argument("--out", default="samples",
+                   help="output folder (default samples/ in the current folder)")
     p.add_argument("--device", default="auto",
                    help="auto (default: the GPU when there is one, else the CPU), cpu or cuda[:N]")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="seed of the noise (default 0: the same images every time)")
     p.set_defaults(run=_sample)
 
     p = commands.add_parser("evaluate", help="checker accuracy, R-precision, and with Inception "
@@ -231,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generate at most this many images (default: one per test caption)")
     p.add_argument("--damsm", help="DAMSM run or checkpoint for R-precision "
                                    "(default: the one the GAN was trained with)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="seed of the noise and the R-precision folds (default 0)")
     p.add_argument("--data-root", metavar="PATH",
                    help="where the run's data set is now (default: data.root of its config)")
     p.add_argument("--inception-weights", metavar="PATH",
@@ -257,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, ImplementationUnavailable)
+# What an interrupted command leaves and how to go on (checkpoints are written atomically).
+INTERRUPTED = {
+    "pretrain-damsm": "; the run goes on from its last checkpoint with the same command and "
+                      "--resume",
+    "train": "; the run goes on from its last checkpoint with the same command and --resume",
+    "demo": "; the same command goes on from the last checkpoints",
+}
 
 
 def user_message(error: BaseException) -> str:
@@ -282,6 +307,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except USER_ERRORS as error:
         print(f"attngan {args.command}: error: {user_message(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"attngan {args.command}: interrupted{INTERRUPTED.get(args.command, '')}",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -28,9 +28,10 @@ from attngan.train.gan import generate, load_gan
 from attngan.train.runtime import resolve_device_argument
 from attngan.viz import attention_figure, save_image_grid
 
-__all__ = ["sample_captions", "TOP_WORDS"]
+__all__ = ["sample_captions", "TOP_WORDS", "MAX_SAMPLES"]
 
 TOP_WORDS = 5
+MAX_SAMPLES = 64              # images per caption: one batch, one row of the figure
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -47,20 +48,26 @@ def sample_captions(ckpt_path: str | Path, texts: Sequence[str], *, n: int = 8,
                     out_dir: str | Path, device: str | torch.device = "auto",
                     seed: int = 0) -> list[Path]:
     """Write n samples per caption (every stage) and an attention figure; return the paths."""
-    if n < 1:
-        raise ValueError(f"n={n}: ask for at least one sample per caption")
+    if not 1 <= n <= MAX_SAMPLES:
+        raise ValueError(f"n={n}: ask for 1 to {MAX_SAMPLES} samples per caption (they are drawn "
+                         "in one batch and shown in one row)")
     if not texts:
         raise ValueError("no captions given; pass at least one caption to draw")
     device = resolve_device_argument(device)
     netG, text_encoder, vocab, _, _ = load_gan(ckpt_path, device)
     encoded = [vocab.encode(text) for text in texts]        # DataError names unknown words
     out_dir = make_folder(out_dir, "output folder (--out)")
+    listing = out_dir / "captions.txt"
+    if listing.exists() and not all(re.fullmatch(r"\d{2,}: .*", line)
+                                    for line in listing.read_text().splitlines()):
+        raise ValueError(f"{listing} was not written by `attngan sample` (a training run's "
+                         f"samples/?), and sampling would replace it; choose another --out")
     noise_source = torch.Generator().manual_seed(seed)
     written: list[Path] = []
     lines = []
     for index, (text, ids) in enumerate(zip(texts, encoded)):
         stem = f"{index:02d}_{_slug(text)}"
-        lines.append(f"{index:02d}: {text}\n")
+        lines.append(f"{index:02d}: {' '.join(text.split())}\n")
         captions = torch.tensor(ids).expand(n, -1)                       # [n, L]
         lengths = torch.full((n,), len(ids))
         noise = torch.randn(n, netG.z_dim, generator=noise_source).to(device)
@@ -74,7 +81,6 @@ def sample_captions(ckpt_path: str | Path, texts: Sequence[str], *, n: int = 8,
             written.append(attention_figure(
                 [image[0] for image in images], [attn[0] for attn in maps], tokenize(text),
                 out_dir / f"{stem}_attention.png", top_k=TOP_WORDS))
-    captions_file = out_dir / "captions.txt"
-    captions_file.write_text("".join(lines))
-    written.append(captions_file)
+    listing.write_text("".join(lines))
+    written.append(listing)
     return written

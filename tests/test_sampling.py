@@ -82,6 +82,36 @@ def test_bad_captions_files_and_output_folders_are_one_error(checkpoint, tmp_pat
         "--text", "a red circle", "--out", str(blank / "under"))
 
 
+def test_sampling_keeps_what_it_did_not_write_and_bounds_its_batch(checkpoint, tmp_path,
+                                                                   capsys):
+    """The default --out, samples/, run in a training run's folder replaced the key to its
+    sample grids; --n 100000 tried to draw every image in one batch (14 GB and counting)."""
+    grids = tmp_path / "samples"
+    grids.mkdir()
+    (grids / "captions.txt").write_text("column 0: a red circle\n")
+    with pytest.raises(ValueError, match="captions.txt was not written by `attngan sample`"):
+        sample_captions(checkpoint, ["a red circle"], n=1, out_dir=grids)
+    assert (grids / "captions.txt").read_text() == "column 0: a red circle\n"
+    with pytest.raises(ValueError, match="n=65: ask for 1 to 64 samples per caption"):
+        sample_captions(checkpoint, ["a red circle"], n=65, out_dir=tmp_path / "many")
+    ours = tmp_path / "ours"
+    sample_captions(checkpoint, ["a red\ncircle", "a blue square"], n=1, out_dir=ours)
+    sample_captions(checkpoint, ["a red circle"], n=1, out_dir=ours)     # its own: replaced
+    assert (ours / "captions.txt").read_text() == "00: a red circle\n"
+    with pytest.raises(SystemExit):
+        main(["sample", "--ckpt", str(checkpoint), "--seed", "99999999999999999999"])
+    assert "outside the 64-bit seeds torch takes" in capsys.readouterr().err
+
+
+def test_an_interrupted_command_says_how_to_go_on(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("attngan.cli._train", interrupted)
+    assert main(["train", "--damsm", "d"]) == 130
+    assert capsys.readouterr().err == ("attngan train: interrupted; the run goes on from its "
+                                       "last checkpoint with the same command and --resume\n")
+
+
 def test_word_confidence_counts_mass_above_twice_uniform():
     """3 words, 16 regions: word 0 owns region 0, word 1 dominates regions 1-4, the rest is
     spread below 2/3 (twice the uniform share 1/3) and counts for nobody."""
