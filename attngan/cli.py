@@ -26,17 +26,19 @@ from typing import Optional, Sequence
 from attngan import __version__
 from attngan.backend import ImplementationUnavailable
 from attngan.config import load_config, preset_names
-from attngan.sampling import MAX_SAMPLES
+
+
+MAX_SEED = 2 ** 62        # sampling and evaluation add a batch's index; torch takes 64 bits
 
 
 def _seed(text: str) -> int:
-    """An argparse type: a seed torch.Generator.manual_seed takes (a 64-bit integer)."""
+    """An argparse type: a seed from 0 to MAX_SEED."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not -2 ** 63 <= value < 2 ** 64:
-        raise argparse.ArgumentTypeError(f"{text} is outside the 64-bit seeds torch takes")
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text} is not a seed from 0 to 2^62")
     return value
 
 
@@ -228,8 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="GAN checkpoint file or run folder")
     p.add_argument("--text", action="append", help="a caption (repeatable)")
     p.add_argument("--captions", help="text file, one caption per line")
-    p.add_argument("--n", type=int, default=8,
-                   help=f"images per caption, 1 to {MAX_SAMPLES} (default 8)")
+    p.add_argument("--n", type=int, default=8, help="images per caption (default 8)")
     p.add_argument("--out", default="samples",
                    help="output folder (default samples/ in the current folder)")
     p.add_argument("--device", default="auto",
@@ -275,13 +276,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, ImplementationUnavailable)
-# What an interrupted command leaves and how to go on (checkpoints are written atomically).
-INTERRUPTED = {
-    "pretrain-damsm": "; the run goes on from its last checkpoint with the same command and "
-                      "--resume",
-    "train": "; the run goes on from its last checkpoint with the same command and --resume",
-    "demo": "; the same command goes on from the last checkpoints",
-}
+# The runs of the commands that train, by kind (attngan.train.checkpoint), for Ctrl-C's advice.
+TRAINING_RUNS = {"pretrain-damsm": ("damsm", "damsm"), "train": ("gan", "gan")}
+
+
+def _how_to_go_on(args) -> str:
+    """What to do after Ctrl-C: continue a run that wrote a checkpoint (written atomically, so
+    the last one is whole), or start over one that did not."""
+    if args.command == "demo":
+        return "; the same command goes on from the runs' last checkpoints"
+    if args.command not in TRAINING_RUNS:
+        return ""
+    from attngan.train.checkpoint import CHECKPOINT_NAMES
+    kind, suffix = TRAINING_RUNS[args.command]
+    if (_run_folder(args, suffix) / "checkpoints" / CHECKPOINT_NAMES[kind]).is_file():
+        return "; the same command with --resume goes on from the run's last checkpoint"
+    return "; the run wrote no checkpoint yet: the same command (without --resume) starts it again"
 
 
 def user_message(error: BaseException) -> str:
@@ -308,8 +318,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"attngan {args.command}: error: {user_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"attngan {args.command}: interrupted{INTERRUPTED.get(args.command, '')}",
-              file=sys.stderr)
+        print(f"attngan {args.command}: interrupted{_how_to_go_on(args)}", file=sys.stderr)
         return 130
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from attngan.config import load_config, preset_path
+from attngan.config import config_to_dict, load_config, preset_path
 
 PRESET = preset_path("shapes")
 DEMO_CAPTIONS = (
@@ -50,7 +50,6 @@ def run_demo(out: Path, overrides: Sequence[str] = (), quick: bool = False) -> d
     from attngan.data.synthetic import make_synthetic
     from attngan.metrics.evaluate import evaluate_generator
     from attngan.sampling import sample_captions
-    from attngan.config import config_to_dict
     from attngan.train.checkpoint import (CHECKPOINT_NAMES, CheckpointError, config_changes,
                                           load_checkpoint)
     from attngan.train.damsm import pretrain_damsm
@@ -80,7 +79,7 @@ def run_demo(out: Path, overrides: Sequence[str] = (), quick: bool = False) -> d
             if changes:
                 raise CheckpointError(f"{out} holds a demo run with other settings ({kind}: "
                                       f"{changes}); choose another --out folder, or delete "
-                                      f"{out / 'damsm'} and {out / 'gan'} to start again")
+                                      f"{out} (its data set too) to start again")
     if not (data_root / "captions.pickle").exists() and not (data_root / "text").exists():
         timed("synthetic data", make_synthetic, data_root, config.data.synthetic)
     damsm = timed("DAMSM pretraining", pretrain_damsm, config, out / "damsm",

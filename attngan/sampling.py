@@ -58,7 +58,7 @@ def sample_captions(ckpt_path: str | Path, texts: Sequence[str], *, n: int = 8,
     encoded = [vocab.encode(text) for text in texts]        # DataError names unknown words
     out_dir = make_folder(out_dir, "output folder (--out)")
     listing = out_dir / "captions.txt"
-    if listing.exists() and not all(re.fullmatch(r"\d{2,}: .*", line)
+    if listing.exists() and not all(re.fullmatch(r"\d{2,}: .*", line) or not line.strip()
                                     for line in listing.read_text().splitlines()):
         raise ValueError(f"{listing} was not written by `attngan sample` (a training run's "
                          f"samples/?), and sampling would replace it; choose another --out")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -180,7 +181,9 @@ def at_least(low: float, kind: type = int) -> Callable[[str], float]:
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if not value >= low:                         # also refuses NaN
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if value < low:
             raise argparse.ArgumentTypeError(f"{text} is less than {low}")
         return value
     return parse

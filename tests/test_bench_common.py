@@ -64,7 +64,8 @@ def test_counts_and_times_below_their_least_are_usage_errors():
     for parse, text, message in ((rounds, "0", "0 is less than 1"),
                                  (rounds, "x", "'x' is not an integer"),
                                  (seconds, "-1", "-1 is less than 0.01"),
-                                 (seconds, "nan", "nan is less than 0.01"),
+                                 (seconds, "nan", "nan is not a finite number"),
+                                 (seconds, "inf", "inf is not a finite number"),
                                  (seconds, "fast", "'fast' is not a number")):
         with pytest.raises(argparse.ArgumentTypeError, match=message):
             parse(text)

@@ -168,8 +168,11 @@ def test_trim_metrics_drops_later_lines_and_a_line_cut_short(tmp_path):
 
 def test_a_write_removes_the_temporaries_of_a_killed_one(tmp_path):
     """A process killed outright (SIGKILL) while writing leaves its temporary file: the next
-    write of the same file removes it, and only it."""
-    (tmp_path / ".c.pt.x1y2z3.tmp").write_bytes(b"half a checkpoint")
-    (tmp_path / ".other.pt.abc.tmp").write_bytes(b"another file's")
+    write of the same file removes it, and only it: not a live writer's, not another file's."""
+    dead, live = 999_999_999, os.getpid()           # above any pid_max; this process
+    (tmp_path / f".c.pt.tmp-{dead}-x1y2").write_bytes(b"half a checkpoint")
+    (tmp_path / f".c.pt.tmp-{live}-x1y2").write_bytes(b"a write in progress")
+    (tmp_path / f".other.pt.tmp-{dead}-x1y2").write_bytes(b"another file's")
     save_checkpoint(tmp_path / "c.pt", {"kind": "gan", "step": 1})
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.abc.tmp", "c.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f".c.pt.tmp-{live}-x1y2", f".other.pt.tmp-{dead}-x1y2", "c.pt"]

@@ -98,18 +98,25 @@ def test_sampling_keeps_what_it_did_not_write_and_bounds_its_batch(checkpoint, t
     sample_captions(checkpoint, ["a red\ncircle", "a blue square"], n=1, out_dir=ours)
     sample_captions(checkpoint, ["a red circle"], n=1, out_dir=ours)     # its own: replaced
     assert (ours / "captions.txt").read_text() == "00: a red circle\n"
-    with pytest.raises(SystemExit):
-        main(["sample", "--ckpt", str(checkpoint), "--seed", "99999999999999999999"])
-    assert "outside the 64-bit seeds torch takes" in capsys.readouterr().err
+    for seed in ("18446744073709551615", "-1"):      # overflowed when a caption's index was added
+        with pytest.raises(SystemExit):
+            main(["sample", "--ckpt", str(checkpoint), "--seed", seed])
+        assert f"{seed} is not a seed from 0 to 2^62" in capsys.readouterr().err
 
 
-def test_an_interrupted_command_says_how_to_go_on(monkeypatch, capsys):
+def test_an_interrupted_command_says_how_to_go_on(checkpoint, monkeypatch, tmp_path, capsys):
+    """Ctrl-C ends in one line, which says whether --resume can go on (a checkpoint was
+    written) or the run starts over (none yet)."""
     def interrupted(args):
         raise KeyboardInterrupt
     monkeypatch.setattr("attngan.cli._train", interrupted)
-    assert main(["train", "--damsm", "d"]) == 130
-    assert capsys.readouterr().err == ("attngan train: interrupted; the run goes on from its "
-                                       "last checkpoint with the same command and --resume\n")
+    assert main(["train", "--damsm", "d", "--out", str(tmp_path / "new")]) == 130
+    assert capsys.readouterr().err == ("attngan train: interrupted; the run wrote no checkpoint "
+                                       "yet: the same command (without --resume) starts it "
+                                       "again\n")
+    assert main(["train", "--damsm", "d", "--out", str(checkpoint)]) == 130
+    assert capsys.readouterr().err == ("attngan train: interrupted; the same command with "
+                                       "--resume goes on from the run's last checkpoint\n")
 
 
 def test_word_confidence_counts_mass_above_twice_uniform():

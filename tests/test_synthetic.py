@@ -127,7 +127,7 @@ def test_regenerating_replaces_an_earlier_set_and_refuses_other_folders(tmp_path
 
 
 def test_a_set_left_half_written_by_a_killed_run_is_removed(tmp_path):
-    (tmp_path / ".set.tmp-abc123" / "text").mkdir(parents=True)
+    (tmp_path / ".set.tmp-999999999-abc123" / "text").mkdir(parents=True)   # a dead pid
     make_synthetic(tmp_path / "set", SyntheticConfig(num_train=3, num_test=2, canvas=16))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
 

@@ -27,7 +27,6 @@ folder is written beside the target and renamed into place, so a failed run leav
 """
 from __future__ import annotations
 
-import glob
 import io
 import json
 import os
@@ -44,7 +43,7 @@ from attngan.data.cub import prepare_captions
 from attngan.data.errors import DataError
 from attngan.data.records import save_pickle
 from attngan.data.vocab import tokenize
-from attngan.files import default_permissions
+from attngan.files import default_permissions, remove_leftovers, temporary_prefix
 
 PALETTE = {"red": (220, 30, 30), "yellow": (230, 220, 30), "green": (30, 190, 30),
            "blue": (40, 80, 255), "purple": (160, 50, 230), "white": (235, 235, 235)}
@@ -216,9 +215,8 @@ def make_synthetic(out_dir: str | Path, cfg: SyntheticConfig) -> Path:
     out = Path(out_dir)
     _prepare_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)   # left by a run killed while writing the set
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    remove_leftovers(out)                          # a set half written by a killed run
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=temporary_prefix(out)))
     try:
         _write(work, cfg, train_pairs, held)
         os.chmod(work, default_permissions(0o777))     # mkdtemp's folder is its owner's only

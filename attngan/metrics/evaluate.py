@@ -31,6 +31,7 @@ from typing import Optional
 
 import torch
 
+from attngan.config import with_absolute_paths
 from attngan.data.dataset import build_dataset
 from attngan.data.errors import DataError
 from attngan.files import file_sha256, make_folder
@@ -98,8 +99,8 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
         make_folder(out_path.parent, "--out path")
     netG, gan_text_encoder, vocab, config, payload = load_gan(ckpt_path, device)
     if data_root is not None:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data,
-                                                                      root=str(data_root)))
+        config = with_absolute_paths(dataclasses.replace(
+            config, data=dataclasses.replace(config.data, root=str(data_root))))
     elif not Path(config.data.root).is_dir():
         raise DataError(f"the run's test data, data.root={config.data.root} in its config, is "
                         f"not there (a relative path is taken from the current folder); pass "

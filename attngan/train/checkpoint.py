@@ -134,7 +134,7 @@ def trim_metrics(path: Path, last_step: int) -> None:
             if number == len(lines):
                 break
             raise CheckpointError(f"{path} line {number} is not a JSON record ({line[:40]!r}); "
-                                  "repair or delete that line, then resume") from None
+                                  "repair or delete that line, then run again") from None
         if record.get("step", 0) <= last_step:
             kept.append(line)
     text = "".join(line + "\n" for line in kept).encode()
