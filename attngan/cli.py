@@ -276,8 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, ImplementationUnavailable)
-# The runs of the commands that train, by kind (attngan.train.checkpoint), for Ctrl-C's advice.
-TRAINING_RUNS = {"pretrain-damsm": ("damsm", "damsm"), "train": ("gan", "gan")}
+# The kind of run (attngan.train.checkpoint; also its default folder's suffix) of each command
+# that trains, for Ctrl-C's advice.
+TRAINING_RUNS = {"pretrain-damsm": "damsm", "train": "gan"}
 
 
 def _how_to_go_on(args) -> str:
@@ -288,8 +289,8 @@ def _how_to_go_on(args) -> str:
     if args.command not in TRAINING_RUNS:
         return ""
     from attngan.train.checkpoint import CHECKPOINT_NAMES
-    kind, suffix = TRAINING_RUNS[args.command]
-    if (_run_folder(args, suffix) / "checkpoints" / CHECKPOINT_NAMES[kind]).is_file():
+    kind = TRAINING_RUNS[args.command]
+    if (_run_folder(args, kind) / "checkpoints" / CHECKPOINT_NAMES[kind]).is_file():
         return "; the same command with --resume goes on from the run's last checkpoint"
     return "; the run wrote no checkpoint yet: the same command (without --resume) starts it again"
 

@@ -4,8 +4,8 @@
 and renamed over the target, so a crash or a full disk mid-write never leaves a truncated
 checkpoint or pickle, and an existing file is replaced only by a complete new one; what a
 writer killed outright (SIGKILL) left behind is removed by the next write, and only once its
-process is gone, so two writers never remove each other's work. The new file
-gets the permissions an ordinary `open(path, "w")` would give it (0666 less the umask):
+process is gone, so two writers never remove each other's work. The new file gets the
+permissions an ordinary `open(path, "w")` would give it (0666 less the umask):
 `tempfile.mkstemp` creates its file readable by its owner only, which, kept through the rename,
 made every checkpoint and metadata pickle unreadable to the other users of a shared data folder.
 `make_folder` creates an output folder a user named, or says which option to change.
