@@ -14,10 +14,10 @@
 #      (the PyTorch providers and Triton, so the record compares them in one run), the
 #      word-attention benchmark, racecheck on the same case, the end-to-end GAN training step at
 #      the CUB preset (the original's way vs reference ops vs fused kernels, fp32 and bf16
-#      autocast) and the DAMSM
-#      pretraining step at the CUB preset (the original's loop vs reference ops vs fused kernels),
-#      both with a profile of each row (the ops whose kernels take the step's time, and how busy
-#      the GPU is), in that order (most needed first: the budget may cut the last ones),
+#      autocast) and the DAMSM pretraining step at the CUB preset (the original's loop vs
+#      reference ops vs fused kernels), both with a profile of each row (the ops whose kernels
+#      take the step's time, and how busy the GPU is), in that order (most needed first: the
+#      budget may cut the last ones),
 #   5. writes bench/results/<date>-<gpu>.md and .json and prints a short table last.
 # Every step has a time limit and the whole run stays under BUDGET_S (default 520 s); a failing
 # step is recorded and the next one still runs. Exit status: 0 only when every step that ran
