@@ -255,13 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the run's data set is now (default: data.root of its config)")
     p.add_argument("--inception-weights", metavar="PATH",
                    help="Inception-v3 weights file: adds the Inception Score and FID")
-    p.add_argument("--inception-variant", default="torchvision",
+    p.add_argument("--inception-variant",
                    help="the network of that file: torchvision's inception_v3_google-*.pth "
                         "(default) or pytorch-fid's pt_inception-2015-12-05-*.pth")
     p.add_argument("--fid-stats", metavar="PATH",
                    help="real statistics for FID (.npz, pytorch-fid's format); a path that does "
                         "not exist receives those of the test split (default: computed, not kept)")
-    p.add_argument("--inception-splits", type=int, default=10,
+    p.add_argument("--inception-splits", type=int,
                    help="splits of the Inception Score (default 10)")
     p.set_defaults(run=_evaluate)
 

@@ -290,10 +290,18 @@ def test_evaluation_with_inception_scores(run, torchvision_file, tmp_path):
 
 
 def test_evaluation_checks_inception_inputs_before_generating(run, torchvision_file, tmp_path,
-                                                             monkeypatch):
+                                                             capsys, monkeypatch):
     gan, _ = run
-    with pytest.raises(ValueError, match="fid_stats needs inception_weights"):
+    with pytest.raises(ValueError, match=r"fid_stats \(--fid-stats\) configure .* pass "
+                                         r"inception_weights \(--inception-weights\)"):
         evaluate_generator(gan, max_images=4, fid_stats=tmp_path / "s.npz")
+    with pytest.raises(ValueError, match=r"^inception_variant \(--inception-variant\), "
+                                         r"inception_splits \(--inception-splits\) configure"):
+        evaluate_generator(gan, max_images=4, inception_variant="pytorch-fid",
+                           inception_splits=2)
+    assert cli_main(["evaluate", "--ckpt", str(gan), "--max-images", "4",
+                     "--inception-splits", "2"]) == 2
+    assert "--inception-splits) configure" in capsys.readouterr().err
     with pytest.raises(ValueError, match="over 10 splits needs at least 10 images, got 4"):
         evaluate_generator(gan, max_images=4, inception_weights=torchvision_file[0])
     with pytest.raises(ConfigError, match="does not exist"):

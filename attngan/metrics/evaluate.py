@@ -77,18 +77,24 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
                        device: str | torch.device = "auto", max_images: Optional[int] = None,
                        seed: int = 0, damsm_path: Optional[str | Path] = None,
                        batch_size: int = 64, inception_weights: Optional[str | Path] = None,
-                       inception_variant: str = "torchvision",
+                       inception_variant: Optional[str] = None,
                        fid_stats: Optional[str | Path] = None,
-                       inception_splits: int = 10,
+                       inception_splits: Optional[int] = None,
                        data_root: Optional[str | Path] = None) -> dict:
     """Score the generator of `ckpt_path` (file or run folder); returns (and with `out_path`
     writes as JSON) dict(protocol, checker (shapes data only, else None), r_precision,
     inception_score and fid (None without `inception_weights`)). The test split is the run's
     data (its config's data.root, or `data_root` where the data set is now)."""
     device = resolve_device_argument(device)
-    if fid_stats is not None and inception_weights is None:
-        raise ValueError("fid_stats needs inception_weights: FID is computed with the Inception "
-                         "network the statistics were made with")
+    if inception_weights is None:
+        settings = (("fid_stats", fid_stats), ("inception_variant", inception_variant),
+                    ("inception_splits", inception_splits))
+        given = [f"{name} (--{name.replace('_', '-')})" for name, value in settings
+                 if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} configure the Inception Score and FID, which "
+                             "need the Inception network: pass inception_weights "
+                             "(--inception-weights) too, or leave them out")
     if out_path is not None:                   # checked before the work its results are of
         out_path = Path(out_path)
         if out_path.is_dir():
@@ -133,7 +139,8 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
         _check_readable(texts, eval_words)                 # before any image is generated
     resolution = dataset.image_sizes[-1]
     inception = None if inception_weights is None else GeneratedImageScores(
-        inception_weights, inception_variant, device, inception_splits, count, resolution,
+        inception_weights, inception_variant or "torchvision", device,
+        10 if inception_splits is None else inception_splits, count, resolution,
         fid_stats)                                         # its files checked before generating
     class_ids = torch.tensor([dataset.class_ids[image] for image, _ in pairs])
     # the R-precision of the generated images, checked before they are generated
