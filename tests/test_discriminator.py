@@ -39,6 +39,22 @@ def test_trunk_layout_matches_spec():
     assert not isinstance(trunk64[1], nn.BatchNorm2d)
 
 
+def test_init_as_the_original():
+    """weights_init of the original: orthogonal convs; conv biases (the logit heads') keep
+    PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)); BatchNorm N(1, 0.02), bias 0."""
+    torch.manual_seed(0)
+    netD = Discriminator(64, NDF, D)
+    for head in (netD.uncond_head, netD.cond_head):
+        bound = 1 / (head.in_channels * 16) ** 0.5
+        assert 0 < head.bias.abs().max() <= bound
+        w = head.weight.flatten(1)                   # [1, fan_in]: one orthogonal row, unit norm
+        assert torch.allclose(w.norm(), torch.tensor(1.0), atol=1e-5)
+    norms = [m for m in netD.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(torch.count_nonzero(m.bias) == 0 for m in norms)
+    weights = torch.cat([m.weight.detach() for m in norms])
+    assert abs(float(weights.mean()) - 1) < 0.02 and 0.01 < float(weights.std()) < 0.03
+
+
 def test_heads_read_the_right_inputs():
     netD = Discriminator(32, NDF, D).eval()
     features = netD(torch.randn(3, 3, 32, 32))

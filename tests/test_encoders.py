@@ -204,7 +204,7 @@ def test_inception_encoder_shapes_at_299():
 
 def test_inception_weights_round_trip(trunk_file):
     path, trunk, _, extra_keys = trunk_file
-    encoder = build_image_encoder(_inception_config(weights=str(path)), D)
+    encoder = build_image_encoder(_inception_config(weights=str(path)), D).eval()
     assert encoder.ignored_weight_keys == extra_keys
     loaded = encoder.trunk.state_dict()
     for key, value in trunk.state_dict().items():
@@ -220,26 +220,37 @@ def test_inception_weights_round_trip(trunk_file):
     assert load_inception_weights(fresh, path) == extra_keys
 
 
-def test_inception_trunk_frozen_in_eval_and_heads_train(trunk_file):
+def test_inception_trunk_frozen_and_batchnorm_follows_the_mode_as_the_original(trunk_file):
+    """Only the heads train; the trunk's BatchNorm uses batch statistics in train mode and moves
+    its running statistics (the original's pretrain_DAMSM.py trains with cnn_model.train()), and
+    uses the running statistics, unchanged, in eval mode."""
     path = trunk_file[0]
     encoder = build_image_encoder(_inception_config(weights=str(path)), D).train()
-    assert encoder.training and not encoder.trunk.training
-    assert all(not m.training for m in encoder.trunk.modules())
+    assert all(m.training for m in encoder.trunk.modules())
     assert all(not p.requires_grad for p in encoder.trunk.parameters())
     heads = {id(p) for p in [encoder.emb_features.weight, encoder.emb_cnn_code.weight,
                              encoder.emb_cnn_code.bias]}
     assert {id(p) for p in encoder.trainable_parameters()} == heads
     assert encoder.emb_features.weight.abs().max() <= 0.1
     assert encoder.emb_cnn_code.weight.abs().max() <= 0.1
-    running = encoder.trunk.Mixed_6e.branch_pool.bn.running_mean.clone()
+    bn = encoder.trunk.Mixed_6e.branch_pool.bn
+    running = bn.running_mean.clone()
     images = (torch.rand(2, 3, 107, 107) * 2 - 1).requires_grad_()
     regions, code = encoder(images)
     assert regions.shape == (2, D, 5, 5) and code.shape == (2, D)
     (regions.square().mean() + code.square().mean()).backward()
-    assert torch.equal(running, encoder.trunk.Mixed_6e.branch_pool.bn.running_mean)
+    moved = bn.running_mean.clone()
+    assert not torch.equal(running, moved)                       # batch statistics, as trained
     assert all(p.grad is None for p in encoder.trunk.parameters())
     assert all(p.grad is not None for p in encoder.trainable_parameters())
     assert images.grad.abs().sum() > 0  # the GAN's DAMSM loss reaches the generator
+
+    encoder.eval()
+    with torch.no_grad():
+        eval_regions, _ = encoder(images)
+        assert torch.equal(bn.running_mean, moved)               # running statistics, kept
+        train_regions, _ = encoder.train()(images)
+    assert not torch.allclose(eval_regions, train_regions)
 
 
 def test_inception_without_weights_says_how_to_fix():

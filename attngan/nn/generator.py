@@ -36,10 +36,12 @@ __all__ = ["Generator", "ConditioningAugmentation", "ResBlock", "up_block", "ini
 
 
 def init_weights(module: nn.Module) -> None:
-    """The original's weights_init, applied with `Module.apply`."""
+    """The original's weights_init, applied with `Module.apply`: orthogonal convolutions and
+    linear layers, linear biases 0 (convolution biases keep PyTorch's default, as there: only
+    the discriminators' logit convolutions have one), BatchNorm weights N(1, 0.02), biases 0."""
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
         nn.init.orthogonal_(module.weight, 1.0)
-        if module.bias is not None:
+        if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
         nn.init.normal_(module.weight, 1.0, 0.02)

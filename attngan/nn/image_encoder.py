@@ -11,9 +11,13 @@ Two encoders share the interface `forward(images [B, 3, H, W] in [-1, 1]) ->
 * `InceptionEncoder` (backbone "inception"): the frozen ImageNet trunk of `inception.py`, fed
   the image bilinearly resized to 299 x 299 without ImageNet mean/std (the Google weights expect
   [-1, 1]); heads `emb_features` (bias-free 1x1 conv 768 -> D) and `emb_cnn_code`
-  (Linear(2048, D)) with weights U(-0.1, 0.1), as in the official code. Only the heads train.
-  The trunk stays in eval mode, so BatchNorm uses its ImageNet statistics even while the heads
-  train, and gradients still flow through it to the input (the GAN's DAMSM loss needs them).
+  (Linear(2048, D)) with weights U(-0.1, 0.1), as in the official code. Only the heads train:
+  the trunk's weights are frozen, but its BatchNorm layers follow the encoder's mode, as in the
+  official code (its `pretrain_DAMSM.py` puts the whole encoder in train mode). While DAMSM
+  pretraining trains, they normalize with each batch's statistics and move their running
+  statistics towards the data set's (the released encoders carry such statistics); in eval
+  mode (evaluation, the GAN's DAMSM loss) they use the running ones. Gradients flow through
+  the trunk to the input either way (the GAN's DAMSM loss needs them).
 * `SmallImageEncoder` (backbone "small"): Inception at 299 is far too slow on a CPU, so CPU-sized
   configs use a small CNN trained from scratch together with the heads (same head names and
   initialization). Three stride-2 blocks and a 3x3 convolution give the regions (an 8 x 8
@@ -63,7 +67,8 @@ class InceptionEncoder(nn.Module):
     Args:
         embed_dim: D, the text encoder's width.
         input_size: side the images are resized to (299 for the ImageNet weights).
-        trunk: an InceptionTrunk holding the wanted weights; it is frozen here.
+        trunk: an InceptionTrunk holding the wanted weights; its weights are frozen here, its
+            BatchNorm layers follow the encoder's train / eval mode (see the module docstring).
         align_corners: enlarge images with bilinear align_corners=True, as the original code
             did on the PyTorch its released encoders were trained with (<= 0.3.1).
 
@@ -77,16 +82,10 @@ class InceptionEncoder(nn.Module):
         self.align_corners = align_corners
         self.trunk = trunk
         self.trunk.requires_grad_(False)
-        self.trunk.eval()
         self.emb_features = nn.Conv2d(768, embed_dim, kernel_size=1, bias=False)
         self.emb_cnn_code = nn.Linear(2048, embed_dim)
         _init_heads(self.emb_features, self.emb_cnn_code)
         self.ignored_weight_keys: list[str] = []
-
-    def train(self, mode: bool = True) -> "InceptionEncoder":
-        super().train(mode)
-        self.trunk.eval()  # ImageNet BatchNorm statistics, never batch statistics
-        return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

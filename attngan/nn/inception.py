@@ -182,9 +182,9 @@ class InceptionTrunk(nn.Module):
     grids smaller), which keeps tests fast.
 
     A fresh trunk is randomly initialized with Kaiming-normal convolutions (fan-in, ReLU gain):
-    with BatchNorm at its initial running statistics (the trunk always runs in eval mode) that
-    keeps activations of order one through all layers, so an untrained trunk
-    (`image_encoder.random_init=true`) still gives non-degenerate features for tests.
+    with BatchNorm at its initial running statistics (eval mode) that keeps activations of
+    order one through all layers, so an untrained trunk (`image_encoder.random_init=true`) still
+    gives non-degenerate features for tests.
 
     With `tf_pools`, the pool branches pool as the TensorFlow graph behind pytorch-fid's weights
     does (see the module docstring); no parameter changes.
