@@ -26,6 +26,7 @@ from typing import Optional, Sequence
 from attngan import __version__
 from attngan.backend import ImplementationUnavailable
 from attngan.config import load_config, preset_names
+from attngan.metrics import PAPER_SAMPLES
 
 
 MAX_SEED = 2 ** 62        # sampling and evaluation add a batch's index; torch takes 64 bits
@@ -163,7 +164,7 @@ def _sample(args) -> int:
 def _evaluate(args) -> int:
     from attngan.metrics.evaluate import evaluate_generator
     results = evaluate_generator(args.ckpt, out_path=args.out, device=args.device,
-                                 max_images=args.max_images, seed=args.seed,
+                                 samples=args.samples, seed=args.seed,
                                  damsm_path=args.damsm,
                                  inception_weights=args.inception_weights,
                                  inception_variant=args.inception_variant,
@@ -245,8 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSON file for the results")
     p.add_argument("--device", default="auto",
                    help="auto (default: the GPU when there is one, else the CPU), cpu or cuda[:N]")
-    p.add_argument("--max-images", type=int, default=None,
-                   help="generate at most this many images (default: one per test caption)")
+    p.add_argument("--samples", type=int, default=PAPER_SAMPLES,
+                   help=f"images to generate (default {PAPER_SAMPLES:,}, the paper's), with "
+                        f"captions drawn from the test split: every test image once per round")
     p.add_argument("--damsm", help="DAMSM run or checkpoint for R-precision "
                                    "(default: the one the GAN was trained with)")
     p.add_argument("--seed", type=_seed, default=0,

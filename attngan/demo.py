@@ -22,7 +22,7 @@ DEMO_CAPTIONS = (
     "the image shows one large yellow triangle on the bottom right",
     "a tiny green square on the left",
 )
-EVALUATION_IMAGES = 500  # one caption per test image
+EVALUATION_IMAGES = 500  # one round: every test image once, with one of its captions
 QUICK_OVERRIDES = (
     "data.synthetic.num_train=240", "data.synthetic.num_test=120", "damsm.batch_size=24",
     "damsm.epochs=1", "damsm.eval_candidates=20", "damsm.eval_folds=2", "gan.batch_size=8",
@@ -91,7 +91,7 @@ def run_demo(out: Path, overrides: Sequence[str] = (), quick: bool = False) -> d
                     out_dir=out / "samples", device=config.run.device, seed=config.run.seed)
     evaluation = timed("evaluation", evaluate_generator, out / "gan",
                        out_path=out / "evaluation.json", device=config.run.device,
-                       seed=config.run.seed, max_images=EVALUATION_IMAGES)
+                       seed=config.run.seed, samples=EVALUATION_IMAGES)
     print(f"[demo] shapes checker on generated images, their own captions (shuffled captions): "
           f"{_format_checker(evaluation['checker'])}")
     print(f"[demo] R-precision of generated images: "
@@ -124,7 +124,8 @@ def _report(out: Path, results: dict) -> str:
     lines += ["", f"- R-precision of generated images with the DAMSM encoders: "
                   f"{_format_r_precision(evaluation['r_precision'])}",
               f"- protocol: {evaluation['protocol']['samples']} generated images at "
-              f"{evaluation['protocol']['resolution']} px, one per test caption; "
+              f"{evaluation['protocol']['resolution']} px, captions drawn from the test "
+              "split (every test image once per round); "
               "details in [evaluation.json](evaluation.json)"]
     lines += ["", "## Samples and attention", ""]
     for path in results["samples"]:

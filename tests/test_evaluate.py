@@ -8,7 +8,7 @@ import pytest
 from attngan.data.errors import DataError
 from attngan.files import file_sha256
 from attngan.metrics import evaluate as evaluate_module
-from attngan.metrics.evaluate import evaluate_generator
+from attngan.metrics.evaluate import evaluate_generator, evaluation_captions
 from attngan.train.checkpoint import CheckpointError
 from attngan.train.damsm import resolve_damsm_checkpoint
 from test_gan_training import single_thread, train_tiny_gan  # noqa: F401 (autouse)
@@ -23,7 +23,7 @@ def run(tmp_path_factory):
 def test_evaluation_json(run, tmp_path):
     gan, damsm = run
     out = tmp_path / "eval.json"
-    result = evaluate_generator(gan, out_path=out, max_images=20, seed=3)
+    result = evaluate_generator(gan, out_path=out, samples=20, seed=3)
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     protocol = result["protocol"]
     assert protocol["samples"] == 20 and protocol["split"] == "test" and protocol["seed"] == 3
@@ -43,8 +43,8 @@ def test_evaluation_json(run, tmp_path):
 
 def test_evaluation_is_reproducible(run):
     gan, _ = run
-    a = evaluate_generator(gan, max_images=8, seed=1)
-    b = evaluate_generator(gan, max_images=8, seed=1)
+    a = evaluate_generator(gan, samples=8, seed=1)
+    b = evaluate_generator(gan, samples=8, seed=1)
     assert a["checker"] == b["checker"] and a["r_precision"] == b["r_precision"]
 
 
@@ -65,7 +65,7 @@ def _evaluate_with_eval_words(run, monkeypatch, eval_words_num):
 
     monkeypatch.setattr(evaluate_module, "load_gan", load_with_eval_words)
     monkeypatch.setattr(evaluate_module, "build_dataset", spy)
-    return evaluate_generator(run[0], max_images=20, seed=0), seen
+    return evaluate_generator(run[0], samples=20, seed=0), seen
 
 
 def test_test_captions_are_cut_at_eval_words_num(run, monkeypatch):
@@ -85,15 +85,33 @@ def test_captions_cut_below_what_the_checker_reads_fail_before_generating(run, m
     assert generated == []
 
 
+def test_evaluation_captions_come_in_rounds_of_every_test_image():
+    """Each round takes every test image once with a caption not taken before: 30,000 images
+    of CUB's 2,933 test images x 10 captions are all 29,330 captions and 670 again; fewer
+    images than test images are distinct ones."""
+    pairs = evaluation_captions(2933, 10, 30_000, seed=0)
+    assert len(pairs) == 30_000
+    assert len(set(pairs[:29_330])) == 29_330                            # every caption once
+    assert len({image for image, _ in pairs[29_330:]}) == 670            # then distinct images
+    first = pairs[:2933]
+    assert sorted(image for image, _ in first) == list(range(2933))      # a round: every image
+    assert len({slot for _, slot in first}) == 10                        # captions at random
+    assert [image for image, _ in first[:20]] != list(range(20))         # in a random order
+    few = evaluation_captions(2933, 10, 500, seed=0)
+    assert len({image for image, _ in few}) == 500
+    assert evaluation_captions(12, 5, 40, seed=3) == evaluation_captions(12, 5, 40, seed=3)
+    assert evaluation_captions(12, 5, 40, seed=3) != evaluation_captions(12, 5, 40, seed=4)
+
+
 def test_too_few_images_is_a_clear_error(run, monkeypatch):
     with pytest.raises(ValueError, match="at least 2"):
-        evaluate_generator(run[0], max_images=1)
+        evaluate_generator(run[0], samples=1)
     # too few for the run's R-precision (4 candidates), found before generating
     generated = []
     monkeypatch.setattr(evaluate_module, "generate", lambda *args, **kwargs: generated.append(1))
     with pytest.raises(ValueError, match=r"damsm.eval_candidates=4 needs 3 mismatched .* "
-                                         r"raise max_images \(--max-images; 3 of \d+ test"):
-        evaluate_generator(run[0], max_images=3)
+                                         r"raise samples \(--samples; 3 now\)"):
+        evaluate_generator(run[0], samples=3)
     assert generated == []
 
 
@@ -111,7 +129,7 @@ def test_data_of_another_vocabulary_is_refused_before_generating(run, monkeypatc
     monkeypatch.setattr(evaluate_module, "generate", lambda *args, **kwargs: generated.append(1))
     with pytest.raises(CheckpointError, match="another vocabulary.*evaluate it on the data it was "
                                               "trained on"):
-        evaluate_generator(run[0], max_images=4)
+        evaluate_generator(run[0], samples=4)
     assert generated == []
 
 
@@ -123,15 +141,15 @@ def test_an_output_that_cannot_be_written_is_an_error_before_generating(run, tmp
     monkeypatch.setattr(evaluate_module, "generate", lambda *args, **kwargs: generated.append(1))
     with pytest.raises(ValueError, match=f"--out {tmp_path} is a folder; pass the path of a "
                                          r"\.json file"):
-        evaluate_generator(run[0], out_path=tmp_path, max_images=4)
+        evaluate_generator(run[0], out_path=tmp_path, samples=4)
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match=f"--out {tmp_path / 'file'} exists and is not the "
                                          "result of an evaluation; pass a new path"):
-        evaluate_generator(run[0], out_path=tmp_path / "file", max_images=4)
+        evaluate_generator(run[0], out_path=tmp_path / "file", samples=4)
     assert (tmp_path / "file").read_text() == "x"
     with pytest.raises(ValueError, match="cannot make the folder .*file \\(.*\\); pass "
                                          "another --out path"):
-        evaluate_generator(run[0], out_path=tmp_path / "file" / "e.json", max_images=4)
+        evaluate_generator(run[0], out_path=tmp_path / "file" / "e.json", samples=4)
     assert generated == []
 
 
@@ -150,9 +168,9 @@ def test_data_and_damsm_that_moved_since_training(run, tmp_path, monkeypatch):
     data_root = load_gan(gan)[3].data.root
     with pytest.raises(DataError, match=f"the run's test data, data.root={tmp_path}/old_data in "
                                         "its config, is not there .* pass --data-root"):
-        evaluate_generator(gan, max_images=4)
+        evaluate_generator(gan, samples=4)
     with pytest.raises(CheckpointError, match=f"{tmp_path}/old_damsm/d.pt, is not there any "
                                               "more; pass --damsm"):
-        evaluate_generator(gan, max_images=4, data_root=data_root)
-    result = evaluate_generator(gan, max_images=12, data_root=data_root, damsm_path=damsm)
+        evaluate_generator(gan, samples=4, data_root=data_root)
+    result = evaluate_generator(gan, samples=12, data_root=data_root, damsm_path=damsm)
     assert result["protocol"]["samples"] == 12

@@ -195,7 +195,7 @@ def test_imported_generator_samples_and_evaluates(tiny_damsm, tmp_path):
     expected = generate(source, text_encoder, captions, lengths, noise, seed=0)[0]
     for a, b in zip(expected, generate(netG, text_encoder, captions, lengths, noise, seed=0)[0]):
         assert torch.equal(a, b)
-    result = evaluate_generator(out, max_images=8)
+    result = evaluate_generator(out, samples=8)
     assert result["protocol"]["checkpoint_step"] == 0 and 0 <= result["r_precision"]["mean"] <= 1
     with pytest.raises(CheckpointError, match="already holds a GAN run"):
         import_generator(tmp_path / "netG_epoch_600.pth", damsm, config, out)

@@ -266,7 +266,7 @@ def test_evaluation_with_inception_scores(run, torchvision_file, tmp_path):
     gan, _ = run
     weights = torchvision_file[0]
     stats = tmp_path / "stats" / "test_32px.npz"
-    result = evaluate_generator(gan, max_images=12, seed=1, inception_weights=weights,
+    result = evaluate_generator(gan, samples=12, seed=1, inception_weights=weights,
                                 fid_stats=stats, inception_splits=3)
     score = result["inception_score"]
     assert score["splits"] == 3 and score["images"] == 12 and score["mean"] >= 1.0
@@ -277,14 +277,14 @@ def test_evaluation_with_inception_scores(run, torchvision_file, tmp_path):
     real = protocol["fid_real_statistics"]
     assert real["computed_from"] == "12 test images (centre crop, 32 px)"
     assert real["saved_to"] == str(stats) and stats.is_file()
-    again = evaluate_generator(gan, max_images=12, seed=1, inception_weights=weights,
+    again = evaluate_generator(gan, samples=12, seed=1, inception_weights=weights,
                                fid_stats=stats, inception_splits=3)   # reads the saved file
     assert again["fid"] == pytest.approx(result["fid"], rel=1e-9)
     assert again["inception_score"] == result["inception_score"]
     assert again["protocol"]["inception"]["fid_real_statistics"]["file"] == str(stats)
     assert json.loads(json.dumps(result)) == result                   # JSON as it is
 
-    plain = evaluate_generator(gan, max_images=12, seed=1)
+    plain = evaluate_generator(gan, samples=12, seed=1)
     assert plain["inception_score"] is None and plain["fid"] is None
     assert plain["r_precision"] == result["r_precision"]               # nothing else changes
 
@@ -294,34 +294,34 @@ def test_evaluation_checks_inception_inputs_before_generating(run, torchvision_f
     gan, _ = run
     with pytest.raises(ValueError, match=r"fid_stats \(--fid-stats\) configure .* pass "
                                          r"inception_weights \(--inception-weights\)"):
-        evaluate_generator(gan, max_images=4, fid_stats=tmp_path / "s.npz")
+        evaluate_generator(gan, samples=4, fid_stats=tmp_path / "s.npz")
     with pytest.raises(ValueError, match=r"^inception_variant \(--inception-variant\), "
                                          r"inception_splits \(--inception-splits\) configure"):
-        evaluate_generator(gan, max_images=4, inception_variant="pytorch-fid",
+        evaluate_generator(gan, samples=4, inception_variant="pytorch-fid",
                            inception_splits=2)
-    assert cli_main(["evaluate", "--ckpt", str(gan), "--max-images", "4",
+    assert cli_main(["evaluate", "--ckpt", str(gan), "--samples", "4",
                      "--inception-splits", "2"]) == 2
     assert "--inception-splits) configure" in capsys.readouterr().err
     with pytest.raises(ValueError, match="over 10 splits needs at least 10 images, got 4"):
-        evaluate_generator(gan, max_images=4, inception_weights=torchvision_file[0])
+        evaluate_generator(gan, samples=4, inception_weights=torchvision_file[0])
     with pytest.raises(ConfigError, match="does not exist"):
-        evaluate_generator(gan, max_images=4, inception_weights=tmp_path / "none.pth")
+        evaluate_generator(gan, samples=4, inception_weights=tmp_path / "none.pth")
     monkeypatch.setattr(inception_metrics.os, "access", lambda path, mode: False)  # as non-root
     with pytest.raises(ValueError, match="cannot write FID statistics into .*read_only"):
-        evaluate_generator(gan, max_images=4, inception_weights=torchvision_file[0],
+        evaluate_generator(gan, samples=4, inception_weights=torchvision_file[0],
                            inception_splits=2, fid_stats=tmp_path / "read_only" / "s.npz")
 
 
 def test_cli_evaluate_with_inception(run, torchvision_file, tmp_path, capsys):
     gan, _ = run
     out = tmp_path / "eval.json"
-    assert cli_main(["evaluate", "--ckpt", str(gan), "--max-images", "6", "--out", str(out),
+    assert cli_main(["evaluate", "--ckpt", str(gan), "--samples", "6", "--out", str(out),
                      "--inception-weights", str(torchvision_file[0]),
                      "--inception-splits", "2"]) == 0
     result = json.loads(out.read_text())
     assert result["inception_score"]["splits"] == 2 and result["fid"] > 0
     capsys.readouterr()
-    assert cli_main(["evaluate", "--ckpt", str(gan), "--max-images", "6",
+    assert cli_main(["evaluate", "--ckpt", str(gan), "--samples", "6",
                      "--inception-weights", str(torchvision_file[0]),
                      "--inception-variant", "tf"]) == 2
     assert "unknown Inception variant 'tf'" in capsys.readouterr().err

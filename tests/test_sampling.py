@@ -54,7 +54,7 @@ def test_device_auto_by_default_and_a_missing_gpu_is_one_error(checkpoint, tmp_p
         sample_captions(checkpoint, ["a red circle"], out_dir=tmp_path, device="cuda")
     with pytest.raises(ValueError, match="device='gpu' is not a device this project runs on; "
                                          "use auto, cpu or cuda"):
-        evaluate_generator(checkpoint, max_images=4, device="gpu")
+        evaluate_generator(checkpoint, samples=4, device="gpu")
     assert main(["sample", "--ckpt", str(checkpoint), "--text", "a red circle", "--n", "1",
                  "--out", str(tmp_path / "auto")]) == 0                   # auto: the CPU here
     assert main(["evaluate", "--ckpt", str(checkpoint), "--device", "cuda:0"]) == 2

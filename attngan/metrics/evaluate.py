@@ -1,12 +1,16 @@
 """Evaluate a trained generator on the test split: shapes checker, R-precision, Inception Score
 and FID.
 
-Protocol (recorded in the output): one image per test caption from the averaged (EMA)
-generator, noise from a generator seeded with `seed`; captions taken round-robin (caption 0
-of every test image, then caption 1 of every image, ...), so `max_images` below the number of
-captions still spreads over all images. Each caption is the deterministic evaluation form of
-the data set (`dataset.caption`, a fixed ordered subset for captions over data.eval_words_num
-words, which defaults to data.words_num; SPEC's evaluation lengths are 25 for CUB, 20 for COCO).
+Protocol (recorded in the output): `samples` images (default 30,000, the paper's) from the
+averaged (EMA) generator, noise from a generator seeded with `seed`, captions drawn from the
+test split in rounds (`evaluation_captions`): each round takes every test image once, in a
+random order, with one of its captions not taken in an earlier round (after the last, the
+rounds start over with new noise), and the last round stops at `samples`. So 30,000 images
+on CUB are each of its 29,330 test captions once and 670 again; fewer samples than test
+images are distinct images of every class. Each caption is the deterministic evaluation form
+of the data set (`dataset.caption`, a fixed ordered subset for captions over
+data.eval_words_num words, which defaults to data.words_num; SPEC's evaluation lengths are
+25 for CUB, 20 for COCO).
 
 - Shapes checker (synthetic shapes data only, `attngan.metrics.shapes_checker`): each
   attribute scored against the true captions and against captions shuffled across images
@@ -35,6 +39,7 @@ from attngan.config import with_absolute_paths
 from attngan.data.dataset import build_dataset
 from attngan.data.errors import DataError
 from attngan.files import file_sha256, make_folder
+from attngan.metrics import PAPER_SAMPLES
 from attngan.metrics.inception_metrics import GeneratedImageScores
 from attngan.metrics.r_precision import check_protocol, r_precision
 from attngan.metrics.shapes_checker import check_against_shuffled, parse_caption
@@ -43,7 +48,7 @@ from attngan.train.damsm import load_damsm, resolve_damsm_checkpoint
 from attngan.train.gan import generate, load_gan
 from attngan.train.runtime import resolve_device_argument
 
-__all__ = ["evaluate_generator"]
+__all__ = ["evaluate_generator", "evaluation_captions"]
 
 
 def _check_readable(texts: list[str], words: int) -> None:
@@ -72,9 +77,25 @@ def _test_images(dataset, batch_size: int):
         yield torch.stack([dataset.images(i)[-1] for i in range(start, stop)])
 
 
+def evaluation_captions(num_images: int, per_image: int, samples: int,
+                        seed: int) -> list[tuple[int, int]]:
+    """The (test image, caption slot) of each of `samples` evaluation images: rounds that take
+    every image once in a random order, image i with caption slots[i][r mod per_image] in round
+    r (slots[i] a random order of its captions), the last round cut at `samples`."""
+    if samples < 2:
+        raise ValueError(f"samples={samples}: evaluation needs at least 2 images")
+    generator = torch.Generator().manual_seed(seed)
+    slots = torch.rand(num_images, per_image, generator=generator).argsort(dim=1).tolist()
+    pairs: list[tuple[int, int]] = []
+    for round_ in range(math.ceil(samples / num_images)):
+        images = torch.randperm(num_images, generator=generator)[:samples - len(pairs)]
+        pairs += [(image, slots[image][round_ % per_image]) for image in images.tolist()]
+    return pairs
+
+
 @torch.no_grad()
 def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] = None,
-                       device: str | torch.device = "auto", max_images: Optional[int] = None,
+                       device: str | torch.device = "auto", samples: int = PAPER_SAMPLES,
                        seed: int = 0, damsm_path: Optional[str | Path] = None,
                        batch_size: int = 64, inception_weights: Optional[str | Path] = None,
                        inception_variant: Optional[str] = None,
@@ -126,13 +147,8 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
     damsm_hash = file_sha256(damsm_file)
 
     per_image = dataset.captions_per_image
-    available = count = len(dataset.keys) * per_image
-    if max_images is not None:
-        if max_images < 2:
-            raise ValueError(f"max_images={max_images}: evaluation needs at least 2 images")
-        count = min(count, max_images)
-    pairs = [(image, slot) for slot in range(per_image)
-             for image in range(len(dataset.keys))][:count]
+    count, available = samples, len(dataset.keys) * per_image
+    pairs = evaluation_captions(len(dataset.keys), per_image, count, seed)
     encoded_all = [dataset.caption(image * per_image + slot) for image, slot in pairs]
     texts = [vocab.decode(caption[:length].tolist()) for caption, length in encoded_all]
     if config.data.dataset == "shapes":
@@ -146,8 +162,7 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
     # the R-precision of the generated images, checked before they are generated
     check_protocol(class_ids, config.damsm.eval_candidates, config.damsm.eval_folds,
                    candidates_name="damsm.eval_candidates", folds_name="damsm.eval_folds",
-                   fix=f"raise max_images (--max-images; {count} of {available} test captions "
-                       f"now)" if count < available else
+                   fix=f"raise samples (--samples; {count} now)" if count < available else
                        f"the test split's {available} captions are too few for the run's own "
                        f"settings (from its config): evaluate on a larger test split")
     noise_source = torch.Generator().manual_seed(seed)
@@ -188,7 +203,8 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
         "protocol": {
             "split": "test", "data_root": config.data.root, "samples": count,
             "test_images": len(dataset.keys),
-            "captions": "round-robin: caption 0 of every test image, then caption 1, ...",
+            "captions": "in rounds: every test image once per round in a random order, with "
+                        "a caption of it not taken in an earlier round",
             "words_per_caption": eval_words,
             "resolution": resolution, "generator": "EMA weights",
             "checkpoint": payload["path"], "checkpoint_step": payload["step"],
