@@ -154,15 +154,35 @@ def test_pytorch_fid_network_pools_and_unbiased_logits(tmp_path, torchvision_fil
     path = tmp_path / "pt_inception-test.pth"
     model = _classifier_file(path, 1008, extra=False)
     fid_network = load_inception_network(path, "pytorch-fid")
-    plain_network = load_inception_network(path, "torchvision")    # same weights, other pools
+    plain = InceptionClassifier(1008).eval()                       # same weights, other pools
+    plain.load_state_dict(fid_network.model.state_dict())
     images = torch.rand(2, 3, 299, 299) * 2 - 1
     features, probs = fid_network.outputs(images)
-    plain_features, _ = plain_network.outputs(images)
+    with torch.no_grad():
+        plain_features = plain(images)[0].double()
     assert not torch.allclose(features, plain_features)            # TensorFlow's pools differ
     unbiased = features @ model.fc.weight.double().T               # no bias, as the IS code
     assert torch.allclose(probs, torch.softmax(unbiased, 1), atol=1e-9)
     assert fid_network.protocol["classes"] == 1008
     assert fid_network.protocol["inception_score_logits"] == "without the classifier's bias"
+
+
+def test_a_file_of_the_other_variant_is_refused(tmp_path, torchvision_file):
+    """The pools and the score depend on the variant, and its class count tells the files apart:
+    pytorch-fid's weights read as torchvision's (or the reverse) would give other numbers."""
+    fid_file = tmp_path / "pt_inception-test.pth"
+    _classifier_file(fid_file, 1008, extra=False)
+    with pytest.raises(ConfigError, match=r"has 1008 classes, but the torchvision network has "
+                                          r"1000: pass --inception-variant pytorch-fid"):
+        load_inception_network(fid_file, "torchvision")
+    with pytest.raises(ConfigError, match=r"has 1000 classes, .* pass --inception-variant "
+                                          r"torchvision for this file"):
+        load_inception_network(torchvision_file[0], "pytorch-fid")
+    other = tmp_path / "ten.pth"
+    _classifier_file(other, 10, extra=False)
+    with pytest.raises(ConfigError, match=r"has 10 classes, .* pass torchvision's or "
+                                          r"pytorch-fid's file"):
+        load_inception_network(other, "torchvision")
 
 
 def test_tf_pools_leave_the_padding_out_and_max_pool_mixed_7c():
@@ -282,6 +302,7 @@ def test_evaluation_with_inception_scores(run, torchvision_file, tmp_path):
     assert again["fid"] == pytest.approx(result["fid"], rel=1e-9)
     assert again["inception_score"] == result["inception_score"]
     assert again["protocol"]["inception"]["fid_real_statistics"]["file"] == str(stats)
+    assert again["protocol"]["inception"]["fid_real_statistics"]["sha256"] == file_sha256(stats)
     assert json.loads(json.dumps(result)) == result                   # JSON as it is
 
     plain = evaluate_generator(gan, samples=12, seed=1)

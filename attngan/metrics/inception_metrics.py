@@ -49,7 +49,7 @@ __all__ = ["INCEPTION_VARIANTS", "INPUT_SIZE", "InceptionNetwork", "FeatureMomen
            "GeneratedImageScores", "load_inception_network", "check_splits", "inception_score",
            "frechet_distance", "load_statistics", "save_statistics"]
 
-INCEPTION_VARIANTS = ("torchvision", "pytorch-fid")
+INCEPTION_VARIANTS = {"torchvision": 1000, "pytorch-fid": 1008}   # name: classifier outputs
 INPUT_SIZE = 299
 FEATURES = 2048
 METRICS_HINT = (
@@ -97,6 +97,13 @@ def load_inception_network(path: Union[str, Path], variant: str = "torchvision",
         raise ConfigError(f"Inception weights file {path} has no classifier (fc.weight "
                           f"[classes, {FEATURES}]), which the Inception Score needs; "
                           f"{METRICS_HINT}")
+    classes, expected = classifier.shape[0], INCEPTION_VARIANTS[variant]
+    if classes != expected:   # the pools and the score differ by variant: never mix them
+        fitting = [name for name, count in INCEPTION_VARIANTS.items() if count == classes]
+        raise ConfigError(f"Inception weights file {path} has {classes} classes, but the "
+                          f"{variant} network has {expected}: "
+                          + (f"pass --inception-variant {fitting[0]} for this file" if fitting
+                             else f"pass torchvision's or pytorch-fid's file; {METRICS_HINT}"))
     tf_graph = variant == "pytorch-fid"
     model = InceptionClassifier(classifier.shape[0], tf_pools=tf_graph, logits_bias=not tf_graph)
     load_inception_state(model, state, path, METRICS_HINT)
@@ -273,7 +280,9 @@ class GeneratedImageScores:
         self.real, self.real_source = None, None
         if self.fid_stats is not None and self.fid_stats.exists():
             mu, sigma, recorded = load_statistics(self.fid_stats, self.network, resolution)
-            self.real, self.real_source = (mu, sigma), dict(file=str(self.fid_stats), **recorded)
+            self.real = (mu, sigma)
+            self.real_source = dict(file=str(self.fid_stats),
+                                    sha256=file_sha256(self.fid_stats), **recorded)
         elif self.fid_stats is not None:
             folder = make_folder(self.fid_stats.parent, "--fid-stats path")
             if not os.access(folder, os.W_OK):
