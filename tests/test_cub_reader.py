@@ -13,6 +13,7 @@ from attngan.cli import main as cli_main, user_message
 from attngan.config import DataConfig
 from attngan.data import DataError, build_dataset, collate, prepare, tokenize
 from attngan.data.cub import crop_window, prepare_captions, read_cub
+from attngan.data.dataset import resized_size
 
 CLASSES = {1: "001.Red_Bird", 2: "002.Caf\xe9_Bird"}   # a latin-1 byte, as Python 2 wrote it
 IMAGES = [  # key, class, split, (width, height), box (x, y, w, h)
@@ -158,9 +159,19 @@ def test_items_pyramid_and_collate(cub):
     assert batch["caption_indices"].shape == (3,)
 
 
+def test_resize_sizes_are_torchvisions():
+    """The shorter side to the load size, the longer int(load * long / short) as torchvision's
+    Resize: 26 x 169 at 38 is 38 x 247 (int(169 * (38 / 26)) would give 246)."""
+    assert resized_size(26, 169, 38) == (38, 247)
+    assert resized_size(77, 55, 355) == (497, 355)
+    assert resized_size(500, 375, 304) == (405, 304)
+
+
 def test_bird_box_crop(cub):
     assert crop_window(60, 40, (10, 8, 20, 16)) == (5, 1, 35, 31)
     assert crop_window(40, 64, (30, 50, 8, 10)) == (27, 48, 40, 62)
+    # the original reads the box as integers (pandas astype(int)) before its arithmetic
+    assert crop_window(60, 40, (10.9, 8.7, 20.99, 16.5)) == (5, 1, 35, 31)
     cropped = build_dataset(config(cub, random_crop=False), "train", augment=False)
     whole = build_dataset(config(cub, random_crop=False, bbox_crop=False), "train", augment=False)
     for index in range(3):

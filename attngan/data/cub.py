@@ -200,8 +200,9 @@ def _boxes(root: Path, images: dict[str, tuple[int, str]], fix: str
 def crop_window(width: int, height: int, box: tuple[float, float, float, float]
                 ) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of the square of side 1.5 max(w, h) centred on the box,
-    clipped to the image (SPEC section 4)."""
-    x, y, w, h = box
+    clipped to the image (SPEC section 4), in the original's integer arithmetic: it reads the
+    box as integers (truncated) and truncates the half side and the centre."""
+    x, y, w, h = (int(value) for value in box)
     half = int(max(w, h) * 0.75)
     centre_x, centre_y = int(x + w / 2), int(y + h / 2)
     left, top = max(0, centre_x - half), max(0, centre_y - half)

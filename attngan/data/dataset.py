@@ -56,6 +56,14 @@ def read_image(path: Path, fix: str) -> Image.Image:
                         f"replace the file with a good copy ({fix})") from None
 
 
+def resized_size(width: int, height: int, load_size: int) -> tuple[int, int]:
+    """(width, height) with the shorter side scaled to `load_size`, the sizes torchvision's
+    Resize(load_size) computes (the original's transform): the longer side is
+    int(load_size * long / short)."""
+    short = min(width, height)
+    return int(load_size * width / short), int(load_size * height / short)
+
+
 class TextImageDataset(torch.utils.data.Dataset):
     """Images with their captions; see the module docstring for every transform.
 
@@ -131,10 +139,8 @@ class TextImageDataset(torch.utils.data.Dataset):
             image = image.crop(crop_window(image.width, image.height, self.records.boxes[index]))
         short = min(image.width, image.height)
         if short != self.load_size:
-            scale = self.load_size / short
-            size = (max(self.load_size, int(image.width * scale)),
-                    max(self.load_size, int(image.height * scale)))
-            image = image.resize(size, Image.BILINEAR)
+            image = image.resize(resized_size(image.width, image.height, self.load_size),
+                                 Image.BILINEAR)
         array = np.asarray(image, dtype=np.uint8)
         if self._cache_bytes + array.nbytes <= CACHE_BYTES:
             self._cache[index] = array
