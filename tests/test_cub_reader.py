@@ -12,8 +12,9 @@ from PIL import Image
 from attngan.cli import main as cli_main, user_message
 from attngan.config import DataConfig
 from attngan.data import DataError, build_dataset, collate, prepare, tokenize
-from attngan.data.cub import crop_window, prepare_captions, read_cub
+from attngan.data.cub import crop_window, prepare_captions, read_caption_file, read_cub
 from attngan.data.dataset import resized_size
+from attngan.data.vocab import tokenize
 
 CLASSES = {1: "001.Red_Bird", 2: "002.Caf\xe9_Bird"}   # a latin-1 byte, as Python 2 wrote it
 IMAGES = [  # key, class, split, (width, height), box (x, y, w, h)
@@ -157,6 +158,16 @@ def test_items_pyramid_and_collate(cub):
     assert batch["captions"].shape == (3, 6) and batch["lengths"].dtype == torch.long
     assert batch["class_ids"].tolist() == [1, 1, 2] and batch["keys"] == data.keys
     assert batch["caption_indices"].shape == (3,)
+
+
+def test_caption_lines_end_at_newlines_only(tmp_path):
+    """As the original's split('\\n'): Windows line ends, a stray carriage return or a Unicode
+    line separator inside a caption keep it whole; lines without ASCII words are skipped."""
+    path = tmp_path / "captions.txt"
+    path.write_bytes("a red bird\r\nwith a long\u2028beak\n\u00e9\u00e9\nsmall\rbird\n"
+                     .encode("utf-8"))
+    assert [tokenize(line) for line in read_caption_file(path, 3, "fix")] == [
+        ["a", "red", "bird"], ["with", "a", "long", "beak"], ["small", "bird"]]
 
 
 def test_resize_sizes_are_torchvisions():

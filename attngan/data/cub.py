@@ -55,7 +55,9 @@ def decode_text(raw: bytes, path: Path) -> str:
 
 
 def read_caption_file(path: Path, captions_per_image: int, fix: str) -> list[str]:
-    """The first `captions_per_image` lines of a text file that contain a word."""
+    """The first `captions_per_image` lines of a text file that contain a word; lines end at
+    "\n" only, as the original splits them (a stray "\r" or Unicode line separator inside a
+    caption does not cut it in two)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -63,7 +65,7 @@ def read_caption_file(path: Path, captions_per_image: int, fix: str) -> list[str
         raise DataError(f"caption file {path} is missing; {fix}") from None
     except OSError as error:
         raise DataError(f"caption file {path} cannot be read ({error}); {fix}") from None
-    lines = [line for line in decode_text(raw, path).splitlines() if tokenize(line)]
+    lines = [line for line in decode_text(raw, path).split("\n") if tokenize(line)]
     if len(lines) < captions_per_image:
         raise DataError(f"caption file {path} has {len(lines)} captions with words (of ASCII "
                         f"letters and digits: other characters are dropped), fewer than "
