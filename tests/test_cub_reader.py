@@ -14,7 +14,6 @@ from attngan.config import DataConfig
 from attngan.data import DataError, build_dataset, collate, prepare, tokenize
 from attngan.data.cub import crop_window, prepare_captions, read_caption_file, read_cub
 from attngan.data.dataset import resized_size
-from attngan.data.vocab import tokenize
 
 CLASSES = {1: "001.Red_Bird", 2: "002.Caf\xe9_Bird"}   # a latin-1 byte, as Python 2 wrote it
 IMAGES = [  # key, class, split, (width, height), box (x, y, w, h)
