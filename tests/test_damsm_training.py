@@ -11,6 +11,7 @@ from attngan.cli import main
 from attngan.config import load_config
 from attngan.data.dataset import build_dataset, collate
 from attngan.data.synthetic import make_synthetic
+from attngan.files import file_sha256
 from attngan.train.checkpoint import CheckpointError, load_checkpoint
 from attngan.train.damsm import (build_damsm_training, damsm_training_step, epoch_learning_rate,
                                  load_damsm, pretrain_damsm)
@@ -53,6 +54,11 @@ def test_loss_falls_and_outputs_are_written(data_root, tmp_path):
     saved = json.loads((tmp_path / "r_precision.json").read_text())
     assert saved["sentence"]["candidates"] == 10 and 0.0 <= saved["sentence"]["mean"] <= 1.0
     assert saved["word"]["n"] == 48
+    assert saved["checkpoint_sha256"] == file_sha256(saved["checkpoint"])
+    protocol = saved["protocol"]
+    assert protocol["words_per_caption"] == 18 and protocol["image_size"] == 32
+    assert protocol["data_root"] == str(data_root)
+    assert protocol["image_encoder"] == "small, input 32 px"
     assert (tmp_path / "config.yaml").is_file()
     assert results["steps"] == len(losses)
 

@@ -28,6 +28,7 @@ from attngan.config import (Config, config_from_dict, config_to_dict, save_confi
                             with_absolute_paths)
 from attngan.data.dataset import build_dataset, collate
 from attngan.data.vocab import Vocabulary
+from attngan.files import file_sha256
 from attngan.metrics.r_precision import check_protocol, r_precision, r_precision_from_scores
 from attngan.nn.image_encoder import build_image_encoder
 from attngan.nn.text_encoder import TextEncoder
@@ -127,9 +128,14 @@ def evaluate_r_precision(text_encoder, image_encoder, dataset, config: Config,
                               impl=config.run.impl)
         for i in range(0, regions.shape[0], 64)])                     # [N_img, N_cap]
     word = r_precision_from_scores(scores, encoded["class_ids"], **settings)
+    encoder = config.image_encoder
     return {"sentence": sentence, "word": word,
-            "protocol": {"split": "test", "images": int(scores.shape[0]),
+            "protocol": {"split": "test", "data_root": config.data.root,
+                         "images": int(scores.shape[0]),
                          "caption_per_image": "caption k % captions_per_image of image k",
+                         "words_per_caption": dataset.words_num,
+                         "image_size": dataset.image_sizes[-1],
+                         "image_encoder": f"{encoder.backbone}, input {encoder.input_size} px",
                          "mismatched_from": "other classes", **settings}}
 
 
@@ -233,6 +239,7 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
 
     results = evaluate_r_precision(text_encoder, image_encoder, test_set, config, device)
     results["checkpoint"] = str(checkpoint_path)
+    results["checkpoint_sha256"] = file_sha256(checkpoint_path)
     results["epochs"] = settings.epochs
     results["steps"] = step
     (out_dir / "r_precision.json").write_text(json.dumps(results, indent=2))

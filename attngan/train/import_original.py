@@ -150,7 +150,8 @@ def import_damsm(text_path: Union[str, Path], image_path: Union[str, Path], conf
         "vocab_fingerprint": vocab.fingerprint(), "text_encoder": text_encoder.state_dict(),
         "image_encoder": image_encoder.state_dict(), "imported": imported,
         "epoch": 0, "step": 0})
-    results = {"checkpoint": str(checkpoint_path), "imported": imported}
+    results = {"checkpoint": str(checkpoint_path),
+               "checkpoint_sha256": file_sha256(checkpoint_path), "imported": imported}
     if device is not None:
         for module in (text_encoder, image_encoder):
             module.to(device).eval()
