@@ -4,13 +4,14 @@
   sampler's per-stage outputs).
 - `attention_figure`: the paper's Fig. 2/4 style view of word attention (SPEC section 5). For
   each attention stage, a row: the image that stage produced, then one tile per shown word with
-  the stage's attention map for that word, upsampled bilinearly to the tile, min-max
+  the stage's attention map for that word, as the original's sampler draws it
+  (`build_super_images2`): values up to twice the uniform share 1/n (n = caption length) set to
+  0, upsampled to the tile (bilinearly; the original smooths with a Gaussian pyramid), min-max
   normalised, coloured with `colormap` and blended over the image, the word written below in
   PIL's default font. The sampler shows the `top_k` = 5 most confident words (all of them when
-  the caption has at most 5), in caption order. A word's confidence is the attention mass it
-  takes where it is at least twice the uniform share 1/n (n = caption length): words that
-  clearly win regions rank first, a word spread thinly over the whole image does not (the
-  original's sampler ranked by a similar thresholded mass).
+  the caption has at most 5), most confident first. A word's confidence, as there, is the
+  attention mass it takes where it is above four times the uniform share: words that clearly
+  win regions rank first, a word spread thinly over the whole image does not.
 - `colormap`: values in [0, 1] -> RGB, a piecewise-linear "jet" (blue -> cyan -> yellow ->
   red), written here so no plotting library is needed.
 """
@@ -68,9 +69,10 @@ def colormap(values: np.ndarray) -> np.ndarray:
 
 
 def word_confidence(attn: torch.Tensor, length: int) -> torch.Tensor:
-    """Confidence per word of one caption: attn `[L, H, W]` -> `[length]` (see module doc)."""
+    """Confidence per word of one caption: attn `[L, H, W]` -> `[length]`, the mass above
+    4 / length (see module doc)."""
     maps = attn[:length].detach().float().flatten(1)                    # [n, R]
-    return (maps * (maps >= 2.0 / length)).sum(dim=1)
+    return (maps * (maps > 4.0 / length)).sum(dim=1)
 
 
 def _tile(image: np.ndarray, label: str, font) -> Image.Image:
@@ -115,12 +117,12 @@ def attention_figure(images: Sequence[torch.Tensor], attention_maps: Sequence[to
         base = F.interpolate(images[stage][None].float().cpu(), size=(tile_size, tile_size),
                              mode="bilinear", align_corners=False)[0]
         base_pixels = to_uint8(base)
-        shown = sorted(word_confidence(attn, length).argsort(descending=True)[:top_k].tolist())
+        shown = word_confidence(attn, length).argsort(descending=True, stable=True)[:top_k]
         tiles = [_tile(base_pixels, f"stage {stage + 1}", font)]
-        up = F.interpolate(attn[None, :length].detach().float().cpu(),
-                           size=(tile_size, tile_size), mode="bilinear",
-                           align_corners=False)[0]                        # [n, S, S]
-        for index in shown:
+        maps = attn[:length].detach().float().cpu()                       # [n, h, w]
+        up = F.interpolate((maps * (maps > 2.0 / length))[None], size=(tile_size, tile_size),
+                           mode="bilinear", align_corners=False)[0]        # [n, S, S]
+        for index in shown.tolist():
             heat = up[index]
             heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp_min(1e-12)
             blend = (1 - alpha) * base_pixels + alpha * colormap(heat.numpy())

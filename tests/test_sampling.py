@@ -10,6 +10,7 @@ from attngan.cli import main
 from attngan.data.errors import DataError
 from attngan.metrics.evaluate import evaluate_generator
 from attngan.sampling import sample_captions
+from attngan import viz
 from attngan.viz import attention_figure, colormap, save_image_grid, word_confidence
 from test_gan_training import single_thread, train_tiny_gan  # noqa: F401 (autouse)
 
@@ -119,14 +120,17 @@ def test_an_interrupted_command_says_how_to_go_on(checkpoint, monkeypatch, tmp_p
                                        "--resume goes on from the run's last checkpoint\n")
 
 
-def test_word_confidence_counts_mass_above_twice_uniform():
-    """3 words, 16 regions: word 0 owns region 0, word 1 dominates regions 1-4, the rest is
-    spread below 2/3 (twice the uniform share 1/3) and counts for nobody."""
-    attn = torch.tensor([0.2, 0.4, 0.4])[:, None].repeat(1, 16)          # [L, R]
-    attn[:, 0] = torch.tensor([1.0, 0.0, 0.0])
-    attn[:, 1:5] = torch.tensor([0.0, 0.9, 0.1])[:, None]
-    confidence = word_confidence(attn.view(3, 4, 4), 3)
-    torch.testing.assert_close(confidence, torch.tensor([1.0, 3.6, 0.0]))
+def test_word_confidence_counts_mass_above_four_times_uniform():
+    """As the original's sampler: 2 words, 16 regions; only values above 4/2 = 2 could count,
+    so with attention (at most 1) nothing does; with 8 words the bar is 0.5: word 0 owns region
+    0, word 1 takes 0.6 of regions 1-4, 0.5 exactly (word 2, regions 5-8) does not count."""
+    assert torch.count_nonzero(word_confidence(torch.softmax(torch.randn(2, 4, 4), 0), 2)) == 0
+    attn = torch.full((8, 16), 1 / 8)                                     # [L, R]
+    attn[:, 0] = torch.eye(8)[0]
+    attn[:, 1:5] = torch.tensor([0.0, 0.6, 0.4, 0, 0, 0, 0, 0])[:, None]
+    attn[:, 5:9] = torch.tensor([0.0, 0.0, 0.5, 0.5, 0, 0, 0, 0])[:, None]
+    confidence = word_confidence(attn.view(8, 4, 4), 8)
+    torch.testing.assert_close(confidence, torch.tensor([1.0, 2.4, 0, 0, 0, 0, 0, 0]))
 
 
 def test_attention_figure_shows_all_words_of_a_short_caption(tmp_path):
@@ -137,6 +141,18 @@ def test_attention_figure_shows_all_words_of_a_short_caption(tmp_path):
     assert Image.open(path).size == (4 * 42 + 2, 2 * (40 + 14 + 2) + 2)
     with pytest.raises(ValueError, match="branch_num"):
         attention_figure(images[:1], [], ["a"], tmp_path / "g.png")
+
+
+def test_attention_figure_shows_the_most_confident_words_first(tmp_path, monkeypatch):
+    labels = []
+    real_tile = viz._tile
+    monkeypatch.setattr(viz, "_tile", lambda image, label, font: (labels.append(label),
+                                                                  real_tile(image, label, font))[1])
+    attn = torch.full((6, 4, 4), 0.01)
+    attn[5, :3] = attn[4, 3] = attn[1, 0, 0] = 1.0      # masses 12, 4, 1: word 5 > 4 > 1
+    images = [torch.zeros(3, 4, 4), torch.zeros(3, 8, 8)]
+    attention_figure(images, [attn], list("abcdef"), tmp_path / "f.png", top_k=3, tile_size=8)
+    assert labels == ["stage 2", "f", "e", "b"]
 
 
 def test_colormap_and_grid():
