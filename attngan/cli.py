@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 from attngan import __version__
 from attngan.backend import ImplementationUnavailable
 from attngan.config import load_config, preset_names
-from attngan.metrics import PAPER_SAMPLES
+from attngan.metrics import INCEPTION_SPLITS, INCEPTION_VARIANT, PAPER_SAMPLES
 
 
 MAX_SEED = 2 ** 62        # sampling and evaluation add a batch's index; torch takes 64 bits
@@ -258,13 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", metavar="PATH",
                    help="Inception-v3 weights file: adds the Inception Score and FID")
     p.add_argument("--inception-variant",
-                   help="the network of that file: torchvision's inception_v3_google-*.pth "
-                        "(default) or pytorch-fid's pt_inception-2015-12-05-*.pth")
+                   help=f"the network of that file (default {INCEPTION_VARIANT}): torchvision "
+                        f"for torchvision's inception_v3_google-*.pth, pytorch-fid for "
+                        f"pytorch-fid's pt_inception-2015-12-05-*.pth")
     p.add_argument("--fid-stats", metavar="PATH",
                    help="real statistics for FID (.npz, pytorch-fid's format); a path that does "
                         "not exist receives those of the test split (default: computed, not kept)")
     p.add_argument("--inception-splits", type=int,
-                   help="splits of the Inception Score (default 10)")
+                   help=f"splits of the Inception Score (default {INCEPTION_SPLITS})")
     p.set_defaults(run=_evaluate)
 
     p = commands.add_parser("demo", help="the whole pipeline on the synthetic set")

@@ -22,7 +22,7 @@ DEMO_CAPTIONS = (
     "the image shows one large yellow triangle on the bottom right",
     "a tiny green square on the left",
 )
-EVALUATION_IMAGES = 500  # one round: every test image once, with one of its captions
+EVALUATION_IMAGES = 500  # the preset's 500 test images once each, with one of their captions
 QUICK_OVERRIDES = (
     "data.synthetic.num_train=240", "data.synthetic.num_test=120", "damsm.batch_size=24",
     "damsm.epochs=1", "damsm.eval_candidates=20", "damsm.eval_folds=2", "gan.batch_size=8",

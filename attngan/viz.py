@@ -117,7 +117,8 @@ def attention_figure(images: Sequence[torch.Tensor], attention_maps: Sequence[to
         base = F.interpolate(images[stage][None].float().cpu(), size=(tile_size, tile_size),
                              mode="bilinear", align_corners=False)[0]
         base_pixels = to_uint8(base)
-        shown = word_confidence(attn, length).argsort(descending=True, stable=True)[:top_k]
+        # as the original's np.argsort(confidence)[::-1]: ties go to the later word
+        shown = word_confidence(attn, length).argsort(stable=True).flip(0)[:top_k]
         tiles = [_tile(base_pixels, f"stage {stage + 1}", font)]
         maps = attn[:length].detach().float().cpu()                       # [n, h, w]
         up = F.interpolate((maps * (maps > 2.0 / length))[None], size=(tile_size, tile_size),

@@ -111,7 +111,7 @@ def training_step(preset: str, impl: str, device: torch.device, precision: str =
     torch.manual_seed(0)
     text_encoder, image_encoder, optimizer = build_damsm_training(config, VOCAB_SIZE, device)
     text_encoder.train()
-    image_encoder.train()        # as pretraining sets them (Inception's trunk stays in eval)
+    image_encoder.train()        # as pretraining sets them (Inception's BatchNorm included)
     return lambda: damsm_training_step(text_encoder, image_encoder, optimizer, batch, config,
                                        device)
 

@@ -373,6 +373,7 @@ def test_damaged_image_list(cub, damage, match):
 @pytest.mark.parametrize("line, match", [
     ("1 0 0 inf 10", "finite numbers"), ("1 nan nan 10 10", "finite numbers"),
     ("2 0 0 10 10", "image id 2 has a second box"),
+    ("1 5 5 0.5 10", "a size of at least 1 pixel"),     # 0 once read as an integer
 ])
 def test_damaged_boxes(cub, line, match):
     path = cub / "CUB_200_2011" / "bounding_boxes.txt"

@@ -14,7 +14,7 @@ from attngan.data.synthetic import make_synthetic
 from attngan.files import file_sha256
 from attngan.train.checkpoint import CheckpointError, load_checkpoint
 from attngan.train.damsm import (build_damsm_training, damsm_training_step, epoch_learning_rate,
-                                 load_damsm, pretrain_damsm)
+                                 evaluate_r_precision, load_damsm, pretrain_damsm)
 
 TINY = ["data.synthetic.num_train=96", "data.synthetic.num_test=48", "data.synthetic.canvas=32",
         "data.base_size=32", "data.branch_num=1", "image_encoder.input_size=32",
@@ -169,3 +169,21 @@ def test_impossible_r_precision_is_refused_before_training(data_root, tmp_path):
         pretrain_damsm(tiny_config(data_root, "damsm.eval_folds=49"), tmp_path / "run",
                        progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_word_level_r_precision_in_blocks_of_images(data_root, monkeypatch):
+    """The word-level R-precision scores blocks of images (no [N, N] matrix on a large test
+    split); blocks of 7 images give the result of one block of all 48."""
+    from attngan.metrics import r_precision as r_precision_module
+    config = tiny_config(data_root, "run.impl=reference")
+    test_set = build_dataset(config.data, "test", augment=False)
+    torch.manual_seed(0)
+    text_encoder, image_encoder, _ = build_damsm_training(config, len(test_set.vocab),
+                                                          torch.device("cpu"))
+    whole = evaluate_r_precision(text_encoder, image_encoder, test_set, config,
+                                 torch.device("cpu"))
+    monkeypatch.setattr(r_precision_module, "ROWS", 7)
+    blocks = evaluate_r_precision(text_encoder, image_encoder, test_set, config,
+                                  torch.device("cpu"))
+    assert whole["word"]["n"] == 48 and blocks["word"]["folds"] == whole["word"]["folds"]
+    assert blocks["sentence"]["folds"] == whole["sentence"]["folds"]

@@ -103,7 +103,7 @@ def test_precision_of_training_steps(precision, dtype, tmp_path, monkeypatch):
     fp32 (the default) runs them in float32."""
     import attngan.train.damsm as damsm_module
     import attngan.train.gan as gan_module
-    seen = {"damsm": set(), "gan": set()}
+    seen = {"damsm": set(), "gan": set(), "image encoder training": set()}
     word_loss, generator_loss = damsm_module.damsm_word_loss, gan_module.damsm_generator_loss
 
     def spy_word_loss(words, lengths, regions, **kwargs):
@@ -112,6 +112,8 @@ def test_precision_of_training_steps(precision, dtype, tmp_path, monkeypatch):
 
     def spy_generator_loss(image_encoder, image, *args, **kwargs):
         seen["gan"].add(image.dtype)
+        # the frozen DAMSM in eval mode (BatchNorm on its running statistics, as the original)
+        seen["image encoder training"].add(any(m.training for m in image_encoder.modules()))
         return generator_loss(image_encoder, image, *args, **kwargs)
 
     monkeypatch.setattr(damsm_module, "damsm_word_loss", spy_word_loss)
@@ -120,6 +122,7 @@ def test_precision_of_training_steps(precision, dtype, tmp_path, monkeypatch):
     train_gan(_with(config, max_steps=3), damsm, tmp_path / "gan", progress=False)
     # (the DAMSM run's test loss is evaluated in float32: what it measures stays comparable)
     assert seen["damsm"] == {dtype, torch.float32} and seen["gan"] == {dtype}
+    assert seen["image encoder training"] == {False}
     for line in _losses(tmp_path / "gan"):
         assert all(torch.isfinite(torch.tensor(value)) for key, value in line.items()
                    if key not in ("step", "epoch")), line

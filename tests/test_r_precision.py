@@ -77,7 +77,7 @@ def test_blocks_of_images_give_the_whole_matrix_result(monkeypatch, rows):
     """Scored a block of images at a time (no [N, N] matrix at the paper's 30,000), with the
     same draws as on the whole matrix, whatever the block size."""
     from attngan.metrics import r_precision as module
-    monkeypatch.setattr(module, "_ROWS", rows)
+    monkeypatch.setattr(module, "ROWS", rows)
     n, generator = 300, torch.Generator().manual_seed(3)
     images = torch.randn(n, 8, generator=generator)
     captions = images + 1.5 * torch.randn(n, 8, generator=generator)   # hits sometimes

@@ -153,6 +153,29 @@ def test_attention_figure_shows_the_most_confident_words_first(tmp_path, monkeyp
     images = [torch.zeros(3, 4, 4), torch.zeros(3, 8, 8)]
     attention_figure(images, [attn], list("abcdef"), tmp_path / "f.png", top_k=3, tile_size=8)
     assert labels == ["stage 2", "f", "e", "b"]
+    labels.clear()                             # ties (no mass above 4/n): the later word first
+    attention_figure(images, [torch.full((6, 4, 4), 1 / 6)], list("abcdef"), tmp_path / "g.png",
+                     top_k=3, tile_size=8)
+    assert labels == ["stage 2", "f", "e", "d"]
+
+
+def test_attention_figure_shows_maps_zero_up_to_twice_uniform(tmp_path, monkeypatch):
+    """As the original's sampler: a map's values up to 2/n are set to 0 before it is drawn, so
+    a word below that everywhere gets a flat tile, and only the regions above it show."""
+    tiles = {}
+    real_tile = viz._tile
+    monkeypatch.setattr(viz, "_tile", lambda image, label, font: (tiles.__setitem__(label, image),
+                                                                  real_tile(image, label, font))[1])
+    attn = torch.full((2, 4, 4), 0.5)
+    attn[0, 0, 0], attn[1, 0, 0] = 0.9, 0.1          # 2 words: nothing is above 2/2 = 1
+    images = [torch.zeros(3, 4, 4), torch.zeros(3, 4, 4)]
+    attention_figure(images, [attn], ["a", "b"], tmp_path / "f.png", tile_size=4)
+    assert (tiles["a"] == tiles["a"][0, 0]).all() and (tiles["b"] == tiles["b"][0, 0]).all()
+    attn = torch.full((4, 4, 4), 0.25)
+    attn[0, :2], attn[1, :2] = 0.75, 0.0                # word "a" above 2/4 in the top half only
+    attention_figure(images, [attn], list("abcd"), tmp_path / "g.png", tile_size=4)
+    assert (tiles["b"] == tiles["b"][0, 0]).all()      # 0.25 everywhere but 0 on top: all <= 2/4
+    assert not (tiles["a"] == tiles["a"][0, 0]).all()
 
 
 def test_colormap_and_grid():

@@ -189,9 +189,10 @@ def _boxes(root: Path, images: dict[str, tuple[int, str]], fix: str
         except ValueError:
             image_id = None
         if (image_id is None or len(parts) != 5 or not all(map(math.isfinite, (x, y, w, h)))
-                or w <= 0 or h <= 0):
+                or w < 1 or h < 1):
             raise DataError(f"{path} line {number} is {line!r}, not '<id> <x> <y> <w> <h>' with "
-                            f"finite numbers and a positive size; the file is damaged: {fix}")
+                            f"finite numbers and a size of at least 1 pixel (the crop reads "
+                            f"them as integers); the file is damaged: {fix}")
         if image_id in boxes:
             raise DataError(f"{path} line {number}: image id {image_id} has a second box; the "
                             f"file is damaged: {fix}")

@@ -7,7 +7,7 @@ test split in rounds (`evaluation_captions`): each round takes every test image 
 random order, with one of its captions not taken in an earlier round (after the last, the
 rounds start over with new noise), and the last round stops at `samples`. So 30,000 images
 on CUB are each of its 29,330 test captions once and 670 again; fewer samples than test
-images are distinct images of every class. Each caption is the deterministic evaluation form
+images are distinct images. Each caption is the deterministic evaluation form
 of the data set (`dataset.caption`, a fixed ordered subset for captions over
 data.eval_words_num words, which defaults to data.words_num; SPEC's evaluation lengths are
 25 for CUB, 20 for COCO).
@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import random
 from pathlib import Path
 from typing import Optional
 
@@ -39,7 +40,7 @@ from attngan.config import with_absolute_paths
 from attngan.data.dataset import build_dataset
 from attngan.data.errors import DataError
 from attngan.files import file_sha256, make_folder
-from attngan.metrics import PAPER_SAMPLES
+from attngan.metrics import INCEPTION_SPLITS, INCEPTION_VARIANT, PAPER_SAMPLES
 from attngan.metrics.inception_metrics import GeneratedImageScores
 from attngan.metrics.r_precision import check_protocol, r_precision
 from attngan.metrics.shapes_checker import check_against_shuffled, parse_caption
@@ -84,12 +85,13 @@ def evaluation_captions(num_images: int, per_image: int, samples: int,
     r (slots[i] a random order of its captions), the last round cut at `samples`."""
     if samples < 2:
         raise ValueError(f"samples={samples}: evaluation needs at least 2 images")
-    generator = torch.Generator().manual_seed(seed)
-    slots = torch.rand(num_images, per_image, generator=generator).argsort(dim=1).tolist()
+    # its own stream (the noise and the R-precision draws are seeded with `seed` itself)
+    draw = random.Random(f"attngan evaluation captions, seed {seed}")
+    slots = [draw.sample(range(per_image), per_image) for _ in range(num_images)]
     pairs: list[tuple[int, int]] = []
     for round_ in range(math.ceil(samples / num_images)):
-        images = torch.randperm(num_images, generator=generator)[:samples - len(pairs)]
-        pairs += [(image, slots[image][round_ % per_image]) for image in images.tolist()]
+        images = draw.sample(range(num_images), num_images)[:samples - len(pairs)]
+        pairs += [(image, slots[image][round_ % per_image]) for image in images]
     return pairs
 
 
@@ -147,27 +149,27 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
     damsm_hash = file_sha256(damsm_file)
 
     per_image = dataset.captions_per_image
-    count, available = samples, len(dataset.keys) * per_image
-    pairs = evaluation_captions(len(dataset.keys), per_image, count, seed)
+    pairs = evaluation_captions(len(dataset.keys), per_image, samples, seed)
     encoded_all = [dataset.caption(image * per_image + slot) for image, slot in pairs]
     texts = [vocab.decode(caption[:length].tolist()) for caption, length in encoded_all]
     if config.data.dataset == "shapes":
         _check_readable(texts, eval_words)                 # before any image is generated
     resolution = dataset.image_sizes[-1]
     inception = None if inception_weights is None else GeneratedImageScores(
-        inception_weights, inception_variant or "torchvision", device,
-        10 if inception_splits is None else inception_splits, count, resolution,
+        inception_weights, inception_variant or INCEPTION_VARIANT, device,
+        INCEPTION_SPLITS if inception_splits is None else inception_splits, samples, resolution,
         fid_stats)                                         # its files checked before generating
     class_ids = torch.tensor([dataset.class_ids[image] for image, _ in pairs])
     # the R-precision of the generated images, checked before they are generated
     check_protocol(class_ids, config.damsm.eval_candidates, config.damsm.eval_folds,
                    candidates_name="damsm.eval_candidates", folds_name="damsm.eval_folds",
-                   fix=f"raise samples (--samples; {count} now)" if count < available else
-                       f"the test split's {available} captions are too few for the run's own "
-                       f"settings (from its config): evaluate on a larger test split")
+                   fix=f"raise samples (--samples; {samples} now)"
+                       if len(set(dataset.class_ids)) > 1 else
+                       "the test split's images are all of one class, and R-precision needs "
+                       "captions of other classes: evaluate on a test split of several")
     noise_source = torch.Generator().manual_seed(seed)
     images, codes, sentences = [], [], []
-    for start in range(0, count, batch_size):
+    for start in range(0, samples, batch_size):
         chunk = pairs[start:start + batch_size]
         encoded = encoded_all[start:start + batch_size]
         captions = torch.stack([caption for caption, _ in encoded])          # on the CPU
@@ -201,7 +203,7 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
             lambda: _test_images(dataset, batch_size))
     result = {
         "protocol": {
-            "split": "test", "data_root": config.data.root, "samples": count,
+            "split": "test", "data_root": config.data.root, "samples": samples,
             "test_images": len(dataset.keys),
             "captions": "in rounds: every test image once per round in a random order, with "
                         "a caption of it not taken in an earlier round",

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from attngan.config import ConfigError
 from attngan.files import file_sha256, make_folder
+from attngan.metrics import INCEPTION_SPLITS, INCEPTION_VARIANT
 from attngan.nn.inception import InceptionClassifier, load_inception_state, read_inception_file
 
 __all__ = ["INCEPTION_VARIANTS", "INPUT_SIZE", "InceptionNetwork", "FeatureMoments",
@@ -82,7 +83,7 @@ class InceptionNetwork:
         return features.double().cpu(), torch.softmax(logits.double(), dim=1).cpu()
 
 
-def load_inception_network(path: Union[str, Path], variant: str = "torchvision",
+def load_inception_network(path: Union[str, Path], variant: str = INCEPTION_VARIANT,
                            device: Union[str, torch.device] = "cpu") -> InceptionNetwork:
     """The Inception-v3 classifier of `variant` with the weights in `path` (see the module
     docstring); ConfigError naming the file and the fix for a missing, corrupt or unfitting
@@ -125,7 +126,7 @@ def check_splits(images: int, splits: int) -> None:
                          f"images, got {images}; generate more images or use fewer splits")
 
 
-def inception_score(probabilities: torch.Tensor, splits: int = 10) -> dict:
+def inception_score(probabilities: torch.Tensor, splits: int = INCEPTION_SPLITS) -> dict:
     """dict(mean, std, splits, images) of the Inception Score of p(y|x) rows [N, K]."""
     if probabilities.dim() != 2:
         raise ValueError(f"probabilities must be [images, classes], got "

@@ -5,10 +5,13 @@ when class ids are given, as on CUB), ranked by a similarity score; a hit is the
 ranked strictly first. Reported as mean and standard deviation of the hit rate over random
 folds of the images (the paper's 10 folds of 3,000). The paper ranks by the cosine of DAMSM
 global codes (`r_precision`); ranking by the word-level DAMSM score S is
-`r_precision_from_scores` over that matrix. The original repository
-never published this code; this follows the protocol the paper describes.
+`r_precision_from_blocks` over blocks of that matrix (`r_precision_from_scores` over a whole
+one). The original repository never published this code; this follows the protocol the paper
+describes.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +39,9 @@ def check_protocol(class_ids: torch.Tensor, candidates: int, folds: int, *,
 
 
 # Images scored at a time: the draw of mismatched captions and the scores take [rows, N]
-# temporaries (about 40 MB per 1,000 rows at N = 30,000), never [N, N].
-_ROWS = 1024
+# temporaries (noise, mask and scores: about 280 MB for 1,024 rows at N = 30,000), never
+# [N, N].
+ROWS = 1024
 
 
 def _summary(hits: torch.Tensor, folds: int, generator: torch.Generator, candidates: int,
@@ -57,17 +61,19 @@ def _summary(hits: torch.Tensor, folds: int, generator: torch.Generator, candida
     }
 
 
-def _r_precision(score_rows, class_ids: torch.Tensor, device: torch.device, *, candidates: int,
-                 folds: int, seed: int) -> dict:
-    """R-precision where score_rows(start, stop) gives `[stop - start, N]` scores of those images
-    against every caption (the true one of image k is column k)."""
-    n = len(class_ids)
+def r_precision_from_blocks(score_rows: Callable[[int, int], torch.Tensor], n: int,
+                            class_ids: torch.Tensor | None, device: torch.device, *,
+                            candidates: int = 100, folds: int = 10, seed: int = 0) -> dict:
+    """R-precision of n images where score_rows(start, stop) gives the `[stop - start, n]`
+    scores (on `device`) of images start..stop-1 against every caption, the true caption of
+    image k in column k; called for blocks of `ROWS` images, so no [n, n] matrix exists.
+    Arguments and result as r_precision_from_scores."""
+    class_ids = torch.arange(n) if class_ids is None else torch.as_tensor(class_ids).cpu()
     check_protocol(class_ids, candidates, folds)
-    class_ids = class_ids.cpu()
     generator = torch.Generator().manual_seed(seed)
     hits = []
-    for start in range(0, n, _ROWS):
-        stop = min(n, start + _ROWS)
+    for start in range(0, n, ROWS):
+        stop = min(n, start + ROWS)
         # candidates - 1 mismatched captions per image, uniformly among the other classes'
         noise = torch.rand(stop - start, n, generator=generator)
         noise.masked_fill_(class_ids[None, :] == class_ids[start:stop, None], -1.0)
@@ -99,9 +105,8 @@ def r_precision_from_scores(scores: torch.Tensor, class_ids: torch.Tensor | None
     n = scores.shape[0]
     if scores.dim() != 2 or scores.shape[1] != n:
         raise ValueError(f"scores must be a square [N, N] matrix, got {tuple(scores.shape)}")
-    class_ids = torch.arange(n) if class_ids is None else torch.as_tensor(class_ids)
-    return _r_precision(lambda start, stop: scores[start:stop], class_ids, scores.device,
-                        candidates=candidates, folds=folds, seed=seed)
+    return r_precision_from_blocks(lambda start, stop: scores[start:stop], n, class_ids,
+                                   scores.device, candidates=candidates, folds=folds, seed=seed)
 
 
 def r_precision(image_codes: torch.Tensor, caption_codes: torch.Tensor,
@@ -115,7 +120,6 @@ def r_precision(image_codes: torch.Tensor, caption_codes: torch.Tensor,
                          f"{tuple(image_codes.shape)} and {tuple(caption_codes.shape)}")
     images = F.normalize(image_codes.float(), dim=1)
     captions_t = F.normalize(caption_codes.float(), dim=1).T
-    n = len(images)
-    class_ids = torch.arange(n) if class_ids is None else torch.as_tensor(class_ids)
-    return _r_precision(lambda start, stop: images[start:stop] @ captions_t, class_ids,
-                        images.device, candidates=candidates, folds=folds, seed=seed)
+    return r_precision_from_blocks(lambda start, stop: images[start:stop] @ captions_t,
+                                   len(images), class_ids, images.device,
+                                   candidates=candidates, folds=folds, seed=seed)

@@ -29,7 +29,7 @@ from attngan.config import (Config, config_from_dict, config_to_dict, save_confi
 from attngan.data.dataset import build_dataset, collate
 from attngan.data.vocab import Vocabulary
 from attngan.files import file_sha256
-from attngan.metrics.r_precision import check_protocol, r_precision, r_precision_from_scores
+from attngan.metrics.r_precision import check_protocol, r_precision, r_precision_from_blocks
 from attngan.nn.image_encoder import build_image_encoder
 from attngan.nn.text_encoder import TextEncoder
 from attngan.ops.damsm import damsm_sentence_loss, damsm_word_loss, damsm_word_similarity
@@ -122,16 +122,20 @@ def evaluate_r_precision(text_encoder, image_encoder, dataset, config: Config,
     sentence = r_precision(encoded["codes"], encoded["sentences"], encoded["class_ids"],
                            **settings)
     regions = encoded["regions"].flatten(2)                           # [N, D, R]
-    scores = torch.cat([
-        damsm_word_similarity(encoded["words"], encoded["lengths"], regions[i:i + 64],
-                              gamma1=config.damsm.gamma1, gamma2=config.damsm.gamma2,
-                              impl=config.run.impl)
-        for i in range(0, regions.shape[0], 64)])                     # [N_img, N_cap]
-    word = r_precision_from_scores(scores, encoded["class_ids"], **settings)
+
+    def word_scores(start: int, stop: int) -> torch.Tensor:          # [stop - start, N]
+        return torch.cat([
+            damsm_word_similarity(encoded["words"], encoded["lengths"],
+                                  regions[i:min(i + 64, stop)],
+                                  gamma1=config.damsm.gamma1, gamma2=config.damsm.gamma2,
+                                  impl=config.run.impl)
+            for i in range(start, stop, 64)])
+    word = r_precision_from_blocks(word_scores, len(regions), encoded["class_ids"],
+                                   regions.device, **settings)
     encoder = config.image_encoder
     return {"sentence": sentence, "word": word,
             "protocol": {"split": "test", "data_root": config.data.root,
-                         "images": int(scores.shape[0]),
+                         "images": len(regions),
                          "caption_per_image": "caption k % captions_per_image of image k",
                          "words_per_caption": dataset.words_num,
                          "image_size": dataset.image_sizes[-1],
