@@ -56,8 +56,8 @@ def decode_text(raw: bytes, path: Path) -> str:
 
 def read_caption_file(path: Path, captions_per_image: int, fix: str) -> list[str]:
     """The first `captions_per_image` lines of a text file that contain a word; lines end at
-    "\n" only, as the original splits them (a stray "\r" or Unicode line separator inside a
-    caption does not cut it in two)."""
+    line feeds only, as the original splits them (a stray carriage return or a Unicode line
+    separator inside a caption does not cut it in two)."""
     path = Path(path)
     try:
         raw = path.read_bytes()

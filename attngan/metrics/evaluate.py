@@ -7,10 +7,9 @@ test split in rounds (`evaluation_captions`): each round takes every test image 
 random order, with one of its captions not taken in an earlier round (after the last, the
 rounds start over with new noise), and the last round stops at `samples`. So 30,000 images
 on CUB are each of its 29,330 test captions once and 670 again; fewer samples than test
-images are distinct images. Each caption is the deterministic evaluation form
-of the data set (`dataset.caption`, a fixed ordered subset for captions over
-data.eval_words_num words, which defaults to data.words_num; SPEC's evaluation lengths are
-25 for CUB, 20 for COCO).
+images are distinct images. Each caption is the deterministic evaluation form of the data set
+(`dataset.caption`, a fixed ordered subset for captions over data.eval_words_num words, which
+defaults to data.words_num; SPEC's evaluation lengths are 25 for CUB, 20 for COCO).
 
 - Shapes checker (synthetic shapes data only, `attngan.metrics.shapes_checker`): each
   attribute scored against the true captions and against captions shuffled across images
