@@ -31,7 +31,7 @@ from typing import Optional
 from attngan.data.cub import load_captions
 from attngan.data.errors import DataError
 from attngan.data.records import (SplitRecords, check_caption_lists, load_split_keys,
-                                  save_pickle)
+                                  save_pickle, split_keys_file)
 from attngan.data.vocab import Vocabulary, tokenize
 
 SPLITS = {"train": "train2014", "test": "val2014"}
@@ -107,15 +107,15 @@ def prepare_captions(root: str | Path, captions_per_image: int = 5, *,
             by_key = dict(zip(keys[split], texts))
             absent = [key for key in listed if key not in by_key]
             if absent:
-                raise DataError(f"{root / split / 'filenames.pickle'} names {len(absent)} images "
+                raise DataError(f"{split_keys_file(root, split)} names {len(absent)} images "
                                 f"that captions_{SPLITS[split]}.json lacks (first: {absent[0]}); "
                                 "fix the list, or delete it to use every image of the file")
             keys[split], texts = listed, [by_key[key] for key in listed]
         tokenized[split] = [tokenize(text) for image in texts for text in image]
     vocab = Vocabulary.build(tokenized["train"] + tokenized["test"])
     for split in SPLITS:
-        if not (root / split / "filenames.pickle").is_file():
-            save_pickle(root / split / "filenames.pickle", keys[split])
+        if not split_keys_file(root, split).is_file():
+            save_pickle(split_keys_file(root, split), keys[split])
     ixtoword, wordtoix = vocab.to_maps()
     save_pickle(target, [[[vocab.wordtoix[w] for w in tokens] for tokens in tokenized[split]]
                          for split in SPLITS] + [ixtoword, wordtoix])
@@ -124,10 +124,9 @@ def prepare_captions(root: str | Path, captions_per_image: int = 5, *,
 
 def _listed_keys(root: Path, split: str) -> Optional[list[str]]:
     """The keys of ROOT/<split>/filenames.pickle, None when there is none."""
-    names = root / split / "filenames.pickle"
-    if not names.is_file():
+    if not split_keys_file(root, split).is_file():
         return None
-    return load_split_keys(names, split, f"delete it and run `attngan prepare {root}`")
+    return load_split_keys(root, split, f"delete it and run `attngan prepare {root}`")
 
 
 def _image_path(root: Path, key: str, split: str) -> Path:

@@ -74,10 +74,6 @@ def read_caption_file(path: Path, captions_per_image: int, fix: str) -> list[str
     return lines[:captions_per_image]
 
 
-def _split_keys(root: Path, split: str, fix: str) -> list[str]:
-    return load_split_keys(root / split / "filenames.pickle", split, fix)
-
-
 def _class_ids(root: Path, split: str, count: int, fix: str) -> list[int]:
     """The class id of each key, from train|test/class_info.pickle (a list or an array)."""
     path = root / split / "class_info.pickle"
@@ -117,7 +113,7 @@ def prepare_captions(root: str | Path, captions_per_image: int = 10, *, rebuild:
     for split in SPLITS:
         tokenized[split] = [
             tokenize(line)
-            for key in _split_keys(root, split, fix)
+            for key in load_split_keys(root, split, fix)
             for line in read_caption_file(root / "text" / f"{key}.txt", captions_per_image, fix)]
     vocab = Vocabulary.build(tokenized["train"] + tokenized["test"])
     ixtoword, wordtoix = vocab.to_maps()
@@ -225,7 +221,7 @@ def read_cub(root: str | Path, split: str, *, captions_per_image: int = 10,
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; {fix}")
-    keys = _split_keys(root, split, fix)
+    keys = load_split_keys(root, split, fix)
     class_ids = _class_ids(root, split, len(keys), fix)
     prepare_captions(root, captions_per_image, fix=fix)
     train, test, vocab = load_captions(root)

@@ -67,9 +67,15 @@ def save_pickle(path: Path, value: Any) -> None:
                         "to a folder that can and set data.root to it") from None
 
 
-def load_split_keys(path: Path, split: str, fix: str) -> list[str]:
-    """The image keys of a train|test/filenames.pickle (Python 2 byte strings decoded as
+def split_keys_file(root: Path, split: str) -> Path:
+    """ROOT/<split>/filenames.pickle: the image keys of a split, in the original's layout."""
+    return Path(root) / split / "filenames.pickle"
+
+
+def load_split_keys(root: Path, split: str, fix: str) -> list[str]:
+    """The image keys of ROOT/<split>/filenames.pickle (Python 2 byte strings decoded as
     Latin-1); a file that is not a non-empty list of keys is a DataError."""
+    path = split_keys_file(root, split)
     keys = load_pickle(path, fix)
     if not isinstance(keys, (list, tuple)) or not all(isinstance(k, (str, bytes)) for k in keys):
         raise DataError(f"{path} is not a list of image keys; {fix}")

@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw
 from attngan.config import SyntheticConfig
 from attngan.data.cub import prepare_captions
 from attngan.data.errors import DataError
-from attngan.data.records import save_pickle
+from attngan.data.records import save_pickle, split_keys_file
 from attngan.data.vocab import tokenize
 from attngan.files import default_permissions, remove_leftovers, temporary_prefix
 
@@ -262,7 +262,7 @@ def _write(root: Path, cfg: SyntheticConfig, train_pairs: list[tuple[str, str]],
                                        for o in objects]}
             keys.append(key)
             class_ids.append(class_id)
-        save_pickle(root / split / "filenames.pickle", keys)
+        save_pickle(split_keys_file(root, split), keys)
         save_pickle(root / split / "class_info.pickle", class_ids)
     (root / "CUB_200_2011" / "images.txt").write_text("\n".join(listing) + "\n")
     (root / "CUB_200_2011" / "bounding_boxes.txt").write_text("\n".join(boxes) + "\n")

@@ -106,11 +106,11 @@ def load_inception_network(path: Union[str, Path], variant: str = INCEPTION_VARI
                           + (f"pass --inception-variant {fitting[0]} for this file" if fitting
                              else f"pass torchvision's or pytorch-fid's file; {METRICS_HINT}"))
     tf_graph = variant == "pytorch-fid"
-    model = InceptionClassifier(classifier.shape[0], tf_pools=tf_graph, logits_bias=not tf_graph)
+    model = InceptionClassifier(classes, tf_pools=tf_graph, logits_bias=not tf_graph)
     load_inception_state(model, state, path, METRICS_HINT)
     device = torch.device(device)
     protocol = dict(variant=variant, weights=str(path), weights_sha256=file_sha256(path),
-                    classes=int(classifier.shape[0]), input_size=INPUT_SIZE,
+                    classes=classes, input_size=INPUT_SIZE,
                     resize="bilinear, align_corners=False (PyTorch)",
                     inception_score_logits="without the classifier's bias" if tf_graph
                     else "with the classifier's bias")

@@ -62,10 +62,10 @@ def _summary(hits: torch.Tensor, folds: int, generator: torch.Generator, candida
 
 
 def r_precision_from_blocks(score_rows: Callable[[int, int], torch.Tensor], n: int,
-                            class_ids: torch.Tensor | None, device: torch.device, *,
-                            candidates: int = 100, folds: int = 10, seed: int = 0) -> dict:
+                            class_ids: torch.Tensor | None, *, candidates: int = 100,
+                            folds: int = 10, seed: int = 0) -> dict:
     """R-precision of n images where score_rows(start, stop) gives the `[stop - start, n]`
-    scores (on `device`) of images start..stop-1 against every caption, the true caption of
+    scores (on any device) of images start..stop-1 against every caption, the true caption of
     image k in column k; called for blocks of `ROWS` images, so no [n, n] matrix exists.
     Arguments and result as r_precision_from_scores."""
     class_ids = torch.arange(n) if class_ids is None else torch.as_tensor(class_ids).cpu()
@@ -77,9 +77,9 @@ def r_precision_from_blocks(score_rows: Callable[[int, int], torch.Tensor], n: i
         # candidates - 1 mismatched captions per image, uniformly among the other classes'
         noise = torch.rand(stop - start, n, generator=generator)
         noise.masked_fill_(class_ids[None, :] == class_ids[start:stop, None], -1.0)
-        mismatched = noise.topk(candidates - 1, dim=1).indices.to(device)  # [rows, candidates-1]
         scores = score_rows(start, stop)                                    # [rows, N]
-        rows = torch.arange(stop - start, device=device)
+        mismatched = noise.topk(candidates - 1, dim=1).indices.to(scores.device)
+        rows = torch.arange(stop - start, device=scores.device)
         true_scores = scores[rows, rows + start]                           # [rows]
         other_scores = scores.gather(1, mismatched)                        # [rows, candidates-1]
         hits.append((other_scores < true_scores[:, None]).all(dim=1))      # true caption first
@@ -106,7 +106,7 @@ def r_precision_from_scores(scores: torch.Tensor, class_ids: torch.Tensor | None
     if scores.dim() != 2 or scores.shape[1] != n:
         raise ValueError(f"scores must be a square [N, N] matrix, got {tuple(scores.shape)}")
     return r_precision_from_blocks(lambda start, stop: scores[start:stop], n, class_ids,
-                                   scores.device, candidates=candidates, folds=folds, seed=seed)
+                                   candidates=candidates, folds=folds, seed=seed)
 
 
 def r_precision(image_codes: torch.Tensor, caption_codes: torch.Tensor,
@@ -121,5 +121,5 @@ def r_precision(image_codes: torch.Tensor, caption_codes: torch.Tensor,
     images = F.normalize(image_codes.float(), dim=1)
     captions_t = F.normalize(caption_codes.float(), dim=1).T
     return r_precision_from_blocks(lambda start, stop: images[start:stop] @ captions_t,
-                                   len(images), class_ids, images.device,
-                                   candidates=candidates, folds=folds, seed=seed)
+                                   len(images), class_ids, candidates=candidates, folds=folds,
+                                   seed=seed)

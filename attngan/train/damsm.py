@@ -130,8 +130,7 @@ def evaluate_r_precision(text_encoder, image_encoder, dataset, config: Config,
                                   gamma1=config.damsm.gamma1, gamma2=config.damsm.gamma2,
                                   impl=config.run.impl)
             for i in range(start, stop, 64)])
-    word = r_precision_from_blocks(word_scores, len(regions), encoded["class_ids"],
-                                   regions.device, **settings)
+    word = r_precision_from_blocks(word_scores, len(regions), encoded["class_ids"], **settings)
     encoder = config.image_encoder
     return {"sentence": sentence, "word": word,
             "protocol": {"split": "test", "data_root": config.data.root,
