@@ -25,7 +25,8 @@ from typing import Optional, Sequence
 
 from attngan import __version__
 from attngan.backend import ImplementationUnavailable
-from attngan.config import load_config, preset_names
+from attngan.config import load_config, preset_names, refuse_unused_overrides
+from attngan.files import OutputError, output_error
 from attngan.metrics import INCEPTION_SPLITS, INCEPTION_VARIANT, PAPER_SAMPLES
 
 
@@ -51,14 +52,20 @@ def _add_config_arguments(parser: argparse.ArgumentParser, default: str) -> None
                         metavar="KEY=VALUE", help="override a setting, e.g. damsm.batch_size=8")
 
 
+def _add_accept_changed_data(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--accept-changed-data", action="store_true",
+                        help=f"{what} (refused by default: its numbers would be of neither)")
+
+
 def _config(args):
+    refuse_unused_overrides(args.command, args.overrides)
     return load_config(args.config, args.overrides)
 
 
 def _make_synthetic(args) -> int:
     from attngan.data.synthetic import make_synthetic
     config = _config(args)
-    out = make_synthetic(args.out, config.data.synthetic)
+    out = make_synthetic(args.out, config.data.synthetic, force=args.force)
     print(f"synthetic shapes data set written to {out}")
     return 0
 
@@ -94,7 +101,8 @@ def _pretrain_damsm(args) -> int:
     from attngan.train.damsm import pretrain_damsm
     config = _config(args)
     out = _run_folder(args, "damsm")
-    results = pretrain_damsm(config, out, resume=args.resume)
+    results = pretrain_damsm(config, out, resume=args.resume,
+                             accept_changed_data=args.accept_changed_data)
     _print_r_precision(results)
     print(f"run folder: {out} (checkpoint {results['checkpoint']})")
     return 0
@@ -125,7 +133,8 @@ def _train(args) -> int:
     from attngan.train.gan import train_gan
     config = _config(args)
     out = _run_folder(args, "gan")
-    results = train_gan(config, args.damsm, out, resume=args.resume)
+    results = train_gan(config, args.damsm, out, resume=args.resume,
+                        accept_changed_data=args.accept_changed_data)
     print(json.dumps(results, indent=2))
     print(f"run folder: {out}")
     return 0
@@ -162,14 +171,20 @@ def _sample(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from attngan.metrics.evaluate import evaluate_generator
-    results = evaluate_generator(args.ckpt, out_path=args.out, device=args.device,
-                                 samples=args.samples, seed=args.seed,
-                                 damsm_path=args.damsm,
-                                 inception_weights=args.inception_weights,
-                                 inception_variant=args.inception_variant,
-                                 fid_stats=args.fid_stats, inception_splits=args.inception_splits,
-                                 data_root=args.data_root)
+    from attngan.metrics.evaluate import UnsavedResults, evaluate_generator
+    try:
+        results = evaluate_generator(args.ckpt, out_path=args.out, device=args.device,
+                                     samples=args.samples, seed=args.seed,
+                                     damsm_path=args.damsm,
+                                     inception_weights=args.inception_weights,
+                                     inception_variant=args.inception_variant,
+                                     fid_stats=args.fid_stats,
+                                     inception_splits=args.inception_splits,
+                                     data_root=args.data_root,
+                                     accept_changed_data=args.accept_changed_data)
+    except UnsavedResults as error:          # printed, so that the work is not lost
+        print(json.dumps(error.results, indent=2))
+        raise
     print(json.dumps(results, indent=2))
     return 0
 
@@ -187,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("make-synthetic", help="write the synthetic shapes data set")
     p.add_argument("out", help="output folder, e.g. data/shapes")
+    p.add_argument("--force", action="store_true",
+                   help="replace a synthetic set already in OUT (runs trained on it will "
+                        "refuse the new one)")
     _add_config_arguments(p, "shapes")
     p.set_defaults(run=_make_synthetic)
 
@@ -198,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(p, "shapes")
     p.add_argument("--out", help="run folder (default runs/<config>_damsm)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    _add_accept_changed_data(p, "--resume on a data set other than the run's")
     p.set_defaults(run=_pretrain_damsm)
 
     p = commands.add_parser("import-damsm", help="the original's released DAMSM encoders as a "
@@ -225,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--damsm", required=True, help="DAMSM run folder or checkpoint file")
     p.add_argument("--out", help="run folder (default runs/<config>_gan)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    _add_accept_changed_data(p, "--resume on a data set other than the run's")
     p.set_defaults(run=_train)
 
     p = commands.add_parser("sample", help="images and attention figures for captions")
@@ -266,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "not exist receives those of the test split (default: computed, not kept)")
     p.add_argument("--inception-splits", type=int,
                    help=f"splits of the Inception Score (default {INCEPTION_SPLITS})")
+    _add_accept_changed_data(p, "evaluate on a test split other than the one the run recorded")
     p.set_defaults(run=_evaluate)
 
     p = commands.add_parser("demo", help="the whole pipeline on the synthetic set")
@@ -319,11 +340,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.run(args)
     except USER_ERRORS as error:
-        print(f"attngan {args.command}: error: {user_message(error)}", file=sys.stderr)
+        advice = _how_to_go_on(args) if isinstance(error, OutputError) else ""
+        print(f"attngan {args.command}: error: {user_message(error)}{advice}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"attngan {args.command}: interrupted{_how_to_go_on(args)}", file=sys.stderr)
         return 130
+    except OSError as error:          # a write refused by the system, outside the atomic ones
+        failure = output_error(error.filename or "a file", error)
+        if failure is None:
+            raise
+        print(f"attngan {args.command}: error: {failure}{_how_to_go_on(args)}",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

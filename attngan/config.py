@@ -23,6 +23,7 @@ from typing import Any, Callable, Literal, Optional, Sequence
 import yaml
 
 from attngan.backend import IMPL_CHOICES
+from attngan.files import write_text_atomically
 
 
 class ConfigError(ValueError):
@@ -249,9 +250,11 @@ _EVERY = _at_least(1)
 # checks against its own rules (data.base_size, text_encoder.hidden_dim, gan.ema_decay, ...)
 # are checked there.
 LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.words_num": _at_least(1),
     "data.eval_words_num": ((lambda value: value is None or value >= 1),
                             "at least 1, or null for data.words_num"),
     "data.captions_per_image": _at_least(1),
+    "data.base_size": _at_least(8),
     "data.branch_num": _at_least(1),
     "data.num_workers": _at_least(0),
     "text_encoder.embedding_dim": _at_least(1),
@@ -274,6 +277,7 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "gan.r_num": _at_least(0),
     "gan.lambda_damsm": ((lambda value: math.isfinite(value) and value >= 0),
                          "a finite number, 0 or more"),
+    "gan.batch_size": _at_least(2),       # the discriminators' mismatched pairs need two
     "gan.epochs": _at_least(1),
     "gan.max_steps": ((lambda value: value >= 0), "0 (every epoch) or more"),
     "gan.lr_g": _positive(), "gan.lr_d": _positive(),
@@ -291,6 +295,41 @@ def _check_limits(config: Config) -> None:
         value = getattr(getattr(config, section), name)
         if not within(value):
             raise ConfigError(f"config key '{key}' must be {allowed}, got {value!r}")
+
+
+def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
+    """`key` is one of `prefixes`, or in a section or group one of them ends with "."."""
+    return any(key.startswith(prefix) if prefix.endswith(".") else key == prefix
+               for prefix in prefixes)
+
+
+_DAMSM_PRETRAINING = ("damsm.batch_size", "damsm.epochs", "damsm.lr", "damsm.betas",
+                      "damsm.lr_decay", "damsm.min_lr_ratio", "damsm.grad_clip",
+                      "damsm.log_every", "damsm.checkpoint_every")
+# Whether each command reads a setting, and why not. A `--set` of a setting the command does not
+# read is refused: the run would record it in its config as if it had applied.
+COMMAND_READS: dict[str, tuple[Callable[[str], bool], str]] = {
+    "train": ((lambda key: not _matches(key, ("text_encoder.", "image_encoder.",
+                                              *_DAMSM_PRETRAINING))),
+              "train takes its encoders from the DAMSM run (--damsm) and does not pretrain "
+              "them; set it for attngan pretrain-damsm"),
+    "pretrain-damsm": ((lambda key: not _matches(key, ("gan.",))),
+                       "DAMSM pretraining trains no generator; set it for attngan train"),
+    "make-synthetic": ((lambda key: _matches(key, ("data.synthetic.",))),
+                       "it reads only data.synthetic.* and writes to its OUT argument"),
+}
+
+
+def refuse_unused_overrides(command: str, overrides: Sequence[str]) -> None:
+    """A ConfigError for the first `--set` override of a setting `command` does not read."""
+    if command not in COMMAND_READS:
+        return
+    reads, why = COMMAND_READS[command]
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        if not reads(key):
+            raise ConfigError(f"--set {key}: attngan {command} does not use this setting "
+                              f"({why}); drop it")
 
 
 def config_from_dict(values: dict) -> Config:
@@ -402,4 +441,4 @@ def with_absolute_paths(config: Config) -> Config:
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (the file `load_config` reads back to the same)."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    write_text_atomically(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

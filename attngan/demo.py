@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from attngan.config import config_to_dict, load_config, preset_path
+from attngan.files import hold_folder, write_text_atomically
 
 PRESET = preset_path("shapes")
 DEMO_CAPTIONS = (
@@ -46,7 +47,14 @@ def _format_checker(checker: dict) -> str:
 
 
 def run_demo(out: Path, overrides: Sequence[str] = (), quick: bool = False) -> dict:
-    """Run every step into `out`; returns the collected results (also in report.md)."""
+    """Run every step into `out` (held for the whole demo); returns the collected results
+    (also in report.md)."""
+    with hold_folder(out, "--out folder", "attngan demo"):
+        return _run_demo(Path(out), overrides, quick)
+
+
+def _run_demo(out: Path, overrides: Sequence[str], quick: bool) -> dict:
+    """run_demo once `out` is held."""
     from attngan.data.synthetic import make_synthetic
     from attngan.metrics.evaluate import evaluate_generator
     from attngan.sampling import sample_captions
@@ -55,7 +63,6 @@ def run_demo(out: Path, overrides: Sequence[str] = (), quick: bool = False) -> d
     from attngan.train.damsm import pretrain_damsm
     from attngan.train.gan import train_gan
 
-    out = Path(out)
     data_root = out / "data" / "shapes"
     settings = [*(QUICK_OVERRIDES if quick else ()), f"data.root={data_root}", *overrides]
     config = load_config(PRESET, settings)
@@ -98,8 +105,8 @@ def run_demo(out: Path, overrides: Sequence[str] = (), quick: bool = False) -> d
           f"{_format_r_precision(evaluation['r_precision'])}")
     results = {"damsm": damsm, "gan": gan, "evaluation": evaluation,
                "samples": [str(p) for p in samples], "seconds": timings}
-    (out / "report.md").write_text(_report(out, results))
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    write_text_atomically(out / "report.md", _report(out, results))
+    write_text_atomically(out / "results.json", json.dumps(results, indent=2, default=str))
     print(f"[demo] report: {out / 'report.md'}")
     return results
 

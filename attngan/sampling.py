@@ -12,7 +12,8 @@ unknown word is a DataError naming it), and for each caption writes:
   word of a caption of at most 5 words. Not written for a one-stage generator (no attention).
 
 plus `captions.txt` listing NN -> caption. Noise is drawn from a generator seeded with `seed`,
-so the same call gives the same images.
+so the same call gives the same images. Sampling again into the same folder replaces what the
+earlier call wrote there (its images go once the new ones are written) and nothing else.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from typing import Sequence
 import torch
 
 from attngan.data.vocab import tokenize
-from attngan.files import make_folder
+from attngan.files import hold_folder, write_text_atomically
 from attngan.train.gan import generate, load_gan
 from attngan.train.runtime import resolve_device_argument
 from attngan.viz import attention_figure, save_image_grid
@@ -32,6 +33,9 @@ __all__ = ["sample_captions", "TOP_WORDS", "MAX_SAMPLES"]
 
 TOP_WORDS = 5
 MAX_SAMPLES = 64              # images per caption: one batch, one row of the figure
+LISTING = "captions.txt"
+_LISTING_LINE = re.compile(r"\d{2,}: .*")
+_WRITTEN = re.compile(r"\d{2,}_[a-z0-9_]+_(stage\d+_\d+px|attention)\.png")    # file names
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -54,14 +58,22 @@ def sample_captions(ckpt_path: str | Path, texts: Sequence[str], *, n: int = 8,
     if not texts:
         raise ValueError("no captions given; pass at least one caption to draw")
     device = resolve_device_argument(device)
-    netG, text_encoder, vocab, _, _ = load_gan(ckpt_path, device)
-    encoded = [vocab.encode(text) for text in texts]        # DataError names unknown words
-    out_dir = make_folder(out_dir, "output folder (--out)")
-    listing = out_dir / "captions.txt"
-    if listing.exists() and not all(re.fullmatch(r"\d{2,}: .*", line) or not line.strip()
+    with hold_folder(out_dir, "output folder (--out)", "attngan sample") as out_dir:
+        return _sample_into(out_dir, ckpt_path, texts, n, device, seed)
+
+
+def _sample_into(out_dir: Path, ckpt_path: str | Path, texts: Sequence[str], n: int,
+                 device: torch.device, seed: int) -> list[Path]:
+    """sample_captions once `out_dir` is held."""
+    listing = out_dir / LISTING
+    if listing.exists() and not all(_LISTING_LINE.fullmatch(line) or not line.strip()
                                     for line in listing.read_text().splitlines()):
         raise ValueError(f"{listing} was not written by `attngan sample` (a training run's "
                          f"samples/?), and sampling would replace it; choose another --out")
+    earlier = [path for path in out_dir.iterdir() if _WRITTEN.fullmatch(path.name)] \
+        if listing.exists() else []
+    netG, text_encoder, vocab, _, _ = load_gan(ckpt_path, device)
+    encoded = [vocab.encode(text) for text in texts]        # DataError names unknown words
     noise_source = torch.Generator().manual_seed(seed)
     written: list[Path] = []
     lines = []
@@ -81,6 +93,7 @@ def sample_captions(ckpt_path: str | Path, texts: Sequence[str], *, n: int = 8,
             written.append(attention_figure(
                 [image[0] for image in images], [attn[0] for attn in maps], tokenize(text),
                 out_dir / f"{stem}_attention.png", top_k=TOP_WORDS))
-    listing.write_text("".join(lines))
-    written.append(listing)
+    for path in set(earlier) - set(written):
+        path.unlink(missing_ok=True)
+    written.append(write_text_atomically(listing, "".join(lines)))
     return written

@@ -26,7 +26,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["to_uint8", "save_image_grid", "colormap", "word_confidence", "attention_figure"]
+from attngan.files import write_atomically
+
+__all__ = ["to_uint8", "save_png", "save_image_grid", "colormap", "word_confidence",
+           "attention_figure"]
 
 _LABEL_HEIGHT = 14
 _PAD = 2
@@ -36,6 +39,11 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     """`[N, 3, H, W]` or `[3, H, W]` floats in [-1, 1] -> uint8 `[N, H, W, 3]` / `[H, W, 3]`."""
     array = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return array.movedim(-3, -1).numpy()
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Write `image` as a PNG file, atomically (a full disk leaves no half image)."""
+    return write_atomically(path, lambda stream: image.save(stream, format="PNG"))
 
 
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8,
@@ -54,10 +62,7 @@ def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8,
             tile = tile.resize((width, height), Image.NEAREST)
         row, col = divmod(index, ncol)
         canvas.paste(tile, (_PAD + col * (width + _PAD), _PAD + row * (height + _PAD)))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+    return save_png(canvas, path)
 
 
 def colormap(values: np.ndarray) -> np.ndarray:
@@ -136,7 +141,4 @@ def attention_figure(images: Sequence[torch.Tensor], attention_maps: Sequence[to
         for c, tile in enumerate(row):
             canvas.paste(tile, (_PAD + c * (tile_size + _PAD),
                                 _PAD + r * (tile_size + _LABEL_HEIGHT + _PAD)))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+    return save_png(canvas, path)

@@ -1,5 +1,5 @@
 """Shared test setup: fixed threads and seeds, the `gpu` marker that skips cleanly, and the
-`no_gpu_synchronisation` fixture.
+`no_gpu_synchronisation`, `unwritable_folder` and `small_disk` fixtures.
 
 Without a CUDA device the Triton interpreter is switched on (TRITON_INTERPRET=1). Apart from
 that availability probe no torch.cuda call happens at import; GPU tests are skipped at
@@ -7,6 +7,7 @@ collection when no CUDA device is present.
 """
 import contextlib
 import os
+import subprocess
 
 import pytest
 import torch
@@ -47,3 +48,54 @@ def no_gpu_synchronisation():
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return forbid
+
+
+@pytest.fixture
+def make_unwritable():
+    """A function that makes an existing folder one in which nothing can be created or removed
+    until the test ends: by its mode for a user, and for root (whom modes do not stop) by the
+    immutable attribute (chattr +i, which ext4 and most local file systems have)."""
+    changed = []
+
+    def make(folder):
+        if os.geteuid() != 0:
+            folder.chmod(0o555)
+            changed.append(lambda: folder.chmod(0o755))
+        elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+            changed.append(lambda: subprocess.run(["chattr", "-i", str(folder)], check=True))
+        else:
+            pytest.skip(f"cannot make {folder} unwritable for root here (chattr +i failed: the "
+                        "file system has no immutable attribute)")
+        return folder
+    yield make
+    for undo in reversed(changed):
+        undo()
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path, make_unwritable):
+    """An empty folder in which nothing can be created (`make_unwritable`)."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    return make_unwritable(folder)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A function giving a folder on a file system of the size asked (a tmpfs: only root may
+    mount one; elsewhere the test is skipped, saying so)."""
+    mounted = []
+
+    def mount(size: int):
+        folder = tmp_path / f"small_disk{len(mounted)}"
+        folder.mkdir()
+        if os.geteuid() != 0 or subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                capture_output=True).returncode != 0:
+            pytest.skip("mounting a small file system needs root (tests/test_faults.py "
+                        "simulates a full disk everywhere)")
+        mounted.append(folder)
+        return folder
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=True)

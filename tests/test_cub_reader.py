@@ -14,6 +14,7 @@ from attngan.config import DataConfig
 from attngan.data import DataError, build_dataset, collate, prepare, tokenize
 from attngan.data.cub import crop_window, prepare_captions, read_caption_file, read_cub
 from attngan.data.dataset import resized_size
+from attngan.files import OutputError
 
 CLASSES = {1: "001.Red_Bird", 2: "002.Caf\xe9_Bird"}   # a latin-1 byte, as Python 2 wrote it
 IMAGES = [  # key, class, split, (width, height), box (x, y, w, h)
@@ -434,8 +435,8 @@ def test_duplicate_vocabulary_word_says_to_delete_the_file(cub):
 
 def test_unwritable_data_folder(cub):
     (cub / "captions.pickle").mkdir()              # where the file would be renamed to
-    with pytest.raises(DataError, match=r"cannot write .*captions\.pickle .*make sure .* can be "
-                                        "written and has room"):
+    with pytest.raises(OutputError, match=r"cannot write .*captions\.pickle \(Is a directory\); "
+                                          "copy the data set to a folder that can be written"):
         prepare_captions(cub, rebuild=True)
     assert [p.name for p in cub.iterdir() if p.name.startswith(".")] == []
 

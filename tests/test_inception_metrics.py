@@ -10,7 +10,7 @@ import torch
 
 from attngan.cli import main as cli_main
 from attngan.config import ConfigError
-from attngan.files import file_sha256
+from attngan.files import OutputError, file_sha256
 from attngan.metrics import inception_metrics
 from attngan.metrics.evaluate import evaluate_generator
 from attngan.metrics.inception_metrics import (FEATURES, FeatureMoments, GeneratedImageScores,
@@ -311,7 +311,7 @@ def test_evaluation_with_inception_scores(run, torchvision_file, tmp_path):
 
 
 def test_evaluation_checks_inception_inputs_before_generating(run, torchvision_file, tmp_path,
-                                                             capsys, monkeypatch):
+                                                             capsys, unwritable_folder):
     gan, _ = run
     with pytest.raises(ValueError, match=r"fid_stats \(--fid-stats\) configure .* pass "
                                          r"inception_weights \(--inception-weights\)"):
@@ -327,10 +327,10 @@ def test_evaluation_checks_inception_inputs_before_generating(run, torchvision_f
         evaluate_generator(gan, samples=4, inception_weights=torchvision_file[0])
     with pytest.raises(ConfigError, match="does not exist"):
         evaluate_generator(gan, samples=4, inception_weights=tmp_path / "none.pth")
-    monkeypatch.setattr(inception_metrics.os, "access", lambda path, mode: False)  # as non-root
-    with pytest.raises(ValueError, match="cannot write FID statistics into .*read_only"):
+    with pytest.raises(OutputError, match=f"cannot write {unwritable_folder} .*; make it "
+                                          "writable or pass another --fid-stats path"):
         evaluate_generator(gan, samples=4, inception_weights=torchvision_file[0],
-                           inception_splits=2, fid_stats=tmp_path / "read_only" / "s.npz")
+                           inception_splits=2, fid_stats=unwritable_folder / "s.npz")
 
 
 def test_cli_evaluate_with_inception(run, torchvision_file, tmp_path, capsys):

@@ -77,8 +77,8 @@ def test_bad_captions_files_and_output_folders_are_one_error(checkpoint, tmp_pat
         "--captions", str(blank))
     assert f"captions file {tmp_path} does not exist or is not a file" in error(
         "--captions", str(tmp_path))
-    assert f"cannot make the folder {blank} (File exists); pass another output folder " \
-           "(--out)" in error("--text", "a red circle", "--out", str(blank))
+    assert f"{blank} is a file, not a folder; pass another output folder (--out)" in error(
+        "--text", "a red circle", "--out", str(blank))
     assert f"cannot make the folder {blank / 'under'} (Not a directory)" in error(
         "--text", "a red circle", "--out", str(blank / "under"))
 

@@ -104,10 +104,15 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, shapes):
     assert _files(other)["CUB_200_2011/images.txt"] != _files(shapes)["CUB_200_2011/images.txt"]
 
 
-def test_regenerating_replaces_an_earlier_set_and_refuses_other_folders(tmp_path):
+def test_regenerating_replaces_an_earlier_set_with_force_and_refuses_other_folders(tmp_path):
     small = SyntheticConfig(num_train=4, num_test=2, canvas=16, seed=1)
     root = make_synthetic(tmp_path / "set", small)
-    make_synthetic(root, SyntheticConfig(num_train=3, num_test=2, canvas=16, seed=2))
+    before = _files(root)
+    with pytest.raises(DataError, match="already holds a synthetic shapes set; runs trained on "
+                                        "it refuse another one, so it is kept: pass --force"):
+        make_synthetic(root, SyntheticConfig(num_train=3, num_test=2, canvas=16, seed=2))
+    assert _files(root) == before
+    make_synthetic(root, SyntheticConfig(num_train=3, num_test=2, canvas=16, seed=2), force=True)
     assert len(_load(root / "train" / "filenames.pickle")) == 3
     assert len(list((root / "CUB_200_2011" / "images").rglob("*.png"))) == 5
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -121,7 +126,7 @@ def test_regenerating_replaces_an_earlier_set_and_refuses_other_folders(tmp_path
     (root / "runs").mkdir()
     with pytest.raises(DataError, match="also notes.txt, runs, which replacing the set would "
                                         "delete; move them out"):
-        make_synthetic(root, small)
+        make_synthetic(root, small, force=True)
     assert (root / "notes.txt").read_text() == "keep me too" and (root / "runs").is_dir()
     assert len(_load(root / "train" / "filenames.pickle")) == 3
 

@@ -33,7 +33,7 @@ from typing import Optional
 from attngan.data.errors import DataError, unreadable
 from attngan.data.records import (SplitRecords, check_caption_lists, load_pickle,
                                   load_split_keys, save_pickle)
-from attngan.data.vocab import Vocabulary, tokenize
+from attngan.data.vocab import Vocabulary, decode_utf8, tokenize
 
 SPLITS = ("train", "test")
 
@@ -45,13 +45,13 @@ def cub_fix(root: Path) -> str:
 
 
 def decode_text(raw: bytes, path: Path) -> str:
-    """A caption file's text: UTF-8 with bad bytes replaced (a UTF-8 byte-order mark is
-    dropped). UTF-16 or UTF-32 (what some editors save as "Unicode") is refused: decoded as
+    """A caption file's text: UTF-8, a byte that is not read as Latin-1 (`decode_utf8`; a
+    UTF-8 byte-order mark is dropped). UTF-16 or UTF-32 (what some editors save as "Unicode") is refused: decoded as
     UTF-8 its every letter would become a word of its own."""
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw:
         raise DataError(f"caption file {path} is not UTF-8 text (it holds NUL bytes: UTF-16 or "
                         "UTF-32, as some editors save 'Unicode'); save it as UTF-8")
-    return raw.decode("utf-8", errors="replace").removeprefix("\ufeff")
+    return decode_utf8(raw).removeprefix("\ufeff")
 
 
 def read_caption_file(path: Path, captions_per_image: int, fix: str) -> list[str]:

@@ -10,6 +10,8 @@ project writes use protocol 2 so Python 2 can read them back.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import operator
 import pickle
 from dataclasses import dataclass, field
@@ -40,6 +42,15 @@ class SplitRecords:
     boxes: Optional[list[tuple[float, float, float, float]]] = None
     texts: Optional[Callable[[int], list[str]]] = field(default=None, repr=False)
 
+    def fingerprint(self) -> dict:
+        """What identifies this split's data, cheaply: its image count and a hash of every
+        image's key, class and box and of every caption's word ids. The same after the data set
+        is moved; another after images, captions or splits change."""
+        content = json.dumps([self.keys, self.class_ids, self.boxes, self.captions],
+                             separators=(",", ":"))
+        return {"images": len(self.keys),
+                "sha256": hashlib.sha256(content.encode("utf-8")).hexdigest()}
+
 
 def load_pickle(path: Path, fix: str) -> Any:
     """Unpickle `path` (Python 2 pickles included); a missing or damaged file is a DataError."""
@@ -58,13 +69,10 @@ def load_pickle(path: Path, fix: str) -> Any:
 
 def save_pickle(path: Path, value: Any) -> None:
     """Write a protocol-2 pickle atomically (attngan.files.write_atomically); a folder that
-    cannot be written is a DataError naming it."""
-    try:
-        write_atomically(path, lambda stream: pickle.dump(value, stream, protocol=2))
-    except OSError as error:
-        raise DataError(f"cannot write {path} ({error.strerror or error}); make sure "
-                        f"{Path(path).parent} can be written and has room, or copy the data set "
-                        "to a folder that can and set data.root to it") from None
+    cannot be written is an OutputError naming it."""
+    write_atomically(path, lambda stream: pickle.dump(value, stream, protocol=2),
+                     fix="copy the data set to a folder that can be written and has room and "
+                         "set data.root to it")
 
 
 def split_keys_file(root: Path, split: str) -> Path:

@@ -43,7 +43,7 @@ from attngan.data.cub import prepare_captions
 from attngan.data.errors import DataError
 from attngan.data.records import save_pickle, split_keys_file
 from attngan.data.vocab import tokenize
-from attngan.files import default_permissions, remove_leftovers, temporary_prefix
+from attngan.files import default_permissions, remove_leftovers, require_writable, temporary_prefix
 
 PALETTE = {"red": (220, 30, 30), "yellow": (230, 220, 30), "green": (30, 190, 30),
            "blue": (40, 80, 255), "purple": (160, 50, 230), "white": (235, 235, 235)}
@@ -188,14 +188,19 @@ def _captions(objects: list[SceneObject], rng: random.Random) -> list[str]:
 SET_ENTRIES = ("CUB_200_2011", "text", "train", "test", "captions.pickle", "scenes.json")
 
 
-def _prepare_target(out: Path) -> None:
-    """Refuse to replace a folder that is not an earlier synthetic set, or one that also holds
+def _prepare_target(out: Path, force: bool) -> None:
+    """Refuse to replace a folder that is not an earlier synthetic set, an earlier set unless
+    `force` (runs trained on it would meet other images), or a set's folder that also holds
     files of the user's (replacing the set deletes the whole folder)."""
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
     if not (out / "scenes.json").is_file():
         raise DataError(f"{out} exists and is not a synthetic shapes set (no scenes.json); "
                         "choose an empty or new folder for `attngan make-synthetic`")
+    if not force:
+        raise DataError(f"{out} already holds a synthetic shapes set; runs trained on it "
+                        "refuse another one, so it is kept: pass --force to replace it, or "
+                        "choose another folder")
     others = sorted(entry.name for entry in out.iterdir() if entry.name not in SET_ENTRIES)
     if others:
         listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5
@@ -205,22 +210,22 @@ def _prepare_target(out: Path) -> None:
                         "another folder for `attngan make-synthetic`")
 
 
-def make_synthetic(out_dir: str | Path, cfg: SyntheticConfig) -> Path:
+def make_synthetic(out_dir: str | Path, cfg: SyntheticConfig, force: bool = False) -> Path:
     """Write the shapes data set of `cfg` to `out_dir` (CUB layout, see above); return it.
 
-    An earlier synthetic set in `out_dir` is replaced; any other non-empty folder, or a set's
-    folder that holds anything else, is refused.
+    An earlier synthetic set in `out_dir` is replaced only with `force`; any other non-empty
+    folder, or a set's folder that holds anything else, is refused.
     """
     train_pairs, held = _check(cfg)
     out = Path(out_dir)
-    _prepare_target(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _prepare_target(out, force)
+    require_writable(out.parent, "output folder")
     remove_leftovers(out)                          # a set half written by a killed run
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=temporary_prefix(out)))
     try:
         _write(work, cfg, train_pairs, held)
         os.chmod(work, default_permissions(0o777))     # mkdtemp's folder is its owner's only
-        _prepare_target(out)
+        _prepare_target(out, force)
         if out.exists():
             shutil.rmtree(out)
         os.replace(work, out)

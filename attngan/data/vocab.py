@@ -3,7 +3,10 @@
 Text is lowercased and split into `\\w+` runs; non-ASCII characters are dropped from each token
 (as the original AttnGAN's `t.encode('ascii', 'ignore')`), and a token left empty disappears.
 The pair of replacement characters that CUB's text files contain in place of apostrophes
-separates words. Index 0 is `<end>`, the padding slot of every caption tensor.
+separates words. A byte that is not UTF-8 (a Latin-1 "\xe9" in "r\xe9d"), in a file or in a
+command-line argument, is read as the Latin-1 letter it most likely is, so it stays inside its
+word ("rd") instead of splitting it ("r", "d"). Index 0 is `<end>`, the padding slot of every
+caption tensor.
 
 A vocabulary is the ordered word list `ixtoword`; its `fingerprint` is a hash of that list, so a
 checkpoint can prove it was trained with the same word indices as the data it meets (released
@@ -12,6 +15,7 @@ exists).
 """
 from __future__ import annotations
 
+import codecs
 import difflib
 import hashlib
 import json
@@ -25,11 +29,24 @@ PAD = "<end>"
 _WORD = re.compile(r"\w+")
 
 
+LATIN1_FALLBACK = "attngan-latin1"
+codecs.register_error(LATIN1_FALLBACK,
+                      lambda error: (error.object[error.start:error.end].decode("latin-1"),
+                                     error.end))
+
+
+def decode_utf8(raw: bytes) -> str:
+    """UTF-8 text, each byte that is not UTF-8 read as Latin-1."""
+    return raw.decode("utf-8", errors=LATIN1_FALLBACK)
+
+
 def tokenize(text: str) -> list[str]:
     """Lowercase word tokens of `text`: `\\w+` runs with non-ASCII characters removed."""
     text = text.replace("\ufffd\ufffd", " ").lower()
     if text.isascii():
         return _WORD.findall(text)
+    # bytes of a command line that were not UTF-8 arrive as surrogate escapes (PEP 383)
+    text = decode_utf8(text.encode("utf-8", errors="surrogateescape"))
     tokens = (token.encode("ascii", "ignore").decode("ascii") for token in _WORD.findall(text))
     return [token for token in tokens if token]
 

@@ -38,12 +38,12 @@ import torch
 from attngan.config import with_absolute_paths
 from attngan.data.dataset import build_dataset
 from attngan.data.errors import DataError
-from attngan.files import file_sha256, make_folder
+from attngan.files import OutputError, file_sha256, require_writable, write_text_atomically
 from attngan.metrics import INCEPTION_SPLITS, INCEPTION_VARIANT, PAPER_SAMPLES
 from attngan.metrics.inception_metrics import GeneratedImageScores
 from attngan.metrics.r_precision import check_protocol, r_precision
 from attngan.metrics.shapes_checker import check_against_shuffled, parse_caption
-from attngan.train.checkpoint import CheckpointError, require_same_vocabulary
+from attngan.train.checkpoint import CheckpointError, require_same_data, require_same_vocabulary
 from attngan.train.damsm import load_damsm, resolve_damsm_checkpoint
 from attngan.train.gan import generate, load_gan
 from attngan.train.runtime import resolve_device_argument
@@ -94,6 +94,14 @@ def evaluation_captions(num_images: int, per_image: int, samples: int,
     return pairs
 
 
+class UnsavedResults(OutputError):
+    """An evaluation whose results could not be written; they are in `results`."""
+
+    def __init__(self, message: str, results: dict):
+        super().__init__(message)
+        self.results = results
+
+
 @torch.no_grad()
 def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] = None,
                        device: str | torch.device = "auto", samples: int = PAPER_SAMPLES,
@@ -102,11 +110,14 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
                        inception_variant: Optional[str] = None,
                        fid_stats: Optional[str | Path] = None,
                        inception_splits: Optional[int] = None,
-                       data_root: Optional[str | Path] = None) -> dict:
+                       data_root: Optional[str | Path] = None,
+                       accept_changed_data: bool = False) -> dict:
     """Score the generator of `ckpt_path` (file or run folder); returns (and with `out_path`
     writes as JSON) dict(protocol, checker (shapes data only, else None), r_precision,
     inception_score and fid (None without `inception_weights`)). The test split is the run's
-    data (its config's data.root, or `data_root` where the data set is now)."""
+    data (its config's data.root, or `data_root` where the data set is now); a test split
+    other than the run recorded is refused unless `accept_changed_data`. Results that cannot be
+    written come back in the UnsavedResults error."""
     device = resolve_device_argument(device)
     if inception_weights is None:
         settings = (("fid_stats", fid_stats), ("inception_variant", inception_variant),
@@ -124,7 +135,7 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
         if out_path.exists() and not _is_evaluation(out_path):
             raise ValueError(f"--out {out_path} exists and is not the result of an evaluation; "
                              "pass a new path (an earlier evaluation's file is replaced)")
-        make_folder(out_path.parent, "--out path")
+        require_writable(out_path.parent, "--out path")
     netG, gan_text_encoder, vocab, config, payload = load_gan(ckpt_path, device)
     if data_root is not None:
         config = with_absolute_paths(dataclasses.replace(
@@ -138,6 +149,9 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
     dataset = build_dataset(config.data, "test", augment=False, words_num=eval_words)
     require_same_vocabulary(payload, dataset.vocab.fingerprint(), payload["path"],
                             config.data.root, fix="evaluate it on the data it was trained on")
+    if not accept_changed_data:
+        require_same_data(payload, {"test": dataset.records.fingerprint()}, payload["path"],
+                          config.data.root, "--accept-changed-data")
     if damsm_path is None and not Path(payload["damsm_checkpoint"]).exists():
         raise CheckpointError(f"the DAMSM checkpoint {payload['path']} was trained with, "
                               f"{payload['damsm_checkpoint']}, is not there any more; pass "
@@ -225,5 +239,8 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
         "fid": fid,
     }
     if out_path is not None:
-        out_path.write_text(json.dumps(result, indent=2))
+        try:
+            write_text_atomically(out_path, json.dumps(result, indent=2))
+        except OutputError as error:
+            raise UnsavedResults(str(error), result) from None
     return result

@@ -31,7 +31,6 @@ slightly) and run in float32, the network in eval mode.
 """
 from __future__ import annotations
 
-import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from attngan.config import ConfigError
-from attngan.files import file_sha256, make_folder
+from attngan.files import file_sha256, require_writable, write_atomically
 from attngan.metrics import INCEPTION_SPLITS, INCEPTION_VARIANT
 from attngan.nn.inception import InceptionClassifier, load_inception_state, read_inception_file
 
@@ -196,16 +195,12 @@ def save_statistics(path: Union[str, Path], mu: torch.Tensor, sigma: torch.Tenso
     """Write mu and sigma in pytorch-fid's format plus what they were computed with; never
     overwrites a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        file = open(path, "xb")                     # "x": fails if the file exists
-    except FileExistsError:
-        raise FileExistsError(f"{path} exists; statistics are never written over a file") from None
-    with file:
-        np.savez(file, mu=mu.numpy(), sigma=sigma.numpy(),
-                 variant=np.array(network.protocol["variant"]),
-                 weights_sha256=np.array(network.protocol["weights_sha256"]),
-                 resolution=np.array(resolution), images=np.array(images))
+    if path.exists():
+        raise FileExistsError(f"{path} exists; statistics are never written over a file")
+    write_atomically(path, lambda file: np.savez(
+        file, mu=mu.numpy(), sigma=sigma.numpy(), variant=np.array(network.protocol["variant"]),
+        weights_sha256=np.array(network.protocol["weights_sha256"]),
+        resolution=np.array(resolution), images=np.array(images)))
 
 
 def load_statistics(path: Union[str, Path], network: Optional[InceptionNetwork] = None,
@@ -285,10 +280,7 @@ class GeneratedImageScores:
             self.real_source = dict(file=str(self.fid_stats),
                                     sha256=file_sha256(self.fid_stats), **recorded)
         elif self.fid_stats is not None:
-            folder = make_folder(self.fid_stats.parent, "--fid-stats path")
-            if not os.access(folder, os.W_OK):
-                raise ValueError(f"cannot write FID statistics into {folder}; pass a --fid-stats "
-                                 f"path in a writable folder")
+            require_writable(self.fid_stats.parent, "--fid-stats path")
         self.moments = FeatureMoments()
         self.probabilities: list[torch.Tensor] = []
 

@@ -8,16 +8,18 @@ CUDA) is captured and restored so a resumed run draws the same numbers as an uni
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import random
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
-from attngan.files import write_atomically
-from attngan.nn.state_files import load_failure_reason
+from attngan.files import hold_folder, require_writable, write_atomically
+from attngan.nn.state_files import load_failure_reason, load_state_exactly
 
 
 class CheckpointError(ValueError):
@@ -68,6 +70,23 @@ def run_checkpoint_path(out_dir: Path, kind: str, resume: bool) -> Path:
         raise CheckpointError(f"--resume: {checkpoint} does not exist; train without --resume "
                               "to start a new run in this folder")
     return checkpoint
+
+
+def holds_run_folder(command: str) -> Callable:
+    """Decorator of a training function with an `out_dir` argument: the folder is held for the
+    call (attngan.files.hold_folder), so a second run into it fails at once, changing nothing,
+    and checked for writing. `command` names the holder in the second run's error."""
+    def decorate(function: Callable) -> Callable:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def run(*args, **kwargs):
+            out_dir = signature.bind(*args, **kwargs).arguments["out_dir"]
+            with hold_folder(out_dir, "--out folder", command):
+                require_writable(out_dir, "--out folder")
+                return function(*args, **kwargs)
+        return run
+    return decorate
 
 
 def open_run(out_dir: Path, kind: str, resume: bool, config: dict, imported: str
@@ -201,6 +220,54 @@ def require_same_vocabulary(payload: dict, fingerprint: str, path: str | Path, d
     if payload["vocab_fingerprint"] != fingerprint:
         raise CheckpointError(f"{path} was trained with another vocabulary than the data in "
                               f"{data_root}; {fix}")
+
+
+def require_same_data(payload: dict, fingerprints: dict[str, dict], path: str | Path,
+                      data_root: str, accept_option: str) -> None:
+    """Refuse data whose splits (`fingerprints`: split -> SplitRecords.fingerprint()) differ
+    from those the run of checkpoint `payload` recorded: a run resumed or evaluated on other
+    images or captions would report numbers of neither. `accept_option` goes on anyway. A
+    checkpoint that recorded none (an imported run) is not checked."""
+    recorded = payload.get("data_fingerprint") or {}
+    for split, now in fingerprints.items():
+        then = recorded.get(split)
+        if then is not None and then != now:
+            raise CheckpointError(
+                f"the {split} split in {data_root} is not the data {path} was made with "
+                f"({now['images']} images now, {then['images']} then, or other images or "
+                f"captions); point data.root (or --data-root) at that data set, or pass "
+                f"{accept_option} to go on with this one")
+
+
+def load_state(module: torch.nn.Module, state: dict, what: str, path: str | Path) -> None:
+    """Load the entry `what` of checkpoint `path` into `module`, which the checkpoint's own
+    config built: every key and shape must fit (a CheckpointError names the first misfits)."""
+    load_state_exactly(module, state, path, "checkpoint", f"what its own config builds for "
+                       f"{what}", "the checkpoint or its config was edited or damaged: use an "
+                       "unedited checkpoint or retrain", CheckpointError)
+
+
+def first_non_finite(state: dict, what: str) -> Optional[str]:
+    """The name of the first floating-point tensor of a state dict (nested in dicts and lists)
+    that holds NaN or infinity, as "what.name", or None."""
+    if isinstance(state, torch.Tensor):
+        return what if state.is_floating_point() and not bool(state.isfinite().all()) else None
+    items = state.items() if isinstance(state, dict) else \
+        enumerate(state) if isinstance(state, (list, tuple)) else ()
+    for name, value in items:
+        found = first_non_finite(value, f"{what}.{name}")
+        if found:
+            return found
+    return None
+
+
+def require_finite(state: dict, what: str, path: str | Path) -> None:
+    """Refuse weights holding NaN or infinity: a diverged run's, which draw black images."""
+    found = first_non_finite(state, what)
+    if found:
+        raise CheckpointError(f"{path} holds non-finite weights ({found} has NaN or infinity): "
+                              "the run diverged; use an earlier checkpoint or retrain with "
+                              "lower learning rates")
 
 
 def rng_state() -> dict[str, Any]:

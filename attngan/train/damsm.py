@@ -28,15 +28,16 @@ from attngan.config import (Config, config_from_dict, config_to_dict, save_confi
                             with_absolute_paths)
 from attngan.data.dataset import build_dataset, collate
 from attngan.data.vocab import Vocabulary
-from attngan.files import file_sha256
+from attngan.files import file_sha256, write_text_atomically
 from attngan.metrics.r_precision import check_protocol, r_precision, r_precision_from_blocks
 from attngan.nn.image_encoder import build_image_encoder
 from attngan.nn.text_encoder import TextEncoder
 from attngan.ops.damsm import damsm_sentence_loss, damsm_word_loss, damsm_word_similarity
-from attngan.train.checkpoint import (CheckpointError, load_checkpoint, open_run,
+from attngan.train.checkpoint import (CheckpointError, holds_run_folder, load_checkpoint,
+                                      load_state, open_run, require_finite, require_same_data,
                                       require_same_vocabulary, resolve_run_checkpoint,
                                       rng_state, save_checkpoint, set_rng_state, trim_metrics)
-from attngan.train.runtime import prepare_run, training_autocast
+from attngan.train.runtime import prepare_run, require_step_fits, training_autocast
 
 
 def epoch_learning_rate(lr: float, decay: float, min_ratio: float, epoch: int) -> float:
@@ -152,9 +153,11 @@ def mean_test_loss(text_encoder, image_encoder, loader, config: Config,
     return sum(totals) / max(len(totals), 1)
 
 
+@holds_run_folder("attngan pretrain-damsm")
 def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
-                   progress: bool = True) -> dict:
-    """Pretrain the DAMSM encoders; returns the final R-precision results (also saved)."""
+                   progress: bool = True, accept_changed_data: bool = False) -> dict:
+    """Pretrain the DAMSM encoders; returns the final R-precision results (also saved).
+    `accept_changed_data` resumes on data other than the run recorded."""
     out_dir = Path(out_dir)
     config = with_absolute_paths(config)
     checkpoint_path, payload = open_run(
@@ -169,8 +172,11 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
                                   f"{config.damsm.epochs}; set damsm.epochs to at least "
                                   f"{payload['epoch']}")
     device = prepare_run(config)
+    require_step_fits(config, "damsm", device)
     train_set = build_dataset(config.data, "train", augment=True)
     test_set = build_dataset(config.data, "test", augment=False)
+    fingerprints = {"train": train_set.records.fingerprint(),
+                    "test": test_set.records.fingerprint()}
     settings = config.damsm
     if len(train_set) < settings.batch_size:
         raise ValueError(f"the training split has {len(train_set)} items, fewer than "
@@ -185,8 +191,11 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
     if payload is not None:
         require_same_vocabulary(payload, vocab.fingerprint(), checkpoint_path,
                                 config.data.root)
-        text_encoder.load_state_dict(payload["text_encoder"])
-        image_encoder.load_state_dict(payload["image_encoder"])
+        if not accept_changed_data:
+            require_same_data(payload, fingerprints, checkpoint_path, config.data.root,
+                              "--accept-changed-data")
+        load_state(text_encoder, payload["text_encoder"], "text_encoder", checkpoint_path)
+        load_state(image_encoder, payload["image_encoder"], "image_encoder", checkpoint_path)
         optimizer.load_state_dict(payload["optimizer"])
         start_epoch, step = payload["epoch"], payload["step"]
         set_rng_state(payload["rng"])
@@ -235,6 +244,7 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
                 save_checkpoint(checkpoint_path, {
                     "kind": "damsm", "config": config_to_dict(config),
                     "vocab": list(vocab.ixtoword), "vocab_fingerprint": vocab.fingerprint(),
+                    "data_fingerprint": fingerprints,
                     "text_encoder": text_encoder.state_dict(),
                     "image_encoder": image_encoder.state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -245,7 +255,7 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
     results["checkpoint_sha256"] = file_sha256(checkpoint_path)
     results["epochs"] = settings.epochs
     results["steps"] = step
-    (out_dir / "r_precision.json").write_text(json.dumps(results, indent=2))
+    write_text_atomically(out_dir / "r_precision.json", json.dumps(results, indent=2))
     return results
 
 
@@ -272,11 +282,13 @@ def load_damsm(path_or_run_dir: str | Path, device: str | torch.device = "cpu",
             "this data set (attngan pretrain-damsm) or point data.root at the data it was "
             "trained on")
     text_encoder = TextEncoder(len(vocab), config.text_encoder)
-    text_encoder.load_state_dict(payload["text_encoder"])
+    load_state(text_encoder, payload["text_encoder"], "text_encoder", path)
     # The trunk's weights are inside the checkpoint, so no weights file is needed to rebuild.
     image_config = dataclasses.replace(config.image_encoder, weights=None, random_init=True)
     image_encoder = build_image_encoder(image_config, config.text_encoder.hidden_dim)
-    image_encoder.load_state_dict(payload["image_encoder"])
+    load_state(image_encoder, payload["image_encoder"], "image_encoder", path)
+    for name in ("text_encoder", "image_encoder"):
+        require_finite(payload[name], name, path)
     for module in (text_encoder, image_encoder):
         module.to(device).eval().requires_grad_(False)
     return text_encoder, image_encoder, vocab, config

@@ -45,6 +45,3 @@ class EMA:
 
     def state_dict(self) -> dict:
         return self.module.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.module.load_state_dict(state)

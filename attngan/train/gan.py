@@ -21,6 +21,7 @@ their own generators).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -31,20 +32,21 @@ from tqdm import tqdm
 
 from attngan.config import (Config, config_from_dict, config_to_dict, save_config,
                             with_absolute_paths)
-from attngan.data.dataset import build_dataset, collate
+from attngan.data.dataset import build_dataset, collate, read_split
 from attngan.data.vocab import Vocabulary
-from attngan.files import file_sha256
+from attngan.files import file_sha256, write_text_atomically
 from attngan.nn.discriminator import build_discriminators
 from attngan.nn.generator import Generator
 from attngan.nn.text_encoder import TextEncoder
-from attngan.train.checkpoint import (CheckpointError, load_checkpoint, open_run,
+from attngan.train.checkpoint import (CheckpointError, holds_run_folder, load_checkpoint,
+                                      load_state, open_run, require_finite, require_same_data,
                                       require_same_vocabulary, resolve_run_checkpoint,
                                       rng_state, save_checkpoint, set_rng_state, trim_metrics)
 from attngan.train.damsm import load_damsm, resolve_damsm_checkpoint
 from attngan.train.ema import EMA
 from attngan.train.losses import (damsm_generator_loss, discriminator_loss,
                                   generator_adversarial_loss, kl_loss)
-from attngan.train.runtime import prepare_run, training_autocast
+from attngan.train.runtime import prepare_run, require_step_fits, training_autocast
 from attngan.viz import save_image_grid
 
 __all__ = ["GANTrainer", "train_gan", "load_gan", "generate", "resolve_gan_checkpoint"]
@@ -135,11 +137,16 @@ class GANTrainer:
                 "optimizer_g": self.optimizer_g.state_dict(),
                 "optimizers_d": [opt.state_dict() for opt in self.optimizers_d]}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.netG.load_state_dict(state["generator"])
-        for net, net_state in zip(self.netsD, state["discriminators"], strict=True):
-            net.load_state_dict(net_state)
-        self.ema.load_state_dict(state["ema"])
+    def load_state_dict(self, state: dict, path: str | Path) -> None:
+        """Restore what `state_dict` saved in the checkpoint `path` (named in errors)."""
+        load_state(self.netG, state["generator"], "generator", path)
+        if len(state["discriminators"]) != len(self.netsD):
+            raise CheckpointError(f"{path} does not match its own config: it has "
+                                  f"{len(state['discriminators'])} discriminators where its "
+                                  f"config builds {len(self.netsD)}; use an unedited checkpoint")
+        for i, (net, net_state) in enumerate(zip(self.netsD, state["discriminators"])):
+            load_state(net, net_state, f"discriminators.{i}", path)
+        load_state(self.ema.module, state["ema"], "trainer.ema", path)
         self.optimizer_g.load_state_dict(state["optimizer_g"])
         for optimizer, opt_state in zip(self.optimizers_d, state["optimizers_d"], strict=True):
             optimizer.load_state_dict(opt_state)
@@ -171,18 +178,15 @@ def _fixed_captions(dataset) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     return captions, lengths, texts
 
 
+@holds_run_folder("attngan train")
 def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resume: bool = False,
-              progress: bool = True) -> dict:
+              progress: bool = True, accept_changed_data: bool = False) -> dict:
     """Train the AttnGAN generator against frozen DAMSM encoders; returns a summary dict
-    (steps, epochs, seconds, checkpoint, last losses)."""
+    (steps, epochs, seconds, checkpoint, last losses). `accept_changed_data` resumes on data
+    other than the run recorded."""
     out_dir = Path(out_dir)
-    config = with_absolute_paths(config)
-    checkpoint_path, payload = open_run(
-        out_dir, "gan", resume, config_to_dict(config),
-        imported="a generator imported from the original (attngan import-generator), without "
-                 "discriminators or optimizer state to resume; sample or evaluate it, or train "
-                 "in a new --out folder")
     device = prepare_run(config)
+    require_step_fits(config, "gan", device)
     gan = config.gan
     dataset = build_dataset(config.data, "train", augment=True)
     vocab = dataset.vocab
@@ -190,11 +194,22 @@ def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resum
     # Refuses a DAMSM of another vocabulary with an error naming both and the fix.
     text_encoder, image_encoder, _, damsm_config = load_damsm(damsm_file, device,
                                                                expected_vocab=vocab)
+    # The encoders are the DAMSM run's: its settings are the ones this run uses and records.
+    config = with_absolute_paths(dataclasses.replace(
+        config, text_encoder=damsm_config.text_encoder,
+        image_encoder=damsm_config.image_encoder))
+    checkpoint_path, payload = open_run(
+        out_dir, "gan", resume, config_to_dict(config),
+        imported="a generator imported from the original (attngan import-generator), without "
+                 "discriminators or optimizer state to resume; sample or evaluate it, or train "
+                 "in a new --out folder")
+    fingerprints = {"train": dataset.records.fingerprint(),
+                    "test": read_split(config.data, "test").fingerprint()}
     damsm_hash = file_sha256(damsm_file)
     steps_per_epoch = len(dataset) // gan.batch_size
-    if gan.batch_size < 2 or steps_per_epoch == 0:
-        raise ValueError(f"gan.batch_size={gan.batch_size} must be at least 2 and at most the "
-                         f"{len(dataset)} training images; change gan.batch_size")
+    if steps_per_epoch == 0:
+        raise ValueError(f"gan.batch_size={gan.batch_size} is more than the {len(dataset)} "
+                         "training images; lower gan.batch_size")
     total_steps = gan.epochs * steps_per_epoch
     if gan.max_steps > 0:
         total_steps = min(total_steps, gan.max_steps)
@@ -209,12 +224,15 @@ def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resum
                                   f"at least {payload['step']} steps")
         require_same_vocabulary(payload, vocab.fingerprint(), checkpoint_path,
                                 config.data.root)
+        if not accept_changed_data:
+            require_same_data(payload, fingerprints, checkpoint_path, config.data.root,
+                              "--accept-changed-data")
         if payload["damsm_sha256"] != damsm_hash:
             raise CheckpointError(f"{checkpoint_path} was trained against the DAMSM checkpoint "
                                   f"{payload['damsm_checkpoint']} (sha256 "
                                   f"{payload['damsm_sha256'][:12]}...), but {damsm_file} differs "
                                   f"(sha256 {damsm_hash[:12]}...); resume with the same DAMSM")
-        trainer.load_state_dict(payload["trainer"])
+        trainer.load_state_dict(payload["trainer"], checkpoint_path)
         step, epoch, batch_in_epoch = payload["step"], payload["epoch"], payload["batch_in_epoch"]
         seconds_before = payload["seconds"]
         set_rng_state(payload["rng"])
@@ -228,8 +246,8 @@ def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resum
                               generator=torch.Generator().manual_seed(config.run.seed))
     fixed_noise = fixed_noise.expand(-1, len(fixed_texts), -1).reshape(-1, gan.z_dim).to(device)
     (out_dir / "samples").mkdir(exist_ok=True)
-    (out_dir / "samples" / "captions.txt").write_text(
-        "".join(f"column {i}: {text}\n" for i, text in enumerate(fixed_texts)))
+    write_text_atomically(out_dir / "samples" / "captions.txt",
+                          "".join(f"column {i}: {text}\n" for i, text in enumerate(fixed_texts)))
 
     def sample_grid() -> Path:
         images, _, _, _ = generate(trainer.ema.module, text_encoder,
@@ -245,6 +263,7 @@ def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resum
             "damsm_config": config_to_dict(damsm_config),
             "damsm_checkpoint": str(damsm_file), "damsm_sha256": damsm_hash,
             "vocab": list(vocab.ixtoword), "vocab_fingerprint": vocab.fingerprint(),
+            "data_fingerprint": fingerprints,
             "text_encoder": text_encoder.state_dict(), "trainer": trainer.state_dict(),
             "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
             "seconds": seconds_before + time.time() - started, "rng": rng_state()})
@@ -306,9 +325,10 @@ def load_gan(path_or_run_dir: str | Path, device: str | torch.device = "cpu"):
     damsm_config = config_from_dict(payload["damsm_config"])
     vocab = Vocabulary(payload["vocab"])
     text_encoder = TextEncoder(len(vocab), damsm_config.text_encoder)
-    text_encoder.load_state_dict(payload["text_encoder"])
+    load_state(text_encoder, payload["text_encoder"], "text_encoder", path)
     netG = Generator.from_config(config, damsm_config.text_encoder.hidden_dim)
-    netG.load_state_dict(payload["trainer"]["ema"])
+    load_state(netG, payload["trainer"]["ema"], "trainer.ema", path)
+    require_finite(payload["trainer"]["ema"], "trainer.ema", path)
     for module in (text_encoder, netG):
         module.to(device).eval().requires_grad_(False)
     payload["path"] = str(path)

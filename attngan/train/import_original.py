@@ -48,12 +48,13 @@ import torch.nn as nn
 from attngan.config import Config, ConfigError, config_to_dict, save_config, with_absolute_paths
 from attngan.data.dataset import build_dataset, read_split
 from attngan.data.errors import DataError
-from attngan.files import file_sha256
+from attngan.files import file_sha256, write_text_atomically
 from attngan.nn.generator import Generator
 from attngan.nn.image_encoder import build_image_encoder
 from attngan.nn.state_files import load_state_exactly, read_state_file
 from attngan.nn.text_encoder import TextEncoder
-from attngan.train.checkpoint import CheckpointError, run_checkpoint_path, save_checkpoint
+from attngan.train.checkpoint import (CheckpointError, holds_run_folder, run_checkpoint_path,
+                                      save_checkpoint)
 from attngan.train.damsm import evaluate_r_precision, load_damsm, resolve_damsm_checkpoint
 from attngan.train.runtime import prepare_run
 
@@ -99,6 +100,7 @@ def _load_exact(module: nn.Module, state: dict, path: Path, what: str, fix: str,
                        CheckpointError, rename, file_name)
 
 
+@holds_run_folder("attngan import-damsm")
 def import_damsm(text_path: Union[str, Path], image_path: Union[str, Path], config: Config,
                  out_dir: Union[str, Path], r_precision: bool = False) -> dict:
     """Write a DAMSM run in `out_dir` from the original's released encoders (module docstring);
@@ -158,10 +160,11 @@ def import_damsm(text_path: Union[str, Path], image_path: Union[str, Path], conf
         test_set = build_dataset(config.data, "test", augment=False)
         results.update(evaluate_r_precision(text_encoder, image_encoder, test_set, config,
                                             device))
-        (out_dir / "r_precision.json").write_text(json.dumps(results, indent=2))
+        write_text_atomically(out_dir / "r_precision.json", json.dumps(results, indent=2))
     return results
 
 
+@holds_run_folder("attngan import-generator")
 def import_generator(netg_path: Union[str, Path], damsm_run: Union[str, Path], config: Config,
                      out_dir: Union[str, Path]) -> dict:
     """Write a GAN run in `out_dir` from the original's released generator weights, conditioned

@@ -1,5 +1,5 @@
-"""Run set-up shared by every training and evaluation entry point: device, threads, seeds, and
-the precision of training steps."""
+"""Run set-up shared by every training and evaluation entry point: device, threads, seeds, the
+precision of training steps, and whether a step fits in memory."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from attngan.backend import OP_IMPLS, ImplementationUnavailable, choose
-from attngan.config import Config
+from attngan.config import Config, ConfigError
 
 
 def resolve_device(name: str | torch.device, setting: str = "run.device",
@@ -54,6 +54,33 @@ def prepare_run(config: Config) -> torch.device:
                 raise ImplementationUnavailable(f"run.impl='{config.run.impl}' on "
                                                 f"{device.type}: {error}") from None
     return device
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory of `device`: the GPU's, or the machine's RAM for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def require_step_fits(config: Config, stage: str, device: torch.device) -> None:
+    """Refuse, before any work, settings whose training step (`stage` "gan" or "damsm") cannot
+    fit in the memory of `device`, by a lower bound of what one step holds: every level of
+    the batch's images in float32 and, for the GAN, the generator's hidden map and attention
+    context at each level (gan.ngf channels each)."""
+    sizes = config.data.image_sizes
+    if stage == "gan":
+        batch, channels, batch_key = config.gan.batch_size, 3 + 2 * config.gan.ngf, "gan"
+    else:
+        batch, channels, batch_key = config.damsm.batch_size, 3, "damsm"
+    needed = 4 * batch * channels * sum(size * size for size in sizes)
+    available = device_memory(device)
+    if needed > available:
+        raise ConfigError(f"one training step of these settings holds at least "
+                          f"{needed / 2 ** 30:,.1f} GiB ({batch_key}.batch_size={batch} images at "
+                          f"{', '.join(map(str, sizes))} px), more than the "
+                          f"{available / 2 ** 30:,.1f} GiB of {device.type}; lower "
+                          f"data.base_size, data.branch_num or {batch_key}.batch_size")
 
 
 def training_autocast(config: Config, device: torch.device) -> torch.autocast:
