@@ -10,6 +10,7 @@ Subcommands:
     sample                      generate images and attention figures for captions
     evaluate                    score a generator on the test split (IS and FID with weights)
     demo                        all of the above on the synthetic set, in minutes on a CPU
+    tune                        show (or --clear) the implementations auto measured as fastest
 Errors a user can cause (a config typo, missing data, an unknown word, a wrong checkpoint)
 print one line naming the problem and the fix and exit with status 2; ATTNGAN_DEBUG=1 shows the
 traceback instead.
@@ -195,6 +196,33 @@ def _demo(args) -> int:
     return 0
 
 
+def _tune(args) -> int:
+    import torch
+
+    from attngan import autotune, backend
+    path = autotune.cache_path()
+    if args.clear:
+        try:
+            removed = autotune.clear()
+        except OSError as error:
+            raise ValueError(f"cannot delete the tuning cache {path} ({error.strerror}); "
+                             f"{autotune.CACHE_VARIABLE} must name a file") from None
+        print(f"removed {path}" if removed else f"no tuning cache at {path}")
+        return 0
+    print(f"implementations: {backend.describe()}")
+    here = {autotune.machine_identity(torch.device(kind)) for kind in backend.MEASURED_DEVICE_TYPES
+            if kind == "cpu" or (kind == "cuda" and torch.cuda.is_available())}
+    machines = autotune.recorded()
+    if not machines:
+        print(f"no measurements in {path} yet: auto measures at the first call of each op shape")
+    for identity, entries in sorted(machines.items()):
+        print(f"{identity}{' (this machine)' if identity in here else ''}:")
+        for entry, record in sorted(entries.items()):
+            times = ", ".join(f"{impl} {ms:.3f} ms" for impl, ms in record["ms"].items())
+            print(f"  {entry}: {record['impl']} ({times})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attngan", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"attngan {__version__}")
@@ -296,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="KEY=VALUE",
                    help="override a setting of the shapes preset (configs/shapes.yaml)")
     p.set_defaults(run=_demo)
+
+    p = commands.add_parser("tune", help="show the implementations auto measured as fastest "
+                                         "(the tuning cache), or clear them")
+    p.add_argument("--clear", action="store_true",
+                   help="delete the tuning cache: auto measures again at the next calls")
+    p.set_defaults(run=_tune)
     return parser
 
 

@@ -1,8 +1,10 @@
 """Benchmark of the DAMSM word-level similarity (SPEC section 2), every provider, two sizes.
 
 Providers: "loop" (the original's per-caption loop), "reference" (vectorized PyTorch),
-"reference_compiled" (the same under torch.compile), and the project's fused kernels "cpp",
-"triton", "cuda" where the device has them. All go through the public
+"reference_compiled" (the same under torch.compile), the project's fused kernels "cpp",
+"triton", "cuda" where the device has them, and "auto", the public op's default, labelled with
+the implementation it ran (on a GPU: the one it measured fastest at its first call, whose
+timings the output lists; attngan.autotune). All go through the public
 `attngan.ops.damsm.damsm_word_similarity`, so all follow its precision policy (fp16/bf16 inputs,
 fp32 accumulation). Passes: "forward" (no autograd), "forward+backward" (gradients of both
 words and regions, as in DAMSM pretraining) and "forward+backward_regions" (the regions' only,
@@ -49,17 +51,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (DTYPES, add_lengths_option, add_matmul_precision_option,  # noqa: E402
-                    at_least, interleaved_cpu_samples,
+                    at_least, auto_lines, interleaved_cpu_samples,
                     lengths_device, load_tiles, machine, machine_lines, markdown_table,
-                    matmul_gflops, median_seconds, peak_memory_bytes, publish)
+                    matmul_gflops, median_seconds, peak_memory_bytes, provider_label, publish)
 
-from attngan import backend  # noqa: E402
+from attngan import autotune, backend  # noqa: E402
 from attngan.ops import damsm  # noqa: E402
 
 SIZES = {"cub": dict(batch=48, dim=256, words=18, regions=289),
          "cpu": dict(batch=32, dim=256, words=18, regions=289)}
 PYTORCH_PROVIDERS = ("loop", "reference", "reference_compiled")
-PROJECT_PROVIDERS = ("cpp", "triton", "cuda")
+PROJECT_PROVIDERS = ("cpp", "triton", "cuda", "auto")
 # forward; forward + gradients of words and regions (DAMSM pretraining); forward + gradient of
 # the regions only (the GAN step: the text encoder is frozen).
 PASSES = ("forward", "forward+backward", "forward+backward_regions")
@@ -96,6 +98,8 @@ def flop_count(num_images: int, lengths: torch.Tensor, dim: int, num_regions: in
 
 def unavailable(provider: str, words: torch.Tensor, regions: torch.Tensor) -> Optional[str]:
     """None if the provider runs on these inputs here, else why not."""
+    if provider == "auto":
+        return None
     impl = "reference" if provider == "reference_compiled" else provider
     reason = backend.unavailable_reason("damsm_word_similarity", impl, words.device)
     return reason or damsm._unsupported(impl, words.dtype, words.device,
@@ -115,14 +119,30 @@ def make_call(provider: str, words, lengths, regions, grad_s,
             with torch.no_grad():
                 return function(words, lengths, regions)
         return forward
-    words_leaf = words.detach().requires_grad_(pass_name == "forward+backward")
-    regions_leaf = regions.detach().requires_grad_()
+    words_leaf, regions_leaf = pass_inputs(words, regions, pass_name)
     leaves = (words_leaf, regions_leaf) if words_leaf.requires_grad else (regions_leaf,)
 
     def forward_backward():
         similarity = function(words_leaf, lengths, regions_leaf)
         return torch.autograd.grad(similarity, leaves, grad_s)
     return forward_backward
+
+
+def pass_inputs(words, regions, pass_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Words and regions as leaves needing the gradients the pass asks for."""
+    return (words.detach().requires_grad_(pass_name == "forward+backward"),
+            regions.detach().requires_grad_(pass_name != "forward"))
+
+
+def auto_choice(words, regions, pass_name: str) -> dict:
+    """The implementation auto runs in this pass ("auto"), and the milliseconds it measured of
+    each candidate ("auto_measured_ms"; None where it measured nothing, as on the CPU)."""
+    words_leaf, regions_leaf = pass_inputs(words, regions, pass_name)
+    with torch.set_grad_enabled(pass_name != "forward"):
+        key = autotune.damsm_key(words_leaf, regions_leaf, words.dtype, "auto")
+    impl = backend.choose("damsm_word_similarity", words.device, "auto",
+                          lambda name: unavailable(name, words, regions), key)
+    return dict(auto=impl, auto_measured_ms=autotune.measured_ms(words.device, key, impl))
 
 
 def run_benchmarks(device: torch.device, dtype: torch.dtype, size_names, passes, providers,
@@ -145,8 +165,9 @@ def run_benchmarks(device: torch.device, dtype: torch.dtype, size_names, passes,
                     continue
                 calls[provider] = make_call(provider, words, lengths, regions, grad_s, pass_name)
                 started = time.perf_counter()
-                calls[provider]()  # warm-up (and compilation for reference_compiled)
+                calls[provider]()  # warm-up (compilation for reference_compiled, auto measures)
                 first_call[provider] = time.perf_counter() - started
+            auto = auto_choice(words, regions, pass_name) if "auto" in calls else {}
             if device.type == "cpu":
                 samples = interleaved_cpu_samples(calls, rounds)
                 medians = {p: statistics.median(t) for p, t in samples.items()}
@@ -163,6 +184,7 @@ def run_benchmarks(device: torch.device, dtype: torch.dtype, size_names, passes,
                                  min_ms=None if minima[provider] is None
                                  else minima[provider] * 1e3,
                                  first_call_s=first_call[provider], gflop=flop / 1e9,
+                                 **(auto if provider == "auto" else {}),
                                  gflops=flop / seconds / 1e9, matmul_gflops=matmul,
                                  peak_mib=None if peak is None else peak / 2 ** 20))
                 print(f"  {size_name} {pass_name} {provider}: {seconds * 1e3:.1f} ms", flush=True)
@@ -185,7 +207,7 @@ def render(rows: list[dict], info: dict, dtype: torch.dtype) -> str:
     headers = ["size", "pass", "provider", "median ms", "min ms", "x loop", "x best PyTorch",
                "GFLOP/s", "% matmul", "peak MiB"]
     table = markdown_table(headers, [
-        [f"{r['size']} (B={r['batch']})", r["pass_"], r["provider"], fmt_ms(r["median_ms"]),
+        [f"{r['size']} (B={r['batch']})", r["pass_"], provider_label(r), fmt_ms(r["median_ms"]),
          fmt_ms(r["min_ms"]),
          fmt(r["speedup_vs_loop"], ".2f"), fmt(r["speedup_vs_best_pytorch"], ".2f"),
          fmt(r["gflops"], ".1f"), fmt(100 * r["gflops"] / r["matmul_gflops"], ".0f"),
@@ -201,7 +223,7 @@ def render(rows: list[dict], info: dict, dtype: torch.dtype) -> str:
         f"- machine matmul ({str(dtype).split('.')[1]}): {fmt(matmul, '.0f')} GFLOP/s; "
         "FLOP counts in bench/bench_damsm.py; D=256, L=18 (all words valid), R=289; "
         f"features N(0, 1) x {rows[0]['feature_scale'] if rows else '-'}",
-        *tiles_line, "", table])
+        *tiles_line, "", table, *auto_lines(rows)])
 
 
 def main(argv=None) -> int:

@@ -5,9 +5,11 @@ torch.compile), PyTorch's scaled_dot_product_attention with each backend forced 
 "sdpa_efficient", "sdpa_flash", "sdpa_cudnn"; the query viewed as [B, 1, R, C], words as keys
 and values [B, 1, L, C], a boolean [B, 1, 1, L] word mask, scale=1, and the transposes back to
 channel-first counted in its time; a backend that cannot take the mask or the device is listed
-as skipped with PyTorch's reason), and the project's fused kernels "cpp", "triton", "cuda" where
-the device has them (through the public `attngan.ops.word_attention.word_attention`, context
-only, no map: SDPA cannot return one). Passes: "forward" (no autograd) and "forward+backward"
+as skipped with PyTorch's reason), the project's fused kernels "cpp", "triton", "cuda" where
+the device has them, and "auto", the public op's default, labelled with the implementation it ran
+(on a GPU: the one it measured fastest at its first call, whose timings the output lists;
+attngan.autotune), all through the public `attngan.ops.word_attention.word_attention`, context
+only, no map: SDPA cannot return one. Passes: "forward" (no autograd) and "forward+backward"
 (gradients of query and words).
 
 Passes "cat-forward" and "cat-forward+backward" time what the generator's next layer reads,
@@ -57,10 +59,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DTYPES, add_lengths_option, at_least, lengths_device, machine,  # noqa: E402
-                    machine_lines, markdown_table, median_seconds, peak_memory_bytes, publish)
+from common import (DTYPES, add_lengths_option, at_least, auto_lines,  # noqa: E402
+                    lengths_device, machine, machine_lines, markdown_table, median_seconds,
+                    peak_memory_bytes, provider_label, publish)
 
-from attngan import backend  # noqa: E402
+from attngan import autotune, backend  # noqa: E402
 # attngan.ops re-exports the function under the module's name: fetch the module itself.
 wa = importlib.import_module("attngan.ops.word_attention")
 
@@ -76,7 +79,7 @@ DEFAULT_CAT_SIZES = {"cpu": "cub64,cpu", "cuda": "cub128"}
 DEFAULT_MIN_TIME = {"cpu": 1.0, "cuda": 0.25}
 PYTORCH_PROVIDERS = ("reference", "reference_compiled", "sdpa_math", "sdpa_efficient",
                      "sdpa_flash", "sdpa_cudnn")
-PROJECT_PROVIDERS = ("cpp", "triton", "cuda")
+PROJECT_PROVIDERS = ("cpp", "triton", "cuda", "auto")
 PASSES = ("forward", "forward+backward")
 CAT_PASSES = ("cat-forward", "cat-forward+backward")
 
@@ -135,6 +138,8 @@ def unavailable(provider: str, device: torch.device, dtype: torch.dtype, size: d
         name = _SDPA_BACKENDS[provider]
         return None if hasattr(SDPBackend, name) else f"this torch has no SDPBackend.{name}"
     impl = _implementation(provider)
+    if impl == "auto":
+        return None
     reason = backend.unavailable_reason("word_attention", impl, device)
     return reason or wa._unsupported(impl, size["channels"], size["words"], dtype, str(device))
 
@@ -142,6 +147,21 @@ def unavailable(provider: str, device: torch.device, dtype: torch.dtype, size: d
 def _implementation(provider: str) -> str:
     """The word_attention impl behind a provider name."""
     return "reference" if provider == "reference_compiled" else provider.removesuffix("_concat")
+
+
+def auto_choice(query, words, provider: str, pass_name: str,
+                size: dict) -> dict:
+    """The implementation auto runs for this provider and pass ("auto"), and the milliseconds it
+    measured of each candidate ("auto_measured_ms"; None where it measured nothing, as on the
+    CPU)."""
+    backward = pass_name.endswith("backward")
+    query_leaf, words_leaf = (t.detach().requires_grad_(backward) for t in (query, words))
+    with torch.set_grad_enabled(backward):
+        key = autotune.word_attention_key(query_leaf, words_leaf, "auto", False,
+                                          provider.endswith("_concat"))
+    impl = backend.choose("word_attention", query.device, "auto",
+                          lambda name: unavailable(name, query.device, query.dtype, size), key=key)
+    return dict(auto=impl, auto_measured_ms=autotune.measured_ms(query.device, key, impl))
 
 
 def _with_cat(function: Callable) -> Callable:
@@ -232,6 +252,8 @@ def run_benchmarks(device: torch.device, dtype: torch.dtype, size_names, provide
                                      skipped=reason))
                     continue
                 warmup = time.perf_counter() - started
+                auto = (auto_choice(query, words, provider, pass_name, size)
+                        if provider.startswith("auto") else {})
                 if device.type == "cpu":
                     seconds, fastest = cpu_seconds(call, min_run_time)
                 else:
@@ -241,7 +263,7 @@ def run_benchmarks(device: torch.device, dtype: torch.dtype, size_names, provide
                                  lengths=lengths.tolist(), pass_=pass_name, provider=provider,
                                  median_ms=seconds * 1e3,
                                  min_ms=None if fastest is None else fastest * 1e3,
-                                 first_call_s=warmup, mbytes=nbytes / 1e6,
+                                 first_call_s=warmup, mbytes=nbytes / 1e6, **auto,
                                  gbps=nbytes / seconds / 1e9,
                                  peak_mib=None if peak is None else peak / 2 ** 20))
                 print(f"  {size_name} {pass_name} {provider}: {seconds * 1e3:.2f} ms", flush=True)
@@ -275,7 +297,7 @@ def render(rows: list[dict], info: dict, dtype: torch.dtype, full_lengths: bool)
         if "skipped" in r:
             body.append([label, r["pass_"], r["provider"], "skipped: " + r["skipped"]] + [""] * 7)
             continue
-        body.append([label, r["pass_"], r["provider"], fmt(r["median_ms"], ".2f"),
+        body.append([label, r["pass_"], provider_label(r), fmt(r["median_ms"], ".2f"),
                      fmt(r["speedup_vs_reference"], ".2f"), fmt(r["speedup_vs_best_pytorch"], ".2f"),
                      fmt(r["gbps"], ".1f"), fmt(r["min_ms"], ".2f"),
                      fmt(r["speedup_vs_reference_min"], ".2f"),
@@ -286,7 +308,7 @@ def render(rows: list[dict], info: dict, dtype: torch.dtype, full_lengths: bool)
         "- lengths: " + ("all L" if full_lengths else "ragged, uniform in L/2..L (seed 0)")
         + "; context only (no map); GB/s over the minimum bytes of bench/bench_word_attention.py;"
         " cat-* passes output torch.cat([h, context], 1)",
-        "", markdown_table(headers, body)])
+        "", markdown_table(headers, body), *auto_lines(rows)])
 
 
 def main(argv=None) -> int:

@@ -76,6 +76,8 @@ START=$(date +%s)
 STAMP=$(date -u +%Y%m%d-%H%M)
 LOGS=$(mktemp -d /tmp/gpu_check.XXXXXX)
 touch "$LOGS/.start"   # the results this run writes are the files newer than this one
+# auto's measurements (attngan.autotune): made afresh by this run, kept with its logs
+export ATTNGAN_TUNE_CACHE=$LOGS/autotune.json
 
 TRITON_TESTS=(tests/test_damsm_triton.py tests/test_word_attention.py tests/test_tune_damsm_tiles.py)
 BENCH_STEPS=(bench_damsm tune_damsm_tiles bench_damsm_tuned bench_word_attention bench_train_step

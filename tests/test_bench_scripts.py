@@ -54,22 +54,30 @@ def test_train_step_benchmark(stage, impls):
         assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.1
 
 
+def _auto_label(op: str) -> str:
+    """The "auto" provider's label on the CPU: the implementation auto keeps there."""
+    return f"auto: {backend.choose(op, torch.device('cpu'))}"
+
+
 def test_damsm_benchmark():
     providers = _with_cpp("damsm_word_similarity", ["loop", "reference"])
-    output = _output("bench_damsm.py", "--sizes", "cpu", "--providers", ",".join(providers),
-                     "--passes", "forward", "--rounds", "1", "--min-time", "0.05",
-                     "--matmul-precision", "high")
+    output = _output("bench_damsm.py", "--sizes", "cpu", "--providers",
+                     ",".join(providers + ["auto"]), "--passes", "forward", "--rounds", "1",
+                     "--min-time", "0.05", "--matmul-precision", "high")
     rows = _table_rows(output)
-    assert [row[2] for row in rows] == providers and all(float(row[3]) > 0 for row in rows)
+    assert [row[2] for row in rows] == providers + [_auto_label("damsm_word_similarity")]
+    assert all(float(row[3]) > 0 for row in rows)
     assert "- float32 matmul precision: high" in output
 
 
 def test_word_attention_benchmark():
     providers = _with_cpp("word_attention", ["reference"])
     rows = _table_rows(_output("bench_word_attention.py", "--sizes", "cub64", "--cat-sizes",
-                               "none", "--providers", ",".join(providers), "--min-time", "0.05"))
+                               "none", "--providers", ",".join(providers + ["auto"]),
+                               "--min-time", "0.05"))
+    labels = providers + [_auto_label("word_attention")]
     assert [(row[1], row[2]) for row in rows] == [
-        (passes, provider) for passes in ("forward", "forward+backward") for provider in providers]
+        (passes, label) for passes in ("forward", "forward+backward") for label in labels]
 
 
 def test_profile_summary_of_a_gpu_step():

@@ -460,8 +460,10 @@ def test_gpu_cpu_lengths_need_no_synchronisation(impl, no_gpu_synchronisation):
 
 
 @pytest.mark.gpu
-def test_gpu_auto_dispatch_prefers_triton():
+def test_gpu_auto_dispatch():
+    """Auto on CUDA tensors measures its choice (tests/test_autotune.py); asked without a call's
+    key it takes the reference, and whatever it measured gives the reference's result."""
     q, w, n = torch.randn(2, 4, 3, 3, device="cuda"), torch.randn(2, 4, 5, device="cuda"), \
         torch.tensor([5, 2], device="cuda")
-    assert backend.choose("word_attention", q.device) in ("triton", "cuda")
+    assert backend.choose("word_attention", q.device) == "reference"
     torch.testing.assert_close(word_attention(q, w, n), word_attention_reference(q, w, n))

@@ -25,7 +25,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from attngan import backend
+from attngan import autotune, backend
 from attngan.ops import reference
 from attngan.ops._library import (check_lengths_device, check_lengths_outside_op,
                                   damsm_word_similarity_ops, lengths_on)
@@ -100,9 +100,9 @@ def _triton_available(device: torch.device) -> bool:
 
 @torch.compiler.assume_constant_result
 def _choose_impl(device: torch.device, impl: str, dtype: torch.dtype,
-                 shape_reasons: tuple) -> str:
+                 shape_reasons: tuple, key: Optional[tuple]) -> str:
     return backend.choose(_OP, device, impl,
-                          lambda name: _unsupported(name, dtype, device, shape_reasons))
+                          lambda name: _unsupported(name, dtype, device, shape_reasons), key)
 
 
 def _shape_reasons(words: torch.Tensor, regions: torch.Tensor) -> tuple:
@@ -148,7 +148,8 @@ def damsm_word_similarity(words: torch.Tensor, lengths: torch.Tensor, regions: t
     if regions.dim() == 4:
         regions = regions.flatten(2)                                              # [Bi, D, R]
     dtype = torch.promote_types(words.dtype, regions.dtype)
-    impl = _choose_impl(words.device, impl, dtype, _shape_reasons(words, regions))
+    impl = _choose_impl(words.device, impl, dtype, _shape_reasons(words, regions),
+                        autotune.damsm_key(words, regions, dtype, impl))
     check_lengths_outside_op("damsm_word_similarity", impl, lengths, words.shape[2])
     with torch.autocast(device_type=words.device.type, enabled=False):
         if impl in ("loop", "reference"):

@@ -29,7 +29,7 @@ from typing import Optional, Union
 
 import torch
 
-from attngan import backend
+from attngan import autotune, backend
 from attngan.ops._library import (check_lengths_device, check_lengths_outside_op, lengths_on,
                                   word_attention_ops)
 from attngan.ops.reference import word_attention_reference
@@ -98,12 +98,14 @@ def _unsupported(impl: str, channels: int, num_words: int, dtype: torch.dtype,
 
 
 @torch.compiler.assume_constant_result
-def _choose(device: str, impl: str, channels: int, num_words: int, dtype: torch.dtype) -> str:
+def _choose(device: str, impl: str, channels: int, num_words: int, dtype: torch.dtype,
+            key: Optional[tuple]) -> str:
     """backend.choose for these sizes; torch.compile runs it once at trace time (it imports
     modules and reads the environment, which Dynamo cannot trace) and keeps the answer."""
     return backend.choose("word_attention", torch.device(device), impl,
                           supported=lambda candidate: _unsupported(candidate, channels,
-                                                                   num_words, dtype, device))
+                                                                   num_words, dtype, device),
+                          key=key)
 
 
 def _precision(query: torch.Tensor, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +153,8 @@ def word_attention(query: torch.Tensor, words: torch.Tensor, lengths: torch.Tens
     """
     _check_inputs(query, words, lengths)
     query, words = _precision(query, words)
-    chosen = _choose(str(query.device), impl, words.shape[1], words.shape[2], query.dtype)
+    chosen = _choose(str(query.device), impl, words.shape[1], words.shape[2], query.dtype,
+                     autotune.word_attention_key(query, words, impl, return_attn, concat))
     check_lengths_outside_op("word_attention", chosen, lengths, words.shape[2])
     if chosen == "reference":
         with torch.autocast(query.device.type, enabled=False):
