@@ -42,25 +42,27 @@ STARTUP_SECONDS = 120
 def start_server(ckpt: str | Path, *arguments: str, log: Optional[Path] = None,
                  env: Optional[dict] = None) -> tuple[subprocess.Popen, str]:
     """`attngan serve --ckpt CKPT --port 0 ARGUMENTS` in a new process, and its URL once it
-    says it serves; its log (uvicorn's, on stderr) goes to `log`."""
-    errors = open(log, "w") if log else subprocess.DEVNULL
+    says it serves. Its output (uvicorn's log, one line per request) is read as long as it
+    runs, into `log` if given: a pipe left unread would fill and stop the server."""
     process = subprocess.Popen(
         [sys.executable, "-m", "attngan", "serve", "--ckpt", str(ckpt), "--port", "0",
-         *arguments], stdout=subprocess.PIPE, stderr=errors, text=True, cwd=ROOT,
+         *arguments], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
         env={**os.environ, **(env or {})})
-    if log:
-        errors.close()
     found: list[str] = []
+    announced = threading.Event()
 
-    def read_announcement():
-        for line in process.stdout:
-            if "open http://" in line:
-                found.append(line.split("open ", 1)[1].split()[0].rstrip("/"))
-                return
+    def read_output():
+        with open(log or os.devnull, "w") as sink:
+            for line in process.stdout:
+                sink.write(line)
+                sink.flush()
+                if not found and "open http://" in line:
+                    found.append(line.split("open ", 1)[1].split()[0].rstrip("/"))
+                    announced.set()
+        announced.set()                                   # the process ended
 
-    reader = threading.Thread(target=read_announcement, daemon=True)
-    reader.start()
-    reader.join(STARTUP_SECONDS)
+    threading.Thread(target=read_output, daemon=True).start()
+    announced.wait(STARTUP_SECONDS)
     if not found:
         process.kill()
         raise RuntimeError(f"attngan serve did not start within {STARTUP_SECONDS} s (exit "
