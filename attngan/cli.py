@@ -11,6 +11,8 @@ Subcommands:
     evaluate                    score a generator on the test split (IS and FID with weights)
     demo                        all of the above on the synthetic set, in minutes on a CPU
     tune                        show (or --clear) the implementations auto measured as fastest
+    serve                       a web page and a JSON API that generate from a GAN run
+                                (needs the extra: pip install 'attngan[serve]')
 Errors a user can cause (a config typo, missing data, an unknown word, a wrong checkpoint)
 print one line naming the problem and the fix and exit with status 2; ATTNGAN_DEBUG=1 shows the
 traceback instead.
@@ -29,20 +31,29 @@ from attngan.backend import ImplementationUnavailable
 from attngan.config import load_config, preset_names, refuse_unused_overrides
 from attngan.files import OutputError, output_error
 from attngan.metrics import INCEPTION_SPLITS, INCEPTION_VARIANT, PAPER_SAMPLES
+from attngan.serve import DEFAULT_QUEUE, serve   # FastAPI is imported only to serve
 
 
 MAX_SEED = 2 ** 62        # sampling and evaluation add a batch's index; torch takes 64 bits
 
 
-def _seed(text: str) -> int:
-    """An argparse type: a seed from 0 to MAX_SEED."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"{text} is not a seed from 0 to 2^62")
-    return value
+def _integer(low: int, high: Optional[int], what: str):
+    """An argparse type: an integer from `low` to `high` (None: no bound), `what` naming that
+    range in its error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+    return parse
+
+
+_seed = _integer(0, MAX_SEED, "a seed from 0 to 2^62")
+_port = _integer(0, 65535, "a port from 0 to 65535")
+_queue = _integer(0, None, "a number of requests from 0")
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, default: str) -> None:
@@ -223,6 +234,12 @@ def _tune(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    serve(args.ckpt, host=args.host, port=args.port, device=args.device, queue=args.queue,
+          data_root=args.data_root)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attngan", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"attngan {__version__}")
@@ -330,6 +347,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clear", action="store_true",
                    help="delete the tuning cache: auto measures again at the next calls")
     p.set_defaults(run=_tune)
+
+    p = commands.add_parser("serve", help="a web page and a JSON API that generate from a GAN "
+                                          "run (pip install 'attngan[serve]')")
+    p.add_argument("--ckpt", required=True, help="GAN checkpoint file or run folder")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 "
+                        "for every network)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: any free one)")
+    p.add_argument("--device", default="auto",
+                   help="auto (default: the GPU when there is one, else the CPU), cpu or cuda[:N]")
+    p.add_argument("--queue", type=_queue, default=DEFAULT_QUEUE,
+                   help=f"requests that may wait while one generates (default {DEFAULT_QUEUE}); "
+                        "more are answered 503 with Retry-After")
+    p.add_argument("--data-root", metavar="PATH",
+                   help="where the run's data set is now, for random test captions (default: "
+                        "data.root of its config)")
+    p.set_defaults(run=_serve)
     return parser
 
 

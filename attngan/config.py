@@ -63,6 +63,11 @@ class DataConfig:
     def image_sizes(self) -> tuple[int, ...]:
         return tuple(self.base_size * 2 ** i for i in range(self.branch_num))
 
+    @property
+    def test_words_num(self) -> int:
+        """Words a caption keeps at test time (evaluation, serving)."""
+        return self.words_num if self.eval_words_num is None else self.eval_words_num
+
 
 @dataclass(frozen=True)
 class TextEncoderConfig:

@@ -144,8 +144,7 @@ def evaluate_generator(ckpt_path: str | Path, *, out_path: Optional[str | Path] 
         raise DataError(f"the run's test data, data.root={config.data.root} in its config, is "
                         f"not there (a relative path is taken from the current folder); pass "
                         f"--data-root with where that data set is now")
-    eval_words = (config.data.words_num if config.data.eval_words_num is None
-                  else config.data.eval_words_num)
+    eval_words = config.data.test_words_num
     dataset = build_dataset(config.data, "test", augment=False, words_num=eval_words)
     require_same_vocabulary(payload, dataset.vocab.fingerprint(), payload["path"],
                             config.data.root, fix="evaluate it on the data it was trained on")
