@@ -1,4 +1,4 @@
-"""The one place that picks an implementation of a hot op (DESIGN.md, Dispatch).
+"""The one place that picks an implementation of a hot op (docs/DESIGN.md, "Dispatch").
 
 Precedence: the `impl` argument, then the ATTNGAN_IMPL environment variable, then "auto".
 Auto on a CUDA tensor: Triton if importable and the shape is supported, else the CUDA
