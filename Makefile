@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 TRITON_VERSION ?= 3.8.0
 STAMP := $(VENV)/.attngan-installed
-EXT_SOURCES := $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu)
+EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/cuda/*.cu)
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 

@@ -1,4 +1,4 @@
-"""The one place that picks an implementation of a hot op (DESIGN.md, Dispatch).
+"""The one place that picks an implementation of a hot op (docs/DESIGN.md, "Dispatch").
 
 Precedence: the `impl` argument, then the ATTNGAN_IMPL environment variable, then "auto".
 Auto takes one of AUTO_CANDIDATES[device type] that can run the call. On a device type in

@@ -5,7 +5,8 @@ package as `attngan.configs`, so `--config shapes` works anywhere) plus override
 `--set damsm.batch_size=8`. Loading is strict: an unknown key or a value of the wrong type is a
 `ConfigError` naming the key and the fix, never a silently ignored typo. The resolved config is
 written next to every run (`save_config`) so a run can be reproduced from its folder alone.
-The defaults are SPEC's CUB hyperparameters; presets override what differs.
+The defaults are the paper's CUB hyperparameters (docs/DESIGN.md, "GAN losses and training");
+presets override what differs.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """The built-in shapes data set (see SYNTHETIC.md), made by `attngan make-synthetic`."""
+    """The built-in shapes data set (docs/DESIGN.md, "Synthetic shapes"), `attngan make-synthetic`."""
     num_train: int = 2000
     num_test: int = 500
     canvas: int = 64                      # image side in pixels
@@ -44,12 +45,12 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the images and captions are and how they become tensors (SPEC section 4)."""
+    """Where the images and captions are and how they become tensors (docs/DESIGN.md, "Data")."""
     dataset: str = "cub"                  # "cub" or "shapes" (CUB layout), or "coco"
     root: str = "data/birds"
     words_num: int = 18                   # longer captions keep a random ordered subset
     eval_words_num: Optional[int] = None  # words kept per caption by `attngan evaluate`
-                                          # (SPEC: 25 CUB, 20 COCO); None: words_num
+                                          # (the paper's: 25 CUB, 20 COCO); None: words_num
     captions_per_image: int = 10
     base_size: int = 64                   # smallest side of the image pyramid
     branch_num: int = 3                   # pyramid levels: base_size * 2**i
@@ -71,7 +72,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TextEncoderConfig:
-    """Bi-directional RNN text encoder of DAMSM (SPEC section 1)."""
+    """Bi-directional RNN text encoder of DAMSM (docs/DESIGN.md, "Text encoder")."""
     embedding_dim: int = 300
     hidden_dim: int = 256                 # D (nef): both directions together
     rnn: str = "lstm"                     # "lstm" or "gru"
@@ -92,7 +93,7 @@ class ImageEncoderConfig:
 
 @dataclass(frozen=True)
 class DAMSMConfig:
-    """DAMSM matching and its pretraining (SPEC sections 2 and 3)."""
+    """DAMSM matching and its pretraining (docs/DESIGN.md, "DAMSM losses")."""
     gamma1: float = 4.0
     gamma2: float = 5.0
     gamma3: float = 10.0
@@ -111,7 +112,7 @@ class DAMSMConfig:
 
 @dataclass(frozen=True)
 class GANConfig:
-    """Generator, discriminators and their training (SPEC sections 1 and 3)."""
+    """Generator, discriminators and their training (docs/DESIGN.md, "The model")."""
     ngf: int = 32
     ndf: int = 64
     z_dim: int = 100

@@ -8,7 +8,7 @@ unknown word is a DataError naming it), and for each caption writes:
   images are enlarged by pixel repetition to at least VIEW_SIZE = 128 px for viewing);
 - `NN_<words>_attention.png`: the attention figure of the first sample (`attngan.viz`): one
   row per attention stage, the image that stage made and one tile per shown word, the word's
-  map upsampled over the image. Shown: the 5 most confident words (SPEC section 5), or every
+  map upsampled over the image. Shown: the 5 most confident words (docs/DESIGN.md), or every
   word of a caption of at most 5 words. Not written for a one-stage generator (no attention).
 
 plus `captions.txt` listing NN -> caption. Noise is drawn from a generator seeded with `seed`,

@@ -2,7 +2,7 @@
 
 - `save_image_grid`: a batch of images in [-1, 1] as one PNG grid (training sample grids, the
   sampler's per-stage outputs).
-- `attention_figure`: the paper's Fig. 2/4 style view of word attention (SPEC section 5). For
+- `attention_figure`: the paper's Fig. 2/4 style view of word attention (docs/DESIGN.md). For
   each attention stage, a row: the image that stage produced, then one tile per shown word with
   the stage's attention map for that word, as the original's sampler draws it
   (`build_super_images2`): values up to twice the uniform share 1/n (n = caption length) set to

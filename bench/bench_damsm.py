@@ -1,33 +1,16 @@
-"""Benchmark of the DAMSM word-level similarity (SPEC section 2), every provider, two sizes.
+"""Benchmark of the DAMSM word-level similarity, every provider, two sizes.
 
+What is timed and counted: docs/DESIGN.md, "Benchmarks".
 Providers: "loop" (the original's per-caption loop), "reference" (vectorized PyTorch),
-"reference_compiled" (the same under torch.compile), the project's fused kernels "cpp",
-"triton", "cuda" where the device has them, and "auto", the public op's default, labelled with
-the implementation it ran (on a GPU: the one it measured fastest at its first call, whose
-timings the output lists; attngan.autotune). All go through the public
-`attngan.ops.damsm.damsm_word_similarity`, so all follow its precision policy (fp16/bf16 inputs,
-fp32 accumulation). Passes: "forward" (no autograd), "forward+backward" (gradients of both
-words and regions, as in DAMSM pretraining) and "forward+backward_regions" (the regions' only,
-as in the GAN step where the text encoder is frozen).
-
-Sizes: "cub" B_img = B_cap = 48, D = 256, L = 18, R = 17 x 17 = 289 (DAMSM pretraining on CUB),
-"cpu" the same with B = 32. Every caption has all L words (the most work; real captions are
-shorter and the fused kernels skip padded words, the reference does not).
-
-FLOP count (the useful work; the exps and the backward's recomputation are not counted): per
-(image, caption) pair with n words, the forward takes two products of D x R x n multiply-adds,
-s = v^T e and c = v alpha^T, that is 4 D R n FLOP; the backward four more, dalpha = v^T dc,
-dv += dc alpha^T, dv += e ds^T and de = v ds, 8 D R n (6 D R n without de). So
-    FLOP(forward)                  = 4  * B_img * sum_i(n_i) * D * R
-    FLOP(forward+backward)         = 12 * B_img * sum_i(n_i) * D * R
-    FLOP(forward+backward_regions) = 10 * B_img * sum_i(n_i) * D * R
-(B = 32: 5.45 / 16.4 / 13.6 GFLOP; B = 48: 12.3 / 36.8 / 30.7 GFLOP). Achieved GFLOP/s is set against the
-machine's own square-matmul rate in the same dtype, measured in the same run.
-
-Timing: CPU torch.utils.benchmark, single calls interleaved over the providers (this box is
-shared: all providers see the same load), median and minimum of --rounds; CUDA
-triton.testing.do_bench (median). Speed-ups compare medians. Peak memory on CUDA only (the CPU
-allocator keeps no statistics).
+"reference_compiled" (the same under torch.compile), the fused kernels "cpp", "triton", "cuda"
+where the device has them, and "auto", the public op's default, labelled with the implementation
+it ran (on a GPU: the one it measured fastest at its first call, whose timings the output lists;
+attngan.autotune), all through the public `damsm_word_similarity` (so all follow its precision
+policy). Passes: "forward", "forward+backward" (both gradients, as in DAMSM pretraining) and
+"forward+backward_regions" (the regions' only, as in the GAN step). Sizes: "cub" B_img = B_cap =
+48, D = 256, L = 18, R = 289, and "cpu" the same with B = 32; every caption has all L words.
+GFLOP/s by the FLOP count of docs/DESIGN.md, against the machine's own square-matmul rate in the
+same dtype, measured in the same run.
 
     python bench/bench_damsm.py [--device cuda] [--dtype bf16] [--sizes cub,cpu] [--record]
                                 [--providers loop,reference,cpp] [--min-time 1.0]
@@ -65,6 +48,7 @@ PROJECT_PROVIDERS = ("cpp", "triton", "cuda", "auto")
 # forward; forward + gradients of words and regions (DAMSM pretraining); forward + gradient of
 # the regions only (the GAN step: the text encoder is frozen).
 PASSES = ("forward", "forward+backward", "forward+backward_regions")
+# FLOP per word, per image, per D x R (docs/DESIGN.md, "Benchmarks")
 FLOP_PER_DRN = {"forward": 4, "forward+backward": 12, "forward+backward_regions": 10}
 
 
@@ -221,7 +205,7 @@ def render(rows: list[dict], info: dict, dtype: torch.dtype) -> str:
         f"# DAMSM word similarity, {info['device']} {str(dtype).split('.')[1]}, {info['date_utc']} UTC",
         "", *machine_lines(info),
         f"- machine matmul ({str(dtype).split('.')[1]}): {fmt(matmul, '.0f')} GFLOP/s; "
-        "FLOP counts in bench/bench_damsm.py; D=256, L=18 (all words valid), R=289; "
+        "FLOP counts in docs/DESIGN.md; D=256, L=18 (all words valid), R=289; "
         f"features N(0, 1) x {rows[0]['feature_scale'] if rows else '-'}",
         *tiles_line, "", table, *auto_lines(rows)])
 

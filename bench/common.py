@@ -1,8 +1,8 @@
 """Shared helpers of the benchmarks in bench/: timing, the machine's own matmul rate, peak
 memory, a description of the machine and software, and recording results.
 
-Timing follows DESIGN.md: on CPU `torch.utils.benchmark` (median of blocked runs, or of single
-calls interleaved over the providers on a shared machine), on CUDA
+Timing (docs/DESIGN.md, "Benchmarks"): on CPU `torch.utils.benchmark` (median of blocked runs,
+or of single calls interleaved over the providers on a shared machine), on CUDA
 `triton.testing.do_bench` (median, after warm-up; CUDA events when triton is missing). Every
 recorded result names the machine (CPU model, GPU model via nvidia-ml-py), the thread count,
 versions and the git commit.

@@ -5,7 +5,7 @@
 #   1. builds attngan with its C++ and CUDA extension (pip install --no-deps --no-build-isolation -e .,
 #      with a compiler that links libstdc++ dynamically: see links_libstdcxx_dynamically) and
 #      prints what was built,
-#   2. runs the GPU-marked tests (compiled Triton and the CUDA extension at the DESIGN sizes),
+#   2. runs the GPU-marked tests (compiled Triton and the CUDA extension at the DESIGN.md sizes),
 #   3. runs the Triton test files compiled (their unmarked tests use the GPU when there is one;
 #      among them every tiling of the DAMSM kernels, captions per program too, against one),
 #   4. runs the DAMSM benchmark (--device cuda --dtype bf16 --record), compute-sanitizer's memcheck
@@ -79,7 +79,7 @@ touch "$LOGS/.start"   # the results this run writes are the files newer than th
 # auto's measurements (attngan.autotune): made afresh by this run, kept with its logs
 export ATTNGAN_TUNE_CACHE=$LOGS/autotune.json
 
-TRITON_TESTS=(tests/test_damsm_triton.py tests/test_word_attention.py tests/test_tune_damsm_tiles.py)
+TRITON_TESTS=(tests/test_damsm_kernels.py tests/test_word_attention_kernels.py tests/test_tune_damsm_tiles.py)
 BENCH_STEPS=(bench_damsm tune_damsm_tiles bench_damsm_tuned bench_word_attention bench_train_step
              bench_damsm_step)
 SANITIZER_CASE='

@@ -1,4 +1,4 @@
-"""The data layer: captions to word ids, images to [-1, 1] pyramids (SPEC section 4).
+"""The data layer: captions to word ids, images to [-1, 1] pyramids (docs/DESIGN.md).
 
 - `vocab`: `tokenize`, `Vocabulary` (index 0 `<end>` padding, stable `fingerprint`).
 - `cub`: the CUB-200-2011 layout of AttnGAN (birds and the synthetic shapes set).

@@ -1,4 +1,4 @@
-"""Text-image data set and batch collation (SPEC section 4), for every reader.
+"""Text-image data set and batch collation (docs/DESIGN.md, "Data"), for every reader.
 
 `build_dataset(data_config, split, augment=...)` reads the split with the reader of
 `data_config.dataset` ("cub" and "shapes": CUB layout, `cub.py`; "coco": `coco.py`) and returns
@@ -14,7 +14,7 @@ a `TextImageDataset` of one item per image:
 - Caption: augmenting, a random one of the image's captions_per_image (as the original);
   otherwise caption `index % captions_per_image`, so an evaluation pass is reproducible and
   still uses every caption slot. A caption longer than data.words_num keeps a subset of its
-  words in order (SPEC: not a truncation): random when augmenting, otherwise the subset drawn by
+  words in order (not a truncation): random when augmenting, otherwise the subset drawn by
   a generator seeded with the caption's flat index (`caption(index)`), the same in every run.
 - Randomness comes from torch's global generator, which DataLoader seeds per worker.
 

@@ -1,4 +1,4 @@
-"""Tokenizer and vocabulary of the captions (SPEC section 4).
+"""Tokenizer and vocabulary of the captions (docs/DESIGN.md, "Data").
 
 Text is lowercased and split into `\\w+` runs; non-ASCII characters are dropped from each token
 (as the original AttnGAN's `t.encode('ascii', 'ignore')`), and a token left empty disappears.

@@ -1,6 +1,6 @@
 """Inception-v3 (Szegedy et al., "Rethinking the Inception Architecture", 2016): the trunk the
-DAMSM image encoder reads (SPEC section 1) and the whole classifier the Inception Score and FID
-read (SPEC section 5).
+DAMSM image encoder reads and the whole classifier the Inception Score and FID read
+(docs/DESIGN.md, "Image encoders" and "Evaluation").
 
 AttnGAN's image encoder reads two layers of an ImageNet-trained Inception-v3: Mixed_6e (768 x 17
 x 17 at a 299 input) gives the local region features and Mixed_7c (2048 x 8 x 8) the global

@@ -1,6 +1,6 @@
 """DAMSM pretraining: teach the text and image encoders to match words to image regions.
 
-SPEC sections 2 and 3. Loss per batch: L_w0 + L_w1 (word level, Eq. 10-13 via the fused
+docs/DESIGN.md, "DAMSM losses". Loss per batch: L_w0 + L_w1 (word level, Eq. 10-13 via the
 `damsm_word_loss`) + L_s0 + L_s1 (sentence level, cosine of global codes), with same-class
 pairs masked. Trains the text encoder and the image encoder's trainable parameters (the two
 heads of Inception, or all of the small CNN) with one Adam for the whole run (the original

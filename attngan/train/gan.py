@@ -1,4 +1,4 @@
-"""AttnGAN training loop (SPEC section 3): discriminator steps, then a generator step.
+"""AttnGAN training loop (docs/DESIGN.md): discriminator steps, then a generator step.
 
 Per batch, as the original trainer: the frozen DAMSM text encoder (eval mode, no gradient)
 encodes the captions; one generator forward with fresh noise z ~ N(0, I); for each stage's

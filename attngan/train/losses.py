@@ -1,4 +1,4 @@
-"""GAN losses of AttnGAN (SPEC section 3; paper Eq. 3-5 and 13), on logits.
+"""GAN losses of AttnGAN (paper Eq. 3-5 and 13; docs/DESIGN.md), on logits.
 
 The original applies a sigmoid in the discriminator and `nn.BCELoss`; here the discriminators
 return logits and the losses use `binary_cross_entropy_with_logits`, the same value computed
