@@ -115,9 +115,10 @@ def test_a_cache_of_other_images_or_settings_is_refused_then_rebuilt(cub, change
         boxes.write_text(boxes.read_text().replace("1 10.0 8.0 20.0 16.0", "1 11.0 8.0 20.0 16.0"))
     else:
         monkeypatch.setattr(PIL, "__version__", "0.0.1")
-    with pytest.raises(DataError, match=f"the decoded-image cache {path} was made from other "
-                                        f"images or settings .*\\({words}.* differ\\); rebuild "
-                                        f"it with `attngan prepare {cub} --image-cache"):
+    with pytest.raises(DataError, match=f"the decoded-image cache {path} no longer matches the "
+                                        f"train split of {cub}: {words}.* changed since it was "
+                                        f"written; rebuild it with `attngan prepare {cub} "
+                                        "--image-cache"):
         build_dataset(data_config, "train", augment=True)
     assert prepare_image_cache(data_config, "train", progress=False) == (path, True)
     assert_same_items(build_dataset(data_config, "train", augment=False),

@@ -160,9 +160,9 @@ def open_image_cache(data_config: DataConfig, split: str, records: SplitRecords,
     header, offsets, shapes = _read_index(path, fix)
     differs = _differences(header, cache_identity(records, data_config.root, load_size))
     if differs:
-        raise DataError(f"the decoded-image cache {path} was made from other images or "
-                        f"settings than data.root's {split} split now has ({'; '.join(differs)} "
-                        f"differ); {fix}")
+        raise DataError(f"the decoded-image cache {path} no longer matches the {split} split of "
+                        f"{data_config.root}: {'; '.join(differs)} changed since it was "
+                        f"written; {fix}")
     return ImageCache(path, offsets, shapes)
 
 
