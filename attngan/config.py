@@ -55,9 +55,10 @@ class DataConfig:
     bbox_crop: bool = True                # CUB: crop 1.5x the bird box before resizing
     random_crop: bool = True              # resize to size*76/64, then a random size crop
     random_flip: bool = True              # off for shapes: a flip swaps "left" and "right"
-    # DataLoader worker processes; "auto": one per CPU this process may use, less one (the
-    # training loop's), at most 8 (attngan.data.loader.resolve_num_workers); 0: in the training
-    # process. Batches and results are the same with any count.
+    # DataLoader worker processes; "auto": training on a GPU, one per CPU this process may use,
+    # less one (the training loop's), at most 8; on the CPU 0, loading in the training process,
+    # whose step uses the cores (attngan.data.loader.resolve_num_workers). Batches and results
+    # are the same with any count.
     num_workers: int | Literal["auto"] = "auto"
     # Folder of the decoded-image caches `attngan prepare --image-cache` writes and training
     # reads (attngan.data.image_cache); None: data.root/image_cache.

@@ -235,11 +235,15 @@ def test_take_goes_on_and_workers_stop_with_the_loader(noisy_cub):
     assert set(multiprocessing.active_children()) - before == set()     # and are gone
 
 
-def test_auto_workers_use_the_cpus_but_one(monkeypatch):
+def test_auto_workers_use_the_cpus_but_one_beside_a_gpu(monkeypatch):
+    """On a GPU (or decoding alone) one worker per CPU but one, capped; on the CPU none: the
+    step's threads use the cores there. A count is taken as it is."""
+    cuda = torch.device("cuda")                       # a device name: no GPU needed
     for cpus, workers in [(1, 0), (2, 1), (5, 4), (64, MAX_AUTO_WORKERS)]:
         monkeypatch.setattr("os.sched_getaffinity", lambda pid, cpus=cpus: set(range(cpus)))
-        assert resolve_num_workers("auto") == workers
-    assert resolve_num_workers(0) == 0 and resolve_num_workers(3) == 3
+        assert resolve_num_workers("auto", cuda) == resolve_num_workers("auto", None) == workers
+        assert resolve_num_workers("auto", CPU) == 0
+    assert resolve_num_workers(0, cuda) == 0 and resolve_num_workers(3, CPU) == 3
 
 
 @pytest.mark.gpu

@@ -50,11 +50,15 @@ def float_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return table[images.to(device, non_blocking=True).long()].contiguous()
 
 
-def resolve_num_workers(setting: int | str) -> int:
-    """data.num_workers as a count: "auto" is one worker per CPU this process may use, less one
-    (the training loop's), at most MAX_AUTO_WORKERS; 0 loads in the training process."""
+def resolve_num_workers(setting: int | str, device: Optional[torch.device]) -> int:
+    """data.num_workers as a count for training on `device` (None: decoding alone, as
+    `prepare_image_cache`): "auto" is 0 on the CPU, whose cores the training step's threads
+    use (a worker beside them stalls them), else one worker per CPU this process may use, less
+    one (the training loop's), at most MAX_AUTO_WORKERS. 0 loads in the training process."""
     if setting != "auto":
         return int(setting)
+    if device is not None and torch.device(device).type == "cpu":
+        return 0
     cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else os.cpu_count() or 1)
     return max(0, min(cpus - 1, MAX_AUTO_WORKERS))
@@ -100,8 +104,8 @@ class DeviceBatches:
 
     def __init__(self, dataset: TextImageDataset, batch_sampler, num_workers: int | str,
                  device: torch.device, seed: int):
-        workers = resolve_num_workers(num_workers)
         self.device = torch.device(device)
+        workers = resolve_num_workers(num_workers, self.device)
         # The loader's own generator seeds the workers: the global RNG is not drawn from.
         self.loader: Optional[DataLoader] = DataLoader(
             dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=workers,
@@ -215,7 +219,7 @@ def prepare_image_cache(data_config: DataConfig, split: str, progress: bool = Tr
     dataset = TextImageDataset(records, data_config, augment=False)
     # One image at a time (no batching), in order; each arrives as a tensor in shared memory.
     loader = DataLoader(_Decoded(dataset), batch_size=None,
-                        num_workers=resolve_num_workers(data_config.num_workers))
+                        num_workers=resolve_num_workers(data_config.num_workers, None))
     images = tqdm(loader, total=len(dataset), desc=f"image cache ({split})", unit="image",
                   disable=not progress)
     write_image_cache(path, identity, (image.numpy() for image in images))
