@@ -2,7 +2,8 @@
 
 Subcommands:
     make-synthetic OUT          write the built-in shapes data set (CUB layout) to OUT
-    prepare ROOT                build ROOT/captions.pickle (CUB text/ or COCO annotations)
+    prepare ROOT                build ROOT/captions.pickle (CUB text/ or COCO annotations) and,
+                                with --image-cache, the decoded-image caches
     pretrain-damsm              pretrain the DAMSM text and image encoders, report R-precision
     import-damsm                the original's released DAMSM encoders as a DAMSM run
     import-generator            the original's released generator as a GAN run
@@ -20,6 +21,7 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -84,6 +86,12 @@ def _make_synthetic(args) -> int:
 
 def _prepare(args) -> int:
     from attngan.data import prepare
+    if (args.config is not None or args.overrides) and not args.image_cache:
+        raise ValueError("--config and --set shape the image cache only: add --image-cache, or "
+                         "leave them out")
+    if args.image_cache and args.config is None:
+        raise ValueError("--image-cache needs --config: the config you will train with (its "
+                         "image sizes and crops shape the cache), e.g. --config birds")
     existing = (Path(args.root) / "captions.pickle").is_file()
     path = prepare(args.root)
     if existing:
@@ -92,7 +100,22 @@ def _prepare(args) -> int:
               "vocabulary will not match those encoders")
     else:
         print(f"captions written to {path}")
+    if args.image_cache:
+        _prepare_image_cache(args)
     return 0
+
+
+def _prepare_image_cache(args) -> None:
+    from attngan.config import with_absolute_paths
+    from attngan.data.loader import prepare_image_cache
+    config = _config(args)
+    data = with_absolute_paths(dataclasses.replace(
+        config, data=dataclasses.replace(config.data, root=args.root))).data
+    for split in ("train", "test"):
+        path, written = prepare_image_cache(data, split)
+        size = f"{path.stat().st_size / 1e9:.2f} GB"
+        print(f"image cache of the {split} split written to {path} ({size})" if written else
+              f"image cache of the {split} split {path} ({size}) is current, kept")
 
 
 def _print_r_precision(results: dict) -> None:
@@ -253,8 +276,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(p, "shapes")
     p.set_defaults(run=_make_synthetic)
 
-    p = commands.add_parser("prepare", help="build captions.pickle (CUB text/ or COCO annotations)")
+    p = commands.add_parser("prepare", help="build captions.pickle (CUB text/ or COCO "
+                                            "annotations) and the decoded-image caches")
     p.add_argument("root", help="data folder holding text/ and train|test/filenames.pickle")
+    p.add_argument("--image-cache", action="store_true",
+                   help="also write each split's decoded-image cache, which training and "
+                        "evaluation then read instead of decoding the images (the same pixels, "
+                        "a fraction of the CPU time): one file per split and load size in "
+                        "data.image_cache (default ROOT/image_cache/). Sizes: CUB at the birds "
+                        "preset 2.5-3.3 GB for its 8,855 training images and 0.8-1.1 GB for the "
+                        "test split (277 KB per square box crop, 369 KB at 4:3); COCO at the "
+                        "coco preset about 31 GB for train2014 and 15 GB for val2014 (369 KB "
+                        "per 640x480 image); the DAMSM presets 36 %% more. A cache that no "
+                        "longer matches its images or settings is rebuilt")
+    p.add_argument("--config", help="with --image-cache: the config you will train with, a "
+                                    "YAML file or a preset by name (its image sizes and crops "
+                                    "shape the cache; ROOT replaces its data.root)")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="with --image-cache: override a setting of "
+                                             "--config, e.g. data.image_cache=/scratch/cache")
     p.set_defaults(run=_prepare)
 
     p = commands.add_parser("pretrain-damsm", help="pretrain the DAMSM encoders")

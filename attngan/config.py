@@ -57,7 +57,14 @@ class DataConfig:
     bbox_crop: bool = True                # CUB: crop 1.5x the bird box before resizing
     random_crop: bool = True              # resize to size*76/64, then a random size crop
     random_flip: bool = True              # off for shapes: a flip swaps "left" and "right"
-    num_workers: int = 0
+    # DataLoader worker processes; "auto": training on a GPU, one per CPU this process may use,
+    # less one (the training loop's), at most 8; on the CPU 0, loading in the training process,
+    # whose step uses the cores (attngan.data.loader.resolve_num_workers). Batches and results
+    # are the same with any count.
+    num_workers: int | Literal["auto"] = "auto"
+    # Folder of the decoded-image caches `attngan prepare --image-cache` writes and training
+    # reads (attngan.data.image_cache); None: data.root/image_cache.
+    image_cache: Optional[str] = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     @property
@@ -262,7 +269,8 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.captions_per_image": _at_least(1),
     "data.base_size": _at_least(8),
     "data.branch_num": _at_least(1),
-    "data.num_workers": _at_least(0),
+    "data.num_workers": ((lambda value: value == "auto" or value >= 0),
+                         "'auto' (the machine's cores) or 0 or more"),
     "text_encoder.embedding_dim": _at_least(1),
     "text_encoder.dropout": _between(0, 1, high_open=True),
     "image_encoder.width": _at_least(1),
@@ -433,14 +441,16 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
 
 
 def with_absolute_paths(config: Config) -> Config:
-    """`config` with data.root and image_encoder.weights as absolute paths (`~` expanded): what
-    a run records, so that evaluating or resuming it from another folder reads the same files
-    (a relative root read another data set of the same vocabulary there, silently)."""
+    """`config` with data.root, data.image_cache and image_encoder.weights as absolute paths
+    (`~` expanded): what a run records, so that evaluating or resuming it from another folder
+    reads the same files (a relative root read another data set of the same vocabulary there,
+    silently)."""
     def absolute(path: str) -> str:
         return os.path.abspath(os.path.expanduser(path))
-    weights = config.image_encoder.weights
+    weights, cache = config.image_encoder.weights, config.data.image_cache
     return dataclasses.replace(
-        config, data=dataclasses.replace(config.data, root=absolute(config.data.root)),
+        config, data=dataclasses.replace(config.data, root=absolute(config.data.root),
+                                         image_cache=cache and absolute(cache)),
         image_encoder=dataclasses.replace(config.image_encoder,
                                           weights=weights and absolute(weights)))
 

@@ -74,16 +74,17 @@ def batch_size(config: Config, stage: str) -> int:
 
 def random_batch(config: Config, device: torch.device, seed: int = 0,
                  stage: str = "gan") -> dict:
-    """A collated batch of the preset's shapes: images per level and class ids on `device`,
-    captions with ragged lengths on the CPU, where the data loader gives them and the step keeps
-    them (checked there without waiting for the GPU). Class ids all differ, so no pair is
-    masked out of the DAMSM losses."""
+    """A collated batch of the preset's shapes: uint8 images per level (as the data loader
+    hands them over; the step makes them floats) and class ids on `device`, captions with
+    ragged lengths on the CPU, where the data loader gives them and the step keeps them (checked
+    there without waiting for the GPU). Class ids all differ, so no pair is masked out of the
+    DAMSM losses."""
     generator = torch.Generator().manual_seed(seed)
     batch, words = batch_size(config, stage), config.data.words_num
     lengths = torch.randint(words // 2, words + 1, (batch,), generator=generator)
     captions = torch.randint(1, VOCAB_SIZE, (batch, words), generator=generator)
     captions = captions * (torch.arange(words)[None, :] < lengths[:, None])
-    images = [torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
+    images = [torch.randint(256, (batch, 3, size, size), generator=generator, dtype=torch.uint8)
               for size in config.data.image_sizes]
     return {"images": [image.to(device) for image in images], "captions": captions,
             "lengths": lengths, "class_ids": torch.arange(batch, device=device)}

@@ -80,6 +80,18 @@ def test_word_attention_benchmark():
         (passes, label) for passes in ("forward", "forward+backward") for label in labels]
 
 
+def test_data_benchmark():
+    """bench_data.py on 20 synthetic photos: a row per path, each costing CPU time, the first
+    the baseline of the ratios, and the target's verdict."""
+    output = _output("bench_data.py", "--images", "20", "--epochs", "1", "--rounds", "1",
+                     "--workers", "0")
+    rows = _table_rows(output)
+    assert [row[0] for row in rows] == ["decoded, float pyramid", "decoded, uint8",
+                                        "image cache, uint8"]
+    assert all(float(row[1]) > 0 for row in rows) and rows[0][3] == "1.00"
+    assert "Target, the cache at most 1/4 of the decoded float path's CPU time: " in output
+
+
 def test_profile_summary_of_a_gpu_step():
     """bench_train_step's profile summary on events as torch.profiler gives them on a GPU (ops
     with the time of the kernels they launched, and the kernels themselves), here without one."""

@@ -64,13 +64,18 @@ def test_loss_falls_and_outputs_are_written(data_root, tmp_path):
 
 
 def test_resume_continues_exactly(data_root, tmp_path):
+    """With any number of workers: the straight run loads in its own process, the interrupted
+    one with 2 workers and, resumed, with 1."""
     straight = tmp_path / "straight"
-    pretrain_damsm(tiny_config(data_root, "damsm.epochs=2"), straight, progress=False)
+    pretrain_damsm(tiny_config(data_root, "damsm.epochs=2", "data.num_workers=0"), straight,
+                   progress=False)
     split = tmp_path / "split"
-    pretrain_damsm(tiny_config(data_root, "damsm.epochs=1"), split, progress=False)
+    pretrain_damsm(tiny_config(data_root, "damsm.epochs=1", "data.num_workers=2"), split,
+                   progress=False)
     with pytest.raises(CheckpointError, match="--resume"):
         pretrain_damsm(tiny_config(data_root, "damsm.epochs=2"), split, progress=False)
-    pretrain_damsm(tiny_config(data_root, "damsm.epochs=2"), split, resume=True, progress=False)
+    pretrain_damsm(tiny_config(data_root, "damsm.epochs=2", "data.num_workers=1"), split,
+                   resume=True, progress=False)
     a = load_checkpoint(straight / "checkpoints" / "damsm_last.pt")
     b = load_checkpoint(split / "checkpoints" / "damsm_last.pt")
     assert a["step"] == b["step"]

@@ -131,12 +131,20 @@ def test_precision_of_training_steps(precision, dtype, tmp_path, monkeypatch):
                if value.is_floating_point())
 
 
+def _workers(config, count):
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, num_workers=count))
+
+
 def test_resume_continues_exactly(tiny, tmp_path):
+    """With any number of workers: the uninterrupted run loads in its own process, the
+    interrupted one with 2 workers and, resumed, with 1."""
     config, damsm = tiny
     whole, split = tmp_path / "whole", tmp_path / "split"
-    train_gan(_with(config, max_steps=5), damsm, whole, progress=False)
-    train_gan(_with(config, max_steps=3), damsm, split, progress=False)   # stops mid-epoch
-    train_gan(_with(config, max_steps=5), damsm, split, resume=True, progress=False)
+    train_gan(_with(_workers(config, 0), max_steps=5), damsm, whole, progress=False)
+    train_gan(_with(_workers(config, 2), max_steps=3), damsm, split,      # stops mid-epoch
+              progress=False)
+    train_gan(_with(_workers(config, 1), max_steps=5), damsm, split, resume=True,
+              progress=False)
     assert _losses(split) == _losses(whole)
     a = load_checkpoint(whole / "checkpoints" / "gan_last.pt")
     b = load_checkpoint(split / "checkpoints" / "gan_last.pt")

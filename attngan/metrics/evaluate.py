@@ -22,6 +22,7 @@ import torch
 
 from attngan.config import with_absolute_paths
 from attngan.data.dataset import build_dataset
+from attngan.data.loader import float_images
 from attngan.data.errors import DataError
 from attngan.files import OutputError, file_sha256, require_writable, write_text_atomically
 from attngan.metrics import INCEPTION_SPLITS, INCEPTION_VARIANT, PAPER_SAMPLES
@@ -56,10 +57,11 @@ def _is_evaluation(path: Path) -> bool:
 
 
 def _test_images(dataset, batch_size: int):
-    """The test images in batches, one per image, at the data set's top size."""
+    """The test images in batches, one per image, at the data set's top size, in [-1, 1]."""
     for start in range(0, len(dataset.keys), batch_size):
         stop = min(start + batch_size, len(dataset.keys))
-        yield torch.stack([dataset.images(i)[-1] for i in range(start, stop)])
+        yield float_images(torch.stack([dataset.images(i)[-1] for i in range(start, stop)]),
+                           torch.device("cpu"))
 
 
 def evaluation_captions(num_images: int, per_image: int, samples: int,

@@ -37,12 +37,12 @@ REQUIRED_ENTRIES = {
             "vocab_fingerprint", "text_encoder", "trainer", "step", "epoch"),
 }
 # What a resumed run may set differently from the run it continues: how long it trains, how
-# often it writes, where and with which kernels it runs, where the data and the Inception
-# weights now are, and how the finished run is evaluated. Anything else (a model size, a
+# often it writes, where and with which kernels it runs, where the data, its image cache and the
+# Inception weights now are, and how the finished run is evaluated. Anything else (a model size, a
 # learning rate, the data's sizes) would not continue the run but start another from its
 # weights, or fail to load them.
 RESUME_MAY_CHANGE = frozenset({
-    "data.root", "image_encoder.weights", "data.num_workers",
+    "data.root", "data.image_cache", "image_encoder.weights", "data.num_workers",
     "damsm.epochs", "damsm.log_every", "damsm.checkpoint_every",
     "damsm.eval_candidates", "damsm.eval_folds", "data.eval_words_num",
     "gan.epochs", "gan.max_steps", "gan.log_every", "gan.sample_every", "gan.checkpoint_every",

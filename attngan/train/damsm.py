@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from attngan.config import (Config, config_from_dict, config_to_dict, save_config,
                             with_absolute_paths)
-from attngan.data.dataset import build_dataset, collate
+from attngan.data.dataset import build_dataset
+from attngan.data.loader import evaluation_batches, float_images, training_batches
 from attngan.data.vocab import Vocabulary
 from attngan.files import file_sha256, write_text_atomically
 from attngan.metrics.r_precision import check_protocol, r_precision, r_precision_from_blocks
@@ -53,7 +53,7 @@ def damsm_losses(text_encoder, image_encoder, batch: dict, config: Config,
     # the copies are queued (non_blocking), so that the step need not wait for the GPU.
     captions, lengths = batch["captions"], batch["lengths"]
     class_ids = batch["class_ids"].to(device, non_blocking=True)
-    images = batch["images"][-1].to(device, non_blocking=True)
+    images = float_images(batch["images"][-1], device)
     words, sentence = text_encoder(captions, lengths)            # [B, D, L], [B, D]
     regions, code = image_encoder(images)                         # [B, D, h, w], [B, D]
     gammas = config.damsm
@@ -102,7 +102,8 @@ def encode_split(text_encoder, image_encoder, dataset, device: torch.device,
         captions, lengths = zip(*(dataset.caption(k * per_image + k % per_image)
                                   for k in indices))
         captions, lengths = torch.stack(captions), torch.tensor(lengths)   # on the CPU
-        images = torch.stack([dataset[k]["images"][-1] for k in indices]).to(device)
+        images = torch.stack([dataset[k]["images"][-1] for k in indices])
+        images = float_images(images, device)
         words, sentence = text_encoder(captions, lengths)
         regions, code = image_encoder(images)
         for name, value in (("words", words), ("lengths", lengths), ("sentences", sentence),
@@ -204,11 +205,13 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
 
-    test_loader = DataLoader(test_set, batch_size=settings.batch_size, shuffle=False,
-                             drop_last=True, collate_fn=collate,
-                             num_workers=config.data.num_workers)
+    steps_per_epoch = len(train_set) // settings.batch_size
     started = time.time()
-    with open(out_dir / "metrics.jsonl", "a") as metrics:
+    with open(out_dir / "metrics.jsonl", "a") as metrics, \
+            training_batches(train_set, config, device, settings.batch_size, epoch=start_epoch,
+                             batch=0, count=(settings.epochs - start_epoch) * steps_per_epoch,
+                             progress=progress) as batches, \
+            evaluation_batches(test_set, config, device, settings.batch_size) as test_loader:
         def log(record: dict) -> None:
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
@@ -217,14 +220,11 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
             lr = epoch_learning_rate(settings.lr, settings.lr_decay, settings.min_lr_ratio, epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            order = torch.Generator().manual_seed(config.run.seed * 100_003 + epoch)
-            loader = DataLoader(train_set, batch_size=settings.batch_size, shuffle=True,
-                                drop_last=True, collate_fn=collate, generator=order,
-                                num_workers=config.data.num_workers)
             text_encoder.train()
             image_encoder.train()
-            bar = tqdm(loader, desc=f"DAMSM epoch {epoch + 1}/{settings.epochs}",
-                       disable=not progress, leave=False)
+            bar = tqdm(batches.take(steps_per_epoch), total=steps_per_epoch,
+                       desc=f"DAMSM epoch {epoch + 1}/{settings.epochs}", disable=not progress,
+                       leave=False)
             for batch in bar:
                 losses = damsm_training_step(text_encoder, image_encoder, optimizer, batch,
                                              config, device)

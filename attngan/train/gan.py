@@ -14,10 +14,10 @@ averaged generator for fixed training captions, every gan.sample_every steps and
 with samples/captions.txt) and checkpoints/gan_last.pt: the generator, discriminators, EMA,
 optimizers, step, epoch and position in the epoch, RNG state, config, vocabulary, the text
 encoder (so sampling needs no DAMSM file) and the DAMSM checkpoint's path and SHA-256.
-`resume=True` continues exactly where the checkpoint stopped: the batch order of an epoch is a
-permutation drawn from a generator seeded by (run.seed, epoch), data augmentation and noise
-draw from the restored global RNG. Exactness holds with data.num_workers = 0 (workers seed
-their own generators).
+`resume=True` continues exactly where the checkpoint stopped, with any data.num_workers: the
+batch order of an epoch is a permutation drawn from a generator seeded by (run.seed, epoch),
+each item's augmentation draws from one seeded by (run.seed, epoch, index)
+(`attngan.data.loader`), the noise from the restored global RNG.
 """
 from __future__ import annotations
 
@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from attngan.config import (Config, config_from_dict, config_to_dict, save_config,
                             with_absolute_paths)
-from attngan.data.dataset import build_dataset, collate, read_split
+from attngan.data.dataset import build_dataset, read_split
+from attngan.data.loader import float_images, training_batches
 from attngan.data.vocab import Vocabulary
 from attngan.files import file_sha256, write_text_atomically
 from attngan.nn.discriminator import build_discriminators
@@ -92,7 +92,7 @@ class GANTrainer:
         # the copies are queued (non_blocking), so that the step need not wait for the GPU.
         captions, lengths = batch["captions"], batch["lengths"]
         class_ids = batch["class_ids"].to(device, non_blocking=True)
-        reals = [image.to(device, non_blocking=True) for image in batch["images"]]
+        reals = [float_images(image, device) for image in batch["images"]]
         self.netG.train()
         self.netsD.train()
         with torch.no_grad(), training_autocast(config, device):
@@ -272,17 +272,9 @@ def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resum
     last: dict[str, float] = {}
     bar = tqdm(total=total_steps, initial=step, desc="GAN", disable=not progress)
     with open(out_dir / "metrics.jsonl", "a") as metrics:
-        while step < total_steps:
-            order = torch.Generator().manual_seed(config.run.seed * 100_003 + epoch)
-            permutation = torch.randperm(len(dataset), generator=order).tolist()
-            batches = [permutation[i * gan.batch_size:(i + 1) * gan.batch_size]
-                       for i in range(batch_in_epoch, steps_per_epoch)]
-            # The loader's own generator seeds workers, so the global RNG is not drawn from
-            # when an epoch (or a resumed one) starts.
-            loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
-                                num_workers=config.data.num_workers,
-                                generator=torch.Generator().manual_seed(
-                                    config.run.seed * 100_003 + epoch * 1_000 + batch_in_epoch))
+        with training_batches(dataset, config, device, gan.batch_size, epoch=epoch,
+                              batch=batch_in_epoch, count=total_steps - step,
+                              progress=progress) as loader:
             for batch in loader:
                 losses = trainer.step(batch)
                 step += 1
