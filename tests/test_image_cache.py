@@ -15,6 +15,7 @@ from attngan.data import DataError, build_dataset
 from attngan.data.dataset import TextImageDataset, read_split
 from attngan.data.image_cache import image_cache_path
 from attngan.data.loader import prepare_image_cache
+from attngan.files import OutputError
 from test_coco_reader import config as coco_config, write_split, TRAIN, VAL
 from test_cub_reader import IMAGES, config as cub_config, make_cub
 
@@ -146,8 +147,8 @@ def test_a_cache_elsewhere_and_a_folder_that_cannot_take_it(cub, tmp_path):
     assert build_dataset(elsewhere, "test", augment=False).image_cache.path == path
     assert build_dataset(cub_config(cub), "test", augment=False).image_cache is None
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(DataError, match="cannot write the image cache .*set data.image_cache "
-                                        "to a folder that can take it"):
+    with pytest.raises(OutputError, match="cannot write .*test-38px-box.cache .*set "
+                                          "data.image_cache to a folder that can take it"):
         prepare_image_cache(cub_config(cub, image_cache=str(tmp_path / "a_file")), "test",
                             progress=False)
 

@@ -189,9 +189,5 @@ def write_image_cache(path: Path, identity: dict, images: Iterable[np.ndarray]) 
         stream.seek(len(MAGIC))
         stream.write(struct.pack("<Q", header_at))
 
-    try:
-        return write_atomically(path, write)
-    except OSError as error:
-        raise DataError(f"cannot write the image cache {path} ({error.strerror or error}); make "
-                        f"room there (README: sizes), or set data.image_cache to a folder that "
-                        "can take it") from None
+    return write_atomically(path, write, fix="make room there (README: sizes), or set "
+                                             "data.image_cache to a folder that can take it")
