@@ -1,5 +1,5 @@
-"""Run set-up shared by every training and evaluation entry point: device, threads, seeds, and
-the precision of training steps."""
+"""Run set-up shared by every training and evaluation entry point: device, threads and seeds
+(the switches of a training step are in `attngan.train.speed`)."""
 from __future__ import annotations
 
 import os
@@ -55,11 +55,3 @@ def prepare_run(config: Config) -> torch.device:
                                                 f"{device.type}: {error}") from None
     return device
 
-
-def training_autocast(config: Config, device: torch.device) -> torch.autocast:
-    """A fresh autocast context for the forward passes of a training step: bfloat16 with
-    run.precision = "bf16" (matrix products and convolutions in bfloat16, what autocast keeps in
-    float32, such as the losses, in float32), off with "fp32". Backward passes and optimizer
-    steps run outside it, on the float32 weights."""
-    return torch.autocast(device.type, dtype=torch.bfloat16,
-                          enabled=config.run.precision == "bf16")
