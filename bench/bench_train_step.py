@@ -28,7 +28,7 @@ allocated while the row was built, warmed up and timed, above what was allocated
 the model, optimizer state and activations); launches per step, from torch.profiler over
 --profile N steps: on a GPU the kernel launches, copies and graph launches the host made (CUDA
 runtime calls), on the CPU the ops and compiled kernels the host called (profiler events with
-no op above them; allocations not counted), a proxy for launches; on a GPU also the kernels
+no op above them; allocations and views not counted), a proxy for launches; on a GPU also the kernels
 (and copies) the device ran per step and how busy it was (their time against the step's). The
 fastest row's profile follows the table: the ops that take the most, on a GPU by the time of
 the kernels each launched, then the kernels; on the CPU by the ops' own CPU time.
@@ -46,6 +46,7 @@ encoders of random weights).
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import signal
 import sys
@@ -102,7 +103,8 @@ LADDER = (
     Rung("cuda_graphs", "CUDA graphs", {"cuda_graphs": True}),
 )
 RUNG_NAMES = tuple(rung.name for rung in LADDER)
-# Profiler events that allocate and launch nothing (left out of the CPU's launch count).
+# Profiler events that allocate and launch nothing (left out of the CPU's launch count, with
+# the views: is_view).
 ALLOCATIONS = ("aten::empty", "aten::empty_strided", "aten::empty_like")
 # CUDA runtime and driver calls that put work on a stream (the GPU's launch count).
 LAUNCHES = ("LaunchKernel", "GraphLaunch", "MemcpyAsync", "MemsetAsync")
@@ -209,17 +211,40 @@ def profile_step(step, device: torch.device, steps: int, trace: Optional[Path] =
     return summary
 
 
+@functools.lru_cache(maxsize=None)
+def is_view(name: str) -> bool:
+    """Whether every overload of the aten op `name` ("aten::detach") that returns tensors
+    returns views of its inputs (a view computes nothing; aten::to returns one when there is
+    nothing to convert)."""
+    namespace, _, op = name.partition("::")
+    packet = getattr(torch.ops.aten, op, None) if namespace == "aten" else None
+    if packet is None:
+        return False
+    returns = [schema.returns for schema in (getattr(packet, overload)._schema
+                                             for overload in packet.overloads())
+               if any("Tensor" in str(value.type) for value in schema.returns)]
+    return bool(returns) and all(value.alias_info is not None and not value.alias_info.is_write
+                                 for values in returns for value in values)
+
+
 def launch_count(events, cuda: bool) -> int:
     """What the host launched in a profile's `events` (torch.profiler's FunctionEvents): on a
     GPU its CUDA runtime and driver calls that queue work (LAUNCHES); on the CPU the ops and
     compiled kernels it called, counted once each (events with no op above them: the
     convolution an aten::conv2d calls, the kernels an autograd node runs are not counted
-    twice), allocations (ALLOCATIONS) left out."""
+    twice), but for those that compute nothing: allocations (ALLOCATIONS) and views
+    (is_view) that called no op that computes."""
     if cuda:
         return sum(any(name in event.name for name in LAUNCHES) for event in events)
 
     def is_op(event) -> bool:
-        return (event.name.startswith(("aten::", "attngan")) or "cpp_fused" in event.name)
+        return event.name.startswith(("aten::", "attngan")) or "cpp_fused" in event.name
+
+    def computes(event) -> bool:
+        if event.name in ALLOCATIONS:
+            return False
+        return not is_view(event.name) or any(computes(child) for child in event.cpu_children
+                                              if is_op(child))
 
     def top_level(event) -> bool:
         parent = event.cpu_parent
@@ -228,8 +253,7 @@ def launch_count(events, cuda: bool) -> int:
                 return False
             parent = parent.cpu_parent
         return True
-    return sum(is_op(event) and event.name not in ALLOCATIONS and top_level(event)
-               for event in events)
+    return sum(is_op(event) and top_level(event) and computes(event) for event in events)
 
 
 def summarize_profile(events, steps: int, cuda: bool, top: int = 15) -> dict:

@@ -72,17 +72,22 @@ def test_train_step_ladder(stage):
 def test_ladder_counts_what_the_host_launches():
     """launch_count on profiler events as torch.profiler gives them: on a GPU the runtime calls
     that queue work; on the CPU each op once at its top level (not the ops it calls), compiled
-    kernels too, allocations not."""
+    kernels too, allocations and views not (a conversion that copied is counted)."""
     def event(name, parent=None):
-        return SimpleNamespace(name=name, cpu_parent=parent)
+        made = SimpleNamespace(name=name, cpu_parent=parent, cpu_children=[])
+        if parent is not None:
+            parent.cpu_children.append(made)
+        return made
     conv = event("aten::conv2d")
     backward = event("autograd::engine::evaluate_function: ConvolutionBackward0")
     compiled = event("Torch-Compiled Region: 0/0")
+    converts, keeps = event("aten::to"), event("aten::to")
     cpu_events = [conv, event("aten::convolution", conv), event("aten::empty", conv), backward,
                   event("aten::convolution_backward", backward), event("aten::empty_strided"),
                   event("graph_0_cpp_fused_relu_0", compiled), compiled,
-                  event("attngan_C::word_attention_fwd")]
-    assert bench_train_step.launch_count(cpu_events, cuda=False) == 4
+                  event("attngan_C::word_attention_fwd"), event("aten::detach"),
+                  converts, event("aten::_to_copy", converts), keeps]
+    assert bench_train_step.launch_count(cpu_events, cuda=False) == 5
     gpu_events = [event("cudaLaunchKernel", conv), event("cuLaunchKernel"),
                   event("cudaGraphLaunch"), event("cudaMemcpyAsync"), event("cudaStreamSynchronize")]
     assert bench_train_step.launch_count(gpu_events, cuda=True) == 4

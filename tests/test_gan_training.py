@@ -101,9 +101,9 @@ def test_precision_of_training_steps(precision, dtype, tmp_path, monkeypatch):
     bfloat16 (the fused ops receive bfloat16 features), losses stay finite, the weights float32;
     fp32 (the default) runs them in float32."""
     import attngan.train.damsm as damsm_module
-    import attngan.train.gan as gan_module
+    import attngan.train.losses as losses_module
     seen = {"damsm": set(), "gan": set(), "image encoder training": set()}
-    word_loss, generator_loss = damsm_module.damsm_word_loss, gan_module.damsm_generator_loss
+    word_loss, generator_loss = damsm_module.damsm_word_loss, losses_module.damsm_generator_loss
 
     def spy_word_loss(words, lengths, regions, **kwargs):
         seen["damsm"].add(regions.dtype)
@@ -116,7 +116,7 @@ def test_precision_of_training_steps(precision, dtype, tmp_path, monkeypatch):
         return generator_loss(image_encoder, image, *args, **kwargs)
 
     monkeypatch.setattr(damsm_module, "damsm_word_loss", spy_word_loss)
-    monkeypatch.setattr(gan_module, "damsm_generator_loss", spy_generator_loss)
+    monkeypatch.setattr(losses_module, "damsm_generator_loss", spy_generator_loss)
     config, damsm = make_tiny_run(tmp_path, f"run.precision={precision}")
     train_gan(_with(config, max_steps=3), damsm, tmp_path / "gan", progress=False)
     # (the DAMSM run's test loss is evaluated in float32: what it measures stays comparable)

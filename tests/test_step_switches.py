@@ -32,7 +32,8 @@ from attngan.nn.image_encoder import InceptionEncoder, SmallImageEncoder
 from attngan.nn.inception import InceptionTrunk, fold_batch_norms
 from attngan.train.checkpoint import CheckpointWriter, load_checkpoint
 from attngan.train.damsm import DAMSMTrainer
-from attngan.train.losses import discriminator_loss, generator_adversarial_loss
+from attngan.train import speed
+from attngan.train.losses import discriminator_loss, generator_loss
 from attngan.train.speed import (FAITHFUL, StepSettings, adam, frozen_network,
                                  load_optimizer_state, step_settings)
 
@@ -59,17 +60,20 @@ def single_thread():
 
 # --- what run.speed and the switches resolve to -------------------------------------------
 
-def test_speed_resolves_per_device_and_stage():
+def test_speed_resolves_per_device_and_stage(monkeypatch):
     faithful, fast = RunConfig(), RunConfig(speed="fast")
     assert step_settings(faithful, CPU) == step_settings(faithful, CUDA) == FAITHFUL
-    assert step_settings(fast, CPU) == StepSettings("bf16", channels_last=True, fused_adam=True,
-                                                    compile=True)
+    for bfloat16, precision in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(speed, "cpu_has_bfloat16", lambda: bfloat16)
+        assert step_settings(fast, CPU) == StepSettings(precision, channels_last=True,
+                                                        fused_adam=True, compile=True)
     everything = StepSettings("bf16", True, True, True, True, True)
     assert step_settings(fast, CUDA) == everything
     assert step_settings(fast, CUDA, stage="damsm") == StepSettings("bf16", True, True, True,
                                                                     True, False)
-    loop = RunConfig(speed="fast", impl="loop")
-    assert not step_settings(loop, CUDA).cuda_graphs
+    loop = RunConfig(speed="fast", impl="loop")     # the original's loop reads on the host
+    assert not step_settings(loop, CUDA).cuda_graphs and not step_settings(loop, CUDA).compile
+    assert step_settings(loop, CUDA, stage="damsm").compile
     # a switch set in the config wins over run.speed either way
     assert step_settings(RunConfig(speed="fast", compile=False, precision="tf32"), CUDA) == \
         StepSettings("tf32", True, True, True, False, True)
@@ -83,6 +87,7 @@ def test_speed_resolves_per_device_and_stage():
     (dict(cudnn_benchmark=True), CPU, "gan", "run.cudnn_benchmark=true cannot run here"),
     (dict(cuda_graphs=True), CUDA, "damsm", "DAMSM pretraining trains the text encoder"),
     (dict(cuda_graphs=True, impl="loop"), CUDA, "gan", "run.impl=loop reads the caption lengths"),
+    (dict(compile=True, impl="loop"), CPU, "gan", "run.compile=true cannot run here: run.impl=loop"),
 ])
 def test_a_switch_that_cannot_run_is_one_clear_error(run, device, stage, message):
     with pytest.raises(ConfigError, match=message):
@@ -178,13 +183,13 @@ def test_a_switch_trains_as_the_eager_float32_step(switch, float64_and_float32):
 
 def test_the_compiled_step_trains_as_the_eager_float32_step(float64_and_float32):
     """All the CPU's float32 switches together, as run.speed=fast has them but bf16: the first
-    step eager, the next ones compiled (the generator, each discriminator's loss, the
-    adversarial loss of the generator step, the image encoder: one graph each, fullgraph)."""
+    step eager, the next ones compiled (the generator, each discriminator's loss, the generator
+    step's loss: one graph each, fullgraph)."""
     from torch._dynamo.utils import counters
     torch._dynamo.reset()
     graphs = counters["stats"]["unique_graphs"]
     run = _gan_run(["run.channels_last=true", "run.fused_adam=true", "run.compile=true"])
-    assert counters["stats"]["unique_graphs"] >= graphs + 5
+    assert counters["stats"]["unique_graphs"] >= graphs + 4
     _check_rule(run, float64_and_float32)
 
 
@@ -279,8 +284,9 @@ def test_frozen_networks_cast_once_compute_as_autocast_does():
 def test_every_network_compiles_as_one_graph():
     """The networks of the CUB preset, at small widths (ngf 8, ndf 4, batch 2; Inception at
     80 px), traced by torch.compile with fullgraph=True, which fails at any graph break: the
-    generator, each discriminator's loss, the generator step's adversarial loss, Inception
-    (folded too) and the small encoder."""
+    generator, each discriminator's loss, the generator step's loss through Inception (folded,
+    as the GAN runs it) and through the small encoder, and Inception in training mode (as DAMSM
+    pretraining runs it)."""
     config = load_config("configs/birds.yaml", ["image_encoder.random_init=true", "gan.ngf=8",
                                                 "gan.ndf=4"])
     text_dim, batch = config.text_encoder.hidden_dim, 2
@@ -297,12 +303,20 @@ def test_every_network_compiles_as_one_graph():
     assert [fake.shape[-1] for fake in fakes] == [64, 128, 256]
     for net, fake in zip(discriminators, fakes):
         traced(discriminator_loss)(net, fake.detach(), fake.detach(), sentence).backward()
-    traced(generator_adversarial_loss)(discriminators, fakes, sentence).backward()
     inception = InceptionEncoder(text_dim, 80, InceptionTrunk()).eval().requires_grad_(False)
-    for encoder in (inception, fold_batch_norms(copy.deepcopy(inception)),
-                    SmallImageEncoder(text_dim, 64, 8)):
-        regions, code = traced(encoder)(fakes[-1].detach())
-        assert code.shape == (batch, text_dim)
+    mu, logvar = torch.randn(batch, 100, requires_grad=True), torch.randn(batch, 100)
+    fakes = [fake.detach().requires_grad_() for fake in fakes]
+    discriminators.requires_grad_(False)
+    for encoder in (fold_batch_norms(copy.deepcopy(inception)),
+                    SmallImageEncoder(text_dim, 64, 8).eval().requires_grad_(False)):
+        losses = traced(generator_loss)(
+            discriminators, encoder, fakes, mu, logvar, words, sentence, lengths,
+            torch.tensor([3, 4]), lambda_damsm=5.0, gamma1=4.0, gamma2=5.0, gamma3=10.0,
+            impl="auto")
+        losses["g_total"].backward()
+        assert sorted(losses) == ["g_adv", "g_total", "kl", "s0", "s1", "w0", "w1"]
+    regions, code = traced(inception.train())(fakes[-1].detach())
+    assert code.shape == (batch, text_dim)
 
 
 # --- optimizer state across switches, background checkpoints -------------------------------

@@ -46,8 +46,7 @@ from attngan.train.checkpoint import (CheckpointError, CheckpointWriter, load_ch
                                       rng_state, set_rng_state, trim_metrics)
 from attngan.train.damsm import load_damsm, resolve_damsm_checkpoint
 from attngan.train.ema import EMA
-from attngan.train.losses import (damsm_generator_loss, discriminator_loss,
-                                  generator_adversarial_loss, kl_loss)
+from attngan.train.losses import discriminator_loss, generator_loss
 from attngan.train.runtime import prepare_run
 from attngan.train.speed import (EAGER_STEPS, StepSettings, adam, backend_flags, compiled,
                                  frozen_network, load_optimizer_state, step_settings,
@@ -67,11 +66,11 @@ def resolve_gan_checkpoint(path_or_run_dir: str | Path) -> Path:
 
 
 class _StepNetworks(NamedTuple):
-    """What a step calls: the networks and losses, eager or compiled."""
+    """What a step calls, eager or compiled: the generator, a discriminator's loss (of the
+    discriminator passed), the generator step's loss (through the frozen image encoder)."""
     generate: Callable
     discriminator_loss: Callable
-    adversarial_loss: Callable
-    image_encoder: Callable
+    generator_loss: Callable
 
 
 class GANTrainer:
@@ -111,8 +110,7 @@ class GANTrainer:
                              for net in self.netsD]
         self.ema = EMA(self.netG, gan.ema_decay)
         self.steps = 0                    # steps this trainer has taken
-        eager = _StepNetworks(self.netG, discriminator_loss, generator_adversarial_loss,
-                              self.image_encoder)
+        eager = _StepNetworks(self.netG, discriminator_loss, generator_loss)
         self._networks = (eager, _StepNetworks(*map(compiled, eager)) if settings.compile
                           else eager)
         self._static: Optional[list[torch.Tensor]] = None    # cuda_graphs: input buffers,
@@ -165,20 +163,16 @@ class GANTrainer:
 
         self.netsD.requires_grad_(False)
         with training_autocast(settings, device):
-            adversarial = networks.adversarial_loss(self.netsD, fakes, sentence)
-            damsm = damsm_generator_loss(
-                networks.image_encoder, fakes[-1], words, sentence, lengths, class_ids,
-                gamma1=config.damsm.gamma1, gamma2=config.damsm.gamma2,
-                gamma3=config.damsm.gamma3, impl=config.run.impl)
-            kl = kl_loss(mu, logvar)
-            total = adversarial + config.gan.lambda_damsm * sum(damsm.values()) + kl
+            generator_losses = networks.generator_loss(
+                self.netsD, self.image_encoder, fakes, mu, logvar, words, sentence, lengths,
+                class_ids, lambda_damsm=config.gan.lambda_damsm, gamma1=config.damsm.gamma1,
+                gamma2=config.damsm.gamma2, gamma3=config.damsm.gamma3, impl=config.run.impl)
         self.optimizer_g.zero_grad(set_to_none=True)
-        total.backward()
+        generator_losses["g_total"].backward()
         self.optimizer_g.step()
         self.netsD.requires_grad_(True)
         self.ema.update(self.netG)
-        losses.update(g_adv=adversarial.detach(), **{k: v.detach() for k, v in damsm.items()},
-                      kl=kl.detach(), g_total=total.detach())
+        losses.update({name: loss.detach() for name, loss in generator_losses.items()})
         return losses
 
     def _graphed_update(self, networks: _StepNetworks, reals: list[torch.Tensor],

@@ -3,8 +3,9 @@ from them.
 
 `step_settings` resolves a run's switches on its device: each one the config sets, the others
 as run.speed says ("faithful": the paper's step, IEEE float32 and nothing else; "fast": every
-switch that runs on the device for the stage). None of them changes the model: batch size,
-BatchNorm statistics, losses and update order stay the paper's. What each switch does:
+switch that runs on the device for the stage, bf16 on a CPU only where it has bfloat16
+instructions). None of them changes the model: batch size, BatchNorm statistics, losses and
+update order stay the paper's. What each switch does:
 
 - precision: "fp32" turns TF32 off for cuBLAS and cuDNN (torch's default lets cuDNN's
   convolutions use TF32); "tf32" turns it on (GPU only); "bf16" runs the forward passes under
@@ -14,7 +15,8 @@ BatchNorm statistics, losses and update order stay the paper's. What each switch
 - cudnn_benchmark: cuDNN times its algorithms for each convolution shape once (GPU only).
 - fused_adam: torch's fused Adam kernel (capturable when the step is captured).
 - compile: torch.compile (fullgraph) of the generator, each discriminator's loss and the
-  frozen image encoder, whose Inception BatchNorm is folded into its convolutions first.
+  generator step's loss (through the frozen image encoder, whose Inception BatchNorm is folded
+  into its convolutions first); DAMSM pretraining compiles its image encoder.
 - cuda_graphs: the GAN's discriminator and generator updates captured as one CUDA graph and
   replayed (GPU only; the frozen text encoder runs before it).
 """
@@ -32,6 +34,7 @@ from attngan.config import ConfigError, RunConfig
 from attngan.nn.inception import fold_batch_norms
 
 __all__ = ["StepSettings", "FAITHFUL", "SWITCHES", "step_settings", "unavailable_reason",
+           "cpu_has_bfloat16",
            "training_autocast", "backend_flags", "adam", "load_optimizer_state",
            "frozen_network", "compiled", "EAGER_STEPS"]
 
@@ -72,6 +75,9 @@ def unavailable_reason(switch: str, value, device: torch.device, stage: str = "g
         return "TF32 is a format of NVIDIA tensor cores; on the CPU use fp32 or bf16"
     if switch == "cudnn_benchmark" and not on_cuda:
         return "cudnn.benchmark times cuDNN's convolutions, on a CUDA device only"
+    if switch == "compile" and stage == "gan" and impl == "loop":
+        return ("run.impl=loop reads the caption lengths back on the host (the original's "
+                "per-caption loop), which a compiled graph cannot hold")
     if switch == "cuda_graphs":
         if not on_cuda:
             return "CUDA graphs need a CUDA device"
@@ -84,17 +90,31 @@ def unavailable_reason(switch: str, value, device: torch.device, stage: str = "g
     return None
 
 
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); elsewhere bfloat16
+    products are emulated, slower than float32."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def _fast(switch: str, device: torch.device, stage: str, impl: str):
+    """The value run.speed=fast gives `switch` on `device`."""
+    value = getattr(_FAST, switch)
+    if unavailable_reason(switch, value, device, stage, impl) is not None or (
+            switch == "precision" and device.type == "cpu" and not cpu_has_bfloat16()):
+        return getattr(FAITHFUL, switch)
+    return value
+
+
 def step_settings(run: RunConfig, device: torch.device, stage: str = "gan") -> StepSettings:
     """The switches of `run` on `device` for `stage`: those set in the config, the others from
     run.speed. A set switch that cannot run here is a ConfigError naming it and the fix."""
+    device = torch.device(device)
     chosen = {}
     for switch in SWITCHES:
         value = getattr(run, switch)
         if value is None:
-            fast = getattr(_FAST, switch)
-            use_fast = run.speed == "fast" and unavailable_reason(
-                switch, fast, device, stage, run.impl) is None
-            value = fast if use_fast else getattr(FAITHFUL, switch)
+            value = (_fast(switch, device, stage, run.impl) if run.speed == "fast"
+                     else getattr(FAITHFUL, switch))
         else:
             reason = unavailable_reason(switch, value, device, stage, run.impl)
             if reason is not None:
