@@ -368,7 +368,8 @@ def main() -> int:
                         help="steps profiled per row (launches, kernels, the fastest row's "
                              "profile; default 2)")
     parser.add_argument("--trace", type=Path, default=None, metavar="DIR",
-                        help="also write each row's profile as a Chrome trace to DIR/<row>.json")
+                        help="also write the fastest row's profile as a Chrome trace to "
+                             "DIR/<row>.json")
     parser.add_argument("--record", action="store_true", help="write bench/results/")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -409,6 +410,9 @@ def main() -> int:
         print("no row of --rows runs on this device")
         return 1
     fastest = min(measured, key=lambda row: row["ms"])
+    for row in measured:            # each row's trace was written: the fastest one's is kept
+        if args.trace is not None and row is not fastest:
+            (args.trace / f"{row['row']}.json").unlink(missing_ok=True)
     info = machine(device)
     title = "AttnGAN training step" if args.stage == "gan" else "DAMSM pretraining step"
     batch = batch_size(preset_config(args.preset, device, (), args.stage), args.stage)

@@ -123,7 +123,8 @@ class GANTrainer:
         """One training step on a collated batch; returns the losses as detached scalar
         tensors (converting them to floats every step would wait for the device)."""
         device, settings = self.device, self.settings
-        reals = [image.to(device, non_blocking=True) for image in batch["images"]]  # the images
+        # The batch's images on the device: their one transfer (graphs copy them on).
+        reals = [image.to(device, non_blocking=True) for image in batch["images"]]
         # Captions and lengths stay on the CPU, where the text encoder and the ops check them, and
         # the copies are queued (non_blocking), so that the step need not wait for the GPU.
         captions, lengths = batch["captions"], batch["lengths"]
