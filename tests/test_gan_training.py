@@ -257,7 +257,7 @@ def test_gpu_training_steps_never_wait_for_the_gpu(no_gpu_synchronisation):
     them (CPU tensors): no synchronisation with the GPU anywhere (the lengths and caption ids
     are checked on the CPU, copies are queued), which torch's sync debug mode would raise."""
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    config = preset_config("shapes", "auto", cuda)
+    config = preset_config("shapes", cuda)
     trainer, gan_batch = make_trainer(config, cuda), random_batch(config, cpu)
     damsm = DAMSMTrainer(config, VOCAB_SIZE, cuda)
     damsm_batch = random_batch(config, cpu, stage="damsm")

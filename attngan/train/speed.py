@@ -2,10 +2,10 @@
 from them.
 
 `step_settings` resolves a run's switches on its device: each one the config sets, the others
-as run.speed says ("faithful": the paper's step, IEEE float32 and nothing else; "fast": every
-switch that runs on the device for the stage, bf16 on a CPU only where it has bfloat16
-instructions). None of them changes the model: batch size, BatchNorm statistics, losses and
-update order stay the paper's. What each switch does:
+as run.speed says ("faithful": the paper's step, IEEE float32 and nothing else; "fast": on a
+GPU every switch that runs there for the stage, on a CPU those measured faster there). None of
+them changes the model: batch size, BatchNorm statistics, losses and update order stay the
+paper's. What each switch does:
 
 - precision: "fp32" turns TF32 off for cuBLAS and cuDNN (torch's default lets cuDNN's
   convolutions use TF32); "tf32" turns it on (GPU only); "bf16" runs the forward passes under
@@ -96,11 +96,22 @@ def cpu_has_bfloat16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
+def _faster_on_cpu(switch: str, stage: str) -> bool:
+    """Whether `switch` made the `stage`'s step faster on the development CPU (docs/RESULTS.md,
+    "The training step's switches"): not channels_last, nor compile in DAMSM pretraining (its
+    small image encoder runs faster through oneDNN eagerly), nor bfloat16 on a CPU without
+    bfloat16 instructions."""
+    if switch == "precision":
+        return cpu_has_bfloat16()
+    return switch != "channels_last" and not (switch == "compile" and stage == "damsm")
+
+
 def _fast(switch: str, device: torch.device, stage: str, impl: str):
-    """The value run.speed=fast gives `switch` on `device`."""
+    """The value run.speed=fast gives `switch` on `device`: on, where it runs (on a CPU, where
+    it was measured faster)."""
     value = getattr(_FAST, switch)
     if unavailable_reason(switch, value, device, stage, impl) is not None or (
-            switch == "precision" and device.type == "cpu" and not cpu_has_bfloat16()):
+            device.type == "cpu" and not _faster_on_cpu(switch, stage)):
         return getattr(FAITHFUL, switch)
     return value
 
