@@ -400,9 +400,11 @@ def main() -> int:
                 stopped = rung.name
                 break
             row["settings"] = speed.step_settings(config.run, device, args.stage).describe()
-            print(f"  {rung.name}: {row['ms']:.1f} ms/step, {row['profile']['launches']:.0f} "
-                  f"launches/step" + (f", {row['profile']['kernel_count']:.0f} kernels/step, "
-                                      f"peak {row['peak_mib']:.0f} MiB" if "peak_mib" in row
+            profile = row["profile"]     # (each row printed as it comes: the log keeps it)
+            print(f"  {rung.name}: {row['ms']:.1f} ms/step, {profile['launches']:.0f} "
+                  f"launches/step" + (f", {profile['kernel_count']:.0f} kernels/step, GPU busy "
+                                      f"{100 * profile['kernels_ms'] / row['ms']:.0f} %, peak "
+                                      f"{row['peak_mib']:.0f} MiB" if "peak_mib" in row
                                       else ""), flush=True)
         rows.append(row)
     measured = [row for row in rows if "ms" in row]

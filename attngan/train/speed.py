@@ -33,10 +33,9 @@ import torch.nn as nn
 from attngan.config import ConfigError, RunConfig
 from attngan.nn.inception import fold_batch_norms
 
-__all__ = ["StepSettings", "FAITHFUL", "SWITCHES", "step_settings", "unavailable_reason",
-           "cpu_has_bfloat16",
-           "training_autocast", "backend_flags", "adam", "load_optimizer_state",
-           "frozen_network", "compiled", "EAGER_STEPS"]
+__all__ = ["StepSettings", "FAITHFUL", "SWITCHES", "EAGER_STEPS", "step_settings",
+           "unavailable_reason", "cpu_has_bfloat16", "training_autocast", "backend_flags", "adam",
+           "load_optimizer_state", "frozen_network", "compiled"]
 
 SWITCHES = ("precision", "channels_last", "cudnn_benchmark", "fused_adam", "compile",
             "cuda_graphs")
