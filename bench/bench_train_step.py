@@ -24,11 +24,11 @@ out). Each row steps on one random batch (random encoders, random images and cap
 preset's sizes: timing does not depend on the values), after the trainer's own warm-up (eager
 steps, compilation, the capture). Reported per row: median ms per step and images per second
 (the speed-up against the first row, in the same run); on a GPU the peak memory (the most
-allocated while the row was built, warmed up and timed, above what was allocated before it:
-the model, optimizer state and activations); launches per step, from torch.profiler over
---profile N steps: on a GPU the kernel launches, copies and graph launches the host made (CUDA
-runtime calls), on the CPU the ops and compiled kernels the host called (profiler events with
-no op above them; allocations and views not counted), a proxy for launches; on a GPU also the kernels
+allocated while the row was built, warmed up and timed, above what was allocated before it: the
+model, optimizer state and activations); launches per step, from torch.profiler over --profile
+N steps: on a GPU the kernel launches, copies and graph launches the host made (CUDA runtime
+calls), on the CPU the ops and compiled kernels the host called (profiler events with no op
+above them; allocations and views not counted), a proxy for launches; on a GPU also the kernels
 (and copies) the device ran per step and how busy it was (their time against the step's). The
 fastest row's profile follows the table: the ops that take the most, on a GPU by the time of
 the kernels each launched, then the kernels; on the CPU by the ops' own CPU time.

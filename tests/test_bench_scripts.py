@@ -89,7 +89,8 @@ def test_ladder_counts_what_the_host_launches():
                   converts, event("aten::_to_copy", converts), keeps]
     assert bench_train_step.launch_count(cpu_events, cuda=False) == 5
     gpu_events = [event("cudaLaunchKernel", conv), event("cuLaunchKernel"),
-                  event("cudaGraphLaunch"), event("cudaMemcpyAsync"), event("cudaStreamSynchronize")]
+                  event("cudaGraphLaunch"), event("cudaMemcpyAsync"),
+                  event("cudaStreamSynchronize")]
     assert bench_train_step.launch_count(gpu_events, cuda=True) == 4
 
 

@@ -87,7 +87,8 @@ def test_speed_resolves_per_device_and_stage(monkeypatch):
     (dict(cudnn_benchmark=True), CPU, "gan", "run.cudnn_benchmark=true cannot run here"),
     (dict(cuda_graphs=True), CUDA, "damsm", "DAMSM pretraining trains the text encoder"),
     (dict(cuda_graphs=True, impl="loop"), CUDA, "gan", "run.impl=loop reads the caption lengths"),
-    (dict(compile=True, impl="loop"), CPU, "gan", "run.compile=true cannot run here: run.impl=loop"),
+    (dict(compile=True, impl="loop"), CPU, "gan",
+     "run.compile=true cannot run here: run.impl=loop"),
 ])
 def test_a_switch_that_cannot_run_is_one_clear_error(run, device, stage, message):
     with pytest.raises(ConfigError, match=message):
