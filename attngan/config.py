@@ -140,15 +140,26 @@ class GANConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Things about a run that are not the model: seed, device, kernels, threads, precision."""
+    """Things about a run that are not the model: seed, device, kernels, threads, and how a
+    training step computes (attngan.train.speed: what each switch changes)."""
     seed: int = 0
     device: str = "auto"                  # "auto", "cpu", "cuda", "cuda:1", ...
     impl: str = "auto"                    # hot ops' code (attngan.backend); "loop": the original's
     threads: int = 0                      # torch.set_num_threads (0: leave torch's default)
-    # Training steps' forward passes under torch.autocast in bfloat16 ("bf16": tensor cores on a
-    # GPU, AMX on a recent Xeon; weights, optimizer state and the losses' reductions stay
-    # float32, and bfloat16 needs no loss scaling) or wholly in float32 (the paper's setting).
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # The training step's switches. Each one left null takes the value run.speed gives it on the
+    # run's device: "faithful", the paper's step (IEEE float32, nothing below on), or "fast",
+    # every switch that runs there (the README lists them).
+    speed: Literal["faithful", "fast"] = "faithful"
+    # "fp32": IEEE float32 products (TF32 off, also for cuDNN's convolutions); "tf32": float32
+    # with TF32 products on a GPU's tensor cores; "bf16": forward passes under bfloat16
+    # autocast (weights, optimizer state and the losses' reductions stay float32).
+    precision: Optional[Literal["fp32", "tf32", "bf16"]] = None
+    channels_last: Optional[bool] = None  # the networks' convolutions in NHWC memory format
+    cudnn_benchmark: Optional[bool] = None  # cuDNN times its convolution algorithms (GPU)
+    fused_adam: Optional[bool] = None     # Adam as one fused kernel per optimizer
+    compile: Optional[bool] = None        # torch.compile of the generator, discriminators and
+                                          # frozen image encoder (its BatchNorm folded)
+    cuda_graphs: Optional[bool] = None    # the GAN's updates captured once, replayed (GPU)
 
 
 @dataclass(frozen=True)

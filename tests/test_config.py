@@ -46,7 +46,7 @@ def test_unknown_key_names_it_and_suggests_the_fix():
     ("damsm.betas=0.5", "must be a list"),
     ("data=3", "must be a mapping"),
     ("damsm.batch_size", "must look like section.key=value"),
-    ("run.precision=fp16", "must be one of 'fp32', 'bf16', got 'fp16'"),
+    ("run.precision=fp16", "must be one of 'fp32', 'tf32', 'bf16', got 'fp16'"),
 ])
 def test_wrong_types_are_errors(override, message):
     with pytest.raises(ConfigError, match=message):
