@@ -20,19 +20,22 @@ import sys
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
 from attngan.config import ConfigError, RunConfig, load_config
+from attngan.data.loader import float_images
+from attngan.files import OutputError
 from attngan.nn.discriminator import build_discriminators
 from attngan.nn.generator import Generator
 from attngan.nn.image_encoder import InceptionEncoder, SmallImageEncoder
 from attngan.nn.inception import InceptionTrunk, fold_batch_norms
 from attngan.train.checkpoint import CheckpointWriter, load_checkpoint
 from attngan.train.damsm import DAMSMTrainer
-from attngan.train import speed
+from attngan.train import gan as gan_module, speed
 from attngan.train.losses import discriminator_loss, generator_loss
 from attngan.train.speed import (FAITHFUL, StepSettings, adam, frozen_network,
                                  load_optimizer_state, step_settings)
@@ -126,10 +129,33 @@ def _gradients(modules) -> list[torch.Tensor]:
             for p in module.parameters() if p.grad is not None]
 
 
-def _gan_run(overrides=(), device=CPU, steps=STEPS, float64=False, precast=True) -> dict:
-    """`steps` GAN steps of the tiny config: the losses [steps, 9] and the first step's
-    gradients. float64: the whole step in float64; not precast: under bf16, the frozen networks
-    as they were given (autocast casts their weights at every call)."""
+def _state(trainer) -> dict:
+    """A copy of everything a step changes: the networks, the EMA, the optimizers."""
+    return copy.deepcopy(trainer.state_dict())
+
+
+def _float32(state):
+    """A copy of a state, its float64 tensors in float32, as a float32 run keeps them (the
+    optimizers load the step counts without a copy and count on in place)."""
+    if isinstance(state, torch.Tensor):
+        return state.to(torch.float32 if state.dtype == torch.float64 else state.dtype,
+                        copy=True)
+    if isinstance(state, dict):
+        return {key: _float32(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_float32(value) for value in state)
+    return state
+
+
+def _gan_run(overrides=(), device=CPU, steps=STEPS, float64=False, precast=True,
+             states=None) -> dict:
+    """`steps` GAN steps of the tiny config: every step's losses [steps, 9] and gradients, and
+    the state each step started from. float64: the whole step in float64; not precast: under
+    bf16, the frozen networks as they were given (autocast casts their weights at every call).
+    `states` (a float64 run's): each step starts from that run's state, so every step is
+    compared on the same weights. Without that, runs part after Adam's first step for reasons
+    of Adam, not of the step: it moves a weight whose gradient is of rounding size by about
+    ±lr, its sign decided by the rounding."""
     config = preset_config("shapes", device, [*TINY, *overrides])
     trainer = make_trainer(config, device)
     if not precast:
@@ -139,22 +165,26 @@ def _gan_run(overrides=(), device=CPU, steps=STEPS, float64=False, precast=True)
         for module in (trainer.netG, trainer.netsD, trainer.ema.module, trainer.text_encoder,
                        trainer.image_encoder):
             module.double()
-    losses, gradients = [], None
-    with _Float32Draws() if float64 else contextlib.nullcontext():
+    losses, gradients, started = [], [], []
+    # in float64 the batch's images too (the step makes its uint8 levels float32)
+    images64 = mock.patch.object(gan_module, "float_images",
+                                 lambda images, device: float_images(images, device).double())
+    with (_Float32Draws() if float64 else contextlib.nullcontext(),
+          images64 if float64 else contextlib.nullcontext()):
         for index in range(steps):
-            batch = random_batch(config, device, seed=index)
-            if float64:
-                batch["images"] = [image.double() for image in batch["images"]]
-            values = trainer.step(batch)
+            if states is not None:
+                trainer.load_state_dict(_float32(states[index]), "the float64 run's state")
+            started.append(_state(trainer))
+            values = trainer.step(random_batch(config, device, seed=index))
             losses.append(torch.stack([value.double().cpu() for value in values.values()]))
-            gradients = gradients or _gradients([trainer.netG, *trainer.netsD])
-    return {"losses": torch.stack(losses), "gradients": gradients}
+            gradients += _gradients([trainer.netG, *trainer.netsD])
+    return {"losses": torch.stack(losses), "gradients": gradients, "states": started}
 
 
 def _errors(run: dict, reference: dict) -> tuple[float, float]:
     """(loss error, gradient error) of `run` against `reference`: the largest difference of a
-    loss relative to the largest loss, and of a first-step gradient relative to the largest
-    entry of its tensor."""
+    loss relative to the largest loss, and of a gradient relative to the largest entry of its
+    tensor."""
     losses = (run["losses"] - reference["losses"]).abs().max() / reference["losses"].abs().max()
     gradients = 0.0
     for value, expected in zip(run["gradients"], reference["gradients"], strict=True):
@@ -166,9 +196,10 @@ def _errors(run: dict, reference: dict) -> tuple[float, float]:
 
 @pytest.fixture(scope="module")
 def float64_and_float32():
-    """The eager step in float64 (the reference) and in float32, and float32's own error."""
+    """The eager step in float64 (the reference) and in float32 from the same states, and
+    float32's own error."""
     float64 = _gan_run(float64=True)
-    return float64, _errors(_gan_run(), float64)
+    return float64, _errors(_gan_run(states=float64["states"]), float64)
 
 
 def _check_rule(run: dict, float64_and_float32) -> None:
@@ -179,7 +210,8 @@ def _check_rule(run: dict, float64_and_float32) -> None:
 
 @pytest.mark.parametrize("switch", ["run.channels_last=true", "run.fused_adam=true"])
 def test_a_switch_trains_as_the_eager_float32_step(switch, float64_and_float32):
-    _check_rule(_gan_run([switch]), float64_and_float32)
+    _check_rule(_gan_run([switch], states=float64_and_float32[0]["states"]),
+                float64_and_float32)
 
 
 def test_the_compiled_step_trains_as_the_eager_float32_step(float64_and_float32):
@@ -189,15 +221,17 @@ def test_the_compiled_step_trains_as_the_eager_float32_step(float64_and_float32)
     from torch._dynamo.utils import counters
     torch._dynamo.reset()
     graphs = counters["stats"]["unique_graphs"]
-    run = _gan_run(["run.channels_last=true", "run.fused_adam=true", "run.compile=true"])
+    run = _gan_run(["run.channels_last=true", "run.fused_adam=true", "run.compile=true"],
+                   states=float64_and_float32[0]["states"])
     assert counters["stats"]["unique_graphs"] >= graphs + 4
     _check_rule(run, float64_and_float32)
 
 
 def test_the_bf16_step_follows_the_bf16_rule(float64_and_float32):
     float64, _ = float64_and_float32
-    cast_once = _errors(_gan_run(["run.precision=bf16"]), float64)
-    autocast = _errors(_gan_run(["run.precision=bf16"], precast=False), float64)
+    states = float64["states"]
+    cast_once = _errors(_gan_run(["run.precision=bf16"], states=states), float64)
+    autocast = _errors(_gan_run(["run.precision=bf16"], precast=False, states=states), float64)
     for error, plain in zip(cast_once, autocast, strict=True):
         assert error <= 2 * plain + FLOOR, (error, plain)
     assert cast_once[0] <= 5e-2, cast_once
@@ -393,9 +427,9 @@ def test_a_checkpoint_under_way_is_finished_on_ctrl_c_and_errors_surface(monkeyp
     assert load_checkpoint(tmp_path / "run.pt")["step"] == 7        # whole, not a temporary
     assert [path.name for path in tmp_path.iterdir()] == ["run.pt"]
     writer = CheckpointWriter()
-    (tmp_path / "folder.pt").mkdir()                  # replacing a folder fails (OSError)
+    (tmp_path / "folder.pt").mkdir()                  # replacing a folder fails
     writer.save(tmp_path / "folder.pt", {"kind": "gan"})
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="folder.pt .*Is a directory"):
         writer.wait()
     writer.wait()                                     # raised once
 
@@ -435,3 +469,26 @@ def test_cuda_graph_replays_the_eager_step(switches):
     graphed = _gan_run([*switches, "run.cuda_graphs=true"], CUDA, steps)
     loss_error, weight_error = _errors(graphed, eager)
     assert loss_error <= 1e-4 and weight_error <= 1e-4, (loss_error, weight_error)
+
+
+def test_a_loaded_optimizer_state_takes_its_parameters_memory_layout():
+    """Resuming fused Adam on channels_last weights: torch loads the moments contiguous, and
+    its fused kernel paired them with the weights by memory position (wrong updates)."""
+    weights = torch.randn(4, 3, 5, 5)
+    gradients = [torch.randn(4, 3, 5, 5) for _ in range(2)]
+    results = []
+    for channels_last, fused in ((True, True), (False, False)):
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        parameter = weights.clone().to(memory_format=layout).requires_grad_()
+        optimizer = torch.optim.Adam([parameter], lr=0.1, fused=fused)
+        parameter.grad = gradients[0].to(memory_format=layout)
+        optimizer.step()
+        state = copy.deepcopy(optimizer.state_dict())
+        for name in ("exp_avg", "exp_avg_sq"):
+            state["state"][0][name] = state["state"][0][name].contiguous()   # as a file has it
+        resumed = torch.optim.Adam([parameter], lr=0.1, fused=fused)
+        load_optimizer_state(resumed, state)
+        parameter.grad = gradients[1].to(memory_format=layout)
+        resumed.step()
+        results.append(parameter.detach().contiguous())
+    torch.testing.assert_close(results[0], results[1])

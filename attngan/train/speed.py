@@ -177,17 +177,22 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     """optimizer.load_state_dict(state), keeping the optimizer's own kernel flags (fused,
     capturable, foreach): a resumed run may change them, and torch would take the saved ones.
     The step counts move to where those flags keep them (the device for fused or capturable,
-    else the CPU)."""
+    else the CPU), and the moments take their parameter's memory layout: torch loads them
+    contiguous, and the fused kernel pairs a channels_last parameter's elements with a
+    contiguous moment's by memory position (it updated the wrong ones)."""
     flags = [{name: group[name] for name in _KERNEL_FLAGS} for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
     for group, kept in zip(optimizer.param_groups, flags, strict=True):
         group.update(kept)
         for parameter in group["params"]:
             entry = optimizer.state.get(parameter, {})
-            if "step" in entry:
-                on_device = bool(kept["fused"] or kept["capturable"])
-                entry["step"] = entry["step"].to(
-                    device=parameter.device if on_device else "cpu", dtype=torch.float32)
+            for name, value in entry.items():
+                if name == "step":
+                    on_device = bool(kept["fused"] or kept["capturable"])
+                    entry[name] = value.to(device=parameter.device if on_device else "cpu",
+                                           dtype=torch.float32)
+                elif value.shape == parameter.shape and value.stride() != parameter.stride():
+                    entry[name] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
 
 
 def frozen_network(module: nn.Module, settings: StepSettings, device: torch.device,
