@@ -1,6 +1,8 @@
-# The two commands of the README: `make demo` and `make test`. Both set up a local .venv on a
-# fresh machine: torch (CPU build, from the local disk) first, then the project without build
-# isolation so pip never fetches a CUDA torch, then they run.
+# The commands of the README: `make demo`, `make test` and `make serve` (the demo's run in a
+# browser). Each sets up a local .venv on a fresh machine: torch (CPU build, from the local disk)
+# first, then the project without build isolation so pip never fetches a CUDA torch, then it
+# runs. The venv also gets the extras the suite uses (serve: fastapi and uvicorn; test: httpx2
+# and selenium, which drive `attngan serve`).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,11 +10,11 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 TRITON_VERSION ?= 3.8.0
 STAMP := $(VENV)/.attngan-installed
-EXT_SOURCES := $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu)
+EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/cuda/*.cu)
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench venv clean
+.PHONY: demo serve test bench venv clean
 
 venv: $(STAMP)
 
@@ -21,7 +23,7 @@ $(STAMP): setup.py pyproject.toml $(EXT_SOURCES)
 	$(PIP) install --quiet "setuptools>=77" wheel
 	$(PIP) install --quiet "torch==$(TORCH_VERSION)"
 	$(PIP) install --quiet "triton==$(TRITON_VERSION)" numpy pyyaml tqdm pillow ninja pybind11 \
-		pytest pytest-benchmark nvidia-ml-py
+		pytest pytest-benchmark nvidia-ml-py fastapi uvicorn httpx2 selenium
 	$(PIP) install --quiet --no-build-isolation --no-deps -e .
 	$(PY) -c "import attngan, attngan.backend as b; print('attngan installed;', b.describe())"
 	touch $(STAMP)
@@ -31,6 +33,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m attngan demo --out $(DEMO_DIR)
+
+serve: $(STAMP)
+	$(PY) -m attngan serve --ckpt $(DEMO_DIR)/gan
 
 bench: $(STAMP)
 	$(PY) bench/bench_damsm.py

@@ -114,9 +114,9 @@ ext_modules, cmdclass = _extension_and_cmdclass()
 
 setup(
     packages=["attngan", "attngan.ops", "attngan.nn", "attngan.data", "attngan.train",
-              "attngan.metrics", "attngan.kernels", "attngan.configs"],
+              "attngan.metrics", "attngan.serve", "attngan.kernels", "attngan.configs"],
     package_dir={"attngan": "attngan", "attngan.kernels": "kernels", "attngan.configs": "configs"},
-    package_data={"attngan.configs": ["*.yaml"]},
+    package_data={"attngan.configs": ["*.yaml"], "attngan.serve": ["*.html"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -1,10 +1,12 @@
-"""The one place that picks an implementation of a hot op (DESIGN.md, Dispatch).
+"""The one place that picks an implementation of a hot op (docs/DESIGN.md, "Dispatch").
 
 Precedence: the `impl` argument, then the ATTNGAN_IMPL environment variable, then "auto".
-Auto on a CUDA tensor: Triton if importable and the shape is supported, else the CUDA
-extension, else the vectorized reference. Auto on a CPU tensor: the C++ kernel if built, else
-the reference. An explicitly requested implementation that is unavailable raises with the
-reason; auto falls back and warns once per (op, reason).
+Auto takes one of AUTO_CANDIDATES[device type] that can run the call. On a device type in
+MEASURED_DEVICE_TYPES (CUDA) it takes the fastest for the call's op, dtype and shape, measured
+at the first eager call (attngan.autotune), the reference among the candidates; elsewhere (the
+CPU) the first one that runs: the C++ kernel if built, else the reference. An explicitly
+requested implementation that is unavailable raises with the reason; auto leaves it out and
+warns once per (op, reason).
 
 Ops and the implementations each can have:
     damsm_word_similarity: loop, reference, cpp, triton, cuda
@@ -31,6 +33,13 @@ OP_IMPLS: dict[str, tuple[str, ...]] = {
 # The Triton file of each op in kernels/ (installed as attngan.kernels.<module>).
 TRITON_MODULES = {"damsm_word_similarity": "damsm", "word_attention": "word_attention"}
 IMPL_CHOICES = ("auto", "loop", "reference", "cpp", "triton", "cuda")
+IMPL_VARIABLE = "ATTNGAN_IMPL"
+# Auto's candidates per device type, each ending with the reference (which runs any call); the
+# first that runs a call is auto's choice where nothing is measured.
+AUTO_CANDIDATES = {"cuda": ("reference", "triton", "cuda"), "cpu": ("cpp", "reference")}
+# Where auto measures. Not on the CPU: the C++ kernel was the fastest at every size measured,
+# and a fixed choice keeps a run's arithmetic the same on every machine (README, "The hot ops").
+MEASURED_DEVICE_TYPES = ("cuda",)
 _warned: set[tuple[str, str]] = set()
 
 
@@ -101,8 +110,28 @@ def unavailable_reason(op: str, impl: str, device: torch.device) -> Optional[str
     return None
 
 
+def _requested(impl: str) -> tuple[str, str]:
+    """(the implementation asked for, who asked): the argument, or ATTNGAN_IMPL under "auto"."""
+    if impl == "auto" and os.environ.get(IMPL_VARIABLE):
+        return os.environ[IMPL_VARIABLE], f"the environment variable {IMPL_VARIABLE}"
+    return impl, "impl"
+
+
+def measures(device: torch.device, impl: str) -> bool:
+    """Whether a call with `impl` on `device` leaves the choice to auto's measurements."""
+    return _requested(impl)[0] == "auto" and device.type in MEASURED_DEVICE_TYPES
+
+
+def warn_once(op: str, message: str, stacklevel: int = 2) -> None:
+    """A RuntimeWarning "<op>: <message>", the first time only."""
+    if (op, message) not in _warned:
+        _warned.add((op, message))
+        warnings.warn(f"{op}: {message}", RuntimeWarning, stacklevel=stacklevel + 1)
+
+
 def choose(op: str, device: torch.device, impl: str = "auto",
-           supported: Optional[Callable[[str], Optional[str]]] = None) -> str:
+           supported: Optional[Callable[[str], Optional[str]]] = None,
+           key: Optional[tuple] = None) -> str:
     """Return the implementation to run.
 
     Args:
@@ -110,10 +139,10 @@ def choose(op: str, device: torch.device, impl: str = "auto",
         device: where the inputs are.
         impl: "auto" or an implementation name; "auto" defers to ATTNGAN_IMPL when set.
         supported: optional shape check, impl -> None if the inputs are supported, else why not.
+        key: the call's key (attngan.autotune) where `measures` holds; without one auto takes
+            its first candidate that can run the call.
     """
-    source = "impl"
-    if impl == "auto" and os.environ.get("ATTNGAN_IMPL"):
-        impl, source = os.environ["ATTNGAN_IMPL"], "the environment variable ATTNGAN_IMPL"
+    impl, source = _requested(impl)
     if impl not in IMPL_CHOICES:
         raise ValueError(f"{source}='{impl}' is not known; choose from {', '.join(IMPL_CHOICES)}")
     if impl == "loop" and "loop" not in OP_IMPLS.get(op, ("loop",)):
@@ -125,22 +154,24 @@ def choose(op: str, device: torch.device, impl: str = "auto",
         if reason is not None:
             raise ImplementationUnavailable(f"{op}: {source}='{impl}' cannot run here: {reason}")
         return impl
-    preferred = ("triton", "cuda") if device.type == "cuda" else ("cpp",)
-    for candidate in preferred:
+    candidates = []
+    for candidate in AUTO_CANDIDATES.get(device.type, ("reference",)):
         reason = unavailable_reason(op, candidate, device)
         if reason is None and supported is not None:
             reason = supported(candidate)
         if reason is None:
-            return candidate
-        if (op, reason) not in _warned:
-            _warned.add((op, reason))
-            warnings.warn(f"{op}: not using '{candidate}' ({reason}); falling back",
-                          RuntimeWarning, stacklevel=3)
-    return "reference"
+            candidates.append(candidate)
+        else:   # the reference runs everything: it is always a candidate
+            warn_once(op, f"auto leaves out '{candidate}' ({reason})", stacklevel=3)
+    if key is None or len(candidates) == 1:
+        return candidates[0]
+    from attngan import autotune   # it imports this module
+    return autotune.pick(op, device, key, tuple(candidates))
 
 
 def describe() -> str:
-    """One line: which implementations this installation can run on CPU and CUDA."""
+    """One line: which implementations this installation can run on CPU and CUDA, and where
+    auto measures."""
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     parts = []
     for op, impls in OP_IMPLS.items():
@@ -150,4 +181,7 @@ def describe() -> str:
     if unavailable_reason("damsm_word_similarity", "cpp", cpu) is None:
         amx = torch.ops.attngan_C.damsm_cpu_amx()
         parts.append(f"cpp bfloat16 products: {'AMX tiles' if amx else 'in float32'}")
+    from attngan import autotune
+    parts.append(f"auto measures on {', '.join(MEASURED_DEVICE_TYPES)} "
+                 f"(choices kept in {autotune.cache_path()})")
     return "; ".join(parts)

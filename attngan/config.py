@@ -5,7 +5,8 @@ package as `attngan.configs`, so `--config shapes` works anywhere) plus override
 `--set damsm.batch_size=8`. Loading is strict: an unknown key or a value of the wrong type is a
 `ConfigError` naming the key and the fix, never a silently ignored typo. The resolved config is
 written next to every run (`save_config`) so a run can be reproduced from its folder alone.
-The defaults are SPEC's CUB hyperparameters; presets override what differs.
+The defaults are the paper's CUB hyperparameters (docs/DESIGN.md, "GAN losses and training");
+presets override what differs.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """The built-in shapes data set (see SYNTHETIC.md), made by `attngan make-synthetic`."""
+    """The built-in shapes data set (docs/DESIGN.md, "Synthetic shapes"), `attngan make-synthetic`."""
     num_train: int = 2000
     num_test: int = 500
     canvas: int = 64                      # image side in pixels
@@ -44,29 +45,41 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the images and captions are and how they become tensors (SPEC section 4)."""
+    """Where the images and captions are and how they become tensors (docs/DESIGN.md, "Data")."""
     dataset: str = "cub"                  # "cub" or "shapes" (CUB layout), or "coco"
     root: str = "data/birds"
     words_num: int = 18                   # longer captions keep a random ordered subset
     eval_words_num: Optional[int] = None  # words kept per caption by `attngan evaluate`
-                                          # (SPEC: 25 CUB, 20 COCO); None: words_num
+                                          # (the paper's: 25 CUB, 20 COCO); None: words_num
     captions_per_image: int = 10
     base_size: int = 64                   # smallest side of the image pyramid
     branch_num: int = 3                   # pyramid levels: base_size * 2**i
     bbox_crop: bool = True                # CUB: crop 1.5x the bird box before resizing
     random_crop: bool = True              # resize to size*76/64, then a random size crop
     random_flip: bool = True              # off for shapes: a flip swaps "left" and "right"
-    num_workers: int = 0
+    # DataLoader worker processes; "auto": training on a GPU, one per CPU this process may use,
+    # less one (the training loop's), at most 8; on the CPU 0, loading in the training process,
+    # whose step uses the cores (attngan.data.loader.resolve_num_workers). Batches and results
+    # are the same with any count.
+    num_workers: int | Literal["auto"] = "auto"
+    # Folder of the decoded-image caches `attngan prepare --image-cache` writes and training
+    # reads (attngan.data.image_cache); None: data.root/image_cache.
+    image_cache: Optional[str] = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     @property
     def image_sizes(self) -> tuple[int, ...]:
         return tuple(self.base_size * 2 ** i for i in range(self.branch_num))
 
+    @property
+    def test_words_num(self) -> int:
+        """Words a caption keeps at test time (evaluation, serving)."""
+        return self.words_num if self.eval_words_num is None else self.eval_words_num
+
 
 @dataclass(frozen=True)
 class TextEncoderConfig:
-    """Bi-directional RNN text encoder of DAMSM (SPEC section 1)."""
+    """Bi-directional RNN text encoder of DAMSM (docs/DESIGN.md, "Text encoder")."""
     embedding_dim: int = 300
     hidden_dim: int = 256                 # D (nef): both directions together
     rnn: str = "lstm"                     # "lstm" or "gru"
@@ -87,7 +100,7 @@ class ImageEncoderConfig:
 
 @dataclass(frozen=True)
 class DAMSMConfig:
-    """DAMSM matching and its pretraining (SPEC sections 2 and 3)."""
+    """DAMSM matching and its pretraining (docs/DESIGN.md, "DAMSM losses")."""
     gamma1: float = 4.0
     gamma2: float = 5.0
     gamma3: float = 10.0
@@ -106,7 +119,7 @@ class DAMSMConfig:
 
 @dataclass(frozen=True)
 class GANConfig:
-    """Generator, discriminators and their training (SPEC sections 1 and 3)."""
+    """Generator, discriminators and their training (docs/DESIGN.md, "The model")."""
     ngf: int = 32
     ndf: int = 64
     z_dim: int = 100
@@ -127,15 +140,26 @@ class GANConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Things about a run that are not the model: seed, device, kernels, threads, precision."""
+    """Things about a run that are not the model: seed, device, kernels, threads, and how a
+    training step computes (attngan.train.speed: what each switch changes)."""
     seed: int = 0
     device: str = "auto"                  # "auto", "cpu", "cuda", "cuda:1", ...
     impl: str = "auto"                    # hot ops' code (attngan.backend); "loop": the original's
     threads: int = 0                      # torch.set_num_threads (0: leave torch's default)
-    # Training steps' forward passes under torch.autocast in bfloat16 ("bf16": tensor cores on a
-    # GPU, AMX on a recent Xeon; weights, optimizer state and the losses' reductions stay
-    # float32, and bfloat16 needs no loss scaling) or wholly in float32 (the paper's setting).
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # The training step's switches. Each one left null takes the value run.speed gives it on the
+    # run's device: "faithful", the paper's step (IEEE float32, nothing below on), or "fast",
+    # every switch that runs there (the README lists them).
+    speed: Literal["faithful", "fast"] = "faithful"
+    # "fp32": IEEE float32 products (TF32 off, also for cuDNN's convolutions); "tf32": float32
+    # with TF32 products on a GPU's tensor cores; "bf16": forward passes under bfloat16
+    # autocast (weights, optimizer state and the losses' reductions stay float32).
+    precision: Optional[Literal["fp32", "tf32", "bf16"]] = None
+    channels_last: Optional[bool] = None  # the networks' convolutions in NHWC memory format
+    cudnn_benchmark: Optional[bool] = None  # cuDNN times its convolution algorithms (GPU)
+    fused_adam: Optional[bool] = None     # Adam as one fused kernel per optimizer
+    compile: Optional[bool] = None        # torch.compile of the generator, discriminators and
+                                          # frozen image encoder (its BatchNorm folded)
+    cuda_graphs: Optional[bool] = None    # the GAN's updates captured once, replayed (GPU)
 
 
 @dataclass(frozen=True)
@@ -256,7 +280,8 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.captions_per_image": _at_least(1),
     "data.base_size": _at_least(8),
     "data.branch_num": _at_least(1),
-    "data.num_workers": _at_least(0),
+    "data.num_workers": ((lambda value: value == "auto" or value >= 0),
+                         "'auto' (the machine's cores) or 0 or more"),
     "text_encoder.embedding_dim": _at_least(1),
     "text_encoder.dropout": _between(0, 1, high_open=True),
     "image_encoder.width": _at_least(1),
@@ -427,14 +452,16 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
 
 
 def with_absolute_paths(config: Config) -> Config:
-    """`config` with data.root and image_encoder.weights as absolute paths (`~` expanded): what
-    a run records, so that evaluating or resuming it from another folder reads the same files
-    (a relative root read another data set of the same vocabulary there, silently)."""
+    """`config` with data.root, data.image_cache and image_encoder.weights as absolute paths
+    (`~` expanded): what a run records, so that evaluating or resuming it from another folder
+    reads the same files (a relative root read another data set of the same vocabulary there,
+    silently)."""
     def absolute(path: str) -> str:
         return os.path.abspath(os.path.expanduser(path))
-    weights = config.image_encoder.weights
+    weights, cache = config.image_encoder.weights, config.data.image_cache
     return dataclasses.replace(
-        config, data=dataclasses.replace(config.data, root=absolute(config.data.root)),
+        config, data=dataclasses.replace(config.data, root=absolute(config.data.root),
+                                         image_cache=cache and absolute(cache)),
         image_encoder=dataclasses.replace(config.image_encoder,
                                           weights=weights and absolute(weights)))
 

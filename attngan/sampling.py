@@ -5,15 +5,17 @@ checkpoint (no DAMSM file needed), encodes each caption with the training vocabu
 unknown word is a DataError naming it), and for each caption writes:
 
 - `NN_<words>_stage<k>_<size>px.png`: the n samples of stage k in one row (every stage; small
-  images are enlarged by pixel repetition to at least 128 px for viewing);
+  images are enlarged by pixel repetition to at least VIEW_SIZE = 128 px for viewing);
 - `NN_<words>_attention.png`: the attention figure of the first sample (`attngan.viz`): one
   row per attention stage, the image that stage made and one tile per shown word, the word's
-  map upsampled over the image. Shown: the 5 most confident words (SPEC section 5), or every
+  map upsampled over the image. Shown: the 5 most confident words (docs/DESIGN.md), or every
   word of a caption of at most 5 words. Not written for a one-stage generator (no attention).
 
 plus `captions.txt` listing NN -> caption. Noise is drawn from a generator seeded with `seed`,
 so the same call gives the same images. Sampling again into the same folder replaces what the
 earlier call wrote there (its images go once the new ones are written) and nothing else.
+`draw_samples` makes one caption's images and maps (`attngan serve` draws with it too: its
+caption, n and seed give the images of a one-caption `sample_captions` call).
 """
 from __future__ import annotations
 
@@ -29,13 +31,33 @@ from attngan.train.gan import generate, load_gan
 from attngan.train.runtime import resolve_device_argument
 from attngan.viz import attention_figure, save_image_grid
 
-__all__ = ["sample_captions", "TOP_WORDS", "MAX_SAMPLES"]
+__all__ = ["sample_captions", "draw_samples", "view_scale", "TOP_WORDS", "MAX_SAMPLES",
+           "VIEW_SIZE"]
 
 TOP_WORDS = 5
 MAX_SAMPLES = 64              # images per caption: one batch, one row of the figure
 LISTING = "captions.txt"
 _LISTING_LINE = re.compile(r"\d{2,}: .*")
 _WRITTEN = re.compile(r"\d{2,}_[a-z0-9_]+_(stage\d+_\d+px|attention)\.png")    # file names
+VIEW_SIZE = 128               # smaller images are shown enlarged to at least this side
+
+
+def view_scale(size: int) -> int:
+    """The whole factor that shows an image of side `size` at VIEW_SIZE or more (1 if larger)."""
+    return max(1, VIEW_SIZE // size)
+
+
+def draw_samples(netG, text_encoder, ids: Sequence[int], n: int, noise_source: torch.Generator,
+                 seed: int):
+    """n samples of one caption (word ids), noise from `noise_source`, the conditioning noise
+    from `seed`, on the models' device; returns (images per stage `[n, 3, s, s]`, attention maps
+    per attention stage `[n, L, h, w]`) as `generate`."""
+    device = next(netG.parameters()).device
+    captions = torch.tensor(ids).expand(n, -1)                           # [n, L]
+    lengths = torch.full((n,), len(ids))
+    noise = torch.randn(n, netG.z_dim, generator=noise_source).to(device)
+    images, maps, _, _ = generate(netG, text_encoder, captions, lengths, noise, seed=seed)
+    return images, maps
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -80,15 +102,11 @@ def _sample_into(out_dir: Path, ckpt_path: str | Path, texts: Sequence[str], n: 
     for index, (text, ids) in enumerate(zip(texts, encoded)):
         stem = f"{index:02d}_{_slug(text)}"
         lines.append(f"{index:02d}: {' '.join(text.split())}\n")
-        captions = torch.tensor(ids).expand(n, -1)                       # [n, L]
-        lengths = torch.full((n,), len(ids))
-        noise = torch.randn(n, netG.z_dim, generator=noise_source).to(device)
-        images, maps, _, _ = generate(netG, text_encoder, captions, lengths, noise,
-                                      seed=seed + index)
+        images, maps = draw_samples(netG, text_encoder, ids, n, noise_source, seed + index)
         for stage, stage_images in enumerate(images):
             size = stage_images.shape[-1]
             written.append(save_image_grid(stage_images, out_dir / f"{stem}_stage{stage + 1}_"
-                                           f"{size}px.png", nrow=n, scale=max(1, 128 // size)))
+                                           f"{size}px.png", nrow=n, scale=view_scale(size)))
         if maps:
             written.append(attention_figure(
                 [image[0] for image in images], [attn[0] for attn in maps], tokenize(text),

@@ -2,7 +2,7 @@
 
 - `save_image_grid`: a batch of images in [-1, 1] as one PNG grid (training sample grids, the
   sampler's per-stage outputs).
-- `attention_figure`: the paper's Fig. 2/4 style view of word attention (SPEC section 5). For
+- `attention_figure`: the paper's Fig. 2/4 style view of word attention (docs/DESIGN.md). For
   each attention stage, a row: the image that stage produced, then one tile per shown word with
   the stage's attention map for that word, as the original's sampler draws it
   (`build_super_images2`): values up to twice the uniform share 1/n (n = caption length) set to
@@ -12,6 +12,8 @@
   the caption has at most 5), most confident first. A word's confidence, as there, is the
   attention mass it takes where it is above four times the uniform share: words that clearly
   win regions rank first, a word spread thinly over the whole image does not.
+- `word_heatmaps`: each word's map of one attention stage coloured as that figure draws it
+  (also what `attngan serve` lays over its images).
 - `colormap`: values in [0, 1] -> RGB, a piecewise-linear "jet" (blue -> cyan -> yellow ->
   red), written here so no plotting library is needed.
 """
@@ -29,8 +31,9 @@ from PIL import Image, ImageDraw, ImageFont
 from attngan.files import write_atomically
 
 __all__ = ["quantize", "to_uint8", "save_png", "save_image_grid", "colormap", "word_confidence",
-           "attention_figure"]
+           "word_heatmaps", "attention_figure", "OVERLAY_ALPHA"]
 
+OVERLAY_ALPHA = 0.6           # weight of a word's coloured map blended over its image
 _LABEL_HEIGHT = 14
 _PAD = 2
 
@@ -86,6 +89,18 @@ def word_confidence(attn: torch.Tensor, length: int) -> torch.Tensor:
     return (maps * (maps > 4.0 / length)).sum(dim=1)
 
 
+def word_heatmaps(attn: torch.Tensor, length: int, size: int) -> np.ndarray:
+    """The maps of a caption's words as the attention figure colours them: attn `[L, h, w]` ->
+    uint8 RGB `[length, size, size, 3]`, values up to 2 / length set to 0, upsampled
+    bilinearly, each min-max normalised and coloured by `colormap` (see module doc)."""
+    maps = attn[:length].detach().float().cpu()                           # [n, h, w]
+    up = F.interpolate((maps * (maps > 2.0 / length))[None], size=(size, size),
+                       mode="bilinear", align_corners=False)[0]            # [n, S, S]
+    low = up.amin(dim=(1, 2), keepdim=True)
+    high = up.amax(dim=(1, 2), keepdim=True)
+    return colormap(((up - low) / (high - low).clamp_min(1e-12)).numpy())
+
+
 def _tile(image: np.ndarray, label: str, font) -> Image.Image:
     """An image `[S, S, 3]` with `label` written in a strip below it."""
     size = image.shape[0]
@@ -101,7 +116,7 @@ def _tile(image: np.ndarray, label: str, font) -> Image.Image:
 
 def attention_figure(images: Sequence[torch.Tensor], attention_maps: Sequence[torch.Tensor],
                      words: Sequence[str], path: str | Path, *, top_k: int = 5,
-                     tile_size: int = 128, alpha: float = 0.6) -> Path:
+                     tile_size: int = 128, alpha: float = OVERLAY_ALPHA) -> Path:
     """Write the attention figure of one generated sample.
 
     Args:
@@ -131,13 +146,9 @@ def attention_figure(images: Sequence[torch.Tensor], attention_maps: Sequence[to
         # as the original's np.argsort(confidence)[::-1]: ties go to the later word
         shown = word_confidence(attn, length).argsort(stable=True).flip(0)[:top_k]
         tiles = [_tile(base_pixels, f"stage {stage + 1}", font)]
-        maps = attn[:length].detach().float().cpu()                       # [n, h, w]
-        up = F.interpolate((maps * (maps > 2.0 / length))[None], size=(tile_size, tile_size),
-                           mode="bilinear", align_corners=False)[0]        # [n, S, S]
+        heat = word_heatmaps(attn, length, tile_size)
         for index in shown.tolist():
-            heat = up[index]
-            heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp_min(1e-12)
-            blend = (1 - alpha) * base_pixels + alpha * colormap(heat.numpy())
+            blend = (1 - alpha) * base_pixels + alpha * heat[index]
             tiles.append(_tile(blend.round().astype(np.uint8), words[index], font))
         rows.append(tiles)
     width = max(len(row) for row in rows) * (tile_size + _PAD) + _PAD

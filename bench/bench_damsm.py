@@ -1,31 +1,16 @@
-"""Benchmark of the DAMSM word-level similarity (SPEC section 2), every provider, two sizes.
+"""Benchmark of the DAMSM word-level similarity, every provider, two sizes.
 
+What is timed and counted: docs/DESIGN.md, "Benchmarks".
 Providers: "loop" (the original's per-caption loop), "reference" (vectorized PyTorch),
-"reference_compiled" (the same under torch.compile), and the project's fused kernels "cpp",
-"triton", "cuda" where the device has them. All go through the public
-`attngan.ops.damsm.damsm_word_similarity`, so all follow its precision policy (fp16/bf16 inputs,
-fp32 accumulation). Passes: "forward" (no autograd), "forward+backward" (gradients of both
-words and regions, as in DAMSM pretraining) and "forward+backward_regions" (the regions' only,
-as in the GAN step where the text encoder is frozen).
-
-Sizes: "cub" B_img = B_cap = 48, D = 256, L = 18, R = 17 x 17 = 289 (DAMSM pretraining on CUB),
-"cpu" the same with B = 32. Every caption has all L words (the most work; real captions are
-shorter and the fused kernels skip padded words, the reference does not).
-
-FLOP count (the useful work; the exps and the backward's recomputation are not counted): per
-(image, caption) pair with n words, the forward takes two products of D x R x n multiply-adds,
-s = v^T e and c = v alpha^T, that is 4 D R n FLOP; the backward four more, dalpha = v^T dc,
-dv += dc alpha^T, dv += e ds^T and de = v ds, 8 D R n (6 D R n without de). So
-    FLOP(forward)                  = 4  * B_img * sum_i(n_i) * D * R
-    FLOP(forward+backward)         = 12 * B_img * sum_i(n_i) * D * R
-    FLOP(forward+backward_regions) = 10 * B_img * sum_i(n_i) * D * R
-(B = 32: 5.45 / 16.4 / 13.6 GFLOP; B = 48: 12.3 / 36.8 / 30.7 GFLOP). Achieved GFLOP/s is set against the
-machine's own square-matmul rate in the same dtype, measured in the same run.
-
-Timing: CPU torch.utils.benchmark, single calls interleaved over the providers (this box is
-shared: all providers see the same load), median and minimum of --rounds; CUDA
-triton.testing.do_bench (median). Speed-ups compare medians. Peak memory on CUDA only (the CPU
-allocator keeps no statistics).
+"reference_compiled" (the same under torch.compile), the fused kernels "cpp", "triton", "cuda"
+where the device has them, and "auto", the public op's default, labelled with the implementation
+it ran (on a GPU: the one it measured fastest at its first call, whose timings the output lists;
+attngan.autotune), all through the public `damsm_word_similarity` (so all follow its precision
+policy). Passes: "forward", "forward+backward" (both gradients, as in DAMSM pretraining) and
+"forward+backward_regions" (the regions' only, as in the GAN step). Sizes: "cub" B_img = B_cap =
+48, D = 256, L = 18, R = 289, and "cpu" the same with B = 32; every caption has all L words.
+GFLOP/s by the FLOP count of docs/DESIGN.md, against the machine's own square-matmul rate in the
+same dtype, measured in the same run.
 
     python bench/bench_damsm.py [--device cuda] [--dtype bf16] [--sizes cub,cpu] [--record]
                                 [--providers loop,reference,cpp] [--min-time 1.0]
@@ -49,20 +34,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (DTYPES, add_lengths_option, add_matmul_precision_option,  # noqa: E402
-                    at_least, interleaved_cpu_samples,
+                    at_least, auto_lines, interleaved_cpu_samples,
                     lengths_device, load_tiles, machine, machine_lines, markdown_table,
-                    matmul_gflops, median_seconds, peak_memory_bytes, publish)
+                    matmul_gflops, median_seconds, peak_memory_bytes, provider_label, publish)
 
-from attngan import backend  # noqa: E402
+from attngan import autotune, backend  # noqa: E402
 from attngan.ops import damsm  # noqa: E402
 
 SIZES = {"cub": dict(batch=48, dim=256, words=18, regions=289),
          "cpu": dict(batch=32, dim=256, words=18, regions=289)}
 PYTORCH_PROVIDERS = ("loop", "reference", "reference_compiled")
-PROJECT_PROVIDERS = ("cpp", "triton", "cuda")
+PROJECT_PROVIDERS = ("cpp", "triton", "cuda", "auto")
 # forward; forward + gradients of words and regions (DAMSM pretraining); forward + gradient of
 # the regions only (the GAN step: the text encoder is frozen).
 PASSES = ("forward", "forward+backward", "forward+backward_regions")
+# FLOP per word, per image, per D x R (docs/DESIGN.md, "Benchmarks")
 FLOP_PER_DRN = {"forward": 4, "forward+backward": 12, "forward+backward_regions": 10}
 
 
@@ -96,6 +82,8 @@ def flop_count(num_images: int, lengths: torch.Tensor, dim: int, num_regions: in
 
 def unavailable(provider: str, words: torch.Tensor, regions: torch.Tensor) -> Optional[str]:
     """None if the provider runs on these inputs here, else why not."""
+    if provider == "auto":
+        return None
     impl = "reference" if provider == "reference_compiled" else provider
     reason = backend.unavailable_reason("damsm_word_similarity", impl, words.device)
     return reason or damsm._unsupported(impl, words.dtype, words.device,
@@ -115,14 +103,30 @@ def make_call(provider: str, words, lengths, regions, grad_s,
             with torch.no_grad():
                 return function(words, lengths, regions)
         return forward
-    words_leaf = words.detach().requires_grad_(pass_name == "forward+backward")
-    regions_leaf = regions.detach().requires_grad_()
+    words_leaf, regions_leaf = pass_inputs(words, regions, pass_name)
     leaves = (words_leaf, regions_leaf) if words_leaf.requires_grad else (regions_leaf,)
 
     def forward_backward():
         similarity = function(words_leaf, lengths, regions_leaf)
         return torch.autograd.grad(similarity, leaves, grad_s)
     return forward_backward
+
+
+def pass_inputs(words, regions, pass_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Words and regions as leaves needing the gradients the pass asks for."""
+    return (words.detach().requires_grad_(pass_name == "forward+backward"),
+            regions.detach().requires_grad_(pass_name != "forward"))
+
+
+def auto_choice(words, regions, pass_name: str) -> dict:
+    """The implementation auto runs in this pass ("auto"), and the milliseconds it measured of
+    each candidate ("auto_measured_ms"; None where it measured nothing, as on the CPU)."""
+    words_leaf, regions_leaf = pass_inputs(words, regions, pass_name)
+    with torch.set_grad_enabled(pass_name != "forward"):
+        key = autotune.damsm_key(words_leaf, regions_leaf, words.dtype, "auto")
+    impl = backend.choose("damsm_word_similarity", words.device, "auto",
+                          lambda name: unavailable(name, words, regions), key)
+    return dict(auto=impl, auto_measured_ms=autotune.measured_ms(words.device, key, impl))
 
 
 def run_benchmarks(device: torch.device, dtype: torch.dtype, size_names, passes, providers,
@@ -145,8 +149,9 @@ def run_benchmarks(device: torch.device, dtype: torch.dtype, size_names, passes,
                     continue
                 calls[provider] = make_call(provider, words, lengths, regions, grad_s, pass_name)
                 started = time.perf_counter()
-                calls[provider]()  # warm-up (and compilation for reference_compiled)
+                calls[provider]()  # warm-up (compilation for reference_compiled, auto measures)
                 first_call[provider] = time.perf_counter() - started
+            auto = auto_choice(words, regions, pass_name) if "auto" in calls else {}
             if device.type == "cpu":
                 samples = interleaved_cpu_samples(calls, rounds)
                 medians = {p: statistics.median(t) for p, t in samples.items()}
@@ -163,6 +168,7 @@ def run_benchmarks(device: torch.device, dtype: torch.dtype, size_names, passes,
                                  min_ms=None if minima[provider] is None
                                  else minima[provider] * 1e3,
                                  first_call_s=first_call[provider], gflop=flop / 1e9,
+                                 **(auto if provider == "auto" else {}),
                                  gflops=flop / seconds / 1e9, matmul_gflops=matmul,
                                  peak_mib=None if peak is None else peak / 2 ** 20))
                 print(f"  {size_name} {pass_name} {provider}: {seconds * 1e3:.1f} ms", flush=True)
@@ -185,7 +191,7 @@ def render(rows: list[dict], info: dict, dtype: torch.dtype) -> str:
     headers = ["size", "pass", "provider", "median ms", "min ms", "x loop", "x best PyTorch",
                "GFLOP/s", "% matmul", "peak MiB"]
     table = markdown_table(headers, [
-        [f"{r['size']} (B={r['batch']})", r["pass_"], r["provider"], fmt_ms(r["median_ms"]),
+        [f"{r['size']} (B={r['batch']})", r["pass_"], provider_label(r), fmt_ms(r["median_ms"]),
          fmt_ms(r["min_ms"]),
          fmt(r["speedup_vs_loop"], ".2f"), fmt(r["speedup_vs_best_pytorch"], ".2f"),
          fmt(r["gflops"], ".1f"), fmt(100 * r["gflops"] / r["matmul_gflops"], ".0f"),
@@ -199,9 +205,9 @@ def render(rows: list[dict], info: dict, dtype: torch.dtype) -> str:
         f"# DAMSM word similarity, {info['device']} {str(dtype).split('.')[1]}, {info['date_utc']} UTC",
         "", *machine_lines(info),
         f"- machine matmul ({str(dtype).split('.')[1]}): {fmt(matmul, '.0f')} GFLOP/s; "
-        "FLOP counts in bench/bench_damsm.py; D=256, L=18 (all words valid), R=289; "
+        "FLOP counts in docs/DESIGN.md; D=256, L=18 (all words valid), R=289; "
         f"features N(0, 1) x {rows[0]['feature_scale'] if rows else '-'}",
-        *tiles_line, "", table])
+        *tiles_line, "", table, *auto_lines(rows)])
 
 
 def main(argv=None) -> int:

@@ -1,41 +1,19 @@
-"""Benchmark of the generator's word attention (SPEC section 1, stages 2-3), every provider.
+"""Benchmark of the generator's word attention, every provider (docs/DESIGN.md, "Benchmarks").
 
-Providers: "reference" (vectorized PyTorch, eager), "reference_compiled" (the same under
-torch.compile), PyTorch's scaled_dot_product_attention with each backend forced ("sdpa_math",
-"sdpa_efficient", "sdpa_flash", "sdpa_cudnn"; the query viewed as [B, 1, R, C], words as keys
-and values [B, 1, L, C], a boolean [B, 1, 1, L] word mask, scale=1, and the transposes back to
-channel-first counted in its time; a backend that cannot take the mask or the device is listed
-as skipped with PyTorch's reason), and the project's fused kernels "cpp", "triton", "cuda" where
-the device has them (through the public `attngan.ops.word_attention.word_attention`, context
-only, no map: SDPA cannot return one). Passes: "forward" (no autograd) and "forward+backward"
-(gradients of query and words).
-
-Passes "cat-forward" and "cat-forward+backward" time what the generator's next layer reads,
-torch.cat([h, context], 1) `[B, 2C, H, W]`: "reference" and "reference_compiled" compute the
-context then torch.cat, "<impl>" (a fused kernel) the same, and "<impl>_concat" the fused
-kernel's concat=True variant, which writes h and the context in one pass (and adds h's direct
-gradient in its backward). They decide whether the generator uses the variant; they run for the
---cat-sizes only (SDPA is left out of them).
-
-Sizes: "cub64" / "cub128": B = 20, C = 32 (ngf), L = 18 at 64x64 / 128x128 (stages 2 and 3 on
-CUB); "coco64" / "coco128": B = 14, C = 48, L = 12; "cpu": B = 4, C = 32, L = 18 at 32x32 (the
-pytest-benchmark size). Lengths are ragged like real captions: drawn uniformly from L/2..L with a
-fixed seed (--full-lengths: all L; the fused kernels skip padded words, the others do not).
-
-Bytes (the least any implementation must move, e = bytes per element, R = H*W):
-    forward:          read query + words, write context          = e * (2 B C R + B C L)
-    forward+backward: the forward, then read query, grad_context
-                      and words, write grad_query and grad_words = e * (5 B C R + 3 B C L)
-    cat-forward:      read query + words, write query and context = e * (3 B C R + B C L)
-    cat-forward+backward: that, then read query, the [B, 2C, R]
-                      gradient and words, write grad_query and
-                      grad_words                                 = e * (7 B C R + 3 B C L)
-Achieved GB/s is that count over the median time (the op is memory-bound on GPUs: about 2 C L
-multiply-adds per element moved).
-
-Timing: CPU torch.utils.benchmark (median, and the fastest block: on a shared machine other
-processes only add time), CUDA triton.testing.do_bench (median). Peak memory on CUDA only.
-
+Providers: "reference" (vectorized PyTorch), "reference_compiled" (under torch.compile),
+PyTorch's scaled_dot_product_attention with each backend forced ("sdpa_math",
+"sdpa_efficient", "sdpa_flash", "sdpa_cudnn": the query viewed as [B, 1, R, C], the words as
+keys and values, a boolean word mask, scale=1, the transposes back to channel-first timed too;
+a backend that declines is listed as skipped with PyTorch's reason), and the fused kernels
+"cpp", "triton", "cuda" where the device has them, and "auto", the public op's default, labelled
+with the implementation it ran (on a GPU: the one it measured fastest at its first call, whose
+timings the output lists; attngan.autotune); all through the public `word_attention`, context
+only: SDPA returns no map. Passes "forward" and "forward+backward"; "cat-forward" and
+"cat-forward+backward" (--cat-sizes only) time what the generator's next layer reads,
+torch.cat([h, context], 1): the context then torch.cat, against "<impl>_concat", the kernel's
+one-pass variant. Sizes: "cub64" / "cub128" B = 20, C = 32, L = 18; "coco64" / "coco128" B = 14,
+C = 48, L = 12; "cpu" B = 4, C = 32, L = 18 at 32x32. Lengths ragged, uniform in L/2..L with a
+fixed seed (--full-lengths: all L). GB/s by the byte count of docs/DESIGN.md.
     python bench/bench_word_attention.py [--device cuda] [--dtype bf16] [--sizes cub64,coco64]
                                          [--cat-sizes cub64] [--full-lengths] [--threads 1]
                                          [--lengths-on cpu|device] [--record]
@@ -57,10 +35,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DTYPES, add_lengths_option, at_least, lengths_device, machine,  # noqa: E402
-                    machine_lines, markdown_table, median_seconds, peak_memory_bytes, publish)
+from common import (DTYPES, add_lengths_option, at_least, auto_lines,  # noqa: E402
+                    lengths_device, machine, machine_lines, markdown_table, median_seconds,
+                    peak_memory_bytes, provider_label, publish)
 
-from attngan import backend  # noqa: E402
+from attngan import autotune, backend  # noqa: E402
 # attngan.ops re-exports the function under the module's name: fetch the module itself.
 wa = importlib.import_module("attngan.ops.word_attention")
 
@@ -76,7 +55,7 @@ DEFAULT_CAT_SIZES = {"cpu": "cub64,cpu", "cuda": "cub128"}
 DEFAULT_MIN_TIME = {"cpu": 1.0, "cuda": 0.25}
 PYTORCH_PROVIDERS = ("reference", "reference_compiled", "sdpa_math", "sdpa_efficient",
                      "sdpa_flash", "sdpa_cudnn")
-PROJECT_PROVIDERS = ("cpp", "triton", "cuda")
+PROJECT_PROVIDERS = ("cpp", "triton", "cuda", "auto")
 PASSES = ("forward", "forward+backward")
 CAT_PASSES = ("cat-forward", "cat-forward+backward")
 
@@ -101,6 +80,7 @@ def make_inputs(size: dict, device: torch.device, dtype: torch.dtype, full_lengt
 
 
 def byte_count(size: dict, dtype: torch.dtype, pass_name: str) -> int:
+    """The least bytes any implementation moves (docs/DESIGN.md, "Benchmarks")."""
     element = torch.finfo(dtype).bits // 8
     maps = size["batch"] * size["channels"] * size["side"] ** 2
     words = size["batch"] * size["channels"] * size["words"]
@@ -135,6 +115,8 @@ def unavailable(provider: str, device: torch.device, dtype: torch.dtype, size: d
         name = _SDPA_BACKENDS[provider]
         return None if hasattr(SDPBackend, name) else f"this torch has no SDPBackend.{name}"
     impl = _implementation(provider)
+    if impl == "auto":
+        return None
     reason = backend.unavailable_reason("word_attention", impl, device)
     return reason or wa._unsupported(impl, size["channels"], size["words"], dtype, str(device))
 
@@ -142,6 +124,21 @@ def unavailable(provider: str, device: torch.device, dtype: torch.dtype, size: d
 def _implementation(provider: str) -> str:
     """The word_attention impl behind a provider name."""
     return "reference" if provider == "reference_compiled" else provider.removesuffix("_concat")
+
+
+def auto_choice(query, words, provider: str, pass_name: str,
+                size: dict) -> dict:
+    """The implementation auto runs for this provider and pass ("auto"), and the milliseconds it
+    measured of each candidate ("auto_measured_ms"; None where it measured nothing, as on the
+    CPU)."""
+    backward = pass_name.endswith("backward")
+    query_leaf, words_leaf = (t.detach().requires_grad_(backward) for t in (query, words))
+    with torch.set_grad_enabled(backward):
+        key = autotune.word_attention_key(query_leaf, words_leaf, "auto", False,
+                                          provider.endswith("_concat"))
+    impl = backend.choose("word_attention", query.device, "auto",
+                          lambda name: unavailable(name, query.device, query.dtype, size), key=key)
+    return dict(auto=impl, auto_measured_ms=autotune.measured_ms(query.device, key, impl))
 
 
 def _with_cat(function: Callable) -> Callable:
@@ -232,6 +229,8 @@ def run_benchmarks(device: torch.device, dtype: torch.dtype, size_names, provide
                                      skipped=reason))
                     continue
                 warmup = time.perf_counter() - started
+                auto = (auto_choice(query, words, provider, pass_name, size)
+                        if provider.startswith("auto") else {})
                 if device.type == "cpu":
                     seconds, fastest = cpu_seconds(call, min_run_time)
                 else:
@@ -241,7 +240,7 @@ def run_benchmarks(device: torch.device, dtype: torch.dtype, size_names, provide
                                  lengths=lengths.tolist(), pass_=pass_name, provider=provider,
                                  median_ms=seconds * 1e3,
                                  min_ms=None if fastest is None else fastest * 1e3,
-                                 first_call_s=warmup, mbytes=nbytes / 1e6,
+                                 first_call_s=warmup, mbytes=nbytes / 1e6, **auto,
                                  gbps=nbytes / seconds / 1e9,
                                  peak_mib=None if peak is None else peak / 2 ** 20))
                 print(f"  {size_name} {pass_name} {provider}: {seconds * 1e3:.2f} ms", flush=True)
@@ -275,7 +274,7 @@ def render(rows: list[dict], info: dict, dtype: torch.dtype, full_lengths: bool)
         if "skipped" in r:
             body.append([label, r["pass_"], r["provider"], "skipped: " + r["skipped"]] + [""] * 7)
             continue
-        body.append([label, r["pass_"], r["provider"], fmt(r["median_ms"], ".2f"),
+        body.append([label, r["pass_"], provider_label(r), fmt(r["median_ms"], ".2f"),
                      fmt(r["speedup_vs_reference"], ".2f"), fmt(r["speedup_vs_best_pytorch"], ".2f"),
                      fmt(r["gbps"], ".1f"), fmt(r["min_ms"], ".2f"),
                      fmt(r["speedup_vs_reference_min"], ".2f"),
@@ -284,9 +283,9 @@ def render(rows: list[dict], info: dict, dtype: torch.dtype, full_lengths: bool)
         f"# Word attention, {info['device']} {str(dtype).split('.')[1]}, {info['date_utc']} UTC",
         "", *machine_lines(info),
         "- lengths: " + ("all L" if full_lengths else "ragged, uniform in L/2..L (seed 0)")
-        + "; context only (no map); GB/s over the minimum bytes of bench/bench_word_attention.py;"
+        + "; context only (no map); GB/s over the minimum bytes of docs/DESIGN.md;"
         " cat-* passes output torch.cat([h, context], 1)",
-        "", markdown_table(headers, body)])
+        "", markdown_table(headers, body), *auto_lines(rows)])
 
 
 def main(argv=None) -> int:

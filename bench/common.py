@@ -1,8 +1,8 @@
 """Shared helpers of the benchmarks in bench/: timing, the machine's own matmul rate, peak
 memory, a description of the machine and software, and recording results.
 
-Timing follows DESIGN.md: on CPU `torch.utils.benchmark` (median of blocked runs, or of single
-calls interleaved over the providers on a shared machine), on CUDA
+Timing (docs/DESIGN.md, "Benchmarks"): on CPU `torch.utils.benchmark` (median of blocked runs,
+or of single calls interleaved over the providers on a shared machine), on CUDA
 `triton.testing.do_bench` (median, after warm-up; CUDA events when triton is missing). Every
 recorded result names the machine (CPU model, GPU model via nvidia-ml-py), the thread count,
 versions and the git commit.
@@ -22,6 +22,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
+
+from attngan.autotune import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -112,16 +114,6 @@ def _run(*cmd: str) -> str:
                               cwd=Path(__file__).resolve().parent).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def gpu_model() -> Optional[str]:
@@ -219,6 +211,20 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def provider_label(row: dict) -> str:
+    """A row's provider; for "auto", with the implementation it ran."""
+    return f"{row['provider']}: {row['auto']}" if row.get("auto") else row["provider"]
+
+
+def auto_lines(rows: Sequence[dict]) -> list[str]:
+    """A line for each "auto" row that measured its choice: what it measured at its first call
+    (attngan.autotune keeps those milliseconds with the choice)."""
+    return [f"- {row['provider']}, {row['size']} {row['pass_']}: ran {row['auto']}; measured at "
+            f"its first call: " + ", ".join(f"{impl} {ms:.3f} ms" for impl, ms
+                                            in row["auto_measured_ms"].items())
+            for row in rows if row.get("auto_measured_ms")]
 
 
 def record(name: str, info: dict, rows: list[dict], markdown: str) -> tuple[Path, Path]:

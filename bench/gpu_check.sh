@@ -5,21 +5,26 @@
 #   1. builds attngan with its C++ and CUDA extension (pip install --no-deps --no-build-isolation -e .,
 #      with a compiler that links libstdc++ dynamically: see links_libstdcxx_dynamically) and
 #      prints what was built,
-#   2. runs the GPU-marked tests (compiled Triton and the CUDA extension at the DESIGN sizes),
-#   3. runs the Triton test files compiled (their unmarked tests use the GPU when there is one;
+#   2. runs the ladder of the GAN training step (bench/bench_train_step.py: the original's way,
+#      then reference ops, fused ops, TF32, bf16, channels_last + cudnn.benchmark, fused Adam,
+#      torch.compile, CUDA graphs, each row with the switches of the rows before it: ms per step,
+#      images/s, launches and kernels per step, how busy the GPU is, peak memory) at the CUB
+#      preset first (what the next GPU run must answer), with the profile of its fastest row
+#      (the ops and kernels that take its time; its Chrome trace in the logs), then at the COCO
+#      preset,
+#   3. runs the GPU-marked tests (compiled Triton and the CUDA extension at the docs/DESIGN.md sizes; the
+#      training step's switches: no host synchronisation, CUDA-graph replay against the eager step),
+#   4. runs the Triton test files compiled (their unmarked tests use the GPU when there is one;
 #      among them every tiling of the DAMSM kernels, captions per program too, against one),
-#   4. runs the DAMSM benchmark (--device cuda --dtype bf16 --record), compute-sanitizer's memcheck
+#   5. runs the DAMSM benchmark (--device cuda --dtype bf16 --record), compute-sanitizer's memcheck
 #      on a tiny case of every CUDA kernel, the tile sweep of the Triton DAMSM kernels
 #      (bench/tune_damsm_tiles.py), the DAMSM benchmark again with the tiles the sweep suggests
 #      (the PyTorch providers and Triton, so the record compares them in one run), the
-#      word-attention benchmark, racecheck on the same case, the end-to-end GAN training step at
-#      the CUB preset (the original's way vs reference ops vs fused kernels, fp32 and bf16
-#      autocast) and the DAMSM pretraining step at the CUB preset (the original's loop vs
-#      reference ops vs fused kernels), both with a profile of each row (the ops whose kernels
-#      take the step's time, and how busy the GPU is), in that order (most needed first: the
-#      budget may cut the last ones),
-#   5. writes bench/results/<date>-<gpu>.md and .json and prints a short table last.
-# Every step has a time limit and the whole run stays under BUDGET_S (default 520 s); a failing
+#      word-attention benchmark, racecheck on the same case and the ladder of the DAMSM
+#      pretraining step at the CUB preset, in that order (most needed first: the budget may cut
+#      the last ones),
+#   6. writes bench/results/<date>-<gpu>.md and .json and prints a short table last.
+# Every step has a time limit and the whole run stays under BUDGET_S (default 480 s); a failing
 # step is recorded and the next one still runs. Exit status: 0 only when every step that ran
 # passed. The suggested tiles are left in the logs (tuned-tiles-bf16.json) for kernels.damsm.TILES.
 #
@@ -40,7 +45,7 @@ set -u -o pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-BUDGET_S=${BUDGET_S:-520}
+BUDGET_S=${BUDGET_S:-480}
 # torch's BuildExtension compiles in parallel only when it finds ninja, which pip installs into the
 # interpreter's scripts folder; that folder is not always on PATH (a venv's python3 called by path).
 PATH="$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
@@ -76,10 +81,12 @@ START=$(date +%s)
 STAMP=$(date -u +%Y%m%d-%H%M)
 LOGS=$(mktemp -d /tmp/gpu_check.XXXXXX)
 touch "$LOGS/.start"   # the results this run writes are the files newer than this one
+# auto's measurements (attngan.autotune): made afresh by this run, kept with its logs
+export ATTNGAN_TUNE_CACHE=$LOGS/autotune.json
 
-TRITON_TESTS=(tests/test_damsm_triton.py tests/test_word_attention.py tests/test_tune_damsm_tiles.py)
-BENCH_STEPS=(bench_damsm tune_damsm_tiles bench_damsm_tuned bench_word_attention bench_train_step
-             bench_damsm_step)
+TRITON_TESTS=(tests/test_damsm_kernels.py tests/test_word_attention_kernels.py tests/test_tune_damsm_tiles.py)
+BENCH_STEPS=(ladder_cub ladder_coco bench_damsm tune_damsm_tiles bench_damsm_tuned
+             bench_word_attention damsm_ladder)
 SANITIZER_CASE='
 import torch
 import attngan._C  # registers torch.ops.attngan_C
@@ -149,6 +156,11 @@ step build 240 "$PY" -m pip install --no-deps --no-build-isolation -e .
 step built 30 "$PY" -c "import sys, attngan, attngan.backend as b; ext = b.compiled_extension(); \
 print('attngan._C:', 'missing' if ext is None else ('with CUDA' if ext.with_cuda else 'CPU only')); \
 print(b.describe()); sys.exit(0 if ext is not None and ext.with_cuda else 1)"
+# Each row is profiled while it is built (a row run alone would compile again): the record
+# ends with the fastest row's profile, and its Chrome trace is left in the logs.
+LADDER=("$PY" bench/bench_train_step.py --device cuda --min-time 1 --profile 3 --record)
+step ladder_cub 250 "${LADDER[@]}" --preset cub --trace "$LOGS/trace_cub"
+step ladder_coco 150 "${LADDER[@]}" --preset coco
 # with pytest-xdist, 4 worker processes: the tests are mostly Triton compilations (CPU-bound), and
 # a worker that crashes is reported and replaced instead of ending the whole step
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
@@ -176,11 +188,7 @@ if [[ -n $SANITIZER ]]; then
 else
   STEPS+=("sanitizer|skipped (no compute-sanitizer)|0")
 fi
-step bench_train_step 170 "$PY" bench/bench_train_step.py --preset cub --device cuda \
-  --impls loop,reference,auto,cuda --precisions fp32,bf16 --min-time 2 --profile 3 --record
-step bench_damsm_step 140 "$PY" bench/bench_train_step.py --stage damsm --preset cub \
-  --device cuda --impls loop,reference,auto,cuda --precisions fp32,bf16 --min-time 1 \
-  --profile 3 --record
+step damsm_ladder 140 "${LADDER[@]}" --stage damsm --preset cub
 
 # Results: bench/results/<date>-<gpu>.md and .json (machine, versions, commit, steps, log tails).
 RESULT=$("$PY" -c 'import sys; sys.path.insert(0, "bench"); from common import gpu_check_record

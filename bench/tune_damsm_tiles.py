@@ -1,27 +1,19 @@
 """Time candidate tile sizes of the Triton DAMSM kernels on a GPU and print the table to keep.
 
-kernels/damsm.py launches three kernels (forward, region gradient, word gradient), each with a
-(largest BLOCK_R, captions per program, num_warps, num_stages) entry of `kernels.damsm.TILES`, one
-for 16-bit inputs and one for fp32. This script tries candidates for one kernel at a time, the
-other two at their current entries, and times the op that kernel dominates:
-    forward -> damsm_word_similarity_fwd
-    regions -> damsm_word_similarity_bwd without the word gradient (the GAN step's backward)
-    words   -> damsm_word_similarity_bwd with both gradients
-Every candidate's outputs are compared with the current entries' (relative norm of the
-difference; a candidate off by more than MISMATCH is reported and never suggested), and its time
-is given as a ratio to the current entry measured in the same run. Each kernel gets an equal
-share of --max-seconds (compiling a candidate takes seconds); candidates past it are not tried
-(bench/gpu_check.sh gives the whole sweep 70 s).
+Each of the three kernels of kernels/damsm.py (forward, region gradient, word gradient) has a
+(largest BLOCK_R, captions per program, num_warps, num_stages) entry of `kernels.damsm.TILES`
+per dtype class. Candidates are tried for one kernel at a time, the others at their current
+entries, timing the op that kernel dominates (forward: damsm_word_similarity_fwd; regions: the
+backward without the word gradient; words: the backward with both); each candidate's outputs are
+compared with the current entries' (one off by more than MISMATCH is never suggested) and its
+time is a ratio to the current entry's in the same run. Each kernel gets an equal share of
+--max-seconds (bench/gpu_check.sh gives the sweep 70 s). CUB size, CUDA only (on the CPU the
+interpreter's timings mean nothing; tests/test_tune_damsm_tiles.py runs `sweep` there).
 
     python bench/tune_damsm_tiles.py [--dtype bf16] [--kernels forward,regions,words]
                                      [--max-seconds 75] [--record] [--write-tiles FILE]
 
---write-tiles writes the table with the suggested entries as JSON; bench/bench_damsm.py --tiles
-FILE measures the kernels with it (bench/gpu_check.sh does both in one run).
-
-Size: CUB (B = 48, D = 256, L = 18 with ragged lengths, R = 289), on CUDA only (on CPU the
-kernels run in the Triton interpreter, whose timings mean nothing; tests/test_tune_damsm_tiles.py
-runs `sweep` there at a tiny size to check the tool and that results do not depend on the tiles).
+--write-tiles writes the table with the suggested entries as JSON for bench_damsm.py --tiles.
 """
 from __future__ import annotations
 

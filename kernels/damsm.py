@@ -1,63 +1,20 @@
-"""DAMSM word-level image-caption similarity as Triton kernels, forward and backward.
+"""DAMSM word-level similarity as Triton kernels, forward and backward: the math and the backward
+terms (A, B, Bw, delta) of docs/DESIGN.md, "DAMSM word similarity".
 
-For every image j (regions v = regions[j], `[D, R]`) and caption i (words e = words[i], `[D, L]`,
-of which the first n = lengths[i] are real), SPEC section 2 / paper equations 7-10:
-
-    s[r, t]  = v_r . e_t                                   (Eq. 7)     [R, n]
-    P[r, t]  = softmax_t(s[r, :])[t]   (over the n words)  (Eq. 8)
-    a[t, r]  = softmax_r(gamma1 * P[:, t])[r]  (over regions)  (Eq. 9)
-    c_t      = sum_r a[t, r] v_r                           region context of word t
-    R_t      = (e_t . c_t) / max(|e_t| |c_t|, 1e-8)        cosine
-    S[j, i]  = log sum_{t < n} exp(gamma2 * R_t)           (Eq. 10, no 1/gamma2, as coded)
-
-Backward, derived by hand (checked against autograd in tests/test_damsm_triton.py), g = dL/dS[j, i]:
-
-    w_t  = softmax_t(gamma2 R_t),  gR_t = g gamma2 w_t
-    N_t  = |e_t||c_t|; unclamped (N_t >= 1e-8): dR/de = c/N - R e/|e|^2, dR/dc = e/N - R c/|c|^2
-                       clamped:                 dR/de = c/1e-8,           dR/dc = e/1e-8
-    so   gc_t = A_t e_t + B_t c_t   and  ge_t(direct) = A_t c_t + Bw_t e_t  with per-word scalars
-         A = gR/max(N, 1e-8), B = -gR R/|c|^2, Bw = -gR R/|e|^2 (B = Bw = 0 when clamped)
-    gA[r, t] = v_r . gc_t;  delta_t = sum_r a[t, r] gA[r, t] = gc_t . c_t
-    gP[r, t] = gamma1 a[t, r] (gA[r, t] - delta_t)                     (softmax over regions)
-    gs[r, t] = P[r, t] (gP[r, t] - sum_t' P[r, t'] gP[r, t'])          (softmax over words)
-    grad regions[j] = sum_i  gc a + e gs^T           `[D, L] @ [L, R]`
-    grad words[i]   = sum_j  (A c + Bw e) + v gs     `[D, R] @ [R, L]`
-
-Kernels and program-to-data mapping (one launch each, all pairs at once, nothing of size
-`[Bi, Bc, R, L]` ever in memory; all words of a caption on chip, padded to BLOCK_L, regions
-streamed in blocks of BLOCK_R, the whole embedding width D in one BLOCK_D tile). Captions are
-taken GROUP at a time (a tuning choice, TILES below): a group's words sit side by side as one
-`[D, GROUP * BLOCK_L]` tile, so every product is GROUP times wider, the softmax over words and
-the log-sum-exp run per caption on a `[.., GROUP, BLOCK_L]` view, and a group running past the
-last caption has no real word and stores nothing. The launchers hand the kernels words padded to
-`[Bc, D, BLOCK_L]` and regions to `[Bi, D, R_STRIDE]` (R rounded up to 16; `_aligned`), and
-every `[D, L]`-shaped buffer has rows of BLOCK_L: all rows start aligned and are loaded whole, in
-16-byte vectors, the padding masked after the load (word slots past a caption's length become 0,
-regions past R drop out of the softmax), never as a per-element load mask.
-- `_damsm_word_similarity_fwd_kernel`: one program per (caption group, image j), caption groups
-  fastest so concurrent programs share an image's regions in L2. Online softmax over region
-  blocks (running max / sum per word, context accumulator `[D, GROUP * L]` rescaled per block),
-  then cosines and the log-sum-exps. With SAVE_STATS it is the first pass of the backward: it
-  also writes, per pair, what the two gradient kernels read instead of the context itself: the
-  context gradient gc = A e + B c and the direct word gradient A c + Bw e, each
-  `[Bi, Bc, D, BLOCK_L]` in the input dtype (that of the products gc enters; both exactly 0 at
-  padded word slots), and per-word fp32 scalars (log-normaliser of the region softmax, delta)
-  `[Bi, Bc, 2, BLOCK_L]`. The gradient kernels so hold two tiles of the input dtype per caption
-  group, not fp32 copies of e and c.
-- `_damsm_word_similarity_bwd_kernel`: gradient of the regions. One program per
-  (region block, image j) keeps its regions and a `[D, BLOCK_R]` fp32 accumulator on chip and
-  loops over all caption groups, recomputing s, P, a from the saved statistics: the reduction
-  over captions happens in registers, so no atomics and a deterministic result.
-- `_damsm_word_similarity_bwd_words_kernel`: gradient of the words. One program per
-  (caption group, block of images) holds its words, accumulates `[D, GROUP * L]` in registers
-  over its images and region blocks and writes an fp32 partial `[n_blocks, Bc, D, BLOCK_L]`; the
-  launcher sums the partials (two-pass reduction over images instead of atomics: deterministic,
-  and the partials are small).
-
-Precision: inputs fp32/fp16/bf16; every dot accumulates in fp32 (fp32 inputs use IEEE fp32
-dots, not tf32, so fp32 results match an fp32 reference); softmaxes, cosines and log-sum-exps
-in fp32; S is fp32; gradients are returned in the input dtype. Shape rules the interpreter does
-not check are respected: every tl.dot operand is at least 16 x 16 (BLOCK_D, BLOCK_L, BLOCK_R >= 16).
+Mapping (one launch per kernel, all pairs at once; nothing of size [Bi, Bc, R, L] in memory): a
+caption's words sit on chip padded to BLOCK_L, regions stream in blocks of BLOCK_R, the whole
+width D is one BLOCK_D tile, and captions go GROUP at a time as one `[D, GROUP * BLOCK_L]` tile
+(TILES). The launchers pad words to `[Bc, D, BLOCK_L]` and regions to `[Bi, D, R_STRIDE]`
+(`_aligned`) so that every row is loaded whole in 16-byte vectors, the padding masked after the
+load.
+- forward: one program per (caption group, image j), caption groups fastest (concurrent programs
+  share an image's regions in L2); online softmax over region blocks. With SAVE_STATS it is the
+  backward's first pass and also writes per pair gc = A e + B c and the direct word gradient
+  A c + Bw e `[Bi, Bc, D, BLOCK_L]` (input dtype) and the fp32 scalars (lse, delta).
+- region gradient: one program per (region block, image j) loops over all caption groups,
+  recomputing s, P and alpha, and sums in registers (no atomics, deterministic).
+- word gradient: one program per (caption group, block of images) writes an fp32 partial sum;
+  the launcher sums the partials (deterministic).
 """
 from __future__ import annotations
 
@@ -68,12 +25,14 @@ import triton
 import triton.language as tl
 
 __all__ = ["damsm_word_similarity_fwd", "damsm_word_similarity_bwd", "damsm_word_similarity_supported",
-           "MAX_DIM", "MAX_WORDS", "TILES", "tile_slot"]
+           "MAX_DIM", "MAX_WORDS", "MAX_IMAGES", "TILES", "tile_slot"]
 
-# Largest D and L the kernels take: the [D, L] word and context tiles live in registers.
+# Largest D and L the kernels take (the [D, L] word and context tiles live in registers), and
+# the most images per call (the grid's second axis).
 MAX_DIM = 256
 MAX_WORDS = 64
-_EPS = 1e-8  # clamp of the norm product in the cosine (SPEC 2, step 5)
+MAX_IMAGES = 65535
+_EPS = tl.constexpr(1e-8)  # clamp of the norm product in the cosine
 _N_STATS = 2  # per-word scalars saved by the first backward pass: lse, delta
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -160,7 +119,7 @@ def _damsm_word_similarity_fwd_kernel(
     SAVE_STATS: tl.constexpr, GROUP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     BLOCK_R: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """S[j, i] for GROUP captions i (program 0) and one image j (program 1); see the module docstring."""
+    """S[j, i] for GROUP captions i (program 0) and one image j (program 1)."""
     img = tl.program_id(1)
     offs_d = tl.arange(0, BLOCK_D)
     offs_t = tl.arange(0, BLOCK_L)
@@ -196,8 +155,8 @@ def _damsm_word_similarity_fwd_kernel(
     ee = tl.sum(ef * ef, axis=0)
     cc = tl.sum(c * c, axis=0)
     norm = tl.sqrt(ee) * tl.sqrt(cc)
-    clamped = norm < 1e-8
-    norm_c = tl.maximum(norm, 1e-8)
+    clamped = norm < _EPS
+    norm_c = tl.maximum(norm, _EPS)
     rt = ec / norm_c
     z = tl.reshape(tl.where(t_ok, gamma2 * rt, float("-inf")), (GROUP, BLOCK_L))
     # a caption past Bc has no word (all of z is -inf): S = 0 there keeps its lanes free of NaN
@@ -324,70 +283,43 @@ def _damsm_word_similarity_bwd_words_kernel(
 
 
 def damsm_word_similarity_supported(words: torch.Tensor, regions: torch.Tensor) -> Optional[str]:
-    """None if the Triton kernels take these shapes, else a sentence saying why not."""
-    if words.dim() == 3 and words.shape[1] > MAX_DIM:
-        return f"the Triton DAMSM kernel takes D <= {MAX_DIM}, got D = {words.shape[1]}"
-    if words.dim() == 3 and words.shape[2] > MAX_WORDS:
-        return f"the Triton DAMSM kernel takes L <= {MAX_WORDS} words, got L = {words.shape[2]}"
-    if regions.dim() == 3 and regions.shape[0] > 65535:   # images are the grid's second axis
-        return f"the Triton DAMSM kernel takes at most 65535 images per call, got {regions.shape[0]}"
+    """None if the kernels take these shapes (words `[Bc, D, L]`, regions `[Bi, D, R]`), else a
+    sentence saying why not."""
+    dim, max_len, num_imgs = words.shape[1], words.shape[2], regions.shape[0]
+    if dim > MAX_DIM or max_len > MAX_WORDS or num_imgs > MAX_IMAGES:
+        return (f"the Triton kernel takes D <= {MAX_DIM}, L <= {MAX_WORDS} and at most "
+                f"{MAX_IMAGES} images, got D = {dim}, L = {max_len}, {num_imgs} images")
     return None
 
 
 def _check(name: str, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor) -> None:
-    """Raise one clear error for the first problem in the shapes, dtypes or devices of the inputs
-    of either launcher."""
-    for arg, tensor in (("words", words), ("lengths", lengths), ("regions", regions)):
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(tensor).__name__}")
-    if words.dim() != 3 or regions.dim() != 3 or lengths.dim() != 1:
-        raise ValueError(f"{name}: expected words [Bc, D, L], lengths [Bc], regions [Bi, D, R]; got "
-                         f"{tuple(words.shape)}, {tuple(lengths.shape)}, {tuple(regions.shape)} "
-                         f"(flatten [Bi, D, H, W] regions to [Bi, D, H*W])")
-    if words.dtype not in _DTYPES or regions.dtype != words.dtype:
-        raise TypeError(f"{name}: words and regions must share one dtype of float32/float16/bfloat16, "
-                        f"got {words.dtype} and {regions.dtype}; cast them first")
-    if lengths.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"{name}: lengths must be int64 (or int32), got {lengths.dtype}")
-    if words.device != regions.device or lengths.device != words.device:
-        raise ValueError(f"{name}: words ({words.device}), lengths ({lengths.device}) and regions "
-                         f"({regions.device}) must be on one device")
-    if lengths.shape[0] != words.shape[0]:
-        raise ValueError(f"{name}: {lengths.shape[0]} lengths for {words.shape[0]} captions; "
-                         f"pass one length per caption")
-    if regions.shape[1] != words.shape[1]:
-        raise ValueError(f"{name}: words have D = {words.shape[1]} but regions have D = {regions.shape[1]}; "
-                         f"both encoders must share the embedding width")
-    if min(words.shape) == 0 or min(regions.shape) == 0:
-        raise ValueError(f"{name}: empty input (words {tuple(words.shape)}, regions {tuple(regions.shape)}); "
-                         f"every size must be at least 1")
+    """The kernels' preconditions (attngan.ops.damsm validates the inputs with clear messages
+    before any backend runs). The lengths' values are not read (that would wait for the
+    device): the kernels clamp them into [1, L]."""
+    if (words.dim() != 3 or regions.dim() != 3 or lengths.dim() != 1
+            or lengths.shape[0] != words.shape[0] or regions.shape[1] != words.shape[1]
+            or words.numel() == 0 or regions.numel() == 0):
+        raise ValueError(f"{name}: expected words [Bc, D, L], lengths [Bc], regions [Bi, D, R], "
+                         f"none empty; got {tuple(words.shape)}, {tuple(lengths.shape)}, "
+                         f"{tuple(regions.shape)}")
+    if (words.dtype not in _DTYPES or regions.dtype != words.dtype
+            or lengths.dtype not in (torch.int64, torch.int32)):
+        raise TypeError(f"{name}: words and regions must share one dtype of float32/float16/"
+                        f"bfloat16 and lengths be int64 or int32, got {words.dtype}, "
+                        f"{regions.dtype} and {lengths.dtype}")
+    if lengths.device != words.device or regions.device != words.device:
+        raise ValueError(f"{name}: words, lengths and regions must be on one device, got "
+                         f"{words.device}, {lengths.device} and {regions.device}")
     reason = damsm_word_similarity_supported(words, regions)
     if reason is not None:
-        raise ValueError(f"{name}: {reason}; use impl='reference' (or 'cpp' on CPU) for such sizes")
-    # The lengths' values are not read here (that would wait for the device): the custom op
-    # checks them once per call (attngan.ops._library.check_lengths), and the kernels clamp them
-    # into [1, L], so that no value makes them read out of bounds.
+        raise ValueError(f"{name}: {reason}")
 
 
 # Per kernel: (largest BLOCK_R, captions per program, num_warps, num_stages) for 16-bit inputs
-# and for fp32, whose IEEE dots run on the FMA units and need more registers. Chosen by the ptxas
-# report for sm_90 at the CUB size (D = 256, L = 18, R = 289; tests/triton_sm90.py prints it, for
-# the kernels the JIT builds for these arguments), registers and bytes spilled per thread with
-# Triton 3.8 / 3.6 (the GPU machine's):
-#   kernel                 bf16                    fp32
-#   forward                112 / 122, no spill     128 / 168, no spill
-#   forward + saved terms  186 / 198, no spill     128 / 183, 24 / 0 bytes
-#   regions                142 / 148, no spill      64 / 64, 1,068 / 1,064 bytes (16 warps)
-#   words                  168 / 177, no spill     255 / 255, 24 / 8 bytes
-# Before the launchers aligned the rows (_aligned) every tile was loaded one element at a time,
-# and bf16 took 174-255 registers and spilled up to 92 bytes per thread at these tiles, 232-1,080
-# with wider ones. Now, in bf16, 64-region forward tiles (all products on wgmma), 32-region
-# gradient tiles and two captions per program in the gradient kernels compile without spills
-# too; the region-gradient kernel in fp32 keeps a [BLOCK_R, D] fp32 accumulator and [D, L] tiles
-# across its loop over captions, hence its spills. One caption per program with these region
-# tiles is the mapping measured on an H100 (2026-11-27, bf16, CUB size, before the aligned rows:
-# 0.68 ms forward, 3.94 ms forward and backward). bench/tune_damsm_tiles.py times candidates of
-# all four on a GPU (bench/gpu_check.sh runs it) and prints the entries to put here.
+# and for fp32, whose IEEE dots run on the FMA units and need more registers. Chosen from ptxas's
+# register reports for sm_90 at the CUB size (tests/triton_sm90.py prints them; the reports and
+# the timings behind these entries are in docs/RESULTS.md, "Triton DAMSM tiles");
+# bench/tune_damsm_tiles.py times candidates on a GPU and prints the entries to put here.
 TILES = {"forward": ((32, 1, 8, 2), (16, 1, 8, 1)),
          "regions": ((16, 1, 8, 3), (16, 1, 16, 1)),
          "words": ((16, 1, 8, 2), (16, 1, 8, 1))}
@@ -420,14 +352,10 @@ def _block_words(max_len: int) -> int:
 
 def _aligned(words: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The inputs as the kernels read them: words `[Bc, D, BLOCK_L]` and regions
-    `[Bi, D, R_STRIDE]`, R_STRIDE = R rounded up to a multiple of 16; zero-padded copies where
-    L or R is not that already (8 MB at the CUB size, B = 48, in bf16). Every row then starts
-    16-byte aligned, which the compiler knows (the JIT specializes strides divisible by 16), so it
-    loads rows in 16-byte vectors, asynchronously, instead of one element per instruction with an
-    address register each (ptxas, Triton 3.6, sm_90, bf16, CUB size: the forward takes 122
-    registers instead of 174; with 64-region tiles, all its products on wgmma, it spills nothing
-    instead of 232 bytes). The padding is never read as data: word slots past a caption's length
-    are zeroed after the load and regions past R drop out of the softmaxes."""
+    `[Bi, D, R_STRIDE]`, R_STRIDE = R rounded up to a multiple of 16 (zero-padded copies where
+    needed). Every row then starts 16-byte aligned, which the JIT knows (it specializes strides
+    divisible by 16), so rows load in 16-byte vectors instead of one element per instruction
+    (docs/RESULTS.md, "Triton DAMSM tiles"). The padding is never read as data."""
     max_len, num_regions = words.shape[2], regions.shape[2]
     block_l, r_stride = _block_words(max_len), triton.cdiv(num_regions, 16) * 16
     if block_l != max_len:
@@ -463,7 +391,7 @@ def _first_pass(words, lengths, regions, max_len, num_regions, gamma1, gamma2, g
 
 def damsm_word_similarity_fwd(words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
                               gamma1: float, gamma2: float) -> torch.Tensor:
-    """S[j, i] = word-level similarity of image j and caption i (SPEC 2).
+    """S[j, i] = word-level similarity of image j and caption i.
 
     Args:
         words: `[Bc, D, L]` fp32/fp16/bf16 word features (slots at t >= lengths[i] are never read).
@@ -495,12 +423,10 @@ def damsm_word_similarity_bwd(grad_s: torch.Tensor, words: torch.Tensor, lengths
     """
     name = "damsm_word_similarity_bwd"
     _check(name, words, lengths, regions)
-    if not isinstance(grad_s, torch.Tensor) or grad_s.shape != (regions.shape[0], words.shape[0]):
-        got = tuple(grad_s.shape) if isinstance(grad_s, torch.Tensor) else type(grad_s).__name__
-        raise ValueError(f"{name}: grad_s must be [Bi, Bc] = [{regions.shape[0]}, {words.shape[0]}], "
-                         f"got {got}")
-    if grad_s.device != words.device:
-        raise ValueError(f"{name}: grad_s is on {grad_s.device} but the inputs are on {words.device}")
+    if grad_s.shape != (regions.shape[0], words.shape[0]) or grad_s.device != words.device:
+        raise ValueError(f"{name}: grad_s must be [Bi, Bc] = [{regions.shape[0]}, "
+                         f"{words.shape[0]}] on {words.device}, got {tuple(grad_s.shape)} on "
+                         f"{grad_s.device}")
     num_caps, dim, max_len = words.shape
     num_imgs, _, num_regions = regions.shape
     lengths, grad_s = lengths.contiguous(), grad_s.to(torch.float32).contiguous()

@@ -1,38 +1,14 @@
-"""Word-region attention of the AttnGAN generator as Triton kernels, forward and backward.
+"""Word attention of the generator as Triton kernels, forward and backward: the math of
+docs/DESIGN.md, "Word attention" (no 1/sqrt(d) scaling, per-sample mask).
 
-For sample b with query h = query[b] `[C, R]` (R = H*W regions, channel-first), words
-e = words[b] `[C, L]` of which the first n = lengths[b] are real (SPEC section 1, stages 2-3;
-paper eq. 2, no 1/sqrt(d) scaling, per-sample mask):
-
-    s[r, l]   = sum_c h[c, r] e[c, l]              -inf for l >= n          [R, L]
-    p[r, :]   = softmax_l(s[r, :])                 exactly 0 at padded words
-    ctx[c, r] = sum_l e[c, l] p[r, l]                                       [C, R]
-
-Backward with gc = dLoss/dctx `[C, R]` and optional ga = dLoss/dattn `[L, R]`:
-
-    dp[r, l] = sum_c gc[c, r] e[c, l] + ga[l, r]
-    ds[r, l] = p[r, l] (dp[r, l] - sum_l' p[r, l'] dp[r, l'])             (softmax backward)
-    gh[c, r] = sum_l e[c, l] ds[r, l]
-    ge[c, l] = sum_r gc[c, r] p[r, l] + h[c, r] ds[r, l]                    (sum over all regions)
-
-Mapping: one program per (block of BLOCK_R regions, sample b). A program loads the whole caption
-e `[BLOCK_C, BLOCK_L]` once and its query tile `[BLOCK_C, BLOCK_R]` straight from the
-channel-first layout (consecutive regions are consecutive addresses, so loads coalesce), forms
-s with one tl.dot, the softmax in fp32 in registers, and the context with a second tl.dot; the
-map [B, L, H, W] is written only when asked. The backward recomputes s and p from h and e (no
-[B, R, L] tensor is ever stored), writes gh for its regions, and adds its partial ge
-`[C, L]` into an fp32 buffer with atomics (programs of one sample share it); the launcher casts
-that buffer to the input dtype.
-
-With CONCAT the forward writes [h; ctx] as one `[B, 2C, H, W]` tensor (the input of the
-generator's next layer, which torch.cat would otherwise assemble with one more copy), storing
-the query tile it already holds; the backward then reads gc from the last C channels of that
-tensor's gradient and adds its first C channels to gh.
-
-Precision: inputs fp32/fp16/bf16; dots accumulate in fp32 (IEEE fp32 dots for fp32 inputs, not
-tf32, so fp32 matches an fp32 reference); softmax in fp32; outputs in the input dtype. GPU shape
-rules the interpreter does not check are respected: every tl.dot operand is at least 16 x 16
-(BLOCK_C, BLOCK_L, BLOCK_R >= 16).
+Mapping: one program per (block of BLOCK_R regions, sample b). A program loads its caption e
+`[BLOCK_C, BLOCK_L]` once and its query tile `[BLOCK_C, BLOCK_R]` straight from the
+channel-first layout (consecutive regions, consecutive addresses), forms the scores with one
+tl.dot, the softmax in fp32 in registers and the context with a second tl.dot; the map is
+written only when asked. The backward recomputes the softmax (nothing of size [B, R, L] is
+stored), writes grad_query for its regions and adds its partial grad_words into an fp32 buffer
+with atomics. With CONCAT the forward writes [h; context] `[B, 2C, H, W]` from the query tile it
+holds, and the backward adds the first C channels of the output gradient to grad_query.
 """
 from __future__ import annotations
 
@@ -42,12 +18,21 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["word_attention_fwd", "word_attention_bwd", "MAX_CHANNELS", "MAX_WORDS"]
+__all__ = ["word_attention_fwd", "word_attention_bwd", "word_attention_supported",
+           "MAX_CHANNELS", "MAX_WORDS"]
 
 # Largest C and L the kernels take: the caption tile [C, L] and the query tile live in registers.
 MAX_CHANNELS = 256
 MAX_WORDS = 64
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def word_attention_supported(channels: int, num_words: int) -> Optional[str]:
+    """None if the kernels take C channels and L words, else a sentence saying why not."""
+    if channels > MAX_CHANNELS or num_words > MAX_WORDS:
+        return (f"the Triton kernel takes C <= {MAX_CHANNELS} and L <= {MAX_WORDS}, got "
+                f"C = {channels}, L = {num_words}")
+    return None
 
 
 @triton.jit
@@ -142,20 +127,23 @@ def _word_attention_bwd_kernel(
 
 
 def _check(query: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor) -> None:
-    if query.dim() != 4 or words.dim() != 3 or lengths.dim() != 1:
+    """The kernels' preconditions (attngan.ops.word_attention validates the inputs with clear
+    messages before any backend runs). The lengths' values are not read (that would wait for the
+    device): the kernels clamp them into [1, L]."""
+    if (query.dim() != 4 or words.dim() != 3 or lengths.dim() != 1
+            or words.shape[:2] != query.shape[:2] or lengths.shape[0] != query.shape[0]):
         raise ValueError(f"word_attention (triton): expected query [B, C, H, W], words [B, C, L], "
                          f"lengths [B]; got {tuple(query.shape)}, {tuple(words.shape)}, "
                          f"{tuple(lengths.shape)}")
-    if words.shape[:2] != query.shape[:2] or lengths.shape[0] != query.shape[0]:
-        raise ValueError(f"word_attention (triton): sizes do not match: query {tuple(query.shape)}, "
-                         f"words {tuple(words.shape)}, lengths {tuple(lengths.shape)}")
     if query.dtype not in _DTYPES or words.dtype != query.dtype:
         raise TypeError(f"word_attention (triton): query and words must share one of float32, "
                         f"float16, bfloat16; got {query.dtype} and {words.dtype}")
-    if words.shape[1] > MAX_CHANNELS or words.shape[2] > MAX_WORDS:
-        raise ValueError(f"word_attention (triton): C={words.shape[1]}, L={words.shape[2]} exceed the "
-                         f"kernel limits C <= {MAX_CHANNELS}, L <= {MAX_WORDS}; "
-                         f"use impl='cuda' or 'reference'")
+    if lengths.device != query.device or words.device != query.device:
+        raise ValueError(f"word_attention (triton): query, words and lengths must be on one "
+                         f"device, got {query.device}, {words.device} and {lengths.device}")
+    reason = word_attention_supported(words.shape[1], words.shape[2])
+    if reason is not None:
+        raise ValueError(f"word_attention (triton): {reason}")
 
 
 def _launch_options(query: torch.Tensor, words: torch.Tensor) -> dict:

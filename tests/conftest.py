@@ -1,5 +1,6 @@
-"""Shared test setup: fixed threads and seeds, the `gpu` marker that skips cleanly, and the
-`no_gpu_synchronisation`, `unwritable_folder` and `small_disk` fixtures.
+"""Shared test setup: fixed threads and seeds, the `gpu` marker that skips cleanly, a tuning
+cache of the session's own, and the `no_gpu_synchronisation`, `make_unwritable`,
+`unwritable_folder` and `small_disk` fixtures.
 
 Without a CUDA device the Triton interpreter is switched on (TRITON_INTERPRET=1). Apart from
 that availability probe no torch.cuda call happens at import; GPU tests are skipped at
@@ -27,6 +28,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_tuning_cache(tmp_path_factory):
+    """Auto's measurements (on a GPU) go to a file of this session, not to the user's cache."""
+    from attngan.autotune import CACHE_VARIABLE   # not at import: it imports Triton (Dynamo)
+    os.environ[CACHE_VARIABLE] = str(tmp_path_factory.mktemp("tuning") / "autotune.json")
 
 
 @pytest.fixture(autouse=True)

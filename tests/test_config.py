@@ -46,7 +46,7 @@ def test_unknown_key_names_it_and_suggests_the_fix():
     ("damsm.betas=0.5", "must be a list"),
     ("data=3", "must be a mapping"),
     ("damsm.batch_size", "must look like section.key=value"),
-    ("run.precision=fp16", "must be one of 'fp32', 'bf16', got 'fp16'"),
+    ("run.precision=fp16", "must be one of 'fp32', 'tf32', 'bf16', got 'fp16'"),
 ])
 def test_wrong_types_are_errors(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -74,7 +74,8 @@ def test_wrong_types_are_errors(override, message):
     ("run.threads=-1", "'run.threads' must be 0 (torch's default) or more, got -1"),
     ("run.impl=fast", "'run.impl' must be one of auto, loop, reference, cpp, triton, cuda, got "
                       "'fast'"),
-    ("data.num_workers=-1", "'data.num_workers' must be at least 0, got -1"),
+    ("data.num_workers=-1", "'data.num_workers' must be 'auto' (the machine's cores) or 0 or "
+                          "more, got -1"),
 ])
 def test_values_out_of_range_are_errors_naming_the_key(override, message):
     """Caught when the config is built, before data or models: these failed later in torch's

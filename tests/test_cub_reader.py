@@ -15,6 +15,7 @@ from attngan.data import DataError, build_dataset, collate, prepare, tokenize
 from attngan.data.cub import crop_window, prepare_captions, read_caption_file, read_cub
 from attngan.data.dataset import resized_size
 from attngan.files import OutputError
+from attngan.data.loader import float_images
 
 CLASSES = {1: "001.Red_Bird", 2: "002.Caf\xe9_Bird"}   # a latin-1 byte, as Python 2 wrote it
 IMAGES = [  # key, class, split, (width, height), box (x, y, w, h)
@@ -148,13 +149,16 @@ def test_items_pyramid_and_collate(cub):
     assert len(data) == 3 and data.keys == [k for k, _, s, _, _ in IMAGES if s == "train"]
     item = data[2]
     assert [tuple(x.shape) for x in item["images"]] == [(3, 16, 16), (3, 32, 32)]
-    assert all(x.min() >= -1 and x.max() <= 1 for x in item["images"])
+    assert all(x.dtype == torch.uint8 for x in item["images"])
     assert item["caption"].shape == (6,) and item["caption"].dtype == torch.long
     assert 1 <= item["length"] <= 6 and (item["caption"][item["length"]:] == 0).all()
     assert item["class_id"] == 2 and item["key"] == IMAGES[2][0]
     assert 0 <= item["caption_index"] < 10
     batch = collate([data[i] for i in range(3)])
     assert [tuple(x.shape) for x in batch["images"]] == [(3, 3, 16, 16), (3, 3, 32, 32)]
+    assert all(x.dtype == torch.uint8 for x in batch["images"])
+    floats = float_images(batch["images"][1], torch.device("cpu"))
+    assert floats.dtype == torch.float32 and floats.min() >= -1 and floats.max() <= 1
     assert batch["captions"].shape == (3, 6) and batch["lengths"].dtype == torch.long
     assert batch["class_ids"].tolist() == [1, 1, 2] and batch["keys"] == data.keys
     assert batch["caption_indices"].shape == (3,)
@@ -186,7 +190,7 @@ def test_bird_box_crop(cub):
     cropped = build_dataset(config(cub, random_crop=False), "train", augment=False)
     whole = build_dataset(config(cub, random_crop=False, bbox_crop=False), "train", augment=False)
     for index in range(3):
-        red = cropped.images(index)[1]
+        red = float_images(cropped.images(index)[1], torch.device("cpu"))
         # Inside the window everything is red (JPEG noise aside); without the crop, blue shows.
         assert red[0].mean() > 0.6 and red[2].mean() < -0.6
     for index in (0, 2):    # image 1's window is the whole image
@@ -226,8 +230,7 @@ def test_long_caption_keeps_an_ordered_subset(cub):
     assert length == 6 and is_subsequence(fixed.tolist())
     assert fixed.tolist() != full[:6]                      # a subset, not a truncation
     assert all(torch.equal(data.caption(3)[0], fixed) for _ in range(3))
-    torch.manual_seed(0)
-    drawn = {tuple(data._random_caption(3)[0].tolist()) for _ in range(20)}
+    drawn = {tuple(data.caption(3, random.Random(seed))[0].tolist()) for seed in range(20)}
     assert len(drawn) > 5 and all(is_subsequence(list(d)) for d in drawn)
     roomy = build_dataset(config(cub, words_num=25), "train", augment=True)
     whole, whole_length = roomy.caption(3)

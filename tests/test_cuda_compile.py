@@ -24,7 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CU_FILES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
 LAUNCHER_FILES = sorted((ROOT / "csrc" / "cuda").glob("*.cpp"))
-CPU_FILES = sorted((ROOT / "csrc" / "cpu").glob("*.cpp")) + [ROOT / "csrc" / "bindings.cpp"]
+CPU_FILES = sorted((ROOT / "csrc" / "cpu").glob("*.cpp")) + sorted((ROOT / "csrc").glob("*.cpp"))
 
 
 def _nvcc():

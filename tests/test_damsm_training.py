@@ -13,8 +13,8 @@ from attngan.data.dataset import build_dataset, collate
 from attngan.data.synthetic import make_synthetic
 from attngan.files import file_sha256
 from attngan.train.checkpoint import CheckpointError, load_checkpoint
-from attngan.train.damsm import (build_damsm_training, damsm_training_step, epoch_learning_rate,
-                                 evaluate_r_precision, load_damsm, pretrain_damsm)
+from attngan.train.damsm import (DAMSMTrainer, epoch_learning_rate, evaluate_r_precision,
+                                 load_damsm, pretrain_damsm)
 
 TINY = ["data.synthetic.num_train=96", "data.synthetic.num_test=48", "data.synthetic.canvas=32",
         "data.base_size=32", "data.branch_num=1", "image_encoder.input_size=32",
@@ -64,13 +64,18 @@ def test_loss_falls_and_outputs_are_written(data_root, tmp_path):
 
 
 def test_resume_continues_exactly(data_root, tmp_path):
+    """With any number of workers: the straight run loads in its own process, the interrupted
+    one with 2 workers and, resumed, with 1."""
     straight = tmp_path / "straight"
-    pretrain_damsm(tiny_config(data_root, "damsm.epochs=2"), straight, progress=False)
+    pretrain_damsm(tiny_config(data_root, "damsm.epochs=2", "data.num_workers=0"), straight,
+                   progress=False)
     split = tmp_path / "split"
-    pretrain_damsm(tiny_config(data_root, "damsm.epochs=1"), split, progress=False)
+    pretrain_damsm(tiny_config(data_root, "damsm.epochs=1", "data.num_workers=2"), split,
+                   progress=False)
     with pytest.raises(CheckpointError, match="--resume"):
         pretrain_damsm(tiny_config(data_root, "damsm.epochs=2"), split, progress=False)
-    pretrain_damsm(tiny_config(data_root, "damsm.epochs=2"), split, resume=True, progress=False)
+    pretrain_damsm(tiny_config(data_root, "damsm.epochs=2", "data.num_workers=1"), split,
+                   resume=True, progress=False)
     a = load_checkpoint(straight / "checkpoints" / "damsm_last.pt")
     b = load_checkpoint(split / "checkpoints" / "damsm_last.pt")
     assert a["step"] == b["step"]
@@ -108,12 +113,10 @@ def test_one_step_is_the_same_with_every_implementation(data_root, impl):
     for name in ("loop", impl):
         config = tiny_config(data_root, f"run.impl={name}")
         torch.manual_seed(0)
-        encoders_and_optimizer = build_damsm_training(config, len(dataset.vocab),
-                                                      torch.device("cpu"))
-        text_encoder, image_encoder, _ = encoders_and_optimizer
-        losses = damsm_training_step(*encoders_and_optimizer, batch, config, torch.device("cpu"))
+        trainer = DAMSMTrainer(config, len(dataset.vocab), torch.device("cpu"))
+        losses = trainer.step(batch)
         gradients = {f"{prefix}.{key}": parameter.grad for prefix, module in
-                     (("text", text_encoder), ("image", image_encoder))
+                     (("text", trainer.text_encoder), ("image", trainer.image_encoder))
                      for key, parameter in module.named_parameters() if parameter.grad is not None}
         steps[name] = ({key: value.detach() for key, value in losses.items()}, gradients)
     (loop_losses, loop_gradients), (losses, gradients) = steps["loop"], steps[impl]
@@ -178,8 +181,8 @@ def test_word_level_r_precision_in_blocks_of_images(data_root, monkeypatch):
     config = tiny_config(data_root, "run.impl=reference")
     test_set = build_dataset(config.data, "test", augment=False)
     torch.manual_seed(0)
-    text_encoder, image_encoder, _ = build_damsm_training(config, len(test_set.vocab),
-                                                          torch.device("cpu"))
+    trainer = DAMSMTrainer(config, len(test_set.vocab), torch.device("cpu"))
+    text_encoder, image_encoder = trainer.text_encoder, trainer.image_encoder
     whole = evaluate_r_precision(text_encoder, image_encoder, test_set, config,
                                  torch.device("cpu"))
     monkeypatch.setattr(r_precision_module, "ROWS", 7)

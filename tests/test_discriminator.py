@@ -1,5 +1,5 @@
 """Discriminators (attngan/nn/discriminator.py): trunk ends at [8ndf, 4, 4] for every size,
-layer structure as SPEC at 64/128/256, heads' logits, and which inputs each head reads."""
+layer structure as docs/DESIGN.md at 64/128/256, heads' logits, and which inputs each head reads."""
 import pytest
 import torch
 import torch.nn as nn

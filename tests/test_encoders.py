@@ -1,4 +1,4 @@
-"""DAMSM encoders (SPEC section 1): text encoder masking and order, image encoder shapes,
+"""DAMSM encoders (docs/DESIGN.md): text encoder masking and order, image encoder shapes,
 the frozen Inception trunk, and loading torchvision-named Inception weights with clear errors.
 
 Inception at 299 is slow on a CPU: it runs once at batch 1; other Inception tests use a smaller

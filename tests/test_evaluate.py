@@ -69,7 +69,7 @@ def _evaluate_with_eval_words(run, monkeypatch, eval_words_num):
 
 
 def test_test_captions_are_cut_at_eval_words_num(run, monkeypatch):
-    """A config with data.eval_words_num (SPEC: 25 CUB, 20 COCO) evaluates on captions of that
+    """A config with data.eval_words_num (the paper's: 25 CUB, 20 COCO) evaluates on captions of that
     many words, whatever the training length."""
     result, seen = _evaluate_with_eval_words(run, monkeypatch, 25)
     assert result["protocol"]["words_per_caption"] == 25

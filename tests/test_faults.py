@@ -25,7 +25,6 @@ import torch
 from attngan.cli import main as cli_main
 from attngan.config import ConfigError, load_config, refuse_unused_overrides
 from attngan.data.cub import decode_text
-from attngan.data.synthetic import make_synthetic
 from attngan.data.vocab import tokenize
 from attngan.files import LOCK_NAME, FolderInUse, OutputError, hold_folder
 from attngan.metrics.evaluate import evaluate_generator

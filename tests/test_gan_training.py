@@ -16,8 +16,7 @@ from attngan.backend import ImplementationUnavailable
 from attngan.config import load_config
 from attngan.data.synthetic import make_synthetic
 from attngan.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from attngan.train.damsm import (build_damsm_training, damsm_training_step, pretrain_damsm,
-                                 resolve_damsm_checkpoint)
+from attngan.train.damsm import DAMSMTrainer, pretrain_damsm, resolve_damsm_checkpoint
 from attngan.train.gan import load_gan, train_gan
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -102,9 +101,9 @@ def test_precision_of_training_steps(precision, dtype, tmp_path, monkeypatch):
     bfloat16 (the fused ops receive bfloat16 features), losses stay finite, the weights float32;
     fp32 (the default) runs them in float32."""
     import attngan.train.damsm as damsm_module
-    import attngan.train.gan as gan_module
+    import attngan.train.losses as losses_module
     seen = {"damsm": set(), "gan": set(), "image encoder training": set()}
-    word_loss, generator_loss = damsm_module.damsm_word_loss, gan_module.damsm_generator_loss
+    word_loss, generator_loss = damsm_module.damsm_word_loss, losses_module.damsm_generator_loss
 
     def spy_word_loss(words, lengths, regions, **kwargs):
         seen["damsm"].add(regions.dtype)
@@ -117,7 +116,7 @@ def test_precision_of_training_steps(precision, dtype, tmp_path, monkeypatch):
         return generator_loss(image_encoder, image, *args, **kwargs)
 
     monkeypatch.setattr(damsm_module, "damsm_word_loss", spy_word_loss)
-    monkeypatch.setattr(gan_module, "damsm_generator_loss", spy_generator_loss)
+    monkeypatch.setattr(losses_module, "damsm_generator_loss", spy_generator_loss)
     config, damsm = make_tiny_run(tmp_path, f"run.precision={precision}")
     train_gan(_with(config, max_steps=3), damsm, tmp_path / "gan", progress=False)
     # (the DAMSM run's test loss is evaluated in float32: what it measures stays comparable)
@@ -131,12 +130,20 @@ def test_precision_of_training_steps(precision, dtype, tmp_path, monkeypatch):
                if value.is_floating_point())
 
 
+def _workers(config, count):
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, num_workers=count))
+
+
 def test_resume_continues_exactly(tiny, tmp_path):
+    """With any number of workers: the uninterrupted run loads in its own process, the
+    interrupted one with 2 workers and, resumed, with 1."""
     config, damsm = tiny
     whole, split = tmp_path / "whole", tmp_path / "split"
-    train_gan(_with(config, max_steps=5), damsm, whole, progress=False)
-    train_gan(_with(config, max_steps=3), damsm, split, progress=False)   # stops mid-epoch
-    train_gan(_with(config, max_steps=5), damsm, split, resume=True, progress=False)
+    train_gan(_with(_workers(config, 0), max_steps=5), damsm, whole, progress=False)
+    train_gan(_with(_workers(config, 2), max_steps=3), damsm, split,      # stops mid-epoch
+              progress=False)
+    train_gan(_with(_workers(config, 1), max_steps=5), damsm, split, resume=True,
+              progress=False)
     assert _losses(split) == _losses(whole)
     a = load_checkpoint(whole / "checkpoints" / "gan_last.pt")
     b = load_checkpoint(split / "checkpoints" / "gan_last.pt")
@@ -149,6 +156,25 @@ def test_resume_continues_exactly(tiny, tmp_path):
     state_a = a["trainer"]["optimizer_g"]["state"]
     state_b = b["trainer"]["optimizer_g"]["state"]
     assert all(torch.equal(state_a[k]["exp_avg"], state_b[k]["exp_avg"]) for k in state_a)
+
+
+def test_a_resumed_run_may_change_the_step_switches(tiny, tmp_path):
+    """A run trained faithfully resumes with other switches (fused Adam, channels_last): they
+    are recorded in the run's config, its summary names the step's, and the optimizers carry
+    on from the saved state with the new kernels."""
+    config, damsm = tiny
+    run = tmp_path / "run"
+    first = train_gan(_with(config, max_steps=2), damsm, run, progress=False)
+    assert first["training_step"] == "fp32"
+    switched = dataclasses.replace(config, run=dataclasses.replace(
+        config.run, fused_adam=True, channels_last=True))
+    summary = train_gan(_with(switched, max_steps=4), damsm, run, resume=True, progress=False)
+    assert summary["steps"] == 4 and summary["training_step"] == "fp32, channels_last, fused_adam"
+    assert load_config(run / "config.yaml").run.fused_adam is True
+    assert [line["step"] for line in _losses(run)] == [1, 2, 3, 4]
+    optimizer = load_checkpoint(run / "checkpoints" / "gan_last.pt")["trainer"]["optimizer_g"]
+    assert optimizer["param_groups"][0]["fused"] is True
+    assert all(float(state["step"]) == 4 for state in optimizer["state"].values())
 
 
 def test_a_new_run_starts_the_metrics_of_a_run_killed_before_its_checkpoint_afresh(tiny,
@@ -239,14 +265,14 @@ def test_gpu_training_steps_never_wait_for_the_gpu(no_gpu_synchronisation):
     them (CPU tensors): no synchronisation with the GPU anywhere (the lengths and caption ids
     are checked on the CPU, copies are queued), which torch's sync debug mode would raise."""
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    config = preset_config("shapes", "auto", cuda)
+    config = preset_config("shapes", cuda)
     trainer, gan_batch = make_trainer(config, cuda), random_batch(config, cpu)
-    damsm = build_damsm_training(config, VOCAB_SIZE, cuda)
+    damsm = DAMSMTrainer(config, VOCAB_SIZE, cuda)
     damsm_batch = random_batch(config, cpu, stage="damsm")
 
     def steps():
         trainer.step(gan_batch)
-        damsm_training_step(*damsm, damsm_batch, config, cuda)
+        damsm.step(damsm_batch)
 
     steps()                                # compiles the kernels and builds optimizer state
     with no_gpu_synchronisation():

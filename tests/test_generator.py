@@ -1,5 +1,5 @@
 """Generator (attngan/nn/generator.py): shapes at 1, 2 and 3 stages, per-sample masking,
-the SPEC initialisation, gradients, that `impl` reaches the word attention op, that the fused
+the original's initialisation, gradients, that `impl` reaches the word attention op, that the fused
 kernel (its concat variant) gives the reference's images and gradients, and that training
 without attention maps changes nothing else."""
 import pytest

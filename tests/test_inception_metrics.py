@@ -11,7 +11,6 @@ import torch
 from attngan.cli import main as cli_main
 from attngan.config import ConfigError
 from attngan.files import OutputError, file_sha256
-from attngan.metrics import inception_metrics
 from attngan.metrics.evaluate import evaluate_generator
 from attngan.metrics.inception_metrics import (FEATURES, FeatureMoments, GeneratedImageScores,
                                                frechet_distance, inception_score,

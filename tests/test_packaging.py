@@ -1,7 +1,8 @@
 """What `pip install .` installs: a wheel built from this tree (without the compiled extension,
-which other tests cover) holds every package, the Triton kernels as attngan.kernels and the YAML
-presets as attngan.configs, so that `attngan demo` and `--config <preset>` work outside a
-clone; a source distribution holds every C++ and CUDA source, whatever this machine builds."""
+which other tests cover) holds every package, the Triton kernels as attngan.kernels, the YAML
+presets as attngan.configs and the page of `attngan serve`, so that `attngan demo`, `--config
+<preset>` and `attngan serve` work outside a clone; a source distribution holds every C++ and
+CUDA source, whatever this machine builds."""
 import os
 import shutil
 import subprocess
@@ -42,6 +43,7 @@ def test_wheel_holds_the_kernels_and_the_presets(tmp_path):
     expected |= {f"attngan/kernels/{path.name}" for path in (ROOT / "kernels").glob("*.py")}
     expected |= {f"attngan/{path.relative_to(ROOT / 'attngan')}"
                  for path in (ROOT / "attngan").rglob("*.py")}
+    expected.add("attngan/serve/page.html")
     assert len(expected) > 40 and not expected - names, sorted(expected - names)
 
 
@@ -56,5 +58,6 @@ def test_source_distribution_holds_every_extension_source(tmp_path):
     expected = {str(path.relative_to(ROOT)) for path in (ROOT / "csrc").rglob("*")
                 if path.suffix in (".cpp", ".cu", ".h")}
     expected |= {f"configs/{path.name}" for path in (ROOT / "configs").glob("*.yaml")}
+    expected.add("attngan/serve/page.html")
     assert any(name.endswith(".cu") for name in expected) and not expected - names, \
         sorted(expected - names)

@@ -2,7 +2,7 @@
 the Triton DAMSM kernels (region blocks, captions per program, warps, stages) gives the same
 similarities and gradients (here under the interpreter at a tiny size; compiled on a GPU
 machine); its suggestion reaches bench_damsm.py through the tiles file. One caption per program
-is checked against fp64 in tests/test_damsm_triton.py."""
+is checked against fp64 in tests/test_damsm_kernels.py."""
 import sys
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Tokenizer and vocabulary (SPEC section 4): tokens, padding index, errors, fingerprint."""
+"""Tokenizer and vocabulary (docs/DESIGN.md, "Data"): tokens, padding index, errors, fingerprint."""
 import subprocess
 import sys
 

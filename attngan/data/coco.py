@@ -1,4 +1,4 @@
-"""Reader of MS-COCO 2014 with its standard caption annotations (SPEC section 4).
+"""Reader of MS-COCO 2014 with its standard caption annotations (docs/DESIGN.md, "Data").
 
 Layout under ROOT:
 

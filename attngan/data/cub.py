@@ -1,6 +1,6 @@
 """Reader of the CUB-200-2011 layout used by AttnGAN (birds, and the synthetic shapes set).
 
-Layout under ROOT (SPEC section 4; the original release's `birds.zip` metadata plus the images):
+Layout under ROOT (docs/DESIGN.md; the original release's `birds.zip` metadata plus the images):
 
     CUB_200_2011/images/<class>/<name>.jpg      the images (any extension images.txt names)
     CUB_200_2011/images.txt                     "<id> <class>/<name>.jpg" per image
@@ -19,7 +19,7 @@ bytes replaced (CUB's stray bytes become the U+FFFD pair the tokenizer treats as
 UTF-16 file is refused, not read as one word per letter);
 images.txt and bounding_boxes.txt as Latin-1, like the pickles, so keys match byte for byte.
 
-Birds are cropped around their box (SPEC: side 1.5 max(w, h) centred on the box, clipped to the
+Birds are cropped around their box (a side of 1.5 max(w, h) centred on the box, clipped to the
 image); `crop_window` computes that window, the dataset applies it.
 """
 from __future__ import annotations
@@ -199,7 +199,7 @@ def _boxes(root: Path, images: dict[str, tuple[int, str]], fix: str
 def crop_window(width: int, height: int, box: tuple[float, float, float, float]
                 ) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of the square of side 1.5 max(w, h) centred on the box,
-    clipped to the image (SPEC section 4), in the original's integer arithmetic: it reads the
+    clipped to the image (docs/DESIGN.md), in the original's integer arithmetic: it reads the
     box as integers (truncated) and truncates the half side and the centre."""
     x, y, w, h = (int(value) for value in box)
     half = int(max(w, h) * 0.75)

@@ -1,4 +1,4 @@
-"""The synthetic shapes data set (SYNTHETIC.md): colored shapes with templated captions.
+"""The synthetic shapes data set (docs/DESIGN.md): colored shapes with templated captions.
 
 CUB and COCO cannot be downloaded here, and a GAN's progress is invisible without an objective
 measure; this set gives both. Each image is a black canvas with 1..max_objects objects (a
@@ -15,7 +15,7 @@ hue. The class of an image is (color, shape) of its first object, so DAMSM's sam
 has work; pairs in `held_out` ("green triangle") never appear in a training image, and every one
 of them is the first object of one of the first test images (a generalization probe).
 
-`make_synthetic` writes the CUB layout that `attngan.data.cub` reads (SPEC section 4):
+`make_synthetic` writes the CUB layout that `attngan.data.cub` reads (docs/DESIGN.md):
 CUB_200_2011/images/<NNN.color_shape>/<split>_<i>.png with images.txt and bounding_boxes.txt
 (the box is the whole canvas: the objects' own boxes are in scenes.json, and a crop around an
 object would move it out of its named cell, so data.bbox_crop changes nothing here), text/,

@@ -1,4 +1,4 @@
-"""Tokenizer and vocabulary of the captions (SPEC section 4).
+"""Tokenizer and vocabulary of the captions (docs/DESIGN.md, "Data").
 
 Text is lowercased and split into `\\w+` runs; non-ASCII characters are dropped from each token
 (as the original AttnGAN's `t.encode('ascii', 'ignore')`), and a token left empty disappears.
@@ -120,6 +120,11 @@ class Vocabulary:
     def __contains__(self, word: str) -> bool:
         return word in self.wordtoix
 
+    def closest(self, word: str) -> str | None:
+        """The known word most like `word` (difflib's closest match), or None if none is close."""
+        close = difflib.get_close_matches(word, self.ixtoword[1:], n=1)
+        return close[0] if close else None
+
     def encode_tokens(self, tokens: Sequence[str], text: str | None = None) -> list[int]:
         """Indices of already tokenized words; unknown words or no words raise `DataError`."""
         shown = repr(text if text is not None else " ".join(tokens))
@@ -130,8 +135,8 @@ class Vocabulary:
         if unknown:
             hints = []
             for word in unknown:
-                close = difflib.get_close_matches(word, self.ixtoword[1:], n=1)
-                hints.append(f"'{word}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+                close = self.closest(word)
+                hints.append(f"'{word}'" + (f" (did you mean '{close}'?)" if close else ""))
             raise DataError(f"caption {shown} has words the vocabulary ({len(self)} words of the "
                             f"training data) does not know: {', '.join(hints)}. Rephrase with "
                             "known words; the model cannot read new ones")

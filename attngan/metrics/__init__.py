@@ -1,7 +1,8 @@
 """Metrics: R-precision, the synthetic shapes checker, Inception Score and FID, generator
 evaluation. The evaluation protocol's defaults are here, free of imports, for the CLI's help."""
 
-# SPEC section 5: the Inception Score over 10 splits, R-precision over 10 folds of 3,000.
+# The paper's protocol (docs/DESIGN.md, "Evaluation"): 30,000 samples, the Inception Score
+# over 10 splits.
 PAPER_SAMPLES = 30_000
 INCEPTION_SPLITS = 10
 INCEPTION_VARIANT = "torchvision"   # attngan.metrics.inception_metrics.INCEPTION_VARIANTS

@@ -1,28 +1,17 @@
 """Evaluate a trained generator on the test split: shapes checker, R-precision, Inception Score
 and FID.
 
-Protocol (recorded in the output): `samples` images (default 30,000, the paper's) from the
-averaged (EMA) generator, noise from a generator seeded with `seed`, captions drawn from the
-test split in rounds (`evaluation_captions`): each round takes every test image once, in a
-random order, with one of its captions not taken in an earlier round (after the last, the
-rounds start over with new noise), and the last round stops at `samples`. So 30,000 images
-on CUB are each of its 29,330 test captions once and 670 again; fewer samples than test
-images are distinct images. Each caption is the deterministic evaluation form of the data set
-(`dataset.caption`, a fixed ordered subset for captions over data.eval_words_num words, which
-defaults to data.words_num; SPEC's evaluation lengths are 25 for CUB, 20 for COCO).
-
-- Shapes checker (synthetic shapes data only, `attngan.metrics.shapes_checker`): each
-  attribute scored against the true captions and against captions shuffled across images
-  (a derangement seeded with `seed`); the gap true - shuffled is what conditioning adds.
-- R-precision (SPEC section 5): DAMSM global codes of the generated images (the frozen image
-  encoder of the DAMSM checkpoint the GAN was trained with, or `damsm_path`) against the
-  sentence vectors of their captions, 1 true + (damsm.eval_candidates - 1) captions of other
-  classes, mean and std over damsm.eval_folds folds (`attngan.metrics.r_precision`).
-- Inception Score and FID (SPEC section 5; `attngan.metrics.inception_metrics`), only with
-  `inception_weights`: the score over `inception_splits` splits of the generated images; FID
-  against the real test images (one per test image, the data pipeline's centre crop at the
-  generator's resolution) or the statistics in `fid_stats`. A `fid_stats` path that does not
-  exist yet receives the real statistics computed here, for the next evaluation.
+The protocol (docs/DESIGN.md, "Evaluation"), recorded in the output: `samples` images from the
+averaged (EMA) generator with noise seeded by `seed`, captions drawn from the test split in
+rounds (`evaluation_captions`) in the data set's deterministic evaluation form, at most
+data.eval_words_num words (default data.words_num); R-precision by the cosine of the DAMSM
+global codes (the training run's DAMSM, or `damsm_path`); the shapes checker on synthetic data;
+Inception Score and FID only with `inception_weights`, against the real test images or the
+statistics in `fid_stats` (written there when the file does not exist yet). Every metric reads
+the generated images as `pixels` says: by default as the PNG files of the original's sampler
+hold them (docs/DEVIATIONS.md). Under torchrun the ranks share the images, chunk by chunk, and
+rank 0 scores them all: each chunk's noise and captions depend on its place only, so the
+numbers are one process's.
 """
 from __future__ import annotations
 
@@ -37,6 +26,7 @@ import torch
 
 from attngan.config import with_absolute_paths
 from attngan.data.dataset import build_dataset
+from attngan.data.loader import float_images
 from attngan.data.errors import DataError
 from attngan.distributed import World, gather_to_main, join_world
 from attngan.files import OutputError, file_sha256, require_writable, write_text_atomically
@@ -73,10 +63,11 @@ def _is_evaluation(path: Path) -> bool:
 
 
 def _test_images(dataset, batch_size: int):
-    """The test images in batches, one per image, at the data set's top size."""
+    """The test images in batches, one per image, at the data set's top size, in [-1, 1]."""
     for start in range(0, len(dataset.keys), batch_size):
         stop = min(start + batch_size, len(dataset.keys))
-        yield torch.stack([dataset.images(i)[-1] for i in range(start, stop)])
+        yield float_images(torch.stack([dataset.images(i)[-1] for i in range(start, stop)]),
+                           torch.device("cpu"))
 
 
 def evaluation_captions(num_images: int, per_image: int, samples: int,
@@ -153,8 +144,7 @@ def _load(ckpt_path, device: torch.device, data_root, damsm_path,
         raise DataError(f"the run's test data, data.root={config.data.root} in its config, is "
                         f"not there (a relative path is taken from the current folder); pass "
                         f"--data-root with where that data set is now")
-    words = (config.data.words_num if config.data.eval_words_num is None
-             else config.data.eval_words_num)
+    words = config.data.test_words_num
     dataset = build_dataset(config.data, "test", augment=False, words_num=words)
     require_same_vocabulary(payload, dataset.vocab.fingerprint(), payload["path"],
                             config.data.root, fix="evaluate it on the data it was trained on")

@@ -1,33 +1,15 @@
-"""Inception Score and Fréchet Inception Distance of generated images (SPEC section 5).
+"""Inception Score and Fréchet Inception Distance of generated images.
 
-Networks (`INCEPTION_VARIANTS`), both read from a weights file the user names (nothing is
-downloaded), both in torchvision's key names (`attngan.nn.inception.InceptionClassifier`):
-- "torchvision": torchvision's ImageNet Inception-v3 (`inception_v3_google-0cc3c7bd.pth`,
-  1000 classes); the Inception Score from its logits.
-- "pytorch-fid": the TensorFlow graph of 2015 that the original Inception Score code and the FID
-  code use, as pytorch-fid ports it (`pt_inception-2015-12-05-6726825d.pth`, 1008 outputs):
-  TensorFlow's pools, the Inception Score from logits without the classifier's bias (as the code
-  of Salimans et al. computes them), FID from pool3 (as pytorch-fid).
-The paper's CUB score used an Inception fine-tuned on CUB (a TensorFlow checkpoint of
-StackGAN's); neither network is that one, so a CUB score here is not the paper's number. A score
-is comparable only with scores of the same network: the protocol names it with its file's
-sha256.
-
-Images in [-1, 1], any size, are resized to 299 x 299 by PyTorch's bilinear interpolation
-(align_corners=False, as pytorch-fid; TensorFlow's resize of the original code differs
-slightly) and run in float32, the network in eval mode.
-
-- Inception Score: exp(mean over images of KL(p(y|x) || p(y))) on each of `splits` consecutive
-  equal parts, p(y) the part's mean; the mean and the population standard deviation over the
-  parts, as the original code.
-- FID: |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)) over pool3 features (2048), S with
-  N - 1. The trace of the root is the sum of the square roots of the eigenvalues of
-  S1^(1/2) S2 S1^(1/2), which has the eigenvalues of S1 S2 and is symmetric positive
-  semi-definite: float64 eigendecompositions, no complex matrix square root (pytorch-fid uses
-  scipy's sqrtm), exact also when fewer images than 2048 make S singular.
-- Statistics files: `.npz` with `mu` [2048] and `sigma` [2048, 2048], the format pytorch-fid's
-  `--save-stats` writes. Files this module writes also name the network (variant and weights
-  sha256) and the resolution of the images, and are refused by another network.
+The protocol: docs/DESIGN.md, "Evaluation".
+Networks (`INCEPTION_VARIANTS`), read from a weights file the user names, in torchvision's key
+names (`attngan.nn.inception.InceptionClassifier`): "torchvision" (ImageNet Inception-v3, 1000
+classes, the score from its logits) and "pytorch-fid" (the TensorFlow 2015 graph as pytorch-fid
+ports it, 1008 outputs: TensorFlow's pools, the score from logits without the classifier's bias,
+FID from pool3). A score is comparable only with scores of the same network: the protocol names
+it with its file's sha256. Neither is the CUB-fine-tuned network of the paper's CUB score.
+Statistics files are `.npz` with `mu` [2048] and `sigma` [2048, 2048] (pytorch-fid's
+`--save-stats` format); those written here also name the network and the image resolution, and
+are refused by another network.
 """
 from __future__ import annotations
 

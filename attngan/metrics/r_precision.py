@@ -1,4 +1,4 @@
-"""R-precision (AttnGAN paper, section 5; SPEC section 5): does an image pick its own caption?
+"""R-precision (paper section 5; docs/DESIGN.md, "Evaluation"): does an image pick its caption?
 
 For each image: 1 true caption + (candidates - 1) captions of other images (of other classes
 when class ids are given, as on CUB), ranked by a similarity score; a hit is the true caption

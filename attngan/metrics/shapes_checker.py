@@ -1,32 +1,12 @@
-"""Analytic checker of the synthetic shapes set (SYNTHETIC.md "Checker"): no learned model.
+"""Analytic checker of the synthetic shapes set (docs/DESIGN.md, "Checker"): no learned model.
 
-For each object a caption names (color, shape, size, position) the checker looks at the pixels
-of that color in the image:
-
-- foreground: value (max of R, G, B in [0, 1]) above FOREGROUND_VALUE; the canvas is black.
-- color of a foreground pixel: white when its saturation is below WHITE_SATURATION, otherwise the
-  palette color of nearest hue (hue bins are kinder to the soft colors of GAN output than RGB
-  distances; antialiased edges mix a color with black, which keeps its hue).
-- the object's mask: pixels of its color, without isolated pixels (fewer than 2 of the 3x3
-  neighbourhood, itself included), so single stray pixels of GAN output do not stretch its box.
-- present: the mask covers at least PRESENT_FRACTION of the area the named shape and size have.
-- position: the 3x3 cell of the mask's centroid.
-- size: the longer side of the mask's box against the midpoint of the small and large
-  diameters (an area threshold would confuse a big triangle with a small square).
-- shape: triangles (always drawn apex up) hold 1/4 of their area above their box's midline,
-  circles and squares 1/2: a share below TRIANGLE_TOP_SHARE is a triangle. Otherwise the mask's
-  fill ratio of its box decides, nearest of circle pi/4 and square 1. (The fill ratio alone,
-  with triangle 1/2, misreads small triangles at 32x32, whose rasterized fill is about 0.6.)
-
-Position, size and shape count as wrong when the object is absent. Accuracies are over the
-objects that name the attribute; "all" is every named attribute right, per object, and
-"image_all" every object of the image right. "color_precision" is, per image, the share of
-foreground pixels whose color the caption names (painting every color everywhere does not pay),
-averaged over images. For one-object captions, fg_position, fg_size and fg_shape read the
-same attributes from all foreground pixels, color-blind: a generator that has learned where
-and what to draw but not yet which color still shows there. Report these beside the same
-numbers with captions shuffled across images (`check_against_shuffled`): conditioning is the
-gap. Works at any image size.
+For each object a caption names (color, shape, size, position) the checker reads the pixels of
+that color: foreground by value, color by nearest hue (white by low saturation), the object's
+mask without isolated pixels, present by area, position by the mask's centroid cell, size by its
+box's longer side, shape by how much of the mask lies above its box's midline, then its fill
+ratio. Scores per attribute and for all attributes, the color precision of each image, and for
+one-object captions the color-blind scores; `check_against_shuffled` reports them beside the same
+scores with captions shuffled across images (conditioning is the gap). Works at any image size.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Networks of AttnGAN (SPEC section 1), built from config sections passed in explicitly.
+"""Networks of AttnGAN (docs/DESIGN.md, "The model"), built from config sections passed in.
 
 DAMSM encoders: `TextEncoder` (bi-directional LSTM/GRU: word features [B, D, L] and sentence
 vector [B, D]) and the image encoders made by `build_image_encoder` (frozen Inception-v3 trunk

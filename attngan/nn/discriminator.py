@@ -1,7 +1,7 @@
 """AttnGAN discriminators: one per generator stage, with unconditional and conditional heads.
 
 Paper section 3.1 (Eq. 3-4, the joint conditional-unconditional loss of StackGAN++), as the
-official code computes it (SPEC section 1), returning logits (the losses use
+official code computes it (docs/DESIGN.md, "Discriminators"), returning logits (the losses use
 BCE-with-logits, the numerically safe form of the original's sigmoid + BCE):
 
 - Trunk: log2(s / 4) stride-2 reductions of the s x s image down to `[B, 8ndf, 4, 4]`. At

@@ -1,26 +1,10 @@
-"""AttnGAN generator: conditioning augmentation, a first stage and attention stages (SPEC 1).
+"""AttnGAN generator: conditioning augmentation, a first stage and attention stages.
 
-Paper section 3.1 (Eq. 1-2): h_0 = F_0(z, F^ca(ē)); h_i = F_i(h_{i-1}, F^attn_i(e, h_{i-1}));
-x̂_i = G_i(h_i). As the official code computes it:
-
-- Conditioning augmentation F^ca: Linear(D, 4·cond_dim) -> GLU -> (mu, logvar), each
-  cond_dim wide; c = mu + eps·exp(logvar / 2) with fresh eps ~ N(0, I) every call (also in
-  eval mode, as in the original sampler).
-- First stage F_0: concat(c, z) -> Linear(cond_dim + z_dim, 2·C0·4·4, no bias) -> BN1d -> GLU
-  -> `[C0, 4, 4]` -> log2(base_size / 4) upBlocks (nearest x2, conv3x3 no bias to 2·out, BN,
-  GLU), each halving the channels, ending at `[ngf, base_size, base_size]`. C0 = ngf·2^k for k
-  upBlocks: 16·ngf at base_size 64 exactly as SPEC; CPU presets with base_size 32 or 16 start
-  at 8·ngf or 4·ngf so that the stage still ends at ngf channels.
-- Attention stages F_i (i >= 1), one per further pyramid level: words projected
-  e' = U·e by a bias-free 1x1 conv D -> ngf `[B, ngf, L]`; `word_attention` at the incoming
-  resolution (per-sample mask; the original's `mask.repeat(R, 1)` defect is not reproduced)
-  gives [h, context] `[B, 2·ngf, H, W]` (the op's concat variant: the fused kernels write h and
-  the context into the one buffer the residual blocks read, measured faster than attention then
-  torch.cat, bench/bench_word_attention.py) and, when asked, the map `[B, L, H, W]`; r_num
-  residual blocks (conv3x3 -> BN -> GLU -> conv3x3 -> BN, + skip); upBlock to ngf at 2x.
-- One image head per stage: conv3x3(ngf -> 3, no bias) -> tanh.
-- Init (the original's `weights_init`): conv and linear weights orthogonal (gain 1), linear
-  biases 0; BatchNorm weight N(1, 0.02), bias 0.
+Paper section 3.1, Eq. 1-2, as the official code computes it (docs/DESIGN.md, "Generator"): the
+first stage maps [c, z] to `[ngf, base, base]` through upBlocks; each attention stage attends from
+the incoming features to the projected words with `word_attention` (its concat variant writes
+[h, context], the residual blocks' input, in one pass) and doubles the side; a tanh head per
+stage makes its image. The original's `weights_init` initialises every layer.
 """
 from __future__ import annotations
 

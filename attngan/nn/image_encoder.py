@@ -1,31 +1,15 @@
-"""DAMSM image encoders: region features and a global code from an image (SPEC section 1).
+"""DAMSM image encoders: region features and a global code (docs/DESIGN.md, "Image encoders").
 
-AttnGAN (Xu et al., 2018, section 3.3) maps an image to local features v in R^{D x 289}, one
-column per 17 x 17 sub-region, and a global feature v̄ in R^D, both in the text encoder's
-common space: v = W f with f from Inception-v3's Mixed_6e (768 x 17 x 17) and v̄ = W̄ f̄ with f̄
-the pooled Mixed_7c (2048). DAMSM matches words against v (Eq. 7-10) and sentences against v̄.
+Both share `forward(images [B, 3, H, W] in [-1, 1]) -> (regions [B, D, h, w], code [B, D])` and
+resize the images to `config.input_size` themselves:
 
-Two encoders share the interface `forward(images [B, 3, H, W] in [-1, 1]) ->
-(regions [B, D, h, w], code [B, D])` and resize the images to `config.input_size` themselves:
+* `InceptionEncoder`: the frozen Inception-v3 trunk of `inception.py` (Mixed_6e for the regions,
+  Mixed_7c for the code) with the two trained heads of the official code. The trunk's BatchNorm
+  follows the encoder's mode, as in the original's pretraining (batch statistics while training,
+  the running ones in eval mode); gradients flow through it to the input either way.
+* `SmallImageEncoder`: a small CNN for CPU-sized configs, trained from scratch with the heads.
 
-* `InceptionEncoder` (backbone "inception"): the frozen ImageNet trunk of `inception.py`, fed
-  the image bilinearly resized to 299 x 299 without ImageNet mean/std (the Google weights expect
-  [-1, 1]); heads `emb_features` (bias-free 1x1 conv 768 -> D) and `emb_cnn_code`
-  (Linear(2048, D)) with weights U(-0.1, 0.1), as in the official code. Only the heads train:
-  the trunk's weights are frozen, but its BatchNorm layers follow the encoder's mode, as in the
-  official code (its `pretrain_DAMSM.py` puts the whole encoder in train mode). While DAMSM
-  pretraining trains, they normalize with each batch's statistics and move their running
-  statistics towards the data set's (the released encoders carry such statistics); in eval
-  mode (evaluation, the GAN's DAMSM loss) they use the running ones. Gradients flow through
-  the trunk to the input either way (the GAN's DAMSM loss needs them).
-* `SmallImageEncoder` (backbone "small"): Inception at 299 is far too slow on a CPU, so CPU-sized
-  configs use a small CNN trained from scratch together with the heads (same head names and
-  initialization). Three stride-2 blocks and a 3x3 convolution give the regions (an 8 x 8
-  grid at a 64 input, 64 regions for DAMSM); a fourth stride-2 block, max-pooled over
-  positions, gives the global code. GroupNorm instead of BatchNorm (see `_norm`).
-
-`trainable_parameters()` returns what DAMSM pretraining optimizes: the heads of Inception, all
-of the small CNN.
+`trainable_parameters()` returns what DAMSM pretraining optimizes.
 """
 from __future__ import annotations
 

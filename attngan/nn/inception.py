@@ -1,6 +1,6 @@
 """Inception-v3 (Szegedy et al., "Rethinking the Inception Architecture", 2016): the trunk the
-DAMSM image encoder reads (SPEC section 1) and the whole classifier the Inception Score and FID
-read (SPEC section 5).
+DAMSM image encoder reads and the whole classifier the Inception Score and FID read
+(docs/DESIGN.md, "Image encoders" and "Evaluation").
 
 AttnGAN's image encoder reads two layers of an ImageNet-trained Inception-v3: Mixed_6e (768 x 17
 x 17 at a 299 input) gives the local region features and Mixed_7c (2048 x 8 x 8) the global
@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from attngan.config import ConfigError
 from attngan.nn.state_files import load_state_exactly, read_state_file
 
-__all__ = ["BasicConv2d", "InceptionClassifier", "InceptionTrunk", "load_inception_state",
-           "load_inception_weights", "read_inception_file", "WEIGHTS_HINT"]
+__all__ = ["BasicConv2d", "InceptionClassifier", "InceptionTrunk", "fold_batch_norms",
+           "load_inception_state", "load_inception_weights", "read_inception_file",
+           "WEIGHTS_HINT"]
 
 WEIGHTS_HINT = (
     "download torchvision's Inception-v3 weights yourself "
@@ -49,6 +50,32 @@ class BasicConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.bn(self.conv(x)), inplace=True)
+
+
+@torch.no_grad()
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """Fold the BatchNorm of every BasicConv2d in `module` (all in eval mode) into its
+    convolution, in place: BN(conv(x)) = conv(x)·s + (β - μ·s) with s = γ / sqrt(σ² + ε) is one
+    convolution of weight W·s and bias β - μ·s, computed in float64 and rounded once to the
+    weights' dtype. Exact but for that rounding, for a network that stays in eval mode with
+    these statistics (a frozen trunk). Returns `module`."""
+    for block in module.modules():
+        if not (isinstance(block, BasicConv2d) and isinstance(block.bn, nn.BatchNorm2d)):
+            continue
+        conv, bn = block.conv, block.bn
+        if block.training or bn.running_var is None:
+            raise ValueError("fold_batch_norms: a BatchNorm in training mode (or without running "
+                             "statistics) normalizes with each batch's statistics and cannot be "
+                             "folded; put the network in eval mode first")
+        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                           conv.padding, conv.dilation, conv.groups, bias=True,
+                           device=conv.weight.device, dtype=conv.weight.dtype)
+        folded.weight.copy_(conv.weight.double() * scale[:, None, None, None])
+        folded.bias.copy_(bn.bias.double() - bn.running_mean.double() * scale)
+        block.conv = folded.eval().requires_grad_(conv.weight.requires_grad)
+        block.bn = nn.Identity()
+    return module
 
 
 def _pool_branch_input(x: torch.Tensor, pool: str) -> torch.Tensor:

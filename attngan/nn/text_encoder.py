@@ -1,4 +1,4 @@
-"""DAMSM text encoder: word features and a sentence vector from a caption (SPEC section 1).
+"""DAMSM text encoder: word features and a sentence vector (docs/DESIGN.md, "Text encoder").
 
 AttnGAN (Xu et al., 2018, section 3.3) encodes a caption with a bi-directional LSTM: each word's
 feature e_t is the concatenation of the two directions' hidden states at that word (the columns

@@ -1,16 +1,11 @@
-"""torch.library registration of the fused hot ops: one custom op per backend.
+"""torch.library registration of the fused hot ops: one custom op per backend (docs/DESIGN.md,
+"Registration").
 
-Each fused backend (C++ "cpp", "triton", CUDA "cuda") of an op becomes a
-`torch.library.custom_op` named `attngan::<op>_<backend>` with
-- a fake (meta) function, so torch.compile traces it without running it (no graph break),
-- `register_autograd` whose backward calls the same backend's backward op (itself a custom op,
-  `attngan::<op>_<backend>_backward`), so `torch.library.opcheck` covers both directions.
-The launchers run only when an op is called: this module imports on a machine with neither
-triton nor the compiled extension. `torch.library.triton_op` + `wrap_triton` is not used: on
-CPU tensors under the Triton interpreter it fails opcheck and fullgraph compilation (fake
-tracing reaches the kernel), while custom_op + register_fake passes both.
-Launchers get contiguous inputs: gradients arriving from `.sum()` are stride-0 expanded views,
-and the lengths on the features' device (`lengths_on`): callers may keep them on the CPU.
+Each fused backend ("cpp", "triton", "cuda") of an op becomes a `torch.library.custom_op`
+`attngan::<op>_<backend>` with a fake function (torch.compile traces it without a graph break)
+and `register_autograd`, whose backward calls the same backend's backward op (itself a custom
+op), so `torch.library.opcheck` covers both directions. The launchers are imported only when an
+op runs: this module imports without triton and without the compiled extension.
 """
 from __future__ import annotations
 
@@ -21,29 +16,14 @@ import torch
 from torch import Tensor
 
 from attngan import backend
+from attngan.ops._checks import check_lengths
 
 FUSED_BACKENDS = ("cpp", "triton", "cuda")
-# Backends whose custom op checks the caption lengths itself, in its forward (check_lengths),
-# eagerly or inside a torch.compile graph, and its backward (same lengths) not again. The check
-# reads the values: free for lengths kept on the CPU (the GPU ops accept them there and copy
-# them over without waiting), one host synchronisation per call for lengths on the GPU. The
-# kernels clamp lengths into [1, L] besides, so no value can make them read out of bounds. The
-# C++ kernel checks lengths in C++ (CPU memory, no synchronisation); callers check the rest.
+# Backends whose custom op checks the caption lengths' values itself, in its forward (eagerly or
+# inside a torch.compile graph; the backward, with the same lengths, does not again): free for
+# lengths kept on the CPU (the GPU ops accept them there and copy them over without waiting), one
+# host synchronisation for lengths on the GPU. The C++ kernel checks them in C++ (CPU memory).
 CHECKS_LENGTHS = ("triton", "cuda")
-
-
-def check_lengths(op: str, lengths: Tensor, num_words: int) -> None:
-    """Raise one ValueError unless every caption length is in 1..L = 1..num_words. Free for CPU
-    lengths; one host synchronisation for GPU ones (both extremes come back in one copy), skipped
-    while a CUDA graph is captured, which forbids synchronising: the kernels' clamp keeps a
-    replay in bounds."""
-    if lengths.is_cuda and torch.cuda.is_current_stream_capturing():
-        return
-    low, high = torch.stack(torch.aminmax(lengths)).tolist()
-    if low < 1 or high > num_words:
-        raise ValueError(f"{op}: every length must be in 1..L = 1..{num_words}, got min {low}, "
-                         f"max {high}: a caption needs at least one word, and lengths must be "
-                         f"<= L, the word slots of words.shape[2]")
 
 
 def check_lengths_outside_op(op: str, impl: str, lengths: Tensor, num_words: int) -> None:
@@ -54,13 +34,24 @@ def check_lengths_outside_op(op: str, impl: str, lengths: Tensor, num_words: int
         check_lengths(op, lengths, num_words)
 
 
-def check_lengths_device(op: str, lengths: Tensor, device: torch.device) -> None:
-    """Raise one ValueError unless the lengths are on the CPU or on `device` (the features')."""
-    if lengths.device not in (device, torch.device("cpu")):
-        where = ("the CPU" if device.type == "cpu" else
-                 f"the CPU (checked there without waiting for the GPU) or on {device}")
-        raise ValueError(f"{op}: lengths are on {lengths.device} but the features on {device}; "
-                         f"put lengths on {where}")
+def unsupported_dtype(impl: str, dtype: torch.dtype, device: torch.device) -> Optional[str]:
+    """Why `impl` cannot take inputs of `dtype` on `device`, or None: the GPU kernels take
+    float32, float16 and bfloat16; the Triton interpreter no bfloat16."""
+    if impl in ("triton", "cuda") and dtype == torch.float64:
+        return f"the {impl} kernel takes float32, float16 or bfloat16, not float64"
+    return backend.interpreter_dtype_reason(impl, dtype, device)
+
+
+def cuda_limits(op: str) -> dict[str, int]:
+    """The size limits of the CUDA kernel of `op` as attngan._C exports them (csrc/cuda/limits.h),
+    {} without the extension. A constant to torch.compile, which compares shapes against it."""
+    return dict(_cuda_limit_items(op))
+
+
+@torch.compiler.assume_constant_result
+def _cuda_limit_items(op: str) -> tuple[tuple[str, int], ...]:
+    extension = backend.compiled_extension()        # (a tuple: Dynamo takes no dict constant)
+    return () if extension is None else tuple(extension.cuda_limits[op].items())
 
 
 def lengths_on(device: torch.device, lengths: Tensor) -> Tensor:
@@ -85,9 +76,9 @@ def _launchers(module: str, op: str, impl: str) -> tuple[Callable, Callable]:
 
 
 # ---------------------------------------------------------------------------------------------
-# DAMSM word-level similarity (SPEC section 2; attngan.ops.damsm)
-# C++ and CUDA: torch.ops.attngan_C.damsm_word_similarity_{fwd,bwd} (csrc/cpu/damsm.cpp defines
-# the schemas, csrc/cuda adds the CUDA kernels); Triton: attngan.kernels.damsm, same signatures.
+# DAMSM word-level similarity (attngan.ops.damsm)
+# C++ and CUDA: torch.ops.attngan_C.damsm_word_similarity_{fwd,bwd} (schemas in
+# csrc/registration.cpp); Triton: attngan.kernels.damsm, same signatures.
 # ---------------------------------------------------------------------------------------------
 
 def _register_damsm_word_similarity(impl: str):
@@ -146,10 +137,9 @@ damsm_word_similarity_ops = {impl: _register_damsm_word_similarity(impl)
 
 
 # ---------------------------------------------------------------------------------------------
-# Word attention of the generator (SPEC section 1, stages 2-3; attngan.ops.word_attention)
-# C++ and CUDA: torch.ops.attngan_C.word_attention_{fwd,bwd} (csrc/cpu/word_attention.cpp
-# defines the schemas, csrc/cuda adds the CUDA kernels); Triton: attngan.kernels.word_attention,
-# same signatures.
+# Word attention of the generator (attngan.ops.word_attention)
+# C++ and CUDA: torch.ops.attngan_C.word_attention_{fwd,bwd} (schemas in
+# csrc/registration.cpp); Triton: attngan.kernels.word_attention, same signatures.
 # ---------------------------------------------------------------------------------------------
 
 def _register_word_attention(impl: str):

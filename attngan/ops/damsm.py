@@ -1,22 +1,10 @@
-"""DAMSM matching scores and losses (SPEC section 2; paper eqs. 7-13).
+"""DAMSM matching: the word-level similarity of all (image, caption) pairs and both losses.
 
-Word level, for image j (regions v_j `[D, R]`) and caption i (its n_i words e_i `[D, n_i]`):
-    s = v_j^T e_i                                    `[R, n_i]`          (eq. 7)
-    p = softmax over words of s, per region                                (eq. 8)
-    alpha = softmax over regions of gamma1 * p, per word                   (eq. 9)
-    c_t = sum_r alpha[t, r] v_r;  R_t = cos(e_t, c_t), norm product clamped at 1e-8
-    S[j, i] = log sum_t exp(gamma2 * R_t)            (eq. 10 as the original codes it: no 1/gamma2)
-Padded words take part in no step. Sentence level: S'[j, i] = cos(code of image j, sentence
-vector of caption i). Both losses: logits = gamma3 * S (rows images, columns captions); entries
-(j, i) with j != i of the same class are set to -inf; loss = CE(logits, arange) (image to
-caption) and CE(logits^T, arange) (caption to image) (eqs. 11-13).
-
-`damsm_word_similarity` is the hot op and the one entry point to its implementations: it checks
-the inputs, fixes the precision policy, asks `attngan.backend.choose` and calls exactly one of
-"loop" (the original's per-caption loop), "reference" (vectorized PyTorch, both in
-`attngan.ops.reference`), "cpp" (csrc/cpu/damsm.cpp), "triton" (kernels/damsm.py) or "cuda"
-(csrc/cuda). The fused ones are torch.library custom ops with their own backward
-(attngan/ops/_library.py). All pairs are scored at once, for any numbers of images and captions.
+The math, eqs. 7-13 of the paper as the original computes them, is in docs/DESIGN.md, "DAMSM
+word similarity" and "DAMSM losses". `damsm_word_similarity` is the hot op and the one entry to
+its implementations: it validates the inputs, fixes the precision policy, asks
+`attngan.backend.choose` and calls exactly one of "loop" and "reference"
+(`attngan.ops.reference`), "cpp", "triton" or "cuda" (custom ops of `attngan.ops._library`).
 """
 from __future__ import annotations
 
@@ -25,70 +13,44 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from attngan import backend
+from attngan import autotune, backend
 from attngan.ops import reference
-from attngan.ops._library import (check_lengths_device, check_lengths_outside_op,
-                                  damsm_word_similarity_ops, lengths_on)
+from attngan.ops._checks import (check_dims, check_floating, check_lengths_tensor,
+                                 check_not_empty, check_same_device, check_tensors)
+from attngan.ops._library import (check_lengths_outside_op, cuda_limits,
+                                  damsm_word_similarity_ops, lengths_on, unsupported_dtype)
 
 __all__ = ["damsm_word_similarity", "damsm_word_loss", "damsm_sentence_loss"]
 
 _OP = "damsm_word_similarity"
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 _NORM_EPS = 1e-8
 ClassIds = Union[torch.Tensor, Sequence[int], None]
 
 
 def _check_inputs(words, lengths, regions) -> None:
-    """Raise one clear ValueError for the first problem found in the inputs."""
-    for arg, value in (("words", words), ("lengths", lengths), ("regions", regions)):
-        if not isinstance(value, torch.Tensor):
-            raise ValueError(f"damsm_word_similarity: {arg} must be a torch.Tensor, "
-                             f"got {type(value).__name__}")
-    if words.dim() != 3:
-        raise ValueError(f"damsm_word_similarity: words must be [B_cap, D, L], got shape "
-                         f"{tuple(words.shape)}")
+    """Raise one clear error for the first problem found in the inputs."""
+    check_tensors(_OP, words=words, lengths=lengths, regions=regions)
+    check_dims(_OP, words=(words, "[B_cap, D, L]"))
     if regions.dim() not in (3, 4):
-        raise ValueError(f"damsm_word_similarity: regions must be [B_img, D, H, W] or "
-                         f"[B_img, D, R], got shape {tuple(regions.shape)}")
-    for arg, value in (("words", words), ("regions", regions)):
-        if value.dtype not in _FLOAT_DTYPES:
-            raise ValueError(f"damsm_word_similarity: {arg} has dtype {value.dtype}; use float32, "
-                             f"float16, bfloat16 or float64")
-    if lengths.dtype not in _INT_DTYPES:
-        raise ValueError(f"damsm_word_similarity: lengths must be an integer tensor (torch.long), "
-                         f"got dtype {lengths.dtype}")
-    if lengths.dim() != 1 or lengths.shape[0] != words.shape[0]:
-        raise ValueError(f"damsm_word_similarity: lengths must be [B_cap] = [{words.shape[0]}] "
-                         f"(one length per caption), got shape {tuple(lengths.shape)}")
-    if regions.device != words.device:
-        raise ValueError(f"damsm_word_similarity: regions are on {regions.device} but words are "
-                         f"on {words.device}; move both to one device")
-    check_lengths_device("damsm_word_similarity", lengths, words.device)
+        raise ValueError(f"{_OP}: regions must be [B_img, D, H, W] or [B_img, D, R], got shape "
+                         f"{tuple(regions.shape)}")
+    check_floating(_OP, words=words, regions=regions)
+    check_same_device(_OP, words=words, regions=regions)
+    check_lengths_tensor(_OP, lengths, words.shape[0], words.device)
     if regions.shape[1] != words.shape[1]:
-        raise ValueError(f"damsm_word_similarity: words have D = {words.shape[1]} but regions "
-                         f"have D = {regions.shape[1]}; both encoders must share the embedding "
-                         f"width")
-    if words.numel() == 0 or regions.numel() == 0:
-        raise ValueError(f"damsm_word_similarity: empty input (words {tuple(words.shape)}, "
-                         f"regions {tuple(regions.shape)}); every size must be at least 1")
-
-
-# Largest D and L of the CUDA kernel (kDamsmMaxDim, kDamsmMaxWords in csrc/cuda/damsm_kernel.h:
-# its word tiles live in shared memory). The Triton kernels state theirs themselves.
-CUDA_MAX_DIM = 256
-CUDA_MAX_WORDS = 32
+        raise ValueError(f"{_OP}: words have D = {words.shape[1]} but regions have D = "
+                         f"{regions.shape[1]}; both encoders must share the embedding width")
+    check_not_empty(_OP, words=words, regions=regions)
 
 
 def _unsupported(impl: str, dtype: torch.dtype, device: torch.device,
                  shape_reasons: tuple) -> Optional[str]:
     """None if `impl` takes inputs of this dtype on `device`, else why not. shape_reasons: the
     Triton and CUDA kernels' verdicts on the shapes (None where they fit)."""
-    if impl in ("triton", "cuda") and dtype == torch.float64:
-        return f"the {impl} kernel takes float32, float16 or bfloat16, not float64"
-    if impl in ("triton", "cuda") and shape_reasons[impl == "cuda"]:
-        return shape_reasons[impl == "cuda"]
-    return backend.interpreter_dtype_reason(impl, dtype, device)
+    reason = unsupported_dtype(impl, dtype, device)
+    if reason is None and impl in ("triton", "cuda"):
+        reason = shape_reasons[impl == "cuda"]
+    return reason
 
 
 # Both run once per traced graph: torch.compile bakes their results in as constants instead of
@@ -100,56 +62,51 @@ def _triton_available(device: torch.device) -> bool:
 
 @torch.compiler.assume_constant_result
 def _choose_impl(device: torch.device, impl: str, dtype: torch.dtype,
-                 shape_reasons: tuple) -> str:
+                 shape_reasons: tuple, key: Optional[tuple]) -> str:
     return backend.choose(_OP, device, impl,
-                          lambda name: _unsupported(name, dtype, device, shape_reasons))
+                          lambda name: _unsupported(name, dtype, device, shape_reasons), key)
 
 
 def _shape_reasons(words: torch.Tensor, regions: torch.Tensor) -> tuple:
-    """(Triton's, CUDA's) reason not to take these shapes, None where they fit. Plain Python on
-    the shapes, so torch.compile traces it (guarding on the shapes)."""
+    """(Triton's, CUDA's) reason not to take these shapes, None where they fit, by each backend's
+    own limits. Plain Python on the shapes, so torch.compile traces it (guarding on the shapes)."""
     triton_reason = None
     if _triton_available(words.device):
         from attngan.kernels import damsm as kernels
         triton_reason = kernels.damsm_word_similarity_supported(words, regions)
-    cuda_reason = None
-    if words.shape[1] > CUDA_MAX_DIM or words.shape[2] > CUDA_MAX_WORDS:
-        cuda_reason = (f"the CUDA kernel takes D <= {CUDA_MAX_DIM} and L <= {CUDA_MAX_WORDS} "
-                       f"words")
+    cuda_reason, limits = None, cuda_limits(_OP)
+    if limits and (words.shape[1] > limits["max_dim"] or words.shape[2] > limits["max_words"]
+                   or regions.shape[0] > limits["max_images"]):
+        cuda_reason = (f"the CUDA kernel takes D <= {limits['max_dim']}, L <= "
+                       f"{limits['max_words']} and at most {limits['max_images']} images, got "
+                       f"D = {words.shape[1]}, L = {words.shape[2]}, {regions.shape[0]} images")
     return triton_reason, cuda_reason
 
 
 def damsm_word_similarity(words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor, *,
                           gamma1: float = 4.0, gamma2: float = 5.0,
                           impl: str = "auto") -> torch.Tensor:
-    """Word-level DAMSM similarity of every image against every caption (eqs. 7-10).
+    """Word-level DAMSM similarity S of every image against every caption (eqs. 7-10).
 
     Args:
-        words: `[B_cap, D, L]` word features; slots t >= lengths[i] are padding and never read
-            (garbage or NaN there changes no output and no gradient; their gradient is 0).
-        lengths: `[B_cap]` integer tensor, each in 1..L, on the CPU or the device of words. On
-            the CPU their check costs a GPU op no host synchronisation (on the GPU: one per
-            call).
-        regions: `[B_img, D, H, W]` or `[B_img, D, R]` region features. B_img may differ from
-            B_cap (R-precision scores one image against 100 captions).
-        gamma1: sharpness of the softmax over regions (eq. 9).
-        gamma2: sharpness of the log-sum-exp over words (eq. 10).
-        impl: "auto", "loop", "reference", "cpp", "triton" or "cuda" (see attngan.backend).
+        words: `[B_cap, D, L]` word features; slots t >= lengths[i] are padding, never read.
+        lengths: `[B_cap]` integer, each in 1..L, on the CPU (no GPU synchronisation to check
+            them) or on the device of words.
+        regions: `[B_img, D, H, W]` or `[B_img, D, R]`; B_img may differ from B_cap.
+        gamma1, gamma2: sharpness of the softmax over regions (eq. 9) and of the log-sum-exp
+            over words (eq. 10).
+        impl: "auto", "loop", "reference", "cpp", "triton" or "cuda" (`attngan.backend`).
     Returns:
-        S `[B_img, B_cap]`: S[j, i] scores image j against caption i. float32 for float32,
-        float16 and bfloat16 inputs (float64 for float64), differentiable in words and regions.
-
-    Precision: float16/bfloat16 inputs are read as they are and every product, softmax, cosine
-    and log-sum-exp accumulates in float32; gradients come back in the inputs' dtypes. Words
-    and regions of different dtypes are promoted to a common one. Autocast is switched off
-    inside (the op fixes its own policy).
+        S `[B_img, B_cap]`, float32 (float64 for float64 inputs), differentiable in words and
+        regions. Precision: docs/DESIGN.md, "Precision".
     """
     _check_inputs(words, lengths, regions)
     if regions.dim() == 4:
         regions = regions.flatten(2)                                              # [Bi, D, R]
     dtype = torch.promote_types(words.dtype, regions.dtype)
-    impl = _choose_impl(words.device, impl, dtype, _shape_reasons(words, regions))
-    check_lengths_outside_op("damsm_word_similarity", impl, lengths, words.shape[2])
+    impl = _choose_impl(words.device, impl, dtype, _shape_reasons(words, regions),
+                        autotune.damsm_key(words, regions, dtype, impl))
+    check_lengths_outside_op(_OP, impl, lengths, words.shape[2])
     with torch.autocast(device_type=words.device.type, enabled=False):
         if impl in ("loop", "reference"):
             compute = torch.float64 if dtype == torch.float64 else torch.float32
@@ -220,15 +177,14 @@ def damsm_sentence_loss(image_codes: torch.Tensor, sentences: torch.Tensor, *,
     Returns:
         (loss_i2c, loss_c2i) as in `damsm_word_loss`, computed in float32 (float64 for float64).
     """
-    for arg, value in (("image_codes", image_codes), ("sentences", sentences)):
-        if not isinstance(value, torch.Tensor) or value.dim() != 2 \
-                or value.dtype not in _FLOAT_DTYPES:
-            raise ValueError(f"damsm_sentence_loss: {arg} must be a floating [B, D] tensor, got "
-                             f"{tuple(value.shape) if isinstance(value, torch.Tensor) else value!r}")
-    if image_codes.shape != sentences.shape or image_codes.device != sentences.device:
-        raise ValueError(f"damsm_sentence_loss: image_codes {tuple(image_codes.shape)} on "
-                         f"{image_codes.device} and sentences {tuple(sentences.shape)} on "
-                         f"{sentences.device} must have one shape [B, D] and one device")
+    op = "damsm_sentence_loss"
+    check_tensors(op, image_codes=image_codes, sentences=sentences)
+    check_dims(op, image_codes=(image_codes, "[B, D]"), sentences=(sentences, "[B, D]"))
+    check_floating(op, image_codes=image_codes, sentences=sentences)
+    check_same_device(op, image_codes=image_codes, sentences=sentences)
+    if image_codes.shape != sentences.shape:
+        raise ValueError(f"{op}: image_codes {tuple(image_codes.shape)} and sentences "
+                         f"{tuple(sentences.shape)} must have one shape [B, D]")
     compute = torch.float64 if torch.float64 in (image_codes.dtype, sentences.dtype) \
         else torch.float32
     with torch.autocast(device_type=image_codes.device.type, enabled=False):

@@ -1,15 +1,14 @@
 """Pure-PyTorch references of the hot ops: the oracles of the fused kernels and their fallback.
 
-Each op has the form its math is easiest to check in (SPEC.md), differentiable by autograd:
-- DAMSM word-level similarity (SPEC section 2; paper eqs. 7-10): the faithful per-caption loop
-  of the original code (`damsm_word_similarity_loop`) and a vectorized all-pairs equivalent
+The math is in docs/DESIGN.md ("DAMSM word similarity", "Word attention"; paper eqs. 7-10 and
+2). Differentiable by autograd, each in the form it is easiest to check in:
+- DAMSM word-level similarity: the original code's per-caption loop
+  (`damsm_word_similarity_loop`) and a vectorized all-pairs equivalent
   (`damsm_word_similarity_reference`).
-- Word attention of the generator (SPEC section 1, stages 2 and 3; paper eq. 2):
-  `word_attention_reference`, per-sample masked (not the original's mask.repeat defect).
+- Word attention of the generator: `word_attention_reference`, masked per sample.
 
-These functions compute in the dtype they are given (like any PyTorch code); the public ops in
-`attngan.ops` apply the precision policy (fp32 accumulation for fp16/bf16 inputs) before calling
-them. Tests use them in float64 as the ground truth.
+They compute in the dtype they are given; the public ops in `attngan.ops` apply the precision
+policy before calling them. Tests use them in float64 as the ground truth.
 """
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ import torch
 
 
 # ---------------------------------------------------------------------------------------------
-# DAMSM word-level similarity (SPEC section 2; attngan.ops.damsm)
+# DAMSM word-level similarity (attngan.ops.damsm)
 # ---------------------------------------------------------------------------------------------
 
 def _cosine_over_dim1(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -31,15 +30,10 @@ def damsm_word_similarity_loop(words: torch.Tensor, lengths: torch.Tensor, regio
                                gamma1: float = 4.0, gamma2: float = 5.0) -> torch.Tensor:
     """The word-level DAMSM similarity computed as the original code does: one caption at a time.
 
-    The same sequence of tensor operations as the original `words_loss` and `func_attention`
-    (copies included: the caption repeated over all B_img images, the transposes made contiguous,
-    the softmaxes over 2-D views), so that this is the faithful baseline the fused kernels are
-    measured against. For caption i its n_i valid words are attended by every image:
-    s = v^T e `[B_img, R, n_i]` (eq. 7), softmax over words (eq. 8), softmax over regions of
-    gamma1 * s (eq. 9), context c = v alpha^T; then R_t = cos(e_t, c_t) and
-    S[:, i] = log(sum_t exp(gamma2 * R_t)) (eq. 10 as coded, no 1/gamma2; exp, sum, log without
-    max subtraction like the original, which cannot overflow for the gammas in use since
-    |R_t| <= 1).
+    The same sequence of tensor operations as the original `words_loss` and `func_attention`,
+    copies included (the caption repeated over all B_img images, the transposes made contiguous,
+    the softmaxes over 2-D views), and the log of a sum of exps without max subtraction (safe:
+    |R_t| <= 1): the faithful baseline the fused kernels are measured against.
 
     Args:
         words: `[B_cap, D, L]` word features, padded after each caption's length.
@@ -78,11 +72,9 @@ def damsm_word_similarity_reference(words: torch.Tensor, lengths: torch.Tensor,
                                     gamma2: float = 5.0) -> torch.Tensor:
     """The word-level DAMSM similarity of every (image, caption) pair at once, with length masks.
 
-    Same math and arguments as `damsm_word_similarity_loop`, computed on the padded `[B_img,
-    B_cap, R, L]` grid: padded words get -inf scores before the softmax over words, and -inf
-    before the log-sum-exp over words, so they take part in no step. Padded slots of `words` are
-    replaced by zeros first (`torch.where`), so garbage or NaN there reaches neither the output
-    nor any gradient; their gradient is exactly zero.
+    Same arguments and result as `damsm_word_similarity_loop`, on the padded `[B_img, B_cap, R, L]`
+    grid. Padded slots of `words` are replaced by zeros first, so garbage or NaN there reaches
+    neither the output nor any gradient (theirs is exactly zero).
     """
     num_images, dim = regions.shape[0], regions.shape[1]
     num_words = words.shape[2]
@@ -109,18 +101,16 @@ def damsm_word_similarity_reference(words: torch.Tensor, lengths: torch.Tensor,
 
 
 # ---------------------------------------------------------------------------------------------
-# Word attention of the generator (SPEC section 1, stages 2 and 3; attngan.ops.word_attention)
+# Word attention of the generator (attngan.ops.word_attention)
 # ---------------------------------------------------------------------------------------------
 
 def word_attention_reference(query: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor,
                              return_attn: bool = False):
     """Vectorized pure-PyTorch word attention: the oracle of the fused kernels.
 
-    query h `[B, C, H, W]`, words e' `[B, C, L]`, lengths `[B]` (1..L). Scores s = h^T e'
-    `[B, R, L]` (R = H*W, no 1/sqrt(d) scaling), padded words (l >= lengths[b]) -> -inf per sample,
-    softmax over words in float32 (float64 for float64 inputs), context = e' attn^T.
-    Returns context `[B, C, H, W]` and, with `return_attn`, attn `[B, L, H, W]` (exact zeros at
-    padded words), both in the input dtype. Differentiable by autograd.
+    query h `[B, C, H, W]`, words e' `[B, C, L]`, lengths `[B]` (1..L). Returns context
+    `[B, C, H, W]` and, with `return_attn`, attn `[B, L, H, W]` (exact zeros at padded words),
+    both in the input dtype; the softmax runs in float32 (float64 for float64 inputs).
     """
     batch, channels, height, width = query.shape
     num_words = words.shape[2]

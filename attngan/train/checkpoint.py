@@ -3,8 +3,9 @@
 A checkpoint is a dict of tensors and plain Python values only (no pickled classes), so
 `torch.load(..., weights_only=True)` reads it and a file from an untrusted source cannot run
 code. It is written to a temporary file in the same folder and renamed over the target, so a
-crash mid-write never leaves a truncated checkpoint. RNG state (Python, NumPy, torch CPU and
-CUDA) is captured and restored so a resumed run draws the same numbers as an uninterrupted one.
+crash mid-write never leaves a truncated checkpoint; training runs write theirs on a background
+thread (`CheckpointWriter`). RNG state (Python, NumPy, torch CPU and CUDA) is captured and
+restored so a resumed run draws the same numbers as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import functools
 import inspect
 import json
 import random
+import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -37,16 +39,18 @@ REQUIRED_ENTRIES = {
             "vocab_fingerprint", "text_encoder", "trainer", "step", "epoch"),
 }
 # What a resumed run may set differently from the run it continues: how long it trains, how
-# often it writes, where and with which kernels it runs, where the data and the Inception
-# weights now are, and how the finished run is evaluated. Anything else (a model size, a
+# often it writes, where and with which kernels and step switches it runs (attngan.train.speed:
+# none of them changes the model), where the data, its image cache and the Inception weights now
+# are, and how the finished run is evaluated. Anything else (a model size, a
 # learning rate, the data's sizes) would not continue the run but start another from its
 # weights, or fail to load them.
 RESUME_MAY_CHANGE = frozenset({
-    "data.root", "image_encoder.weights", "data.num_workers",
+    "data.root", "data.image_cache", "image_encoder.weights", "data.num_workers",
     "damsm.epochs", "damsm.log_every", "damsm.checkpoint_every",
     "damsm.eval_candidates", "damsm.eval_folds", "data.eval_words_num",
     "gan.epochs", "gan.max_steps", "gan.log_every", "gan.sample_every", "gan.checkpoint_every",
-    "run.device", "run.impl", "run.threads"})
+    "run.device", "run.impl", "run.threads", "run.speed", "run.precision", "run.channels_last",
+    "run.cudnn_benchmark", "run.fused_adam", "run.compile", "run.cuda_graphs"})
 
 
 def run_checkpoint_path(out_dir: Path, kind: str, resume: bool) -> Path:
@@ -163,6 +167,63 @@ def trim_metrics(path: Path, last_step: int) -> None:
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
     """Write `payload` to `path` atomically (attngan.files.write_atomically)."""
     return write_atomically(path, lambda stream: torch.save(payload, stream))
+
+
+def _on_host(value: Any) -> Any:
+    """`value` with every tensor copied to the CPU: a snapshot that training, which goes on
+    changing its tensors in place, cannot change."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _on_host(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_host(item) for item in value)
+    return value
+
+
+class CheckpointWriter:
+    """Writes a training run's checkpoints on a background thread, one at a time.
+
+    `save(path, payload)` waits for the previous write to finish, copies the payload's tensors
+    to the CPU (on the calling thread, so the snapshot is the state at that step) and starts
+    writing it with `save_checkpoint` (atomic); the training goes on meanwhile. `wait()`, and
+    leaving a `with` block (also by an error or Ctrl-C), waits for the last write. A write that
+    failed raises its error at the next `save` or `wait` (when leaving the block by another
+    error, that one propagates); the file it was replacing is left as it was. The thread is not
+    a daemon, so even an interpreter that exits waits for a write under way.
+    """
+
+    def __init__(self):
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+
+    def __enter__(self) -> "CheckpointWriter":
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        self.wait(raise_error=error_type is None)
+
+    def save(self, path: str | Path, payload: dict) -> None:
+        self.wait()
+        snapshot = _on_host(payload)
+        self._thread = threading.Thread(target=self._write, args=(Path(path), snapshot),
+                                        name=f"checkpoint writer ({Path(path).name})")
+        self._thread.start()
+
+    def _write(self, path: Path, payload: dict) -> None:
+        try:
+            save_checkpoint(path, payload)
+        except BaseException as error:  # raised on the training's thread by wait()
+            self._error = error
+
+    def wait(self, raise_error: bool = True) -> None:
+        """Wait for the write under way, if any; raise its error (with `raise_error`)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None and raise_error:
+            raise error
 
 
 def resolve_run_checkpoint(path_or_run_dir: str | Path, kind: str) -> Path:

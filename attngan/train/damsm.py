@@ -1,14 +1,17 @@
 """DAMSM pretraining: teach the text and image encoders to match words to image regions.
 
-SPEC sections 2 and 3. Loss per batch: L_w0 + L_w1 (word level, Eq. 10-13 via the fused
+docs/DESIGN.md, "DAMSM losses". Loss per batch: L_w0 + L_w1 (word level, Eq. 10-13 via the
 `damsm_word_loss`) + L_s0 + L_s1 (sentence level, cosine of global codes), with same-class
 pairs masked. Trains the text encoder and the image encoder's trainable parameters (the two
 heads of Inception, or all of the small CNN) with one Adam for the whole run (the original
 recreated Adam every epoch; that quirk is not kept), lr x0.98 per epoch until it falls below
-lr/10, gradient norm clipped at 0.25 on the text encoder.
+lr/10, gradient norm clipped at 0.25 on the text encoder. The run.* switches of the training
+step (`attngan.train.speed`) apply but for CUDA graphs; the test loss and the R-precision are
+computed in IEEE float32 whatever they are.
 
 A run folder holds config.yaml, metrics.jsonl, checkpoints/damsm_last.pt (written at epoch
-ends, resumable exactly with `resume=True`) and r_precision.json: the encoders' R-precision on
+ends by a background thread, resumable exactly with `resume=True`; the losses are read back
+from the device at log steps only) and r_precision.json: the encoders' R-precision on
 the test split, by cosine of global codes (the paper's protocol) and by the word-level score S.
 """
 from __future__ import annotations
@@ -21,23 +24,27 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from attngan.config import (Config, config_from_dict, config_to_dict, save_config,
                             with_absolute_paths)
-from attngan.data.dataset import build_dataset, collate
+from attngan.data.dataset import build_dataset
+from attngan.data.loader import evaluation_batches, float_images, training_batches
 from attngan.data.vocab import Vocabulary
 from attngan.files import file_sha256, write_text_atomically
 from attngan.metrics.r_precision import check_protocol, r_precision, r_precision_from_blocks
 from attngan.nn.image_encoder import build_image_encoder
 from attngan.nn.text_encoder import TextEncoder
 from attngan.ops.damsm import damsm_sentence_loss, damsm_word_loss, damsm_word_similarity
-from attngan.train.checkpoint import (CheckpointError, holds_run_folder, load_checkpoint,
-                                      load_state, open_run, require_finite, require_same_data,
-                                      require_same_vocabulary, resolve_run_checkpoint,
-                                      rng_state, save_checkpoint, set_rng_state, trim_metrics)
-from attngan.train.runtime import prepare_run, require_step_fits, training_autocast
+from attngan.train.checkpoint import (CheckpointError, CheckpointWriter, holds_run_folder,
+                                      load_checkpoint, load_state, open_run, require_finite,
+                                      require_same_data, require_same_vocabulary,
+                                      resolve_run_checkpoint, rng_state, set_rng_state,
+                                      trim_metrics)
+from attngan.train.runtime import prepare_run, require_step_fits
+from attngan.train.speed import (EAGER_STEPS, FAITHFUL, StepSettings, adam, backend_flags,
+                                 compiled, load_optimizer_state, step_settings,
+                                 training_autocast)
 
 
 def epoch_learning_rate(lr: float, decay: float, min_ratio: float, epoch: int) -> float:
@@ -53,7 +60,7 @@ def damsm_losses(text_encoder, image_encoder, batch: dict, config: Config,
     # the copies are queued (non_blocking), so that the step need not wait for the GPU.
     captions, lengths = batch["captions"], batch["lengths"]
     class_ids = batch["class_ids"].to(device, non_blocking=True)
-    images = batch["images"][-1].to(device, non_blocking=True)
+    images = float_images(batch["images"][-1], device)
     words, sentence = text_encoder(captions, lengths)            # [B, D, L], [B, D]
     regions, code = image_encoder(images)                         # [B, D, h, w], [B, D]
     gammas = config.damsm
@@ -63,28 +70,45 @@ def damsm_losses(text_encoder, image_encoder, batch: dict, config: Config,
     return {"w0": w0, "w1": w1, "s0": s0, "s1": s1, "loss": w0 + w1 + s0 + s1}
 
 
-def build_damsm_training(config: Config, vocab_size: int, device: torch.device):
-    """(text encoder, image encoder, optimizer) of a new DAMSM run on `device`: one Adam over the
-    text encoder and the image encoder's trainable parameters."""
-    text_encoder = TextEncoder(vocab_size, config.text_encoder).to(device)
-    image_encoder = build_image_encoder(config.image_encoder,
-                                        config.text_encoder.hidden_dim).to(device)
-    trainable = list(text_encoder.parameters()) + list(image_encoder.trainable_parameters())
-    optimizer = torch.optim.Adam(trainable, lr=config.damsm.lr, betas=tuple(config.damsm.betas))
-    return text_encoder, image_encoder, optimizer
+class DAMSMTrainer:
+    """The encoders of a new DAMSM run and their one Adam (over the text encoder and the image
+    encoder's trainable parameters); `step(batch)` trains one batch.
 
+    The step's switches (`settings`, default: `step_settings` of config.run on `device` for
+    DAMSM pretraining) apply as in the GAN's step, but for cuda_graphs (the text encoder trains
+    here); with compile the image encoder runs compiled after the first EAGER_STEPS steps.
+    """
 
-def damsm_training_step(text_encoder, image_encoder, optimizer, batch: dict, config: Config,
-                        device: torch.device) -> dict[str, torch.Tensor]:
-    """One optimizer step of DAMSM pretraining on `batch` (the forward passes under the run's
-    precision); returns the batch's losses."""
-    with training_autocast(config, device):
-        losses = damsm_losses(text_encoder, image_encoder, batch, config, device)
-    optimizer.zero_grad(set_to_none=True)
-    losses["loss"].backward()
-    torch.nn.utils.clip_grad_norm_(text_encoder.parameters(), config.damsm.grad_clip)
-    optimizer.step()
-    return losses
+    def __init__(self, config: Config, vocab_size: int, device: torch.device,
+                 settings: Optional[StepSettings] = None):
+        self.config = config
+        self.device = device
+        self.settings = settings = settings or step_settings(config.run, device, stage="damsm")
+        self.text_encoder = TextEncoder(vocab_size, config.text_encoder).to(device)
+        self.image_encoder = build_image_encoder(config.image_encoder,
+                                                 config.text_encoder.hidden_dim).to(device)
+        if settings.channels_last:
+            self.image_encoder.to(memory_format=torch.channels_last)
+        trainable = (list(self.text_encoder.parameters())
+                     + list(self.image_encoder.trainable_parameters()))
+        self.optimizer = adam(trainable, config.damsm.lr, tuple(config.damsm.betas), settings)
+        self.steps = 0                    # steps this trainer has taken
+        self._image_encoders = (self.image_encoder, compiled(self.image_encoder)
+                                if settings.compile else self.image_encoder)
+
+    def step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """One optimizer step on `batch`; returns the batch's losses (detached tensors)."""
+        config, device, settings = self.config, self.device, self.settings
+        image_encoder = self._image_encoders[self.steps >= EAGER_STEPS]
+        with backend_flags(settings, device):
+            with training_autocast(settings, device):
+                losses = damsm_losses(self.text_encoder, image_encoder, batch, config, device)
+            self.optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(self.text_encoder.parameters(), config.damsm.grad_clip)
+            self.optimizer.step()
+        self.steps += 1
+        return {name: loss.detach() for name, loss in losses.items()}
 
 
 @torch.no_grad()
@@ -102,7 +126,8 @@ def encode_split(text_encoder, image_encoder, dataset, device: torch.device,
         captions, lengths = zip(*(dataset.caption(k * per_image + k % per_image)
                                   for k in indices))
         captions, lengths = torch.stack(captions), torch.tensor(lengths)   # on the CPU
-        images = torch.stack([dataset[k]["images"][-1] for k in indices]).to(device)
+        images = torch.stack([dataset[k]["images"][-1] for k in indices])
+        images = float_images(images, device)
         words, sentence = text_encoder(captions, lengths)
         regions, code = image_encoder(images)
         for name, value in (("words", words), ("lengths", lengths), ("sentences", sentence),
@@ -148,8 +173,9 @@ def mean_test_loss(text_encoder, image_encoder, loader, config: Config,
                    device: torch.device) -> float:
     text_encoder.eval()
     image_encoder.eval()
-    totals = [damsm_losses(text_encoder, image_encoder, batch, config, device)["loss"].item()
+    losses = [damsm_losses(text_encoder, image_encoder, batch, config, device)["loss"]
               for batch in loader]
+    totals = torch.stack(losses).tolist() if losses else []      # read back in one copy
     return sum(totals) / max(len(totals), 1)
 
 
@@ -173,6 +199,7 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
                                   f"{payload['epoch']}")
     device = prepare_run(config)
     require_step_fits(config, "damsm", device)
+    switches = step_settings(config.run, device, stage="damsm")   # errors before any writing
     train_set = build_dataset(config.data, "train", augment=True)
     test_set = build_dataset(config.data, "test", augment=False)
     fingerprints = {"train": train_set.records.fingerprint(),
@@ -185,7 +212,9 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
     check_protocol(test_set.class_ids, settings.eval_candidates, settings.eval_folds,
                    candidates_name="damsm.eval_candidates", folds_name="damsm.eval_folds")
     vocab = train_set.vocab
-    text_encoder, image_encoder, optimizer = build_damsm_training(config, len(vocab), device)
+    trainer = DAMSMTrainer(config, len(vocab), device, switches)
+    text_encoder, image_encoder, optimizer = (trainer.text_encoder, trainer.image_encoder,
+                                              trainer.optimizer)
 
     start_epoch, step = 0, 0
     if payload is not None:
@@ -196,7 +225,7 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
                               "--accept-changed-data")
         load_state(text_encoder, payload["text_encoder"], "text_encoder", checkpoint_path)
         load_state(image_encoder, payload["image_encoder"], "image_encoder", checkpoint_path)
-        optimizer.load_state_dict(payload["optimizer"])
+        load_optimizer_state(optimizer, payload["optimizer"])
         start_epoch, step = payload["epoch"], payload["step"]
         set_rng_state(payload["rng"])
     # what a run killed before this checkpoint (or its first) logged is logged again
@@ -204,11 +233,13 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
 
-    test_loader = DataLoader(test_set, batch_size=settings.batch_size, shuffle=False,
-                             drop_last=True, collate_fn=collate,
-                             num_workers=config.data.num_workers)
+    steps_per_epoch = len(train_set) // settings.batch_size
     started = time.time()
-    with open(out_dir / "metrics.jsonl", "a") as metrics:
+    with open(out_dir / "metrics.jsonl", "a") as metrics, CheckpointWriter() as checkpoints, \
+            training_batches(train_set, config, device, settings.batch_size, epoch=start_epoch,
+                             batch=0, count=(settings.epochs - start_epoch) * steps_per_epoch,
+                             progress=progress) as batches, \
+            evaluation_batches(test_set, config, device, settings.batch_size) as test_loader:
         def log(record: dict) -> None:
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
@@ -217,31 +248,31 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
             lr = epoch_learning_rate(settings.lr, settings.lr_decay, settings.min_lr_ratio, epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            order = torch.Generator().manual_seed(config.run.seed * 100_003 + epoch)
-            loader = DataLoader(train_set, batch_size=settings.batch_size, shuffle=True,
-                                drop_last=True, collate_fn=collate, generator=order,
-                                num_workers=config.data.num_workers)
             text_encoder.train()
             image_encoder.train()
-            bar = tqdm(loader, desc=f"DAMSM epoch {epoch + 1}/{settings.epochs}",
-                       disable=not progress, leave=False)
+            bar = tqdm(batches.take(steps_per_epoch), total=steps_per_epoch,
+                       desc=f"DAMSM epoch {epoch + 1}/{settings.epochs}", disable=not progress,
+                       leave=False)
             for batch in bar:
-                losses = damsm_training_step(text_encoder, image_encoder, optimizer, batch,
-                                             config, device)
+                losses = trainer.step(batch)
                 step += 1
-                bar.set_postfix(loss=f"{losses['loss'].item():.3f}")
                 if step % settings.log_every == 0:
+                    # the losses read back from the device in one copy, at log steps only
+                    values = dict(zip(losses, torch.stack(list(losses.values())).tolist()))
+                    bar.set_postfix(loss=f"{values['loss']:.3f}")
                     log({"step": step, "epoch": epoch, "lr": lr,
                          "seconds": round(time.time() - started, 2),
-                         **{name: round(value.item(), 5) for name, value in losses.items()}})
-            test_loss = mean_test_loss(text_encoder, image_encoder, test_loader, config, device)
+                         **{name: round(value, 5) for name, value in values.items()}})
+            with backend_flags(FAITHFUL, device):
+                test_loss = mean_test_loss(text_encoder, image_encoder, test_loader, config,
+                                           device)
             log({"step": step, "epoch": epoch, "lr": lr, "test_loss": round(test_loss, 5),
                  "seconds": round(time.time() - started, 2)})
             if progress:
                 tqdm.write(f"DAMSM epoch {epoch + 1}/{settings.epochs}: "
                            f"test loss {test_loss:.3f} (step {step})")
             if (epoch + 1) % settings.checkpoint_every == 0 or epoch + 1 == settings.epochs:
-                save_checkpoint(checkpoint_path, {
+                checkpoints.save(checkpoint_path, {
                     "kind": "damsm", "config": config_to_dict(config),
                     "vocab": list(vocab.ixtoword), "vocab_fingerprint": vocab.fingerprint(),
                     "data_fingerprint": fingerprints,
@@ -250,7 +281,8 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
                     "optimizer": optimizer.state_dict(),
                     "epoch": epoch + 1, "step": step, "rng": rng_state()})
 
-    results = evaluate_r_precision(text_encoder, image_encoder, test_set, config, device)
+    with backend_flags(FAITHFUL, device):
+        results = evaluate_r_precision(text_encoder, image_encoder, test_set, config, device)
     results["checkpoint"] = str(checkpoint_path)
     results["checkpoint_sha256"] = file_sha256(checkpoint_path)
     results["epochs"] = settings.epochs

@@ -1,4 +1,4 @@
-"""Exponential moving average of the generator's weights (SPEC section 3).
+"""Exponential moving average of the generator's weights (docs/DESIGN.md).
 
 After every generator step, avg <- decay·avg + (1 - decay)·current for each parameter, with
 decay 0.999, the original's `avg_param_G`. The averaged generator is the one used for samples

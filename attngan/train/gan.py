@@ -1,4 +1,4 @@
-"""AttnGAN training loop (SPEC section 3): discriminator steps, then a generator step.
+"""AttnGAN training loop (docs/DESIGN.md): discriminator steps, then a generator step.
 
 Per batch, as the original trainer: the frozen DAMSM text encoder (eval mode, no gradient)
 encodes the captions; one generator forward with fresh noise z ~ N(0, I); for each stage's
@@ -6,18 +6,21 @@ discriminator: zero grad, L_D on the real image and the detached fake, backward,
 then the generator: L_G = adversarial terms of all stages (discriminator parameters frozen
 for this backward) + λ·DAMSM losses of the final image + KL, backward, Adam step; then the
 exponential moving average of the generator's weights (`ema.py`). Adam lr 2e-4, betas
-(0.5, 0.999) for every network (config.gan).
+(0.5, 0.999) for every network (config.gan). How the step computes (precision, compile, CUDA
+graphs, ...) is set by the run.* switches (`attngan.train.speed`); the model is the same.
 
 A run folder holds config.yaml (the resolved config), metrics.jsonl (one line per
 gan.log_every steps: step, epoch, seconds, every loss), samples/ (fixed-noise grids of the
 averaged generator for fixed training captions, every gan.sample_every steps and at the end,
 with samples/captions.txt) and checkpoints/gan_last.pt: the generator, discriminators, EMA,
 optimizers, step, epoch and position in the epoch, RNG state, config, vocabulary, the text
-encoder (so sampling needs no DAMSM file) and the DAMSM checkpoint's path and SHA-256.
-`resume=True` continues exactly where the checkpoint stopped: the batch order of an epoch is a
-permutation drawn from a generator seeded by (run.seed, epoch), data augmentation and noise
-draw from the restored global RNG. Exactness holds with data.num_workers = 0 (workers seed
-their own generators).
+encoder (so sampling needs no DAMSM file) and the DAMSM checkpoint's path and SHA-256, written
+by a background thread while training goes on (`CheckpointWriter`). The losses are read back
+from the device at log steps only.
+`resume=True` continues exactly where the checkpoint stopped, with any data.num_workers: the
+batch order of an epoch is a permutation drawn from a generator seeded by (run.seed, epoch),
+each item's augmentation draws from one seeded by (run.seed, epoch, index)
+(`attngan.data.loader`), the noise from the restored global RNG.
 """
 from __future__ import annotations
 
@@ -25,34 +28,39 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple, Optional
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from attngan.config import (Config, config_from_dict, config_to_dict, save_config,
                             with_absolute_paths)
-from attngan.data.dataset import build_dataset, collate, read_split
+from attngan.data.dataset import build_dataset, read_split
+from attngan.data.loader import float_images, training_batches
 from attngan.data.vocab import Vocabulary
 from attngan.files import file_sha256, write_text_atomically
 from attngan.nn.discriminator import build_discriminators
 from attngan.nn.generator import Generator
 from attngan.nn.text_encoder import TextEncoder
-from attngan.train.checkpoint import (CheckpointError, holds_run_folder, load_checkpoint,
-                                      load_state, open_run, require_finite, require_same_data,
-                                      require_same_vocabulary, resolve_run_checkpoint,
-                                      rng_state, save_checkpoint, set_rng_state, trim_metrics)
+from attngan.train.checkpoint import (CheckpointError, CheckpointWriter, holds_run_folder,
+                                      load_checkpoint, load_state, open_run, require_finite,
+                                      require_same_data, require_same_vocabulary,
+                                      resolve_run_checkpoint, rng_state, set_rng_state,
+                                      trim_metrics)
 from attngan.train.damsm import load_damsm, resolve_damsm_checkpoint
 from attngan.train.ema import EMA
-from attngan.train.losses import (damsm_generator_loss, discriminator_loss,
-                                  generator_adversarial_loss, kl_loss)
-from attngan.train.runtime import prepare_run, require_step_fits, training_autocast
+from attngan.train.losses import discriminator_loss, generator_loss
+from attngan.train.runtime import prepare_run, require_step_fits
+from attngan.train.speed import (EAGER_STEPS, StepSettings, adam, backend_flags, compiled,
+                                 frozen_network, load_optimizer_state, step_settings,
+                                 training_autocast)
 from attngan.viz import save_image_grid
 
 __all__ = ["GANTrainer", "train_gan", "load_gan", "generate", "resolve_gan_checkpoint"]
 
 FIXED_CAPTIONS = 8            # captions of the sample grids
 FIXED_NOISES = 2              # noise vectors per caption in the sample grids
+GRAPH_WARMUP_STEPS = 3        # cuda_graphs: eager steps, then compiled ones, before the capture
 
 
 def resolve_gan_checkpoint(path_or_run_dir: str | Path) -> Path:
@@ -60,74 +68,155 @@ def resolve_gan_checkpoint(path_or_run_dir: str | Path) -> Path:
     return resolve_run_checkpoint(path_or_run_dir, "gan")
 
 
+class _StepNetworks(NamedTuple):
+    """What a step calls, eager or compiled: the generator, a discriminator's loss (of the
+    discriminator passed), the generator step's loss (through the frozen image encoder)."""
+    generate: Callable
+    discriminator_loss: Callable
+    generator_loss: Callable
+
+
 class GANTrainer:
     """Generator, discriminators, their optimizers and the EMA; `step(batch)` trains one batch.
 
     Args:
         config: the run's Config (gan, data sizes, damsm gammas, run.impl).
-        text_encoder, image_encoder: the frozen DAMSM encoders (eval mode).
+        text_encoder, image_encoder: the frozen DAMSM encoders (eval mode), left as they are: the
+            step runs copies where its switches change how they compute (`frozen_network`).
         device: where everything runs.
+        settings: the step's switches (default: `step_settings` of config.run on `device`).
+
+    The first EAGER_STEPS steps run eagerly (the ops choose their implementations then), later
+    ones with compile on the compiled networks. With cuda_graphs the inputs go through static
+    buffers (the lengths on the device); the first GRAPH_WARMUP_STEPS steps run on a side
+    stream (the compiled code compiled, cuDNN's algorithms timed, Adam's state made), then the
+    update is captured once and every step replays it.
     """
 
-    def __init__(self, config: Config, text_encoder, image_encoder, device: torch.device):
+    def __init__(self, config: Config, text_encoder, image_encoder, device: torch.device,
+                 settings: Optional[StepSettings] = None):
         self.config = config
         self.device = device
-        self.text_encoder = text_encoder
-        self.image_encoder = image_encoder
+        self.settings = settings = settings or step_settings(config.run, device)
+        self.text_encoder = frozen_network(text_encoder, settings, device)
+        self.image_encoder = frozen_network(image_encoder, settings, device, fold=True)
         text_dim = text_encoder.embed_dim
         gan = config.gan
         self.netG = Generator.from_config(config, text_dim).to(device)
         self.netsD = build_discriminators(config, text_dim).to(device)
+        if settings.channels_last:
+            self.netG.to(memory_format=torch.channels_last)
+            self.netsD.to(memory_format=torch.channels_last)
         betas = tuple(gan.betas)
-        self.optimizer_g = torch.optim.Adam(self.netG.parameters(), lr=gan.lr_g, betas=betas)
-        self.optimizers_d = [torch.optim.Adam(net.parameters(), lr=gan.lr_d, betas=betas)
+        self.optimizer_g = adam(self.netG.parameters(), gan.lr_g, betas, settings)
+        self.optimizers_d = [adam(net.parameters(), gan.lr_d, betas, settings)
                              for net in self.netsD]
         self.ema = EMA(self.netG, gan.ema_decay)
+        self.steps = 0                    # steps this trainer has taken
+        eager = _StepNetworks(self.netG, discriminator_loss, generator_loss)
+        self._networks = (eager, _StepNetworks(*map(compiled, eager)) if settings.compile
+                          else eager)
+        self._static: Optional[list[torch.Tensor]] = None    # cuda_graphs: input buffers,
+        self._graph: Optional[torch.cuda.CUDAGraph] = None   # the captured update,
+        self._graph_losses: Optional[torch.Tensor] = None    # its losses,
+        self._loss_names: list[str] = []
+        self._side_stream = None                             # the warm-up's stream
 
     def step(self, batch: dict) -> dict[str, torch.Tensor]:
         """One training step on a collated batch; returns the losses as detached scalar
         tensors (converting them to floats every step would wait for the device)."""
-        config, device = self.config, self.device
+        device, settings = self.device, self.settings
+        # The batch's images on the device, as floats: their one transfer (graphs copy them on).
+        reals = [float_images(image, device) for image in batch["images"]]
         # Captions and lengths stay on the CPU, where the text encoder and the ops check them, and
         # the copies are queued (non_blocking), so that the step need not wait for the GPU.
         captions, lengths = batch["captions"], batch["lengths"]
         class_ids = batch["class_ids"].to(device, non_blocking=True)
-        reals = [image.to(device, non_blocking=True) for image in batch["images"]]
+        with backend_flags(settings, device):
+            with torch.no_grad(), training_autocast(settings, device):
+                words, sentence = self.text_encoder(captions, lengths)   # [B, D, L], [B, D]
+            networks = self._networks[self.steps >= EAGER_STEPS]
+            inputs = (reals, words, sentence, lengths, class_ids)
+            losses = (self._graphed_update(networks, *inputs) if settings.cuda_graphs
+                      else self._update(networks, *inputs))
+        self.steps += 1
+        return losses
+
+    def _update(self, networks: _StepNetworks, reals: list[torch.Tensor], words: torch.Tensor,
+                sentence: torch.Tensor, lengths: torch.Tensor,
+                class_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The discriminator updates and the generator update of one batch, from the frozen
+        text encoder's features."""
+        config, device, settings = self.config, self.device, self.settings
         self.netG.train()
         self.netsD.train()
-        with torch.no_grad(), training_autocast(config, device):
-            words, sentence = self.text_encoder(captions, lengths)       # [B, D, L], [B, D]
-        noise = torch.randn(captions.shape[0], config.gan.z_dim, device=device)
-        with training_autocast(config, device):
-            fakes, _, mu, logvar = self.netG(noise, sentence, words, lengths,
-                                             return_attention=False)
+        noise = torch.randn(words.shape[0], config.gan.z_dim, device=device)
+        with training_autocast(settings, device):
+            fakes, _, mu, logvar = networks.generate(noise, sentence, words, lengths,
+                                                     return_attention=False)
 
         losses: dict[str, torch.Tensor] = {}
         for i, (net, optimizer, real, fake) in enumerate(
                 zip(self.netsD, self.optimizers_d, reals, fakes, strict=True)):
             optimizer.zero_grad(set_to_none=True)
-            with training_autocast(config, device):
-                loss = discriminator_loss(net, real, fake.detach(), sentence)
+            with training_autocast(settings, device):
+                loss = networks.discriminator_loss(net, real, fake.detach(), sentence)
             loss.backward()
             optimizer.step()
             losses[f"d{i}"] = loss.detach()
 
         self.netsD.requires_grad_(False)
-        with training_autocast(config, device):
-            adversarial = generator_adversarial_loss(self.netsD, fakes, sentence)
-            damsm = damsm_generator_loss(
-                self.image_encoder, fakes[-1], words, sentence, lengths, class_ids,
-                gamma1=config.damsm.gamma1, gamma2=config.damsm.gamma2,
-                gamma3=config.damsm.gamma3, impl=config.run.impl)
-            kl = kl_loss(mu, logvar)
-            total = adversarial + config.gan.lambda_damsm * sum(damsm.values()) + kl
+        with training_autocast(settings, device):
+            generator_losses = networks.generator_loss(
+                self.netsD, self.image_encoder, fakes, mu, logvar, words, sentence, lengths,
+                class_ids, lambda_damsm=config.gan.lambda_damsm, gamma1=config.damsm.gamma1,
+                gamma2=config.damsm.gamma2, gamma3=config.damsm.gamma3, impl=config.run.impl)
         self.optimizer_g.zero_grad(set_to_none=True)
-        total.backward()
+        generator_losses["g_total"].backward()
         self.optimizer_g.step()
         self.netsD.requires_grad_(True)
         self.ema.update(self.netG)
-        losses.update(g_adv=adversarial.detach(), **{k: v.detach() for k, v in damsm.items()},
-                      kl=kl.detach(), g_total=total.detach())
+        losses.update({name: loss.detach() for name, loss in generator_losses.items()})
+        return losses
+
+    def _graphed_update(self, networks: _StepNetworks, reals: list[torch.Tensor],
+                        *features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`_update` through static buffers: warm-up steps on a side stream, then one capture
+        as a CUDA graph, replayed from then on (see the class docstring)."""
+        words, sentence, lengths, class_ids = features
+        lengths = lengths.to(self.device, torch.int64, non_blocking=True)
+        current = [*reals, words, sentence, lengths, class_ids]
+        if self._static is None:
+            self._static = [tensor.clone() for tensor in current]
+        else:
+            for buffer, tensor in zip(self._static, current, strict=True):
+                buffer.copy_(tensor, non_blocking=True)
+        levels = len(reals)
+        inputs = (self._static[:levels], *self._static[levels:])
+        if self.steps < GRAPH_WARMUP_STEPS:
+            return self._on_side_stream(lambda: self._update(networks, *inputs))
+        if self._graph is None:
+            self._graph = torch.cuda.CUDAGraph()
+            # thread_local: the data loader's pinning thread may call CUDA meanwhile
+            with torch.cuda.graph(self._graph, capture_error_mode="thread_local"):
+                losses = self._update(networks, *inputs)
+                self._loss_names = list(losses)
+                self._graph_losses = torch.stack([loss.float() for loss in losses.values()])
+        self._graph.replay()
+        return dict(zip(self._loss_names, self._graph_losses.clone().unbind()))
+
+    def _on_side_stream(self, update: Callable[[], dict]) -> dict[str, torch.Tensor]:
+        """update() on a side stream (where CUDA graphs want their warm-up), ordered after the
+        work queued so far and before the work queued next."""
+        current = torch.cuda.current_stream(self.device)
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream(self.device)
+        self._side_stream.wait_stream(current)
+        with torch.cuda.stream(self._side_stream):
+            losses = update()
+        current.wait_stream(self._side_stream)
+        for loss in losses.values():          # read on the current stream
+            loss.record_stream(current)
         return losses
 
     def state_dict(self) -> dict:
@@ -138,7 +227,8 @@ class GANTrainer:
                 "optimizers_d": [opt.state_dict() for opt in self.optimizers_d]}
 
     def load_state_dict(self, state: dict, path: str | Path) -> None:
-        """Restore what `state_dict` saved in the checkpoint `path` (named in errors)."""
+        """Restore what `state_dict` saved in the checkpoint `path` (named in errors), before
+        the first step: a captured graph holds the tensors."""
         load_state(self.netG, state["generator"], "generator", path)
         if len(state["discriminators"]) != len(self.netsD):
             raise CheckpointError(f"{path} does not match its own config: it has "
@@ -147,9 +237,9 @@ class GANTrainer:
         for i, (net, net_state) in enumerate(zip(self.netsD, state["discriminators"])):
             load_state(net, net_state, f"discriminators.{i}", path)
         load_state(self.ema.module, state["ema"], "trainer.ema", path)
-        self.optimizer_g.load_state_dict(state["optimizer_g"])
+        load_optimizer_state(self.optimizer_g, state["optimizer_g"])
         for optimizer, opt_state in zip(self.optimizers_d, state["optimizers_d"], strict=True):
-            optimizer.load_state_dict(opt_state)
+            load_optimizer_state(optimizer, opt_state)
 
 
 @torch.no_grad()
@@ -187,6 +277,7 @@ def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resum
     out_dir = Path(out_dir)
     device = prepare_run(config)
     require_step_fits(config, "gan", device)
+    settings = step_settings(config.run, device)        # its errors come before any writing
     gan = config.gan
     dataset = build_dataset(config.data, "train", augment=True)
     vocab = dataset.vocab
@@ -214,7 +305,7 @@ def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resum
     if gan.max_steps > 0:
         total_steps = min(total_steps, gan.max_steps)
 
-    trainer = GANTrainer(config, text_encoder, image_encoder, device)
+    trainer = GANTrainer(config, text_encoder, image_encoder, device, settings)
     step, epoch, batch_in_epoch, seconds_before = 0, 0, 0, 0.0
     if payload is not None:
         if payload["step"] > total_steps:               # equal: a finished run, left as it is
@@ -258,7 +349,7 @@ def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resum
                                nrow=len(fixed_texts), scale=max(1, 128 // images[-1].shape[-1]))
 
     def save() -> None:
-        save_checkpoint(checkpoint_path, {
+        checkpoints.save(checkpoint_path, {
             "kind": "gan", "config": config_to_dict(config),
             "damsm_config": config_to_dict(damsm_config),
             "damsm_checkpoint": str(damsm_file), "damsm_sha256": damsm_hash,
@@ -271,18 +362,10 @@ def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resum
     started = time.time()
     last: dict[str, float] = {}
     bar = tqdm(total=total_steps, initial=step, desc="GAN", disable=not progress)
-    with open(out_dir / "metrics.jsonl", "a") as metrics:
-        while step < total_steps:
-            order = torch.Generator().manual_seed(config.run.seed * 100_003 + epoch)
-            permutation = torch.randperm(len(dataset), generator=order).tolist()
-            batches = [permutation[i * gan.batch_size:(i + 1) * gan.batch_size]
-                       for i in range(batch_in_epoch, steps_per_epoch)]
-            # The loader's own generator seeds workers, so the global RNG is not drawn from
-            # when an epoch (or a resumed one) starts.
-            loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
-                                num_workers=config.data.num_workers,
-                                generator=torch.Generator().manual_seed(
-                                    config.run.seed * 100_003 + epoch * 1_000 + batch_in_epoch))
+    with open(out_dir / "metrics.jsonl", "a") as metrics, CheckpointWriter() as checkpoints:
+        with training_batches(dataset, config, device, gan.batch_size, epoch=epoch,
+                              batch=batch_in_epoch, count=total_steps - step,
+                              progress=progress) as loader:
             for batch in loader:
                 losses = trainer.step(batch)
                 step += 1
@@ -292,7 +375,9 @@ def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resum
                 bar.update(1)
                 done = step >= total_steps
                 if step % gan.log_every == 0 or done:
-                    last = {name: float(f"{float(value):.6g}") for name, value in losses.items()}
+                    # the losses read back from the device in one copy, at log steps only
+                    values = torch.stack([value.float() for value in losses.values()]).tolist()
+                    last = {name: float(f"{value:.6g}") for name, value in zip(losses, values)}
                     metrics.write(json.dumps({
                         "step": step, "epoch": epoch,
                         "seconds": round(seconds_before + time.time() - started, 2),
@@ -310,7 +395,7 @@ def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resum
     return {"steps": step, "epochs": epoch,
             "seconds": round(seconds_before + time.time() - started, 2),
             "checkpoint": str(checkpoint_path), "losses": last,
-            "samples": str(out_dir / "samples")}
+            "samples": str(out_dir / "samples"), "training_step": settings.describe()}
 
 
 def load_gan(path_or_run_dir: str | Path, device: str | torch.device = "cpu"):

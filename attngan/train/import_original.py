@@ -32,7 +32,7 @@ imported released encoders). Its modules map one to one onto this project's
 (`original_generator_name`): the conditioning augmentation, the first stage's fully connected
 layer and four upsampling blocks, per later stage the word projection (a 1x1 Conv2d there, a
 1x1 Conv1d here: the same weights), the residual blocks and the upsampling block, and the image
-heads. The original's attention mask defect (SPEC section 1) lives in its code, not in its
+heads. The original's attention mask defect (docs/DEVIATIONS.md) lives in its code, not its
 weights: the imported generator masks per sample. Such a run has no discriminators or optimizer
 state and cannot be resumed.
 """

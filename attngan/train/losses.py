@@ -1,4 +1,4 @@
-"""GAN losses of AttnGAN (SPEC section 3; paper Eq. 3-5 and 13), on logits.
+"""GAN losses of AttnGAN (paper Eq. 3-5 and 13; docs/DESIGN.md), on logits.
 
 The original applies a sigmoid in the discriminator and `nn.BCELoss`; here the discriminators
 return logits and the losses use `binary_cross_entropy_with_logits`, the same value computed
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from attngan.ops.damsm import damsm_sentence_loss, damsm_word_loss
 
 __all__ = ["discriminator_loss", "generator_adversarial_loss", "damsm_generator_loss",
-           "kl_loss"]
+           "kl_loss", "generator_loss"]
 
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
@@ -88,3 +88,19 @@ def damsm_generator_loss(image_encoder, image: torch.Tensor, words: torch.Tensor
 def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) as the original: a mean over batch and dimensions."""
     return -0.5 * torch.mean(1 + logvar - mu.pow(2) - logvar.exp())
+
+
+def generator_loss(discriminators: Sequence, image_encoder, fakes: Sequence[torch.Tensor],
+                   mu: torch.Tensor, logvar: torch.Tensor, words: torch.Tensor,
+                   sentence: torch.Tensor, lengths: torch.Tensor,
+                   class_ids: Optional[torch.Tensor], *, lambda_damsm: float, gamma1: float,
+                   gamma2: float, gamma3: float, impl: str) -> dict[str, torch.Tensor]:
+    """L_G of the generator step: the adversarial terms of all stages, λ times the DAMSM losses
+    of the final image (arguments as damsm_generator_loss) and the KL term of (mu, logvar).
+    Returns dict(g_adv, w0, w1, s0, s1, kl, g_total)."""
+    adversarial = generator_adversarial_loss(discriminators, fakes, sentence)
+    damsm = damsm_generator_loss(image_encoder, fakes[-1], words, sentence, lengths, class_ids,
+                                 gamma1=gamma1, gamma2=gamma2, gamma3=gamma3, impl=impl)
+    kl = kl_loss(mu, logvar)
+    total = adversarial + lambda_damsm * sum(damsm.values()) + kl
+    return {"g_adv": adversarial, **damsm, "kl": kl, "g_total": total}

@@ -1,5 +1,6 @@
-"""Run set-up shared by every training and evaluation entry point: device, threads, seeds, the
-precision of training steps, and whether a step fits in memory."""
+"""Run set-up shared by every training and evaluation entry point: device, threads, seeds, and
+whether a training step fits in memory (the switches of a training step are in
+`attngan.train.speed`)."""
 from __future__ import annotations
 
 import os
@@ -81,12 +82,3 @@ def require_step_fits(config: Config, stage: str, device: torch.device) -> None:
                           f"{', '.join(map(str, sizes))} px), more than the "
                           f"{available / 2 ** 30:,.1f} GiB of {device.type}; lower "
                           f"data.base_size, data.branch_num or {batch_key}.batch_size")
-
-
-def training_autocast(config: Config, device: torch.device) -> torch.autocast:
-    """A fresh autocast context for the forward passes of a training step: bfloat16 with
-    run.precision = "bf16" (matrix products and convolutions in bfloat16, what autocast keeps in
-    float32, such as the losses, in float32), off with "fp32". Backward passes and optimizer
-    steps run outside it, on the float32 weights."""
-    return torch.autocast(device.type, dtype=torch.bfloat16,
-                          enabled=config.run.precision == "bf16")

@@ -1,34 +1,21 @@
-// DAMSM word-level similarity on CPU, forward and backward (SPEC section 2; paper eqs. 7-10).
+// DAMSM word-level similarity on CPU, forward and backward: the math of docs/DESIGN.md, "DAMSM
+// word similarity" (schemas in csrc/registration.cpp).
 //
-// For image j (regions v = V[j], [D, R]) and caption i (its n_i valid words e, [D, n_i]):
-//   s     = v^T e                          [R, n_i]   (eq. 7)
-//   p     = softmax over words of s        (eq. 8, per region)
-//   alpha = softmax over regions of g1 * p (eq. 9, per word)
-//   c_t   = sum_r alpha[t, r] v_r          (context of word t)
-//   R_t   = cos(e_t, c_t), norm product clamped at 1e-8
-//   S[j, i] = log sum_t exp(g2 * R_t)      (eq. 10 as the original codes it: no 1/g2)
-//
-// Layout and work split. The valid words of all captions are gathered once into E^T [N, D]
-// (N = sum of lengths; padded slots are never read, so garbage or NaN there changes nothing).
-// One work item is (image j, a contiguous block of captions): its rows of E^T against V[j]
-// make the big products GEMMs (at::mm, i.e. MKL/oneDNN, single-threaded inside the
-// parallel_for) of a few hundred rows each:
-//   forward : S^T = E^T v [n, R]  ->  P, alpha (in place, row passes)  ->  C^T = alpha v^T [n, D]
-//   backward: the same recomputed (nothing per pair is stored between the passes), then
-//             dC^T = a E^T + b C^T                  (cosine and log-sum-exp backward, per row)
-//             dalpha = dC^T v                     [n, R]
-//             dS = softmax backward over regions, then over words (row passes)
-//             dv  = [dC^T; E^T]^T [alpha; dS]     (one GEMM with inner size 2n)
-//             dE^T += (dS + a alpha) v^T          (the cosine's c_t / q term folded in, since
-//                                                  C^T = alpha v^T), plus a per-word multiple
-//                                                  of e_t added once at the end.
-// No [B_img, B_cap, R, L] tensor exists: per thread, a few [n, R] and [n, D] buffers.
-// Softmaxes, cosines and log-sum-exps are row loops over contiguous memory that the compiler
-// vectorizes (AVX-512 / AVX2 clones chosen at load time); exp is a polynomial accurate to
-// ~2 ulp. They always run in float (double for gradcheck inputs). The GEMMs run on one of two
-// engines (FloatGemm, AmxGemm below): float or double on MKL for float, half and double
-// inputs; for bfloat16 inputs on a CPU with AMX, bfloat16 products with float accumulation on
-// the AMX tiles, several times the float rate (else as float).
+// Mapping. The valid words of all captions are gathered once into E^T [N, D] (N = sum of lengths;
+// padded slots are never read). A work item is (image j, a contiguous block of captions), handed
+// to the intra-op threads dynamically; its rows of E^T against V[j] make every product a GEMM of
+// a few hundred rows (at::mm, MKL, single-threaded inside the parallel_for):
+//   forward : S^T = E^T v [n, R] -> P, alpha (row passes, in place) -> C^T = alpha v^T [n, D]
+//   backward: the same recomputed (nothing per pair is kept between the passes), then
+//             dC^T = A E^T + B C^T, dalpha = dC^T v, dS (row passes),
+//             dv = [dC^T; E^T]^T [alpha; dS] (one GEMM of inner size 2n),
+//             dE^T += (dS + A alpha) v^T (A c_t folded in, since C^T = alpha v^T), and the Bw e_t
+//             term added once at the end; per-group word accumulators summed in a fixed order.
+// No [B_img, B_cap, R, L] tensor exists: per thread a few [n, R] and [n, D] buffers. The row
+// passes (softmaxes, cosines, log-sum-exps) run in float (double for gradcheck) over contiguous
+// memory, vectorized (AVX-512 / AVX2 clones picked at load time). The GEMMs run on FloatGemm
+// (MKL in float or double) or, for bfloat16 inputs on a CPU with AMX, on AmxGemm (bfloat16
+// products with float accumulation on the AMX tiles).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
@@ -48,6 +35,8 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
+
+#include "cpu/checks.h"
 
 // Without it GCC will not if-convert the float compares of the max/clamp loops below, so they
 // would stay scalar; these loops never rely on floating-point traps.
@@ -341,32 +330,23 @@ struct Prepared {
   int64_t blocks;                    // caption blocks per image (work items = B_img * blocks)
 };
 
+// The kernel's preconditions (attngan.ops.damsm validates the inputs before any backend runs;
+// these guard memory when the op is called directly or inside a compiled graph).
 void check_inputs(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions) {
-  TORCH_CHECK(words.dim() == 3, "damsm_word_similarity: words must be [B_cap, D, L], got ",
-              words.sizes());
-  TORCH_CHECK(regions.dim() == 3, "damsm_word_similarity: regions must be [B_img, D, R], got ",
-              regions.sizes(), " (flatten H and W first)");
-  TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == words.size(0),
-              "damsm_word_similarity: lengths must be [B_cap] = [", words.size(0), "], got ",
-              lengths.sizes());
-  TORCH_CHECK(lengths.scalar_type() == at::kLong,
-              "damsm_word_similarity: lengths must be int64, got ", lengths.scalar_type());
+  TORCH_CHECK(words.dim() == 3 && regions.dim() == 3 && lengths.dim() == 1 &&
+                  lengths.size(0) == words.size(0) && regions.size(1) == words.size(1) &&
+                  words.numel() > 0 && regions.numel() > 0,
+              "damsm_word_similarity (C++): expected words [Bc, D, L], lengths [Bc], regions "
+              "[Bi, D, R], none empty; got ", words.sizes(), ", ", lengths.sizes(), ", ",
+              regions.sizes());
   TORCH_CHECK(words.device().is_cpu() && regions.device().is_cpu() && lengths.device().is_cpu(),
-              "damsm_word_similarity (CPU kernel): all inputs must be CPU tensors");
-  TORCH_CHECK(words.scalar_type() == regions.scalar_type(),
-              "damsm_word_similarity: words and regions must share a dtype, got ",
-              words.scalar_type(), " and ", regions.scalar_type());
-  const auto dtype = words.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
-                  dtype == at::kBFloat16,
-              "damsm_word_similarity: dtype must be float32, float64, float16 or bfloat16, got ",
-              dtype);
-  TORCH_CHECK(words.size(1) == regions.size(1), "damsm_word_similarity: words have D = ",
-              words.size(1), " but regions have D = ", regions.size(1));
-  TORCH_CHECK(words.size(0) > 0 && words.size(1) > 0 && words.size(2) > 0 &&
-                  regions.size(0) > 0 && regions.size(2) > 0,
-              "damsm_word_similarity: empty input (words ", words.sizes(), ", regions ",
-              regions.sizes(), ")");
+              "damsm_word_similarity (C++): all inputs must be CPU tensors");
+  const auto type = words.scalar_type();
+  TORCH_CHECK(at::isFloatingType(type) && regions.scalar_type() == type &&
+                  (lengths.scalar_type() == at::kLong || lengths.scalar_type() == at::kInt),
+              "damsm_word_similarity (C++): words and regions of one floating dtype and integer "
+              "lengths expected, got ", type, ", ", regions.scalar_type(), ", ",
+              lengths.scalar_type());
 }
 
 Prepared prepare(const at::Tensor& words, const at::Tensor& lengths, const at::Tensor& regions,
@@ -383,15 +363,11 @@ Prepared prepare(const at::Tensor& words, const at::Tensor& lengths, const at::T
   pr.L = words.size(2);
   pr.num_images = regions.size(0);
   pr.R = regions.size(2);
-  const auto len = lengths.contiguous();
-  const int64_t* lp = len.data_ptr<int64_t>();
-  pr.lengths.assign(lp, lp + pr.num_captions);
+  pr.lengths = lengths_in_range("damsm_word_similarity", lengths, pr.L);
   pr.offsets.assign(pr.num_captions + 1, 0);
   std::vector<int64_t> index;
   for (int64_t i = 0; i < pr.num_captions; ++i) {
     const int64_t n = pr.lengths[i];
-    TORCH_CHECK(n >= 1 && n <= pr.L, "damsm_word_similarity: lengths[", i, "] = ", n,
-                " is outside 1..L = 1..", pr.L, " (every caption needs at least one word)");
     pr.offsets[i + 1] = pr.offsets[i] + n;
     for (int64_t t = 0; t < n; ++t) index.push_back(i * pr.L + t);
   }
@@ -963,16 +939,12 @@ std::tuple<at::Tensor, at::Tensor> damsm_word_similarity_bwd_cpu(
 }  // namespace
 }  // namespace attngan
 
-TORCH_LIBRARY_FRAGMENT(attngan_C, m) {
-  m.def("damsm_word_similarity_fwd(Tensor words, Tensor lengths, Tensor regions, float gamma1, "
-        "float gamma2) -> Tensor");
-  m.def("damsm_word_similarity_bwd(Tensor grad_s, Tensor words, Tensor lengths, Tensor regions, "
-        "float gamma1, float gamma2, bool need_words_grad) -> (Tensor, Tensor)");
-  // Whether bfloat16 inputs get their products on the AMX tiles here (see AmxGemm).
-  m.def("damsm_cpu_amx() -> bool", &attngan::amx_available);
-}
-
 TORCH_LIBRARY_IMPL(attngan_C, CPU, m) {
   m.impl("damsm_word_similarity_fwd", &attngan::damsm_word_similarity_fwd_cpu);
   m.impl("damsm_word_similarity_bwd", &attngan::damsm_word_similarity_bwd_cpu);
+}
+
+// An op without tensor arguments: reached through its CompositeImplicitAutograd kernel.
+TORCH_LIBRARY_IMPL(attngan_C, CompositeImplicitAutograd, m) {
+  m.impl("damsm_cpu_amx", &attngan::amx_available);
 }

@@ -1,29 +1,15 @@
-// Word-region attention of the AttnGAN generator on CPU (SPEC section 1, stages 2 and 3; paper
-// eq. 2), forward and backward, registered as torch.ops.attngan_C.word_attention_fwd / _bwd.
-//
-// For sample b, region (pixel) r and word l < n = lengths[b]:
-//   s[l, r]   = sum_c q[c, r] e[c, l]                  (no 1/sqrt(d) scaling)
-//   p[l, r]   = softmax over l < n of s[., r]           (padded words l >= n get p = 0)
-//   ctx[c, r] = sum_l e[c, l] p[l, r]
-// Backward with gc = dLoss/dctx and ga = dLoss/dattn (optional):
-//   dp[l, r] = sum_c gc[c, r] e[c, l] + ga[l, r];  ds = p * (dp - sum_l p dp)
-//   gq[c, r] = sum_l e[c, l] ds[l, r];  ge[c, l] = sum_r gc[c, r] p[l, r] + q[c, r] ds[l, r]
-// The softmax is recomputed in the backward (cheaper than storing p [B, L, R]).
-//
-// With `concat` the forward writes [q; ctx] as one [B, 2C, H, W] tensor, the input of the
-// generator's next layer, instead of ctx alone (which torch.cat would then copy with q), and the
-// backward takes that tensor's gradient: its first C channels are added to grad_query, its last
-// C are gc.
+// Word attention of the generator on CPU, forward and backward: the math of docs/DESIGN.md, "Word
+// attention" (schemas in csrc/registration.cpp).
 //
 // Mapping: at::parallel_for over (sample, block of 256 pixels). Tensors stay channel-first; a
 // block's C rows are copied (converted to the compute type) into a scratch buffer as contiguous
-// runs, which the hardware prefetchers follow, and processed as tiles of 16 pixels, each one GCC
-// vector (one AVX-512 register), so every loop below is a short chain of vector FMAs with the
-// words of the caption (copied once per sample, [C, L rounded up to 4]) as scalar broadcasts. Padded words are skipped entirely, which is also
-// why garbage or NaN stored there cannot reach any output. Half and bfloat16 compute in float,
-// double in double (for gradcheck). The float path is compiled for AVX-512, AVX2+FMA and the
-// baseline, picked at load time (GCC target_clones), since setup.py compiles for the baseline.
-// grad_words is reduced over pixels into per-thread partial sums, then summed over threads.
+// runs, which the hardware prefetchers follow, and processed as tiles of 16 pixels, one GCC
+// vector each (one AVX-512 register of floats): every loop is a short chain of vector FMAs with
+// the caption's words (copied once per sample, [C, L rounded up to 4]) as scalar broadcasts.
+// Padded words are skipped entirely. The backward recomputes the softmax; grad_words is reduced
+// over pixels into per-thread partial sums, then summed over threads. Half and bfloat16 compute
+// in float, double in double (gradcheck); the float path is compiled for AVX-512, AVX2+FMA and
+// the baseline, picked at load time (GCC target_clones).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -35,6 +21,8 @@
 #include <memory>
 #include <type_traits>
 #include <vector>
+
+#include "cpu/checks.h"
 
 // The 16-lane vectors are always inlined into one function, so the ABI note GCC prints for
 // returning them by value does not apply.
@@ -372,33 +360,21 @@ void load_words(const scalar_t* src, int64_t C, int64_t L, int64_t n, int64_t pa
 
 int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
 
+// The kernel's preconditions (attngan.ops.word_attention validates the inputs before any backend
+// runs; these guard memory when the op is called directly or inside a compiled graph).
 void check_inputs(const at::Tensor& query, const at::Tensor& words, const at::Tensor& lengths) {
-  TORCH_CHECK(query.dim() == 4, "word_attention: query must be [B, C, H, W], got ", query.sizes());
-  TORCH_CHECK(words.dim() == 3, "word_attention: words must be [B, C, L], got ", words.sizes());
-  TORCH_CHECK(lengths.dim() == 1, "word_attention: lengths must be [B], got ", lengths.sizes());
-  TORCH_CHECK(query.size(0) == words.size(0) && lengths.size(0) == query.size(0),
-              "word_attention: batch sizes differ (query ", query.size(0), ", words ", words.size(0),
-              ", lengths ", lengths.size(0), ")");
-  TORCH_CHECK(query.size(1) == words.size(1), "word_attention: words have ", words.size(1),
-              " channels but query has ", query.size(1));
+  TORCH_CHECK(query.dim() == 4 && words.dim() == 3 && lengths.dim() == 1 &&
+                  words.size(0) == query.size(0) && lengths.size(0) == query.size(0) &&
+                  words.size(1) == query.size(1),
+              "word_attention (C++): expected query [B, C, H, W], words [B, C, L], lengths [B]; got ",
+              query.sizes(), ", ", words.sizes(), ", ", lengths.sizes());
   TORCH_CHECK(query.device().is_cpu() && words.device().is_cpu() && lengths.device().is_cpu(),
-              "word_attention (C++ CPU kernel): all inputs must be CPU tensors");
-  TORCH_CHECK(query.scalar_type() == words.scalar_type(), "word_attention: query is ",
-              query.scalar_type(), " but words are ", words.scalar_type(), "; cast both to one dtype");
-  TORCH_CHECK(at::isFloatingType(query.scalar_type()),
-              "word_attention: query and words must be floating point, got ", query.scalar_type());
-  TORCH_CHECK(lengths.scalar_type() == at::kLong || lengths.scalar_type() == at::kInt,
-              "word_attention: lengths must be int64 or int32, got ", lengths.scalar_type());
-}
-
-// lengths as int64 values, each checked to be in 1..L (a 0 would leave an empty softmax).
-std::vector<int64_t> checked_lengths(const at::Tensor& lengths, int64_t L) {
-  at::Tensor values = lengths.to(at::kLong).contiguous();
-  std::vector<int64_t> out(values.data_ptr<int64_t>(), values.data_ptr<int64_t>() + values.numel());
-  for (int64_t n : out)
-    TORCH_CHECK(n >= 1 && n <= L, "word_attention: caption length ", n, " is outside 1..L (L = ", L,
-                "); every caption needs at least one word and at most L");
-  return out;
+              "word_attention (C++): all inputs must be CPU tensors");
+  const auto type = query.scalar_type();
+  TORCH_CHECK(at::isFloatingType(type) && words.scalar_type() == type &&
+                  (lengths.scalar_type() == at::kLong || lengths.scalar_type() == at::kInt),
+              "word_attention (C++): query and words of one floating dtype and integer lengths "
+              "expected, got ", type, ", ", words.scalar_type(), ", ", lengths.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor> word_attention_fwd_cpu(const at::Tensor& query_in,
@@ -409,7 +385,7 @@ std::tuple<at::Tensor, at::Tensor> word_attention_fwd_cpu(const at::Tensor& quer
   const at::Tensor query = query_in.contiguous(), words = words_in.contiguous();
   const int64_t B = query.size(0), C = query.size(1), R = query.size(2) * query.size(3);
   const int64_t L = words.size(2);
-  const std::vector<int64_t> lens = checked_lengths(lengths, L);
+  const std::vector<int64_t> lens = attngan::lengths_in_range("word_attention", lengths, L);
   // Output channels: [q; ctx] with concat, else ctx alone.
   const int64_t out_channels = concat ? 2 * C : C, context_offset = concat ? C * R : 0;
   at::Tensor out = at::empty({B, out_channels, query.size(2), query.size(3)}, query.options());
@@ -476,7 +452,7 @@ std::tuple<at::Tensor, at::Tensor> word_attention_bwd_cpu(const at::Tensor& grad
                 "word_attention_bwd: grad_attn must be [B, L, H, W], got ", grad_attn_in->sizes());
     grad_attn = grad_attn_in->to(query.scalar_type()).contiguous();
   }
-  const std::vector<int64_t> lens = checked_lengths(lengths, L);
+  const std::vector<int64_t> lens = attngan::lengths_in_range("word_attention", lengths, L);
   at::Tensor grad_query = at::empty_like(query);
   const int64_t blocks = (R + kBlock - 1) / kBlock;
   const int64_t threads = at::get_num_threads();
@@ -542,17 +518,6 @@ std::tuple<at::Tensor, at::Tensor> word_attention_bwd_cpu(const at::Tensor& grad
 }
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(attngan_C, m) {
-  // out: context [B, C, H, W], or with concat [query; context] [B, 2C, H, W]; attn [B, L, H, W]
-  // when return_attn, else an empty tensor.
-  m.def("word_attention_fwd(Tensor query, Tensor words, Tensor lengths, bool return_attn, "
-        "bool concat) -> (Tensor, Tensor)");
-  // grad_out: the gradient of out (its shape follows concat); grad_attn may be None or empty
-  // (attn unused); returns (grad_query, grad_words).
-  m.def("word_attention_bwd(Tensor grad_out, Tensor? grad_attn, Tensor query, Tensor words, "
-        "Tensor lengths, bool concat) -> (Tensor, Tensor)");
-}
 
 TORCH_LIBRARY_IMPL(attngan_C, CPU, m) {
   m.impl("word_attention_fwd", &word_attention_fwd_cpu);

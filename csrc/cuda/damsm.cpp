@@ -1,8 +1,6 @@
-// CUDA implementation of the DAMSM word-similarity ops (SPEC section 2, paper Eq. 7-10) for the
-// dispatcher: checks the inputs, makes them contiguous, allocates outputs and scratch, picks the
-// element type and calls the plain launchers of damsm_kernel.cu on the current stream. The op
-// schemas are defined with the CPU kernels in csrc/cpu/damsm.cpp; this file is compiled only
-// in CUDA builds (the CPU torch wheel has no CUDA headers).
+// The CUDA DAMSM word-similarity ops for the dispatcher (schemas in csrc/registration.cpp): makes
+// the inputs contiguous, allocates outputs and scratch, picks the element type and calls the
+// plain launchers of damsm_kernel.cu on the current stream. Compiled only in CUDA builds.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -16,43 +14,36 @@
 namespace attngan {
 namespace {
 
-DamsmDtype dtype_code(const char* name, at::ScalarType type) {
-  TORCH_CHECK(type == at::kFloat || type == at::kHalf || type == at::kBFloat16, name,
-              ": words and regions must be float32, float16 or bfloat16, got ", type, "; cast them first");
+DamsmDtype dtype_code(at::ScalarType type) {
   return type == at::kFloat ? DamsmDtype::kFloat32
                             : (type == at::kHalf ? DamsmDtype::kFloat16 : DamsmDtype::kBFloat16);
 }
 
+// The kernels' preconditions (attngan.ops.damsm validates the inputs before any backend runs;
+// these guard memory when the op is called directly). The lengths' values are not read (that
+// would wait for the GPU): the kernels clamp them into [1, L].
 void check_inputs(const char* name, const at::Tensor& words, const at::Tensor& lengths,
                   const at::Tensor& regions) {
-  TORCH_CHECK(words.dim() == 3 && regions.dim() == 3 && lengths.dim() == 1, name,
-              ": expected words [Bc, D, L], lengths [Bc], regions [Bi, D, R]; got ", words.sizes(), ", ",
-              lengths.sizes(), ", ", regions.sizes(), " (flatten [Bi, D, H, W] regions to [Bi, D, H*W])");
-  TORCH_CHECK(words.is_cuda() && regions.is_cuda() && lengths.is_cuda(), name,
-              ": the CUDA kernel needs CUDA tensors, got words on ", words.device(), ", lengths on ",
-              lengths.device(), ", regions on ", regions.device());
-  TORCH_CHECK(words.device() == regions.device() && lengths.device() == words.device(), name,
-              ": words, lengths and regions must be on one device");
-  TORCH_CHECK(words.scalar_type() == regions.scalar_type(), name, ": words (", words.scalar_type(),
-              ") and regions (", regions.scalar_type(), ") must share one dtype");
-  dtype_code(name, words.scalar_type());
-  TORCH_CHECK(lengths.scalar_type() == at::kLong || lengths.scalar_type() == at::kInt, name,
-              ": lengths must be int64 (or int32), got ", lengths.scalar_type());
-  TORCH_CHECK(lengths.size(0) == words.size(0), name, ": ", lengths.size(0), " lengths for ", words.size(0),
-              " captions; pass one length per caption");
-  TORCH_CHECK(regions.size(1) == words.size(1), name, ": words have D = ", words.size(1),
-              " but regions have D = ", regions.size(1), "; both encoders must share the embedding width");
-  TORCH_CHECK(words.numel() > 0 && regions.numel() > 0, name, ": empty input (words ", words.sizes(),
-              ", regions ", regions.sizes(), "); every size must be at least 1");
-  TORCH_CHECK(words.size(1) <= kDamsmMaxDim, name, ": the CUDA kernel takes D <= ", kDamsmMaxDim,
-              ", got D = ", words.size(1), "; use impl='reference' for wider embeddings");
-  TORCH_CHECK(words.size(2) <= kDamsmMaxWords, name, ": the CUDA kernel takes L <= ", kDamsmMaxWords,
-              " words, got L = ", words.size(2), "; use impl='triton' or 'reference' for longer captions");
-  TORCH_CHECK(regions.size(0) <= 65535 && regions.size(2) <= (1 << 30) && words.size(0) <= (1 << 30), name,
-              ": too many images (", regions.size(0), ", at most 65535) or regions/captions for one launch");
-  // The lengths' values are not read here (that would wait for the device): the custom op checks
-  // them once per call (attngan/ops/_library.py, check_lengths), and the kernels clamp them into
-  // [1, L], so that no value makes them read out of bounds.
+  TORCH_CHECK(words.dim() == 3 && regions.dim() == 3 && lengths.dim() == 1 &&
+                  lengths.size(0) == words.size(0) && regions.size(1) == words.size(1) &&
+                  words.numel() > 0 && regions.numel() > 0,
+              name, ": expected words [Bc, D, L], lengths [Bc], regions [Bi, D, R], none empty; got ",
+              words.sizes(), ", ", lengths.sizes(), ", ", regions.sizes());
+  TORCH_CHECK(words.is_cuda() && regions.device() == words.device() && lengths.device() == words.device(),
+              name, ": words, lengths and regions must be on one CUDA device");
+  const auto type = words.scalar_type();
+  TORCH_CHECK((type == at::kFloat || type == at::kHalf || type == at::kBFloat16) &&
+                  regions.scalar_type() == type &&
+                  (lengths.scalar_type() == at::kLong || lengths.scalar_type() == at::kInt),
+              name, ": words and regions of one dtype of float32, float16 and bfloat16 and integer "
+              "lengths expected, got ", type, ", ", regions.scalar_type(), ", ", lengths.scalar_type());
+  TORCH_CHECK(words.size(1) <= kDamsmMaxDim && words.size(2) <= kDamsmMaxWords &&
+                  regions.size(0) <= kCudaMaxGridY,
+              name, ": the CUDA kernel takes D <= ", kDamsmMaxDim, ", L <= ", kDamsmMaxWords,
+              " and at most ", kCudaMaxGridY, " images, got D = ", words.size(1), ", L = ", words.size(2),
+              ", ", regions.size(0), " images");
+  TORCH_CHECK(regions.size(2) <= (1 << 30) && words.size(0) <= (1 << 30), name,
+              ": too many regions or captions for one launch");
 }
 
 void check_launch(const char* name, cudaError_t err) {
@@ -70,7 +61,7 @@ at::Tensor damsm_word_similarity_fwd(const at::Tensor& words, const at::Tensor& 
   const int64_t num_imgs = r.size(0), num_regions = r.size(2);
   at::Tensor sim = at::empty({num_imgs, num_caps}, w.options().dtype(at::kFloat));
   check_launch(name, damsm_word_similarity_fwd_cuda(
-      dtype_code(name, w.scalar_type()), w.data_ptr(), len.data_ptr<int64_t>(), r.data_ptr(),
+      dtype_code(w.scalar_type()), w.data_ptr(), len.data_ptr<int64_t>(), r.data_ptr(),
       sim.data_ptr<float>(), static_cast<int>(num_imgs), static_cast<int>(num_caps), static_cast<int>(dim),
       static_cast<int>(max_len), static_cast<int>(num_regions), static_cast<float>(gamma1),
       static_cast<float>(gamma2), at::cuda::getCurrentCUDAStream()));
@@ -83,11 +74,10 @@ std::tuple<at::Tensor, at::Tensor> damsm_word_similarity_bwd(const at::Tensor& g
                                                              double gamma2, bool need_words_grad) {
   const char* name = "damsm_word_similarity_bwd";
   check_inputs(name, words, lengths, regions);
-  TORCH_CHECK(grad_s.dim() == 2 && grad_s.size(0) == regions.size(0) && grad_s.size(1) == words.size(0), name,
-              ": grad_s must be [Bi, Bc] = [", regions.size(0), ", ", words.size(0), "], got ",
-              grad_s.sizes());
-  TORCH_CHECK(grad_s.device() == words.device(), name, ": grad_s is on ", grad_s.device(),
-              " but the inputs are on ", words.device());
+  TORCH_CHECK(grad_s.dim() == 2 && grad_s.size(0) == regions.size(0) && grad_s.size(1) == words.size(0) &&
+                  grad_s.device() == words.device(),
+              name, ": grad_s must be [Bi, Bc] = [", regions.size(0), ", ", words.size(0), "] on ",
+              words.device(), ", got ", grad_s.sizes(), " on ", grad_s.device());
   const c10::cuda::CUDAGuard guard(words.device());
   const at::Tensor w = words.contiguous(), r = regions.contiguous();
   const at::Tensor len = lengths.to(at::kLong).contiguous();
@@ -108,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor> damsm_word_similarity_bwd(const at::Tensor& g
   at::Tensor partial;
   if (need_words_grad) partial = at::empty({n_blocks, num_caps, dim, max_len}, w.options().dtype(at::kFloat));
   check_launch(name, damsm_word_similarity_bwd_cuda(
-      dtype_code(name, w.scalar_type()), g.data_ptr<float>(), w.data_ptr(), len.data_ptr<int64_t>(),
+      dtype_code(w.scalar_type()), g.data_ptr<float>(), w.data_ptr(), len.data_ptr<int64_t>(),
       r.data_ptr(), sim.data_ptr<float>(), ctx.data_ptr(), stats.data_ptr<float>(), grad_regions.data_ptr(),
       need_words_grad ? partial.data_ptr<float>() : nullptr, static_cast<int>(images_per_block),
       static_cast<int>(num_imgs), static_cast<int>(num_caps), static_cast<int>(dim),

@@ -1,32 +1,19 @@
-// DAMSM word-level image-caption similarity, forward and backward, in pure CUDA (no torch headers).
-//
-// For image j (regions v [D, R]) and caption i (words e [D, L], the first n real), SPEC section 2,
-// paper equations 7-10:
-//   s[r, t] = v_r . e_t (Eq. 7);  P = softmax over words of s (Eq. 8);
-//   a[t, r] = softmax over regions of gamma1 P[:, t] (Eq. 9);  c_t = sum_r a[t, r] v_r;
-//   R_t = e_t . c_t / max(|e_t||c_t|, 1e-8);  S[j, i] = log sum_{t<n} exp(gamma2 R_t) (Eq. 10).
-// Backward (derived in kernels/damsm.py, checked against autograd in tests/test_damsm_triton.py),
-// g = dL/dS[j, i]: gR_t = g gamma2 softmax_t(gamma2 R)_t; with A = gR / max(N, 1e-8),
-// B = -gR R / |c|^2, Bw = -gR R / |e|^2 (B = Bw = 0 where the norm product N is clamped):
-//   gc_t = A e_t + B c_t;  direct word gradient A c_t + Bw e_t;  delta_t = gc_t . c_t;
-//   gA[r, t] = v_r . gc_t;  gP = gamma1 a (gA - delta);  gs = P (gP - sum_t P gP);
-//   grad v = sum_i gc a + e gs^T;  grad e = sum_j (A c + Bw e) + v gs.
+// DAMSM word-level similarity as CUDA kernels, forward and backward: the math and the backward
+// terms (A, B, Bw, delta) of docs/DESIGN.md, "DAMSM word similarity"; pure CUDA, no torch headers
+// (damsm.cpp is the glue).
 //
 // Mapping: blocks of 256 threads = 8 warps; lane t of a warp owns word t (L <= 32), the embedding
-// rows d are split over the warps (d = warp + 8 k, D <= 256, so at most 32 register accumulators
-// per thread); regions are streamed in tiles of 32 through shared memory, each warp scoring 4 of
-// them so one shared-memory read of a word feeds 4 FMAs. All arithmetic is fp32 FMA on the CUDA
-// cores (inputs converted on load; no tensor cores: this is the portable fallback behind the
-// Triton kernels); S is fp32, gradients and the saved context use the input type.
-// - fwd kernel: one block per (caption i, image j); online softmax over region tiles (running
-//   max and sum per word, context accumulator rescaled per tile). With grad_s it is the first
-//   backward pass and saves the context c [Bi, Bc, D, L] and per-word scalars (lse, A, B, Bw, delta).
+// rows d are split over the warps (d = warp + 8 k, D <= 256: at most 32 register accumulators per
+// thread); regions stream in tiles of 32 through shared memory, each warp scoring 4 of them so
+// that one shared-memory read of a word feeds 4 FMAs. All arithmetic is fp32 FMA on the CUDA
+// cores (inputs converted on load; no tensor cores: the portable fallback behind Triton).
+// - fwd kernel: one block per (caption i, image j); online softmax over region tiles. With grad_s
+//   it is the backward's first pass and saves the context c [Bi, Bc, D, L] (input dtype) and the
+//   per-word scalars (lse, A, B, Bw, delta).
 // - bwd regions kernel: one block per (region tile, image j) keeps its regions in shared memory
-//   and loops over all captions; the sum over captions stays in registers (no atomics).
+//   and loops over all captions, summing in registers (no atomics).
 // - bwd words kernel: one block per (caption i, block of images) sums over its images and region
-//   tiles in registers and writes an fp32 partial; the caller sums the partials (deterministic
-//   two-pass reduction over images instead of atomics).
-// No [Bi, Bc, R, L] tensor is ever stored.
+//   tiles in registers and writes an fp32 partial; the caller sums the partials (deterministic).
 #include "cuda/damsm_kernel.h"
 
 #include <cmath>

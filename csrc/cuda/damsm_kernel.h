@@ -1,20 +1,19 @@
 // Plain launchers of the CUDA DAMSM word-similarity kernels (damsm_kernel.cu), callable from the
 // ATen glue (damsm.cpp) without either side seeing the other's headers: raw pointers, sizes, a
-// dtype code and a cudaStream_t. All tensors are contiguous; the math is in damsm_kernel.cu.
+// dtype code and a cudaStream_t. All tensors are contiguous; sizes within limits.h.
 #pragma once
 
 #include <cstdint>
 
 #include <cuda_runtime.h>
 
+#include "cuda/limits.h"
+
 namespace attngan {
 
 // Element type of words, regions, the saved context and the gradients.
 enum class DamsmDtype : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
-// Kernel limits: one warp lane per word, the embedding rows split over 8 warps of 32 rows.
-constexpr int kDamsmMaxWords = 32;
-constexpr int kDamsmMaxDim = 256;
 // Per-word fp32 scalars saved by the first backward pass: lse, A, B, Bw, delta (see the .cu).
 constexpr int kDamsmStats = 5;
 

@@ -1,17 +1,13 @@
-// CUDA implementation of the word-attention ops (SPEC section 1, stages 2 and 3) for the
-// dispatcher: checks the inputs, makes them contiguous, allocates the outputs, picks the element
-// type and calls the plain launchers of word_attention_kernel.cu on the current stream. The op
-// schemas are defined with the CPU kernels in csrc/cpu/word_attention.cpp; this file is compiled
-// only in CUDA builds (the CPU torch wheel has no CUDA headers).
-//
-// Caption lengths are validated by attngan.ops.word_attention (1..L); checking them here would
-// cost a device synchronisation per call, so the kernels only clamp them into [0, L].
+// The CUDA word-attention ops for the dispatcher (schemas in csrc/registration.cpp): makes the
+// inputs contiguous, allocates the outputs, picks the element type and calls the plain launchers
+// of word_attention_kernel.cu on the current stream. Compiled only in CUDA builds.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <limits>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -23,45 +19,32 @@ namespace {
 constexpr const char* kName = "word_attention (CUDA kernel)";
 
 WordAttentionDtype dtype_code(at::ScalarType type) {
-  TORCH_CHECK(type == at::kFloat || type == at::kHalf || type == at::kBFloat16, kName,
-              ": query and words must be float32, float16 or bfloat16, got ", type,
-              "; use impl='reference' for float64");
   return type == at::kFloat ? WordAttentionDtype::kFloat32
                             : (type == at::kHalf ? WordAttentionDtype::kFloat16
                                                  : WordAttentionDtype::kBFloat16);
 }
 
+// The kernels' preconditions (attngan.ops.word_attention validates the inputs before any backend
+// runs; these guard memory when the op is called directly). The lengths' values are not read
+// (that would wait for the GPU): the kernels clamp them into [1, L].
 void check_inputs(const at::Tensor& query, const at::Tensor& words, const at::Tensor& lengths) {
-  TORCH_CHECK(query.dim() == 4 && words.dim() == 3 && lengths.dim() == 1, kName,
-              ": expected query [B, C, H, W], words [B, C, L], lengths [B]; got ", query.sizes(), ", ",
-              words.sizes(), ", ", lengths.sizes());
-  TORCH_CHECK(query.is_cuda() && words.is_cuda() && lengths.is_cuda(), kName,
-              ": the CUDA kernel needs CUDA tensors, got query on ", query.device(), ", words on ",
-              words.device(), ", lengths on ", lengths.device());
-  TORCH_CHECK(query.device() == words.device() && lengths.device() == query.device(), kName,
-              ": query, words and lengths must be on one device");
-  TORCH_CHECK(query.scalar_type() == words.scalar_type(), kName, ": query (", query.scalar_type(),
-              ") and words (", words.scalar_type(), ") must share one dtype");
-  dtype_code(query.scalar_type());
-  TORCH_CHECK(lengths.scalar_type() == at::kLong || lengths.scalar_type() == at::kInt, kName,
-              ": lengths must be int64 (or int32), got ", lengths.scalar_type());
-  TORCH_CHECK(words.size(0) == query.size(0) && lengths.size(0) == query.size(0), kName,
-              ": batch sizes differ (query ", query.size(0), ", words ", words.size(0), ", lengths ",
-              lengths.size(0), ")");
-  TORCH_CHECK(words.size(1) == query.size(1), kName, ": words have ", words.size(1),
-              " channels but query has ", query.size(1));
-  TORCH_CHECK(query.numel() > 0 && words.numel() > 0, kName, ": empty input (query ", query.sizes(),
-              ", words ", words.sizes(), "); every size must be at least 1");
-  const int64_t channels = words.size(1), num_words = words.size(2);
-  const int padded = num_words <= kWordAttentionMaxWords
-                         ? word_attention_padded_words(static_cast<int>(num_words)) : -1;
-  TORCH_CHECK(padded > 0 && channels <= kWordAttentionMaxChannels &&
-                  channels * padded <= kWordAttentionMaxTile,
-              kName, ": C = ", channels, ", L = ", num_words, " is beyond the kernel (C <= ",
-              kWordAttentionMaxChannels, ", L <= ", kWordAttentionMaxWords, ", C * L rounded up to 8 <= ",
-              kWordAttentionMaxTile, "); use impl='triton' or 'reference'");
-  TORCH_CHECK(query.size(0) <= 65535 && query.size(2) * query.size(3) <= std::numeric_limits<int>::max(),
-              kName, ": at most 65535 samples and 2^31 regions per launch, got ", query.sizes());
+  TORCH_CHECK(query.dim() == 4 && words.dim() == 3 && lengths.dim() == 1 &&
+                  words.size(0) == query.size(0) && lengths.size(0) == query.size(0) &&
+                  words.size(1) == query.size(1) && query.numel() > 0 && words.numel() > 0,
+              kName, ": expected query [B, C, H, W], words [B, C, L], lengths [B], none empty; got ",
+              query.sizes(), ", ", words.sizes(), ", ", lengths.sizes());
+  TORCH_CHECK(query.is_cuda() && words.device() == query.device() && lengths.device() == query.device(),
+              kName, ": query, words and lengths must be on one CUDA device");
+  const auto type = query.scalar_type();
+  TORCH_CHECK((type == at::kFloat || type == at::kHalf || type == at::kBFloat16) &&
+                  words.scalar_type() == type &&
+                  (lengths.scalar_type() == at::kLong || lengths.scalar_type() == at::kInt),
+              kName, ": query and words of one dtype of float32, float16 and bfloat16 and integer "
+              "lengths expected, got ", type, ", ", words.scalar_type(), ", ", lengths.scalar_type());
+  const std::string unsupported = word_attention_cuda_unsupported(words.size(1), words.size(2));
+  TORCH_CHECK(unsupported.empty(), kName, ": ", unsupported);
+  TORCH_CHECK(query.size(0) <= kCudaMaxGridY && query.size(2) * query.size(3) <= std::numeric_limits<int>::max(),
+              kName, ": at most ", kCudaMaxGridY, " samples and 2^31 regions per launch, got ", query.sizes());
 }
 
 void check_launch(cudaError_t err) {

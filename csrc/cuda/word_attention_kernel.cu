@@ -1,28 +1,18 @@
-// Word-region attention of the AttnGAN generator as CUDA kernels, forward and backward (SPEC
-// section 1, stages 2 and 3; paper eq. 2). Pure CUDA: no torch headers (the CPU torch wheel has
-// none); word_attention.cpp checks the tensors and calls the launchers at the bottom.
-//
-// For sample b, region (pixel) r and word l < n = lengths[b]:
-//   s[l]    = sum_c q[c, r] e[c, l]     (no 1/sqrt(d) scaling; padded words l >= n excluded)
-//   p       = softmax_l(s);  ctx[c, r] = sum_l e[c, l] p[l];  attn[l, r] = p[l] (0 when l >= n)
-// Backward, gc = dLoss/dctx, ga = dLoss/dattn (optional):
-//   dp[l] = sum_c gc[c, r] e[c, l] + ga[l, r];  ds = p (dp - sum_l p dp)
-//   gq[c, r] = sum_l e[c, l] ds[l];  ge[c, l] = sum_r gc[c, r] p[l] + q[c, r] ds[l]
+// Word attention of the generator as CUDA kernels, forward and backward: the math of
+// docs/DESIGN.md, "Word attention"; pure CUDA, no torch headers (word_attention.cpp is the glue).
 //
 // Mapping: one thread per pixel, blocks of kThreads consecutive pixels of one sample (grid
-// [pixel blocks, B]). The block copies its caption into shared memory as fp32 [C, LP] (LP = L
-// rounded up to a multiple of 8, zeros past n); each thread then streams its pixel's C channels
-// (consecutive threads read consecutive addresses: coalesced, channel-first as stored), keeps the
-// LP scores in registers (LP is a template parameter so they stay there) and reads the words as
-// shared-memory broadcasts, float4 at a time. The backward recomputes the softmax. grad_words
-// needs a sum over all pixels: per channel each warp reduces its 32 pixels' LP contributions with
-// a transpose-reduction (31 shuffles per 32 values: lane i ends with word i's sum), adds them
-// into a block accumulator in shared memory, and the block adds that into an fp32 global buffer
-// with atomics. A block covers `iters` x kThreads pixels (more when the grid would be large) so
-// fewer blocks reach the global atomics. Softmax and all sums are fp32; fp16/bf16 in and out.
-// With `concat` the output is [q; ctx] [B, 2C, R] (each thread copies its pixel's query column
-// next to its context), and the backward's output gradient has that shape too: its last C
-// channels are gc, its first C are added to gq.
+// [pixel blocks, B]). A block copies its caption into shared memory as fp32 [C, LP] (LP = L
+// rounded up as in limits.h, zeros past n); each thread streams its pixel's C channels
+// (consecutive threads, consecutive addresses: coalesced in the channel-first layout), keeps its
+// LP scores in registers (LP is a template parameter) and reads the words as shared-memory
+// broadcasts, float4 at a time. The backward recomputes the softmax. grad_words sums over all
+// pixels: per channel a warp reduces its 32 pixels' contributions by a transpose-reduction (lane
+// i ends with word i's sum), adds them into a block accumulator in shared memory, and the block
+// adds that into an fp32 global buffer with atomics; a block covers `iters` x kThreads pixels so
+// that fewer blocks reach the global atomics. With `concat` each thread also copies its pixel's
+// query column next to its context, and the backward adds the first C channels of the output
+// gradient to grad_query.
 #include "cuda/word_attention_kernel.h"
 
 #include <cuda_bf16.h>
@@ -143,7 +133,7 @@ word_attention_fwd_kernel(const T* __restrict__ query, const T* __restrict__ wor
   extern __shared__ float4 shared[];
   float* e = reinterpret_cast<float*>(shared);  // [C, LP]
   const int b = blockIdx.y;
-  const int n = static_cast<int>(min(max(lengths[b], int64_t(0)), int64_t(L)));
+  const int n = static_cast<int>(min(max(lengths[b], int64_t(1)), int64_t(L)));
   load_words<T, LP>(words + static_cast<size_t>(b) * C * L, C, L, n, e);
   __syncthreads();
   for (int it = 0; it < iters; ++it) {
@@ -181,7 +171,7 @@ word_attention_bwd_kernel(const T* __restrict__ grad_out, const T* __restrict__ 
   float* e = reinterpret_cast<float*>(shared);  // [C, LP]
   float* ge = e + C * LP;                        // [C, LP] this block's part of grad_words
   const int b = blockIdx.y;
-  const int n = static_cast<int>(min(max(lengths[b], int64_t(0)), int64_t(L)));
+  const int n = static_cast<int>(min(max(lengths[b], int64_t(1)), int64_t(L)));
   load_words<T, LP>(words + static_cast<size_t>(b) * C * L, C, L, n, e);
   for (int i = threadIdx.x; i < C * LP; i += blockDim.x) ge[i] = 0.f;
   __syncthreads();
@@ -334,25 +324,18 @@ cudaError_t dispatch(WordAttentionDtype dtype, int padded_words, const Args& arg
   return cudaErrorInvalidValue;
 }
 
-bool supported(int channels, int num_words, int padded_words) {
-  return channels >= 1 && channels <= kWordAttentionMaxChannels && num_words >= 1 &&
-         num_words <= kWordAttentionMaxWords && channels * padded_words <= kWordAttentionMaxTile;
+bool supported(int channels, int num_words) {
+  return channels >= 1 && num_words >= 1 && word_attention_cuda_unsupported(channels, num_words).empty();
 }
 
 }  // namespace
-
-int word_attention_padded_words(int num_words) {
-  for (int padded : {8, 16, 24, 32, 48, 64})
-    if (num_words <= padded) return padded;
-  return -1;
-}
 
 cudaError_t word_attention_fwd_cuda(WordAttentionDtype dtype, const void* query, const void* words,
                                     const int64_t* lengths, void* out, void* attn, int batch,
                                     int channels, int num_words, int num_regions, bool concat,
                                     cudaStream_t stream) {
+  if (!supported(channels, num_words)) return cudaErrorInvalidValue;
   const int padded = word_attention_padded_words(num_words);
-  if (!supported(channels, num_words, padded)) return cudaErrorInvalidValue;
   if (batch == 0 || num_regions == 0) return cudaSuccess;
   return dispatch(dtype, padded, FwdArgs{query, words, lengths, out, attn, batch, channels,
                                          num_words, num_regions, concat, stream});
@@ -363,8 +346,8 @@ cudaError_t word_attention_bwd_cuda(WordAttentionDtype dtype, const void* grad_o
                                     const int64_t* lengths, void* grad_query, float* grad_words_f32,
                                     int batch, int channels, int num_words, int num_regions,
                                     bool concat, cudaStream_t stream) {
+  if (!supported(channels, num_words)) return cudaErrorInvalidValue;
   const int padded = word_attention_padded_words(num_words);
-  if (!supported(channels, num_words, padded)) return cudaErrorInvalidValue;
   if (batch == 0 || num_regions == 0) return cudaSuccess;
   return dispatch(dtype, padded, BwdArgs{grad_out, grad_attn, query, words, lengths, grad_query,
                                          grad_words_f32, batch, channels, num_words, num_regions,

@@ -1,25 +1,18 @@
 // Plain launchers of the CUDA word-attention kernels (word_attention_kernel.cu), callable from the
 // ATen glue (word_attention.cpp) without either side seeing the other's headers: raw pointers,
-// sizes, a dtype code and a cudaStream_t. All tensors are contiguous; the math is in the .cu.
+// sizes, a dtype code and a cudaStream_t. All tensors are contiguous; sizes within limits.h.
 #pragma once
 
 #include <cstdint>
 
 #include <cuda_runtime.h>
 
+#include "cuda/limits.h"
+
 namespace attngan {
 
 // Element type of query, words, context, attn and the gradients.
 enum class WordAttentionDtype : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
-
-// Kernel limits: the caption [C, L rounded up to 8] and the grad_words accumulator of a block
-// live in shared memory (2 * C * L_pad * 4 bytes <= 32 KiB), the per-pixel scores in registers.
-constexpr int kWordAttentionMaxWords = 64;
-constexpr int kWordAttentionMaxChannels = 128;
-constexpr int kWordAttentionMaxTile = 4096;  // C * L_pad
-
-// The smallest supported L_pad (8, 16, 24, 32, 48 or 64) that holds `num_words` words.
-int word_attention_padded_words(int num_words);
 
 // out = context [B, C, R] (or, with concat, [query; context] [B, 2C, R]) and, when attn is not
 // null, attn [B, L, R] (exact zeros at padded words), from query [B, C, R], words [B, C, L] and
