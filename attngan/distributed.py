@@ -26,7 +26,7 @@ __all__ = ["World", "SINGLE", "launched_by_torchrun", "join_world", "leave_world
 DEFAULT_TIMEOUT = 300           # seconds a collective waits for the other ranks
 
 
-class DistributedError(RuntimeError):
+class DistributedError(ValueError):
     """A run under torchrun that cannot go on (the message says why and what to do)."""
 
 
