@@ -41,14 +41,15 @@ REQUIRED_ENTRIES = {
 # What a resumed run may set differently from the run it continues: how long it trains, how
 # often it writes, where and with which kernels and step switches it runs (attngan.train.speed:
 # none of them changes the model), where the data, its image cache and the Inception weights now
-# are, and how the finished run is evaluated. Anything else (a model size, a
-# learning rate, the data's sizes) would not continue the run but start another from its
-# weights, or fail to load them.
+# are, how the finished run is evaluated, and its learning rates (lowered to go on from the last
+# good checkpoint of a run that diverged). Anything else (a model size, the data's sizes) would
+# not continue the run but start another from its weights, or fail to load them.
 RESUME_MAY_CHANGE = frozenset({
     "data.root", "data.image_cache", "image_encoder.weights", "data.num_workers",
     "damsm.epochs", "damsm.log_every", "damsm.checkpoint_every",
-    "damsm.eval_candidates", "damsm.eval_folds", "data.eval_words_num",
+    "damsm.eval_candidates", "damsm.eval_folds", "data.eval_words_num", "damsm.lr",
     "gan.epochs", "gan.max_steps", "gan.log_every", "gan.sample_every", "gan.checkpoint_every",
+    "gan.lr_g", "gan.lr_d",
     "run.device", "run.impl", "run.threads", "run.speed", "run.precision", "run.channels_last",
     "run.cudnn_benchmark", "run.fused_adam", "run.compile", "run.cuda_graphs"})
 
