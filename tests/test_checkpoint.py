@@ -138,18 +138,19 @@ def test_run_folders_are_checked_before_a_run_writes(tmp_path):
         run_checkpoint_path(tmp_path / "file", "damsm", resume=False)
 
 
-def test_a_resume_may_change_only_how_long_and_where_a_run_trains(tmp_path):
+def test_a_resume_may_change_only_how_long_where_and_how_fast_a_run_trains(tmp_path):
     config = Config()
     saved = {"kind": "gan", "config": config_to_dict(config)}
     changed = config_to_dict(config)
-    changed["gan"].update(max_steps=99, epochs=3)
+    changed["gan"].update(max_steps=99, epochs=3, lr_g=1e-5, lr_d=1e-5)
+    changed["damsm"]["lr"] = 1e-4
     changed["run"].update(device="cpu", impl="reference")
     changed["data"]["root"] = "/elsewhere"
     require_resumable_config(saved, changed, tmp_path / "c.pt", tmp_path)
     changed["gan"]["ngf"] = 8
-    changed["damsm"]["lr"] = 0.1
+    changed["damsm"]["gamma1"] = 3.0
     with pytest.raises(CheckpointError, match=r"--resume: the config differs from the one .*c\.pt "
-                       r"was trained with: damsm\.lr=0\.1 \(the run's: 0\.002\), gan\.ngf=8 "
+                       r"was trained with: damsm\.gamma1=3\.0 \(the run's: 4\.0\), gan\.ngf=8 "
                        r"\(the run's: 32\); resume with the run's config \(--config "
                        f"{tmp_path}/config.yaml"):
         require_resumable_config(saved, changed, tmp_path / "c.pt", tmp_path)

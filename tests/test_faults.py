@@ -3,15 +3,18 @@ under a run, ends in one clear error and loses nothing.
 
 Probes: two processes in one run folder (and a holder killed outright), folders that cannot be
 written, a full disk (simulated everywhere; a real 2 MiB file system where root can mount one),
-data changed under a run, a checkpoint edited to disagree with its config, settings out of
-range or not used by the command, bytes of a caption that are not UTF-8, and a second `sample`
-into one folder.
+data changed under a run, a checkpoint edited to disagree with its config, runs that diverge
+(learning rates of 1e8, a NaN injected), settings out of range or not used by the command,
+bytes of a caption that are not UTF-8, a second `sample` into one folder, and Ctrl-C with the
+progress bars on.
 """
 import dataclasses
 import errno
 import json
 import os
+import math
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -28,8 +31,11 @@ from attngan.data.cub import decode_text
 from attngan.data.vocab import tokenize
 from attngan.files import LOCK_NAME, FolderInUse, OutputError, hold_folder
 from attngan.metrics.evaluate import evaluate_generator
-from attngan.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from attngan.train.gan import load_gan, train_gan
+from attngan.train.checkpoint import (CheckpointError, first_non_finite, load_checkpoint,
+                                      save_checkpoint)
+from attngan.train.damsm import DAMSMTrainer, pretrain_damsm
+from attngan.train.gan import GANTrainer, load_gan, train_gan
+from attngan.train.run import TrainingDiverged, metrics_line
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_gan_training import _with, make_tiny_run, single_thread  # noqa: E402,F401
@@ -290,6 +296,127 @@ def test_non_finite_weights_are_refused_by_sample_and_evaluate(trained, tmp_path
     assert not (tmp_path / "samples").exists()
 
 
+# ---- runs that diverge ----------------------------------------------------------------------
+
+def _metrics(run: Path) -> list[dict]:
+    """metrics.jsonl of `run`, each line read as JSON (a bare NaN would not be)."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _finite(checkpoint: Path) -> bool:
+    payload = load_checkpoint(checkpoint)
+    return not any(first_non_finite(value, key) for key, value in payload.items())
+
+
+def test_learning_rates_of_1e8_stop_the_run_keeping_its_last_good_checkpoint(tiny, tmp_path,
+                                                                            capsys):
+    """Resumed at step 2 with learning rates of 1e8, the run stops with one message at the
+    first step whose losses (or state) are not finite, exit 2; the checkpoint of the step
+    before it stays, finite, and metrics.jsonl is JSON lines (null for NaN)."""
+    config, damsm = tiny
+    run = tmp_path / "run"
+    assert _cli(capsys, *_train_argv(config, damsm, run, max_steps=2))[0] == 0
+    status, err = _cli(capsys, *_train_argv(config, damsm, run, max_steps=8, lr_g="1e8",
+                                            lr_d="1e8", checkpoint_every=1), "--resume")
+    assert status == 2
+    message = err.splitlines()[-1]
+    diverged = re.fullmatch(
+        rf"attngan train: error: GAN training diverged (?:at|by) step (\d+) \((losses .+|.+ holds "
+        rf"NaN or infinity, the losses finite)\); its last good checkpoint, {run}/checkpoints/"
+        rf"gan_last.pt \(step (\d+)\), is kept: lower the learning rates \(gan.lr_g, "
+        r"gan.lr_d\) and resume from it with --resume", message)
+    assert diverged, message
+    step, kept = int(diverged[1]), int(diverged[3])
+    assert step > 2 and kept == step - 1
+    assert load_checkpoint(run / "checkpoints" / "gan_last.pt")["step"] == kept
+    assert _finite(run / "checkpoints" / "gan_last.pt")
+    assert [line["step"] for line in _metrics(run)] == list(range(1, step + 1))
+
+
+def _poison_before_step(monkeypatch, trainer_class, index: int, weights) -> None:
+    """`weights(trainer)` (a tensor) filled with NaN before the trainer's step `index` (1-based)
+    of this process, as a diverging update would leave them."""
+    step = trainer_class.step
+
+    def poisoned(self, batch):
+        if self.steps + 1 == index:
+            with torch.no_grad():
+                weights(self).fill_(float("nan"))
+        return step(self, batch)
+    monkeypatch.setattr(trainer_class, "step", poisoned)
+
+
+def test_a_nan_between_log_steps_is_caught_before_the_next_checkpoint(tiny, tmp_path,
+                                                                     monkeypatch):
+    """A NaN at step 3 of a run that logs at its end only and saves every 2 steps: the save at
+    step 4 is refused naming step 3 and its losses; the checkpoint of step 2 stays, and the run
+    resumed from it ends as an undisturbed run does."""
+    config, damsm = tiny
+    quiet = _with(config, max_steps=6, log_every=1000, checkpoint_every=2)
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    train_gan(quiet, damsm, whole, progress=False)
+    with monkeypatch.context() as patch:
+        _poison_before_step(patch, GANTrainer, 3, lambda trainer: trainer.netG.ca.fc.weight)
+        with pytest.raises(TrainingDiverged, match=r"GAN training diverged at step 3 \(losses "
+                                                   r"d0=nan, d1=nan, g_adv=nan, .*g_total=nan\); "
+                                                   r"its last good checkpoint, .* \(step 2\)"):
+            train_gan(quiet, damsm, run, progress=False)
+    assert load_checkpoint(run / "checkpoints" / "gan_last.pt")["step"] == 2
+    assert _metrics(run) == []
+    train_gan(quiet, damsm, run, resume=True, progress=False)
+    a = load_checkpoint(whole / "checkpoints" / "gan_last.pt")["trainer"]["generator"]
+    b = load_checkpoint(run / "checkpoints" / "gan_last.pt")["trainer"]["generator"]
+    assert all(torch.equal(value, b[name]) for name, value in a.items())
+    assert [{k: v for k, v in line.items() if k != "seconds"} for line in _metrics(run)] == \
+        [{k: v for k, v in line.items() if k != "seconds"} for line in _metrics(whole)]
+
+
+def test_non_finite_state_with_finite_losses_is_not_saved(tiny, tmp_path, monkeypatch):
+    """The averaged generator (which no loss sees) made NaN before step 3: the checkpoint of
+    step 4 is refused, naming the tensor."""
+    config, damsm = tiny
+    _poison_before_step(monkeypatch, GANTrainer, 3,
+                        lambda trainer: trainer.ema.module.ca.fc.weight)
+    with pytest.raises(TrainingDiverged, match=r"GAN training diverged by step 4 \(trainer\.ema"
+                                               r"\.ca\.fc\.weight holds NaN or infinity, the "
+                                               r"losses finite\); its last good checkpoint, .* "
+                                               r"\(step 2\), is kept"):
+        train_gan(_with(config, max_steps=6, checkpoint_every=2), damsm, tmp_path / "run",
+                  progress=False)
+    assert _finite(tmp_path / "run" / "checkpoints" / "gan_last.pt")
+    assert [line["step"] for line in _metrics(tmp_path / "run")] == [1, 2, 3, 4]
+
+
+def test_a_nan_in_damsm_pretraining_stops_it(tiny, tmp_path, monkeypatch):
+    """A NaN at step 6 (the second epoch's second step) of DAMSM pretraining: it stops at that
+    step's log line (JSON, null for NaN); the checkpoint of the first epoch stays."""
+    config, _ = tiny
+    config = dataclasses.replace(config, damsm=dataclasses.replace(
+        config.damsm, epochs=3, log_every=1, checkpoint_every=1))
+    _poison_before_step(monkeypatch, DAMSMTrainer, 6,
+                        lambda trainer: trainer.text_encoder.encoder.weight)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"DAMSM training diverged at step 6 \(losses "
+                                               r"w0=nan, w1=nan, s0=nan, s1=nan, loss=nan\); its "
+                                               rf"last good checkpoint, {run}/checkpoints/damsm_"
+                                               r"last\.pt \(step 4\), is kept: lower the "
+                                               r"learning rates \(damsm\.lr\) and resume"):
+        pretrain_damsm(config, run, progress=False)
+    payload = load_checkpoint(run / "checkpoints" / "damsm_last.pt")
+    assert (payload["epoch"], payload["step"]) == (1, 4)
+    assert _finite(run / "checkpoints" / "damsm_last.pt")
+    lines = _metrics(run)
+    assert lines[-1]["step"] == 6 and lines[-1]["loss"] is None
+    assert not (run / "r_precision.json").exists()
+
+
+def test_metrics_lines_are_json_with_null_for_non_finite_values():
+    line = metrics_line({"step": 3, "d0": float("nan"), "kl": float("inf"), "g": -math.inf,
+                         "lr": 0.5})
+    assert json.loads(line) == {"step": 3, "d0": None, "kl": None, "g": None, "lr": 0.5}
+    assert line.endswith("\n") and line.count("\n") == 1
+
+
 # ---- settings -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("override, match", [
@@ -385,3 +512,47 @@ def test_a_killed_training_process_releases_its_folder(tiny, tmp_path, capsys):
     assert status == 0, err
     assert f"taking over {run} from `attngan train` (pid {child.pid}" in err
     assert load_checkpoint(run / "checkpoints" / "gan_last.pt")["step"] == step + 2
+
+
+def _pretrain_argv(config, run: Path) -> list:
+    """`attngan pretrain-damsm` of the tiny run's settings, for many epochs, into `run`."""
+    settings = {"data.root": config.data.root, "data.base_size": config.data.base_size,
+                "data.branch_num": config.data.branch_num,
+                **{f"text_encoder.{key}": getattr(config.text_encoder, key)
+                   for key in ("embedding_dim", "hidden_dim")},
+                **{f"image_encoder.{key}": getattr(config.image_encoder, key)
+                   for key in ("input_size", "width")},
+                **{f"damsm.{key}": getattr(config.damsm, key)
+                   for key in ("batch_size", "eval_candidates", "eval_folds")},
+                "damsm.epochs": 100000, "damsm.log_every": 1, "damsm.checkpoint_every": 1,
+                "run.device": "cpu", "run.threads": 1}
+    overrides = sum((["--set", f"{key}={value}"] for key, value in settings.items()), [])
+    return ["pretrain-damsm", "--config", ROOT / "configs/shapes.yaml", *overrides, "--out", run]
+
+
+@pytest.mark.parametrize("command", ["train", "pretrain-damsm"])
+def test_ctrl_c_leaves_the_interrupted_line_last(tiny, tmp_path, command):
+    """SIGINT to a training command with its progress bars on, once it has a checkpoint: the
+    CLI's "interrupted" line is the last on stderr (the bar was drawn again below it)."""
+    config, damsm = tiny
+    run = tmp_path / "run"
+    if command == "train":
+        argv = _train_argv(config, damsm, run, max_steps=100000, checkpoint_every=1)
+        checkpoint = run / "checkpoints" / "gan_last.pt"
+    else:
+        argv = _pretrain_argv(config, run)
+        checkpoint = run / "checkpoints" / "damsm_last.pt"
+    child = subprocess.Popen([sys.executable, "-m", "attngan", *map(str, argv)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not checkpoint.exists():
+        assert child.poll() is None and time.time() < deadline, child.stderr.read()
+        time.sleep(0.2)
+    time.sleep(0.5)                      # into the steps after it
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err[-500:]
+    lines = [line for line in re.split(r"[\r\n]", err) if line.strip()]
+    assert lines[-1] == f"attngan {command}: interrupted; the same command with --resume goes " \
+                        "on from the run's last checkpoint", lines[-3:]
+    assert any(line.startswith(("GAN:", "DAMSM epoch")) for line in lines)    # bars were on

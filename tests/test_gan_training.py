@@ -17,7 +17,8 @@ from attngan.config import load_config
 from attngan.data.synthetic import make_synthetic
 from attngan.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from attngan.train.damsm import DAMSMTrainer, pretrain_damsm, resolve_damsm_checkpoint
-from attngan.train.gan import load_gan, train_gan
+from attngan.train.gan import GANTrainer, load_gan, train_gan
+from attngan.train.run import DivergenceWatch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from bench_train_step import VOCAB_SIZE, make_trainer, preset_config, random_batch  # noqa: E402
@@ -159,22 +160,55 @@ def test_resume_continues_exactly(tiny, tmp_path):
 
 
 def test_a_resumed_run_may_change_the_step_switches(tiny, tmp_path):
-    """A run trained faithfully resumes with other switches (fused Adam, channels_last): they
-    are recorded in the run's config, its summary names the step's, and the optimizers carry
-    on from the saved state with the new kernels."""
+    """A run trained faithfully resumes with other switches (fused Adam, channels_last) and a
+    lower learning rate: they are recorded in the run's config, its summary names the step's,
+    and the optimizers carry on from the saved state with the new kernels and rate."""
     config, damsm = tiny
     run = tmp_path / "run"
     first = train_gan(_with(config, max_steps=2), damsm, run, progress=False)
     assert first["training_step"] == "fp32"
     switched = dataclasses.replace(config, run=dataclasses.replace(
         config.run, fused_adam=True, channels_last=True))
-    summary = train_gan(_with(switched, max_steps=4), damsm, run, resume=True, progress=False)
+    lower = config.gan.lr_g / 4
+    summary = train_gan(_with(switched, max_steps=4, lr_g=lower), damsm, run, resume=True,
+                        progress=False)
     assert summary["steps"] == 4 and summary["training_step"] == "fp32, channels_last, fused_adam"
     assert load_config(run / "config.yaml").run.fused_adam is True
+    assert load_config(run / "config.yaml").gan.lr_g == lower
     assert [line["step"] for line in _losses(run)] == [1, 2, 3, 4]
     optimizer = load_checkpoint(run / "checkpoints" / "gan_last.pt")["trainer"]["optimizer_g"]
     assert optimizer["param_groups"][0]["fused"] is True
+    assert optimizer["param_groups"][0]["lr"] == lower
     assert all(float(state["step"]) == 4 for state in optimizer["state"].values())
+
+
+def test_the_loop_reads_back_from_the_device_only_at_log_and_checkpoint_steps(tiny, tmp_path,
+                                                                            monkeypatch):
+    """No host synchronisation per step: of a 6-step run logging every 3 steps and saving
+    every 4, the code of the loop and its step (attngan.train.gan and attngan.train.run) reads
+    tensors back (.item, .tolist, float, int, bool) at steps 3 (the log: one copy of the losses
+    and the divergence watch), 4 (the checkpoint's check) and 6 (the end) only."""
+    import attngan.train.gan as gan_module
+    import attngan.train.run as run_module
+    config, damsm = tiny
+    loop_files = {gan_module.__file__, run_module.__file__}
+    reads, current = [], [0]
+    step = GANTrainer.step
+
+    def counted_step(self, batch):
+        current[0] = self.steps + 1
+        return step(self, batch)
+    monkeypatch.setattr(GANTrainer, "step", counted_step)
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        def read(self, *args, _original=getattr(torch.Tensor, name), _name=name):
+            if sys._getframe(1).f_code.co_filename in loop_files:
+                reads.append((current[0], _name))
+            return _original(self, *args)
+        monkeypatch.setattr(torch.Tensor, name, read)
+    train_gan(_with(config, max_steps=6, log_every=3, checkpoint_every=4, sample_every=1000),
+              damsm, tmp_path / "run", progress=False)
+    assert {step for step, _ in reads if step > 0} == {3, 4, 6}     # 0: the run's set-up
+    assert [name for step, name in reads if step == 3] == ["tolist"]
 
 
 def test_a_new_run_starts_the_metrics_of_a_run_killed_before_its_checkpoint_afresh(tiny,
@@ -262,17 +296,19 @@ def test_damsm_of_another_vocabulary_is_refused(tiny, tmp_path):
 @pytest.mark.gpu
 def test_gpu_training_steps_never_wait_for_the_gpu(no_gpu_synchronisation):
     """A GAN step and a DAMSM pretraining step on the GPU, fed batches as the data loader gives
-    them (CPU tensors): no synchronisation with the GPU anywhere (the lengths and caption ids
-    are checked on the CPU, copies are queued), which torch's sync debug mode would raise."""
+    them (CPU tensors), their losses watched for divergence as the loops do: no synchronisation
+    with the GPU anywhere (the lengths and caption ids are checked on the CPU, copies are
+    queued), which torch's sync debug mode would raise."""
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     config = preset_config("shapes", cuda)
     trainer, gan_batch = make_trainer(config, cuda), random_batch(config, cpu)
     damsm = DAMSMTrainer(config, VOCAB_SIZE, cuda)
     damsm_batch = random_batch(config, cpu, stage="damsm")
+    watches = DivergenceWatch(), DivergenceWatch()     # as the training loops watch the losses
 
     def steps():
-        trainer.step(gan_batch)
-        damsm.step(damsm_batch)
+        watches[0].update(trainer.steps + 1, trainer.step(gan_batch))
+        watches[1].update(damsm.steps + 1, damsm.step(damsm_batch))
 
     steps()                                # compiles the kernels and builds optimizer state
     with no_gpu_synchronisation():

@@ -9,13 +9,14 @@ restored so a resumed run draws the same numbers as an uninterrupted one.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
 import random
 import threading
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -41,14 +42,15 @@ REQUIRED_ENTRIES = {
 # What a resumed run may set differently from the run it continues: how long it trains, how
 # often it writes, where and with which kernels and step switches it runs (attngan.train.speed:
 # none of them changes the model), where the data, its image cache and the Inception weights now
-# are, and how the finished run is evaluated. Anything else (a model size, a
-# learning rate, the data's sizes) would not continue the run but start another from its
-# weights, or fail to load them.
+# are, how the finished run is evaluated, and its learning rates (lowered to go on from the last
+# good checkpoint of a run that diverged). Anything else (a model size, the data's sizes) would
+# not continue the run but start another from its weights, or fail to load them.
 RESUME_MAY_CHANGE = frozenset({
     "data.root", "data.image_cache", "image_encoder.weights", "data.num_workers",
     "damsm.epochs", "damsm.log_every", "damsm.checkpoint_every",
-    "damsm.eval_candidates", "damsm.eval_folds", "data.eval_words_num",
+    "damsm.eval_candidates", "damsm.eval_folds", "data.eval_words_num", "damsm.lr",
     "gan.epochs", "gan.max_steps", "gan.log_every", "gan.sample_every", "gan.checkpoint_every",
+    "gan.lr_g", "gan.lr_d",
     "run.device", "run.impl", "run.threads", "run.speed", "run.precision", "run.channels_last",
     "run.cudnn_benchmark", "run.fused_adam", "run.compile", "run.cuda_graphs"})
 
@@ -76,18 +78,25 @@ def run_checkpoint_path(out_dir: Path, kind: str, resume: bool) -> Path:
     return checkpoint
 
 
+@contextlib.contextmanager
+def hold_run_folder(out_dir: str | Path, command: str) -> Iterator[Path]:
+    """Hold the run folder `out_dir` while the block runs (attngan.files.hold_folder), so that a
+    second run into it fails at once, changing nothing, after checking it for writing.
+    `command` names the holder in the second run's error."""
+    with hold_folder(out_dir, "--out folder", command) as folder:
+        require_writable(folder, "--out folder")
+        yield folder
+
+
 def holds_run_folder(command: str) -> Callable:
-    """Decorator of a training function with an `out_dir` argument: the folder is held for the
-    call (attngan.files.hold_folder), so a second run into it fails at once, changing nothing,
-    and checked for writing. `command` names the holder in the second run's error."""
+    """Decorator of a function with an `out_dir` argument that writes a run: `hold_run_folder`
+    for the call."""
     def decorate(function: Callable) -> Callable:
         signature = inspect.signature(function)
 
         @functools.wraps(function)
         def run(*args, **kwargs):
-            out_dir = signature.bind(*args, **kwargs).arguments["out_dir"]
-            with hold_folder(out_dir, "--out folder", command):
-                require_writable(out_dir, "--out folder")
+            with hold_run_folder(signature.bind(*args, **kwargs).arguments["out_dir"], command):
                 return function(*args, **kwargs)
         return run
     return decorate

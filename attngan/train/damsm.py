@@ -10,38 +10,34 @@ step (`attngan.train.speed`) apply but for CUDA graphs; the test loss and the R-
 computed in IEEE float32 whatever they are.
 
 A run folder holds config.yaml, metrics.jsonl, checkpoints/damsm_last.pt (written at epoch
-ends by a background thread, resumable exactly with `resume=True`; the losses are read back
-from the device at log steps only) and r_precision.json: the encoders' R-precision on
-the test split, by cosine of global codes (the paper's protocol) and by the word-level score S.
+ends by a background thread, resumable exactly with `resume=True`) and r_precision.json: the
+encoders' R-precision on the test split, by cosine of global codes (the paper's protocol) and
+by the word-level score S. The run's set-up and outputs are `attngan.train.run`'s: the losses
+are read back from the device at log steps only, and a run whose losses or state become NaN or
+infinite stops there, keeping its last good checkpoint.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import time
 from pathlib import Path
 from typing import Optional
 
 import torch
 from tqdm import tqdm
 
-from attngan.config import (Config, config_from_dict, config_to_dict, save_config,
-                            with_absolute_paths)
-from attngan.data.dataset import build_dataset
+from attngan.config import Config, config_from_dict, config_to_dict, with_absolute_paths
 from attngan.data.loader import evaluation_batches, float_images, training_batches
 from attngan.data.vocab import Vocabulary
-from attngan.files import file_sha256, write_text_atomically
+from attngan.files import file_sha256
 from attngan.metrics.r_precision import check_protocol, r_precision, r_precision_from_blocks
 from attngan.nn.image_encoder import build_image_encoder
 from attngan.nn.text_encoder import TextEncoder
 from attngan.ops.damsm import damsm_sentence_loss, damsm_word_loss, damsm_word_similarity
-from attngan.train.checkpoint import (CheckpointError, CheckpointWriter, holds_run_folder,
-                                      load_checkpoint, load_state, open_run, require_finite,
-                                      require_same_data, require_same_vocabulary,
-                                      resolve_run_checkpoint, rng_state, set_rng_state,
-                                      trim_metrics)
-from attngan.train.runtime import prepare_run, require_step_fits
+from attngan.train.checkpoint import (CheckpointError, load_checkpoint, load_state,
+                                      require_finite, resolve_run_checkpoint, rng_state)
+from attngan.train.run import TrainingRun
 from attngan.train.speed import (EAGER_STEPS, FAITHFUL, StepSettings, adam, backend_flags,
                                  compiled, load_optimizer_state, step_settings,
                                  training_autocast)
@@ -51,6 +47,12 @@ def epoch_learning_rate(lr: float, decay: float, min_ratio: float, epoch: int) -
     """The original's schedule in closed form: lr x decay each epoch while lr > lr * min_ratio."""
     decays = math.ceil(math.log(min_ratio) / math.log(decay)) if 0 < decay < 1 else 0
     return lr * decay ** min(epoch, decays)
+
+
+# What an imported DAMSM run holds instead of a run to resume, and what to do with it.
+_IMPORTED = ("encoders imported from the original (attngan import-damsm), without optimizer "
+             "state to resume; use it with attngan train --damsm, or pretrain in a new --out "
+             "folder")
 
 
 def damsm_losses(text_encoder, image_encoder, batch: dict, config: Config,
@@ -109,6 +111,17 @@ class DAMSMTrainer:
             self.optimizer.step()
         self.steps += 1
         return {name: loss.detach() for name, loss in losses.items()}
+
+    def state_dict(self) -> dict:
+        return {"text_encoder": self.text_encoder.state_dict(),
+                "image_encoder": self.image_encoder.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict, path: str | Path) -> None:
+        """Restore what `state_dict` saved in the checkpoint `path` (named in errors)."""
+        load_state(self.text_encoder, state["text_encoder"], "text_encoder", path)
+        load_state(self.image_encoder, state["image_encoder"], "image_encoder", path)
+        load_optimizer_state(self.optimizer, state["optimizer"])
 
 
 @torch.no_grad()
@@ -179,116 +192,118 @@ def mean_test_loss(text_encoder, image_encoder, loader, config: Config,
     return sum(totals) / max(len(totals), 1)
 
 
-@holds_run_folder("attngan pretrain-damsm")
+def _require_trainable(run: TrainingRun, train_set, test_set) -> None:
+    """Refuse a batch larger than the training split, an R-precision the test split cannot
+    give (the one that ends the run), and a resumed run longer than this config's."""
+    settings = run.config.damsm
+    if len(train_set) < settings.batch_size:
+        raise ValueError(f"the training split has {len(train_set)} items, fewer than "
+                         f"damsm.batch_size={settings.batch_size}: lower the batch size")
+    check_protocol(test_set.class_ids, settings.eval_candidates, settings.eval_folds,
+                   candidates_name="damsm.eval_candidates", folds_name="damsm.eval_folds")
+    if run.payload is not None and run.payload["epoch"] > settings.epochs:
+        # equal: a finished run, evaluated again
+        raise CheckpointError(f"--resume: {run.checkpoint_path} has trained "
+                              f"{run.payload['epoch']} epochs, more than damsm.epochs="
+                              f"{settings.epochs}; set damsm.epochs to at least "
+                              f"{run.payload['epoch']}")
+
+
+def _restore(trainer: DAMSMTrainer, run: TrainingRun) -> tuple[int, int]:
+    """The trainer as the resumed checkpoint left it; (epochs, steps) trained then."""
+    if run.payload is None:
+        return 0, 0
+    trainer.load_state_dict(run.payload, run.checkpoint_path)
+    return run.payload["epoch"], run.payload["step"]
+
+
+def _checkpoint(run: TrainingRun, trainer: DAMSMTrainer, vocab: Vocabulary, epochs: int,
+                step: int) -> dict:
+    """The checkpoint of the run after `epochs` epochs, `step` steps."""
+    return {"kind": "damsm", "config": config_to_dict(run.config),
+            "vocab": list(vocab.ixtoword), "vocab_fingerprint": vocab.fingerprint(),
+            "data_fingerprint": run.fingerprints, **trainer.state_dict(),
+            "epoch": epochs, "step": step, "rng": rng_state()}
+
+
+def _five_decimals(value: float) -> float:
+    return round(value, 5)
+
+
+def _train(run: TrainingRun, trainer: DAMSMTrainer, train_set, test_set, start_epoch: int,
+           step: int) -> int:
+    """The epochs from `start_epoch`: their learning rate, a step per batch (metrics at log
+    steps, where the losses are read back from the device in one copy, with the divergence
+    watch), the test loss, a checkpoint every damsm.checkpoint_every epochs and at the end.
+    Returns the steps taken in all."""
+    config, device = run.config, trainer.device
+    settings = config.damsm
+    steps_per_epoch = len(train_set) // settings.batch_size
+    with run.outputs() as outputs, \
+            training_batches(train_set, config, device, settings.batch_size, epoch=start_epoch,
+                             batch=0, count=(settings.epochs - start_epoch) * steps_per_epoch,
+                             progress=run.progress) as batches, \
+            evaluation_batches(test_set, config, device, settings.batch_size) as test_loader:
+        for epoch in range(start_epoch, settings.epochs):
+            lr = epoch_learning_rate(settings.lr, settings.lr_decay, settings.min_lr_ratio, epoch)
+            for group in trainer.optimizer.param_groups:
+                group["lr"] = lr
+            trainer.text_encoder.train()
+            trainer.image_encoder.train()
+            with run.progress_bar(batches.take(steps_per_epoch), total=steps_per_epoch,
+                                  desc=f"DAMSM epoch {epoch + 1}/{settings.epochs}",
+                                  leave=False) as bar:
+                for batch in bar:
+                    step += 1
+                    outputs.track(step, trainer.step(batch))
+                    if step % settings.log_every == 0:
+                        losses = outputs.log_losses({"step": step, "epoch": epoch, "lr": lr,
+                                                     "seconds": round(run.seconds(), 2)},
+                                                    _five_decimals)
+                        bar.set_postfix(loss=f"{losses['loss']:.3f}")
+            with backend_flags(FAITHFUL, device):
+                test_loss = mean_test_loss(trainer.text_encoder, trainer.image_encoder,
+                                           test_loader, config, device)
+            outputs.log({"step": step, "epoch": epoch, "lr": lr, "test_loss": round(test_loss, 5),
+                         "seconds": round(run.seconds(), 2)})
+            if run.progress:
+                tqdm.write(f"DAMSM epoch {epoch + 1}/{settings.epochs}: "
+                           f"test loss {test_loss:.3f} (step {step})")
+            if (epoch + 1) % settings.checkpoint_every == 0 or epoch + 1 == settings.epochs:
+                outputs.save(step, _checkpoint(run, trainer, train_set.vocab, epoch + 1, step))
+    return step
+
+
+def _evaluate(run: TrainingRun, trainer: DAMSMTrainer, test_set, step: int) -> dict:
+    """The run's R-precision on the test split (in IEEE float32), written to
+    r_precision.json with the checkpoint it measured."""
+    with backend_flags(FAITHFUL, trainer.device):
+        results = evaluate_r_precision(trainer.text_encoder, trainer.image_encoder, test_set,
+                                       run.config, trainer.device)
+    results["checkpoint"] = str(run.checkpoint_path)
+    results["checkpoint_sha256"] = file_sha256(run.checkpoint_path)
+    results["epochs"] = run.config.damsm.epochs
+    results["steps"] = step
+    run.write_text("r_precision.json", json.dumps(results, indent=2))
+    return results
+
+
 def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
                    progress: bool = True, accept_changed_data: bool = False) -> dict:
     """Pretrain the DAMSM encoders; returns the final R-precision results (also saved).
     `accept_changed_data` resumes on data other than the run recorded."""
-    out_dir = Path(out_dir)
     config = with_absolute_paths(config)
-    checkpoint_path, payload = open_run(
-        out_dir, "damsm", resume, config_to_dict(config),
-        imported="encoders imported from the original (attngan import-damsm), without optimizer "
-                 "state to resume; use it with attngan train --damsm, or pretrain in a new --out "
-                 "folder")
-    if payload is not None:
-        if payload["epoch"] > config.damsm.epochs:      # equal: a finished run, evaluated again
-            raise CheckpointError(f"--resume: {checkpoint_path} has trained "
-                                  f"{payload['epoch']} epochs, more than damsm.epochs="
-                                  f"{config.damsm.epochs}; set damsm.epochs to at least "
-                                  f"{payload['epoch']}")
-    device = prepare_run(config)
-    require_step_fits(config, "damsm", device)
-    switches = step_settings(config.run, device, stage="damsm")   # errors before any writing
-    train_set = build_dataset(config.data, "train", augment=True)
-    test_set = build_dataset(config.data, "test", augment=False)
-    fingerprints = {"train": train_set.records.fingerprint(),
-                    "test": test_set.records.fingerprint()}
-    settings = config.damsm
-    if len(train_set) < settings.batch_size:
-        raise ValueError(f"the training split has {len(train_set)} items, fewer than "
-                         f"damsm.batch_size={settings.batch_size}: lower the batch size")
-    # the R-precision that ends the run, checked before the run
-    check_protocol(test_set.class_ids, settings.eval_candidates, settings.eval_folds,
-                   candidates_name="damsm.eval_candidates", folds_name="damsm.eval_folds")
-    vocab = train_set.vocab
-    trainer = DAMSMTrainer(config, len(vocab), device, switches)
-    text_encoder, image_encoder, optimizer = (trainer.text_encoder, trainer.image_encoder,
-                                              trainer.optimizer)
-
-    start_epoch, step = 0, 0
-    if payload is not None:
-        require_same_vocabulary(payload, vocab.fingerprint(), checkpoint_path,
-                                config.data.root)
-        if not accept_changed_data:
-            require_same_data(payload, fingerprints, checkpoint_path, config.data.root,
-                              "--accept-changed-data")
-        load_state(text_encoder, payload["text_encoder"], "text_encoder", checkpoint_path)
-        load_state(image_encoder, payload["image_encoder"], "image_encoder", checkpoint_path)
-        load_optimizer_state(optimizer, payload["optimizer"])
-        start_epoch, step = payload["epoch"], payload["step"]
-        set_rng_state(payload["rng"])
-    # what a run killed before this checkpoint (or its first) logged is logged again
-    trim_metrics(out_dir / "metrics.jsonl", step)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, out_dir / "config.yaml")
-
-    steps_per_epoch = len(train_set) // settings.batch_size
-    started = time.time()
-    with open(out_dir / "metrics.jsonl", "a") as metrics, CheckpointWriter() as checkpoints, \
-            training_batches(train_set, config, device, settings.batch_size, epoch=start_epoch,
-                             batch=0, count=(settings.epochs - start_epoch) * steps_per_epoch,
-                             progress=progress) as batches, \
-            evaluation_batches(test_set, config, device, settings.batch_size) as test_loader:
-        def log(record: dict) -> None:
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
-
-        for epoch in range(start_epoch, settings.epochs):
-            lr = epoch_learning_rate(settings.lr, settings.lr_decay, settings.min_lr_ratio, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            text_encoder.train()
-            image_encoder.train()
-            bar = tqdm(batches.take(steps_per_epoch), total=steps_per_epoch,
-                       desc=f"DAMSM epoch {epoch + 1}/{settings.epochs}", disable=not progress,
-                       leave=False)
-            for batch in bar:
-                losses = trainer.step(batch)
-                step += 1
-                if step % settings.log_every == 0:
-                    # the losses read back from the device in one copy, at log steps only
-                    values = dict(zip(losses, torch.stack(list(losses.values())).tolist()))
-                    bar.set_postfix(loss=f"{values['loss']:.3f}")
-                    log({"step": step, "epoch": epoch, "lr": lr,
-                         "seconds": round(time.time() - started, 2),
-                         **{name: round(value, 5) for name, value in values.items()}})
-            with backend_flags(FAITHFUL, device):
-                test_loss = mean_test_loss(text_encoder, image_encoder, test_loader, config,
-                                           device)
-            log({"step": step, "epoch": epoch, "lr": lr, "test_loss": round(test_loss, 5),
-                 "seconds": round(time.time() - started, 2)})
-            if progress:
-                tqdm.write(f"DAMSM epoch {epoch + 1}/{settings.epochs}: "
-                           f"test loss {test_loss:.3f} (step {step})")
-            if (epoch + 1) % settings.checkpoint_every == 0 or epoch + 1 == settings.epochs:
-                checkpoints.save(checkpoint_path, {
-                    "kind": "damsm", "config": config_to_dict(config),
-                    "vocab": list(vocab.ixtoword), "vocab_fingerprint": vocab.fingerprint(),
-                    "data_fingerprint": fingerprints,
-                    "text_encoder": text_encoder.state_dict(),
-                    "image_encoder": image_encoder.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch + 1, "step": step, "rng": rng_state()})
-
-    with backend_flags(FAITHFUL, device):
-        results = evaluate_r_precision(text_encoder, image_encoder, test_set, config, device)
-    results["checkpoint"] = str(checkpoint_path)
-    results["checkpoint_sha256"] = file_sha256(checkpoint_path)
-    results["epochs"] = settings.epochs
-    results["steps"] = step
-    write_text_atomically(out_dir / "r_precision.json", json.dumps(results, indent=2))
-    return results
+    with TrainingRun("damsm", "attngan pretrain-damsm", out_dir, resume=resume,
+                     accept_changed_data=accept_changed_data, progress=progress) as run:
+        device, settings = run.prepare(config)
+        train_set, test_set = run.read_data(config, with_test_set=True)
+        run.open(config, train_set.vocab, imported=_IMPORTED)
+        _require_trainable(run, train_set, test_set)
+        trainer = DAMSMTrainer(run.config, len(train_set.vocab), device, settings)
+        epoch, step = _restore(trainer, run)
+        run.start()
+        step = _train(run, trainer, train_set, test_set, epoch, step)
+        return _evaluate(run, trainer, test_set, step)
 
 
 def resolve_damsm_checkpoint(path_or_run_dir: str | Path) -> Path:

@@ -15,8 +15,9 @@ averaged generator for fixed training captions, every gan.sample_every steps and
 with samples/captions.txt) and checkpoints/gan_last.pt: the generator, discriminators, EMA,
 optimizers, step, epoch and position in the epoch, RNG state, config, vocabulary, the text
 encoder (so sampling needs no DAMSM file) and the DAMSM checkpoint's path and SHA-256, written
-by a background thread while training goes on (`CheckpointWriter`). The losses are read back
-from the device at log steps only.
+by a background thread while training goes on. The run's set-up and outputs are
+`attngan.train.run`'s: the losses are read back from the device at log steps only, and a run
+whose losses or state become NaN or infinite stops there, keeping its last good checkpoint.
 `resume=True` continues exactly where the checkpoint stopped, with any data.num_workers: the
 batch order of an epoch is a permutation drawn from a generator seeded by (run.seed, epoch),
 each item's augmentation draws from one seeded by (run.seed, epoch, index)
@@ -25,32 +26,24 @@ each item's augmentation draws from one seeded by (run.seed, epoch, index)
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
 import torch
-from tqdm import tqdm
 
-from attngan.config import (Config, config_from_dict, config_to_dict, save_config,
-                            with_absolute_paths)
-from attngan.data.dataset import build_dataset, read_split
+from attngan.config import Config, config_from_dict, config_to_dict, with_absolute_paths
 from attngan.data.loader import float_images, training_batches
 from attngan.data.vocab import Vocabulary
-from attngan.files import file_sha256, write_text_atomically
+from attngan.files import file_sha256
 from attngan.nn.discriminator import build_discriminators
 from attngan.nn.generator import Generator
 from attngan.nn.text_encoder import TextEncoder
-from attngan.train.checkpoint import (CheckpointError, CheckpointWriter, holds_run_folder,
-                                      load_checkpoint, load_state, open_run, require_finite,
-                                      require_same_data, require_same_vocabulary,
-                                      resolve_run_checkpoint, rng_state, set_rng_state,
-                                      trim_metrics)
+from attngan.train.checkpoint import (CheckpointError, load_checkpoint, load_state,
+                                      require_finite, resolve_run_checkpoint, rng_state)
 from attngan.train.damsm import load_damsm, resolve_damsm_checkpoint
 from attngan.train.ema import EMA
 from attngan.train.losses import discriminator_loss, generator_loss
-from attngan.train.runtime import prepare_run, require_step_fits
+from attngan.train.run import TrainingRun
 from attngan.train.speed import (EAGER_STEPS, StepSettings, adam, backend_flags, compiled,
                                  frozen_network, load_optimizer_state, step_settings,
                                  training_autocast)
@@ -61,6 +54,10 @@ __all__ = ["GANTrainer", "train_gan", "load_gan", "generate", "resolve_gan_check
 FIXED_CAPTIONS = 8            # captions of the sample grids
 FIXED_NOISES = 2              # noise vectors per caption in the sample grids
 GRAPH_WARMUP_STEPS = 3        # cuda_graphs: eager steps, then compiled ones, before the capture
+# What an imported GAN run holds instead of a run to resume, and what to do with it.
+_IMPORTED = ("a generator imported from the original (attngan import-generator), without "
+             "discriminators or optimizer state to resume; sample or evaluate it, or train in a "
+             "new --out folder")
 
 
 def resolve_gan_checkpoint(path_or_run_dir: str | Path) -> Path:
@@ -257,6 +254,79 @@ def generate(netG: Generator, text_encoder, captions: torch.Tensor, lengths: tor
         return netG(noise, sentence, words, lengths)
 
 
+class _Position(NamedTuple):
+    """Where a run is: steps taken, epochs finished, batches taken of the current epoch."""
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+    def next(self, steps_per_epoch: int) -> "_Position":
+        """The position one step later."""
+        if self.batch_in_epoch + 1 == steps_per_epoch:
+            return _Position(self.step + 1, self.epoch + 1, 0)
+        return _Position(self.step + 1, self.epoch, self.batch_in_epoch + 1)
+
+
+class _FrozenDAMSM(NamedTuple):
+    """The DAMSM run a GAN run trains against: its checkpoint file and SHA-256, its frozen
+    encoders and its config."""
+    file: Path
+    sha256: str
+    text_encoder: TextEncoder
+    image_encoder: torch.nn.Module
+    config: Config
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device, vocab: Vocabulary) -> "_FrozenDAMSM":
+        file = resolve_damsm_checkpoint(path).resolve()
+        # Refuses a DAMSM of another vocabulary with an error naming both and the fix.
+        text_encoder, image_encoder, _, config = load_damsm(file, device, expected_vocab=vocab)
+        return cls(file, file_sha256(file), text_encoder, image_encoder, config)
+
+    def run_config(self, config: Config) -> Config:
+        """`config` with the DAMSM run's encoders: the settings a GAN run uses and records."""
+        return with_absolute_paths(dataclasses.replace(
+            config, text_encoder=self.config.text_encoder,
+            image_encoder=self.config.image_encoder))
+
+
+def _schedule(gan, dataset) -> tuple[int, int]:
+    """(steps per epoch, steps of the run) of the gan settings on `dataset`."""
+    steps_per_epoch = len(dataset) // gan.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"gan.batch_size={gan.batch_size} is more than the {len(dataset)} "
+                         "training images; lower gan.batch_size")
+    total_steps = gan.epochs * steps_per_epoch
+    if gan.max_steps > 0:
+        total_steps = min(total_steps, gan.max_steps)
+    return steps_per_epoch, total_steps
+
+
+def _require_resumable(run: TrainingRun, total_steps: int, damsm: _FrozenDAMSM) -> None:
+    """Refuse to resume a run longer than this config's or trained against another DAMSM."""
+    payload, path, gan = run.payload, run.checkpoint_path, run.config.gan
+    if payload is None:
+        return
+    if payload["step"] > total_steps:               # equal: a finished run, left as it is
+        raise CheckpointError(f"--resume: {path} has trained {payload['step']} steps, more than "
+                              f"this config's {total_steps} (gan.epochs={gan.epochs}, "
+                              f"gan.max_steps={gan.max_steps}); raise them to at least "
+                              f"{payload['step']} steps")
+    if payload["damsm_sha256"] != damsm.sha256:
+        raise CheckpointError(f"{path} was trained against the DAMSM checkpoint "
+                              f"{payload['damsm_checkpoint']} (sha256 "
+                              f"{payload['damsm_sha256'][:12]}...), but {damsm.file} differs "
+                              f"(sha256 {damsm.sha256[:12]}...); resume with the same DAMSM")
+
+
+def _restore(trainer: GANTrainer, run: TrainingRun) -> _Position:
+    """The trainer as the resumed checkpoint left it, and the run's position then."""
+    if run.payload is None:
+        return _Position()
+    trainer.load_state_dict(run.payload["trainer"], run.checkpoint_path)
+    return _Position(run.payload["step"], run.payload["epoch"], run.payload["batch_in_epoch"])
+
+
 def _fixed_captions(dataset) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The first caption of FIXED_CAPTIONS images spread over the training set."""
     count = min(FIXED_CAPTIONS, len(dataset))
@@ -268,134 +338,109 @@ def _fixed_captions(dataset) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     return captions, lengths, texts
 
 
-@holds_run_folder("attngan train")
+class _SampleGrids:
+    """The run's sample grids: the averaged generator on the same FIXED_NOISES noises for each
+    of the fixed training captions (`_fixed_captions`, listed in samples/captions.txt, written
+    here), through the DAMSM's `text_encoder` as sampling runs it; one grid per `save`."""
+
+    def __init__(self, run: TrainingRun, trainer: GANTrainer, text_encoder: TextEncoder,
+                 dataset):
+        config, z_dim = run.config, run.config.gan.z_dim
+        self.run, self.trainer, self.text_encoder = run, trainer, text_encoder
+        self.seed = config.run.seed
+        self.captions, self.lengths, texts = _fixed_captions(dataset)
+        noise = torch.randn(FIXED_NOISES, 1, z_dim,
+                            generator=torch.Generator().manual_seed(config.run.seed))
+        self.noise = noise.expand(-1, len(texts), -1).reshape(-1, z_dim).to(trainer.device)
+        run.write_text("samples/captions.txt",
+                       "".join(f"column {i}: {text}\n" for i, text in enumerate(texts)))
+
+    def save(self, step: int) -> None:
+        if not self.run.writer:
+            return
+        images, _, _, _ = generate(self.trainer.ema.module, self.text_encoder,
+                                   self.captions.repeat(FIXED_NOISES, 1),
+                                   self.lengths.repeat(FIXED_NOISES), self.noise, seed=self.seed)
+        save_image_grid(images[-1], self.run.out_dir / "samples" / f"step_{step:07d}.png",
+                        nrow=len(self.captions), scale=max(1, 128 // images[-1].shape[-1]))
+
+
+def _checkpoint(run: TrainingRun, trainer: GANTrainer, damsm: _FrozenDAMSM, vocab: Vocabulary,
+                position: _Position) -> dict:
+    """The checkpoint of the run at `position` (see the module docstring)."""
+    return {"kind": "gan", "config": config_to_dict(run.config),
+            "damsm_config": config_to_dict(damsm.config),
+            "damsm_checkpoint": str(damsm.file), "damsm_sha256": damsm.sha256,
+            "vocab": list(vocab.ixtoword), "vocab_fingerprint": vocab.fingerprint(),
+            "data_fingerprint": run.fingerprints,
+            "text_encoder": damsm.text_encoder.state_dict(), "trainer": trainer.state_dict(),
+            "step": position.step, "epoch": position.epoch,
+            "batch_in_epoch": position.batch_in_epoch, "seconds": run.seconds(),
+            "rng": rng_state()}
+
+
+def _six_digits(value: float) -> float:
+    return float(f"{value:.6g}")
+
+
+def _train(run: TrainingRun, trainer: GANTrainer, dataset, damsm: _FrozenDAMSM,
+           position: _Position, steps_per_epoch: int, total_steps: int
+           ) -> tuple[_Position, dict[str, float]]:
+    """The training loop from `position` to `total_steps`: a step per batch; metrics at log
+    steps, where the losses are read back from the device (in one copy, with the divergence
+    watch); sample grids; checkpoints. Returns the final position and the last losses
+    logged."""
+    config, gan = run.config, run.config.gan
+    grids = _SampleGrids(run, trainer, damsm.text_encoder, dataset)
+    last: dict[str, float] = {}
+    with run.outputs() as outputs, \
+            run.progress_bar(total=total_steps, initial=position.step, desc="GAN") as bar, \
+            training_batches(dataset, config, trainer.device, gan.batch_size,
+                             epoch=position.epoch, batch=position.batch_in_epoch,
+                             count=total_steps - position.step,
+                             progress=run.progress) as loader:
+        for batch in loader:
+            position = position.next(steps_per_epoch)
+            outputs.track(position.step, trainer.step(batch))
+            bar.update(1)
+            step, done = position.step, position.step >= total_steps
+            if step % gan.log_every == 0 or done:
+                last = outputs.log_losses({"step": step, "epoch": position.epoch,
+                                           "seconds": round(run.seconds(), 2)}, _six_digits)
+                bar.set_postfix(d=f"{sum(v for k, v in last.items() if k[0] == 'd'):.3f}",
+                                g=f"{last['g_total']:.3f}")
+            if step % gan.sample_every == 0 or done:
+                grids.save(step)
+            if step % gan.checkpoint_every == 0 or done:
+                outputs.save(step, _checkpoint(run, trainer, damsm, dataset.vocab, position))
+            if done:
+                break
+    return position, last
+
+
 def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resume: bool = False,
               progress: bool = True, accept_changed_data: bool = False) -> dict:
     """Train the AttnGAN generator against frozen DAMSM encoders; returns a summary dict
     (steps, epochs, seconds, checkpoint, last losses). `accept_changed_data` resumes on data
     other than the run recorded."""
-    out_dir = Path(out_dir)
-    device = prepare_run(config)
-    require_step_fits(config, "gan", device)
-    settings = step_settings(config.run, device)        # its errors come before any writing
-    gan = config.gan
-    dataset = build_dataset(config.data, "train", augment=True)
-    vocab = dataset.vocab
-    damsm_file = resolve_damsm_checkpoint(damsm_path).resolve()
-    # Refuses a DAMSM of another vocabulary with an error naming both and the fix.
-    text_encoder, image_encoder, _, damsm_config = load_damsm(damsm_file, device,
-                                                               expected_vocab=vocab)
-    # The encoders are the DAMSM run's: its settings are the ones this run uses and records.
-    config = with_absolute_paths(dataclasses.replace(
-        config, text_encoder=damsm_config.text_encoder,
-        image_encoder=damsm_config.image_encoder))
-    checkpoint_path, payload = open_run(
-        out_dir, "gan", resume, config_to_dict(config),
-        imported="a generator imported from the original (attngan import-generator), without "
-                 "discriminators or optimizer state to resume; sample or evaluate it, or train "
-                 "in a new --out folder")
-    fingerprints = {"train": dataset.records.fingerprint(),
-                    "test": read_split(config.data, "test").fingerprint()}
-    damsm_hash = file_sha256(damsm_file)
-    steps_per_epoch = len(dataset) // gan.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"gan.batch_size={gan.batch_size} is more than the {len(dataset)} "
-                         "training images; lower gan.batch_size")
-    total_steps = gan.epochs * steps_per_epoch
-    if gan.max_steps > 0:
-        total_steps = min(total_steps, gan.max_steps)
-
-    trainer = GANTrainer(config, text_encoder, image_encoder, device, settings)
-    step, epoch, batch_in_epoch, seconds_before = 0, 0, 0, 0.0
-    if payload is not None:
-        if payload["step"] > total_steps:               # equal: a finished run, left as it is
-            raise CheckpointError(f"--resume: {checkpoint_path} has trained {payload['step']} "
-                                  f"steps, more than this config's {total_steps} (gan.epochs="
-                                  f"{gan.epochs}, gan.max_steps={gan.max_steps}); raise them to "
-                                  f"at least {payload['step']} steps")
-        require_same_vocabulary(payload, vocab.fingerprint(), checkpoint_path,
-                                config.data.root)
-        if not accept_changed_data:
-            require_same_data(payload, fingerprints, checkpoint_path, config.data.root,
-                              "--accept-changed-data")
-        if payload["damsm_sha256"] != damsm_hash:
-            raise CheckpointError(f"{checkpoint_path} was trained against the DAMSM checkpoint "
-                                  f"{payload['damsm_checkpoint']} (sha256 "
-                                  f"{payload['damsm_sha256'][:12]}...), but {damsm_file} differs "
-                                  f"(sha256 {damsm_hash[:12]}...); resume with the same DAMSM")
-        trainer.load_state_dict(payload["trainer"], checkpoint_path)
-        step, epoch, batch_in_epoch = payload["step"], payload["epoch"], payload["batch_in_epoch"]
-        seconds_before = payload["seconds"]
-        set_rng_state(payload["rng"])
-    # what a run killed before this checkpoint (or its first) logged is logged again
-    trim_metrics(out_dir / "metrics.jsonl", step)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, out_dir / "config.yaml")
-
-    fixed_captions, fixed_lengths, fixed_texts = _fixed_captions(dataset)
-    fixed_noise = torch.randn(FIXED_NOISES, 1, gan.z_dim,
-                              generator=torch.Generator().manual_seed(config.run.seed))
-    fixed_noise = fixed_noise.expand(-1, len(fixed_texts), -1).reshape(-1, gan.z_dim).to(device)
-    (out_dir / "samples").mkdir(exist_ok=True)
-    write_text_atomically(out_dir / "samples" / "captions.txt",
-                          "".join(f"column {i}: {text}\n" for i, text in enumerate(fixed_texts)))
-
-    def sample_grid() -> Path:
-        images, _, _, _ = generate(trainer.ema.module, text_encoder,
-                                   fixed_captions.repeat(FIXED_NOISES, 1),
-                                   fixed_lengths.repeat(FIXED_NOISES), fixed_noise,
-                                   seed=config.run.seed)
-        return save_image_grid(images[-1], out_dir / "samples" / f"step_{step:07d}.png",
-                               nrow=len(fixed_texts), scale=max(1, 128 // images[-1].shape[-1]))
-
-    def save() -> None:
-        checkpoints.save(checkpoint_path, {
-            "kind": "gan", "config": config_to_dict(config),
-            "damsm_config": config_to_dict(damsm_config),
-            "damsm_checkpoint": str(damsm_file), "damsm_sha256": damsm_hash,
-            "vocab": list(vocab.ixtoword), "vocab_fingerprint": vocab.fingerprint(),
-            "data_fingerprint": fingerprints,
-            "text_encoder": text_encoder.state_dict(), "trainer": trainer.state_dict(),
-            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-            "seconds": seconds_before + time.time() - started, "rng": rng_state()})
-
-    started = time.time()
-    last: dict[str, float] = {}
-    bar = tqdm(total=total_steps, initial=step, desc="GAN", disable=not progress)
-    with open(out_dir / "metrics.jsonl", "a") as metrics, CheckpointWriter() as checkpoints:
-        with training_batches(dataset, config, device, gan.batch_size, epoch=epoch,
-                              batch=batch_in_epoch, count=total_steps - step,
-                              progress=progress) as loader:
-            for batch in loader:
-                losses = trainer.step(batch)
-                step += 1
-                batch_in_epoch += 1
-                if batch_in_epoch == steps_per_epoch:
-                    epoch, batch_in_epoch = epoch + 1, 0
-                bar.update(1)
-                done = step >= total_steps
-                if step % gan.log_every == 0 or done:
-                    # the losses read back from the device in one copy, at log steps only
-                    values = torch.stack([value.float() for value in losses.values()]).tolist()
-                    last = {name: float(f"{value:.6g}") for name, value in zip(losses, values)}
-                    metrics.write(json.dumps({
-                        "step": step, "epoch": epoch,
-                        "seconds": round(seconds_before + time.time() - started, 2),
-                        **last}) + "\n")
-                    metrics.flush()
-                    bar.set_postfix(d=f"{sum(v for k, v in last.items() if k[0] == 'd'):.3f}",
-                                    g=f"{last['g_total']:.3f}")
-                if step % gan.sample_every == 0 or done:
-                    sample_grid()
-                if step % gan.checkpoint_every == 0 or done:
-                    save()
-                if done:
-                    break
-    bar.close()
-    return {"steps": step, "epochs": epoch,
-            "seconds": round(seconds_before + time.time() - started, 2),
-            "checkpoint": str(checkpoint_path), "losses": last,
-            "samples": str(out_dir / "samples"), "training_step": settings.describe()}
+    with TrainingRun("gan", "attngan train", out_dir, resume=resume,
+                     accept_changed_data=accept_changed_data, progress=progress) as run:
+        device, settings = run.prepare(config)
+        dataset, _ = run.read_data(config, with_test_set=False)
+        damsm = _FrozenDAMSM.load(damsm_path, device, dataset.vocab)
+        run.open(damsm.run_config(config), dataset.vocab, imported=_IMPORTED)
+        steps_per_epoch, total_steps = _schedule(run.config.gan, dataset)
+        _require_resumable(run, total_steps, damsm)
+        trainer = GANTrainer(run.config, damsm.text_encoder, damsm.image_encoder, device,
+                             settings)
+        position = _restore(trainer, run)
+        run.start()
+        position, last = _train(run, trainer, dataset, damsm, position, steps_per_epoch,
+                                total_steps)
+        return {"steps": position.step, "epochs": position.epoch,
+                "seconds": round(run.seconds(), 2), "checkpoint": str(run.checkpoint_path),
+                "losses": last, "samples": str(run.out_dir / "samples"),
+                "training_step": settings.describe()}
 
 
 def load_gan(path_or_run_dir: str | Path, device: str | torch.device = "cpu"):

@@ -170,19 +170,19 @@ def adam(parameters: Iterable[nn.Parameter], lr: float, betas: tuple,
                             capturable=settings.cuda_graphs)
 
 
-_KERNEL_FLAGS = ("foreach", "fused", "capturable")
+_OWN_SETTINGS = ("lr", "foreach", "fused", "capturable")
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """optimizer.load_state_dict(state), keeping the optimizer's own kernel flags (fused,
-    capturable, foreach): a resumed run may change them, and torch would take the saved ones.
-    The step counts move to where those flags keep them (the device for fused or capturable,
-    else the CPU), and the moments take their parameter's memory layout: torch loads them
-    contiguous, and the fused kernel pairs a channels_last parameter's elements with a
-    contiguous moment's by memory position (it updated the wrong ones)."""
-    flags = [{name: group[name] for name in _KERNEL_FLAGS} for group in optimizer.param_groups]
+    """optimizer.load_state_dict(state), keeping the optimizer's own learning rate and kernel
+    flags (fused, capturable, foreach): a resumed run may change them, and torch would take the
+    saved ones. The step counts move to where those flags keep them (the device for fused or
+    capturable, else the CPU), and the moments take their parameter's memory layout: torch
+    loads them contiguous, and the fused kernel pairs a channels_last parameter's elements with
+    a contiguous moment's by memory position (it updated the wrong ones)."""
+    own = [{name: group[name] for name in _OWN_SETTINGS} for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
-    for group, kept in zip(optimizer.param_groups, flags, strict=True):
+    for group, kept in zip(optimizer.param_groups, own, strict=True):
         group.update(kept)
         for parameter in group["params"]:
             entry = optimizer.state.get(parameter, {})
