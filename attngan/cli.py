@@ -139,8 +139,9 @@ def _pretrain_damsm(args) -> int:
     out = _run_folder(args, "damsm")
     results = pretrain_damsm(config, out, resume=args.resume,
                              accept_changed_data=args.accept_changed_data)
-    _print_r_precision(results)
-    print(f"run folder: {out} (checkpoint {results['checkpoint']})")
+    if results is not None:                  # under torchrun, rank 0's
+        _print_r_precision(results)
+        print(f"run folder: {out} (checkpoint {results['checkpoint']})")
     return 0
 
 
@@ -171,8 +172,9 @@ def _train(args) -> int:
     out = _run_folder(args, "gan")
     results = train_gan(config, args.damsm, out, resume=args.resume,
                         accept_changed_data=args.accept_changed_data)
-    print(json.dumps(results, indent=2))
-    print(f"run folder: {out}")
+    if results is not None:                  # under torchrun, rank 0's
+        print(json.dumps(results, indent=2))
+        print(f"run folder: {out}")
     return 0
 
 

@@ -18,9 +18,9 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ["World", "SINGLE", "launched_by_torchrun", "join_world", "leave_world",
-           "local_share", "gather", "gather_with_grad", "all_gather_objects", "gather_to_main",
-           "broadcast_object",
+__all__ = ["World", "SINGLE", "launched_by_torchrun", "this_world", "join_world",
+           "leave_world", "local_share", "gather", "gather_with_grad", "gather_lengths",
+           "reduce_", "data_parallel", "all_gather_objects", "gather_to_main", "broadcast_object",
            "barrier", "rank_seed", "DEFAULT_TIMEOUT"]
 
 DEFAULT_TIMEOUT = 300           # seconds a collective waits for the other ranks
@@ -68,14 +68,22 @@ def _timeout() -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
 
 
+def this_world() -> World:
+    """This process's World as the launcher set it (SINGLE without torchrun), before joining
+    the process group."""
+    if not launched_by_torchrun():
+        return SINGLE
+    return World(rank=int(os.environ["RANK"]), size=int(os.environ["WORLD_SIZE"]),
+                 local_rank=int(os.environ["LOCAL_RANK"]))
+
+
 def join_world(device: torch.device) -> tuple[World, torch.device]:
     """(this process's World, its device). Under torchrun: joins the process group, NCCL when
     `device` is a GPU (each local rank on its own GPU, cuda:<local rank>) and gloo otherwise,
     once per process; else (SINGLE, device)."""
-    if not launched_by_torchrun():
+    world = this_world()
+    if world is SINGLE:
         return SINGLE, device
-    world = World(rank=int(os.environ["RANK"]), size=int(os.environ["WORLD_SIZE"]),
-                  local_rank=int(os.environ["LOCAL_RANK"]))
     if device.type == "cuda":
         if world.local_rank >= torch.cuda.device_count():
             raise DistributedError(
@@ -142,6 +150,46 @@ def gather_with_grad(tensor: torch.Tensor, world: World) -> torch.Tensor:
     if not world.distributed:
         return tensor
     return _GatherWithGrad.apply(tensor, world.rank, world.size)
+
+
+def gather_lengths(lengths: torch.Tensor, device: torch.device, world: World) -> torch.Tensor:
+    """Every rank's caption lengths (`gather`): on the CPU where the ranks talk over gloo, on
+    `device` over NCCL, which moves CUDA tensors only (the ops then read them there, waiting
+    for the device once)."""
+    if not world.distributed or dist.get_backend() != "nccl":
+        return gather(lengths, world)
+    return gather(lengths.to(device, non_blocking=True), world)
+
+
+def reduce_(tensor: torch.Tensor, world: World, operation: str = "sum") -> torch.Tensor:
+    """`tensor`, in place, reduced over the ranks ("sum" or "max")."""
+    if world.distributed:
+        dist.all_reduce(tensor, dist.ReduceOp.SUM if operation == "sum" else dist.ReduceOp.MAX)
+    return tensor
+
+
+def data_parallel(module: torch.nn.Module, world: World, device: torch.device
+                  ) -> torch.nn.Module:
+    """`module` itself for one process; on several, `module` wrapped in
+    DistributedDataParallel (its gradients averaged over the ranks in its backward), on a GPU
+    with its BatchNorm layers made SyncBatchNorm first (in place: the wrapper and `module`
+    share every parameter and buffer)."""
+    if not world.distributed:
+        return module
+    if device.type == "cuda":
+        _synchronise_batch_norms(module)
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=[device])
+    return torch.nn.parallel.DistributedDataParallel(module)
+
+
+def _synchronise_batch_norms(module: torch.nn.Module) -> None:
+    """Replace, in place, every BatchNorm child of `module` by a SyncBatchNorm holding the same
+    parameters and buffers."""
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(child))
+        else:
+            _synchronise_batch_norms(child)
 
 
 def all_gather_objects(value: Any, world: World) -> list:
