@@ -31,8 +31,9 @@ from typing import Optional, Sequence
 from attngan import __version__
 from attngan.backend import ImplementationUnavailable
 from attngan.config import load_config, preset_names, refuse_unused_overrides
+from attngan.distributed import launched_by_torchrun, leave_world
 from attngan.files import OutputError, output_error
-from attngan.metrics import INCEPTION_SPLITS, INCEPTION_VARIANT, PAPER_SAMPLES
+from attngan.metrics import INCEPTION_SPLITS, INCEPTION_VARIANT, PAPER_SAMPLES, PIXELS
 from attngan.serve import DEFAULT_QUEUE, serve   # FastAPI is imported only to serve
 
 
@@ -138,8 +139,9 @@ def _pretrain_damsm(args) -> int:
     out = _run_folder(args, "damsm")
     results = pretrain_damsm(config, out, resume=args.resume,
                              accept_changed_data=args.accept_changed_data)
-    _print_r_precision(results)
-    print(f"run folder: {out} (checkpoint {results['checkpoint']})")
+    if results is not None:                  # under torchrun, rank 0's
+        _print_r_precision(results)
+        print(f"run folder: {out} (checkpoint {results['checkpoint']})")
     return 0
 
 
@@ -170,8 +172,9 @@ def _train(args) -> int:
     out = _run_folder(args, "gan")
     results = train_gan(config, args.damsm, out, resume=args.resume,
                         accept_changed_data=args.accept_changed_data)
-    print(json.dumps(results, indent=2))
-    print(f"run folder: {out}")
+    if results is not None:                  # under torchrun, rank 0's
+        print(json.dumps(results, indent=2))
+        print(f"run folder: {out}")
     return 0
 
 
@@ -216,11 +219,13 @@ def _evaluate(args) -> int:
                                      fid_stats=args.fid_stats,
                                      inception_splits=args.inception_splits,
                                      data_root=args.data_root,
-                                     accept_changed_data=args.accept_changed_data)
+                                     accept_changed_data=args.accept_changed_data,
+                                     pixels=args.pixels)
     except UnsavedResults as error:          # printed, so that the work is not lost
         print(json.dumps(error.results, indent=2))
         raise
-    print(json.dumps(results, indent=2))
+    if results is not None:                  # under torchrun, rank 0's
+        print(json.dumps(results, indent=2))
     return 0
 
 
@@ -371,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "not exist receives those of the test split (default: computed, not kept)")
     p.add_argument("--inception-splits", type=int,
                    help=f"splits of the Inception Score (default {INCEPTION_SPLITS})")
+    p.add_argument("--pixels", choices=PIXELS, default=PIXELS[0],
+                   help="what the metrics read: uint8 (default), the pixels of the PNG files "
+                        "the original's sampler writes and the reference score tools read; "
+                        "float, the generator's output itself")
     _add_accept_changed_data(p, "evaluate on a test split other than the one the run recorded")
     p.set_defaults(run=_evaluate)
 
@@ -443,23 +452,33 @@ def user_message(error: BaseException) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    finally:
+        leave_world()
+
+
+def _run(args) -> int:
+    """Run the command of `args`; a user's error is one line on standard error (on every rank
+    under torchrun, naming the rank beyond the first), and exit status 2."""
     if os.environ.get("ATTNGAN_DEBUG") == "1":
         return args.run(args)
+    rank = os.environ.get("RANK", "0") if launched_by_torchrun() else "0"
+    name = f"attngan {args.command}" + (f" (rank {rank})" if rank != "0" else "")
     try:
         return args.run(args)
     except USER_ERRORS as error:
         advice = _how_to_go_on(args) if isinstance(error, OutputError) else ""
-        print(f"attngan {args.command}: error: {user_message(error)}{advice}", file=sys.stderr)
+        print(f"{name}: error: {user_message(error)}{advice}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"attngan {args.command}: interrupted{_how_to_go_on(args)}", file=sys.stderr)
+        print(f"{name}: interrupted{_how_to_go_on(args)}", file=sys.stderr)
         return 130
     except OSError as error:          # a write refused by the system, outside the atomic ones
         failure = output_error(error.filename or "a file", error)
         if failure is None:
             raise
-        print(f"attngan {args.command}: error: {failure}{_how_to_go_on(args)}",
-              file=sys.stderr)
+        print(f"{name}: error: {failure}{_how_to_go_on(args)}", file=sys.stderr)
         return 2
 
 

@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from attngan.files import write_atomically
 
-__all__ = ["to_uint8", "save_png", "save_image_grid", "colormap", "word_confidence",
+__all__ = ["quantize", "to_uint8", "save_png", "save_image_grid", "colormap", "word_confidence",
            "word_heatmaps", "attention_figure", "OVERLAY_ALPHA"]
 
 OVERLAY_ALPHA = 0.6           # weight of a word's coloured map blended over its image
@@ -38,10 +38,16 @@ _LABEL_HEIGHT = 14
 _PAD = 2
 
 
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Floats in [-1, 1] -> uint8 pixels, where they are, as the original's sampler writes its
+    PNG files: (x + 1) * 127.5, truncated."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """`[N, 3, H, W]` or `[3, H, W]` floats in [-1, 1] -> uint8 `[N, H, W, 3]` / `[H, W, 3]`."""
-    array = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return array.movedim(-3, -1).numpy()
+    """`[N, 3, H, W]` or `[3, H, W]` floats in [-1, 1] -> uint8 `[N, H, W, 3]` / `[H, W, 3]`
+    (`quantize`)."""
+    return quantize(images).cpu().movedim(-3, -1).numpy()
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:

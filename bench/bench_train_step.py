@@ -63,6 +63,7 @@ from common import (at_least, machine, machine_lines, markdown_table,  # noqa: E
 
 import attngan.train.speed as speed  # noqa: E402
 from attngan.config import Config, load_config  # noqa: E402
+from attngan.distributed import SINGLE, World  # noqa: E402
 from attngan.nn.image_encoder import build_image_encoder  # noqa: E402
 from attngan.nn.text_encoder import TextEncoder  # noqa: E402
 from attngan.train.damsm import DAMSMTrainer  # noqa: E402
@@ -164,14 +165,15 @@ def random_batch(config: Config, device: torch.device, seed: int = 0,
             "lengths": lengths, "class_ids": torch.arange(batch, device=device)}
 
 
-def make_trainer(config: Config, device: torch.device) -> GANTrainer:
-    """A GANTrainer with random frozen DAMSM encoders (seeded, so every row gets the same)."""
+def make_trainer(config: Config, device: torch.device, world: World = SINGLE) -> GANTrainer:
+    """A GANTrainer with random frozen DAMSM encoders (seeded, so every row, and every rank of
+    `world`, gets the same)."""
     torch.manual_seed(0)
     text_encoder = TextEncoder(VOCAB_SIZE, config.text_encoder)
     image_encoder = build_image_encoder(config.image_encoder, config.text_encoder.hidden_dim)
     for module in (text_encoder, image_encoder):
         module.to(device).eval().requires_grad_(False)
-    return GANTrainer(config, text_encoder, image_encoder, device)
+    return GANTrainer(config, text_encoder, image_encoder, device, world=world)
 
 
 def training_step(config: Config, device: torch.device, stage: str = "gan"

@@ -12,16 +12,18 @@
 #      preset first (what the next GPU run must answer), with the profile of its fastest row
 #      (the ops and kernels that take its time; its Chrome trace in the logs), then at the COCO
 #      preset,
-#   3. runs the GPU-marked tests (compiled Triton and the CUDA extension at the docs/DESIGN.md sizes; the
-#      training step's switches: no host synchronisation, CUDA-graph replay against the eager step),
+#   3. runs the GPU-marked tests (compiled Triton and the CUDA extension at the docs/DESIGN.md
+#      sizes; the training step's switches: no host synchronisation, CUDA-graph replay against the
+#      eager step; training under torchrun with NCCL, SyncBatchNorm on two GPUs),
 #   4. runs the Triton test files compiled (their unmarked tests use the GPU when there is one;
 #      among them every tiling of the DAMSM kernels, captions per program too, against one),
 #   5. runs the DAMSM benchmark (--device cuda --dtype bf16 --record), compute-sanitizer's memcheck
 #      on a tiny case of every CUDA kernel, the tile sweep of the Triton DAMSM kernels
 #      (bench/tune_damsm_tiles.py), the DAMSM benchmark again with the tiles the sweep suggests
 #      (the PyTorch providers and Triton, so the record compares them in one run), the
-#      word-attention benchmark, racecheck on the same case and the ladder of the DAMSM
-#      pretraining step at the CUB preset, in that order (most needed first: the budget may cut
+#      word-attention benchmark, racecheck on the same case, the ladder of the DAMSM
+#      pretraining step at the CUB preset and, on two GPUs or more, the scaling of GAN training
+#      over them (bench/bench_scaling.py), in that order (most needed first: the budget may cut
 #      the last ones),
 #   6. writes bench/results/<date>-<gpu>.md and .json and prints a short table last.
 # Every step has a time limit and the whole run stays under BUDGET_S (default 480 s); a failing
@@ -86,7 +88,7 @@ export ATTNGAN_TUNE_CACHE=$LOGS/autotune.json
 
 TRITON_TESTS=(tests/test_damsm_kernels.py tests/test_word_attention_kernels.py tests/test_tune_damsm_tiles.py)
 BENCH_STEPS=(ladder_cub ladder_coco bench_damsm tune_damsm_tiles bench_damsm_tuned
-             bench_word_attention damsm_ladder)
+             bench_word_attention damsm_ladder bench_scaling)
 SANITIZER_CASE='
 import torch
 import attngan._C  # registers torch.ops.attngan_C
@@ -189,6 +191,13 @@ else
   STEPS+=("sanitizer|skipped (no compute-sanitizer)|0")
 fi
 step damsm_ladder 140 "${LADDER[@]}" --stage damsm --preset cub
+GPUS=$("$PY" -c 'import torch; print(torch.cuda.device_count())')
+if (( GPUS >= 2 )); then
+  step bench_scaling 150 "$PY" bench/bench_scaling.py --device cuda --preset cub \
+    --world-sizes "1,2$( (( GPUS >= 4 )) && echo ,4)" --steps 10 --record
+else
+  STEPS+=("bench_scaling|skipped (one GPU)|0")
+fi
 
 # Results: bench/results/<date>-<gpu>.md and .json (machine, versions, commit, steps, log tails).
 RESULT=$("$PY" -c 'import sys; sys.path.insert(0, "bench"); from common import gpu_check_record

@@ -132,6 +132,15 @@ def test_data_benchmark():
     assert "Target, the cache at most 1/4 of the decoded float path's CPU time: " in output
 
 
+def test_scaling_benchmark():
+    """bench_scaling.py at world sizes 1 and 2 on the CPU: a row each, images/s from the step,
+    the single process communicating nothing."""
+    rows = _table_rows(_output("bench_scaling.py", "--steps", "1", "--world-sizes", "1,2"))
+    assert [row[0] for row in rows] == ["1", "2"]
+    assert all(float(row[1]) > 0 and float(row[2]) > 0 for row in rows)
+    assert rows[0][3] == "1.00x" and rows[0][5] == "0.0 (0 %)"
+
+
 def test_profile_summary_of_a_gpu_step():
     """bench_train_step's profile summary on events as torch.profiler gives them on a GPU (ops
     with the time of the kernels they launched, and the kernels themselves), here without one."""

@@ -31,6 +31,7 @@ from attngan.config import Config, DataConfig
 from attngan.data.dataset import TextImageDataset, collate, load_size, read_split
 from attngan.data.image_cache import (cache_identity, image_cache_path, is_current,
                                       write_image_cache)
+from attngan.distributed import SINGLE, World, local_share
 
 MAX_AUTO_WORKERS = 8
 # Entry v is v / 127.5 - 1 as the CPU computes it, made eagerly at import (so that no compiler
@@ -73,13 +74,16 @@ def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
 class EpochBatches(torch.utils.data.Sampler):
     """Batch sampler: `count` batches of a run from batch `batch` of `epoch` on. Epoch e's
     batches are consecutive batch_size slices of epoch_order(size, seed, e) (a last partial
-    slice is dropped); items are (seed, epoch, index) keys."""
+    slice is dropped); items are (seed, epoch, index) keys. Under torchrun each rank takes its
+    share of every such global batch (`world`: rank r of n, the r-th of n equal parts)."""
 
     def __init__(self, size: int, batch_size: int, seed: int, epoch: int, batch: int,
-                 count: int):
+                 count: int, world: World = SINGLE):
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.epoch, self.batch, self.count = epoch, batch, count
         self.per_epoch = size // batch_size
+        share = local_share(batch_size, world, "the batch size")
+        self.part = slice(world.rank * share, (world.rank + 1) * share)
 
     def __len__(self) -> int:
         return self.count
@@ -89,8 +93,8 @@ class EpochBatches(torch.utils.data.Sampler):
         while left > 0:
             order = epoch_order(self.size, self.seed, epoch)
             for batch in range(first, min(self.per_epoch, first + left)):
-                yield [(self.seed, epoch, index)
-                       for index in order[batch * self.batch_size:(batch + 1) * self.batch_size]]
+                whole = order[batch * self.batch_size:(batch + 1) * self.batch_size]
+                yield [(self.seed, epoch, index) for index in whole[self.part]]
                 left -= 1
             epoch, first = epoch + 1, 0
 
@@ -175,13 +179,15 @@ def describe_images(dataset: TextImageDataset, device: torch.device) -> Optional
 
 def training_batches(dataset: TextImageDataset, config: Config, device: torch.device,
                      batch_size: int, *, epoch: int, batch: int, count: int,
-                     progress: bool = True) -> DeviceBatches:
+                     progress: bool = True, world: World = SINGLE) -> DeviceBatches:
     """The `count` batches of a training run from batch `batch` of `epoch` on (EpochBatches,
-    seeded by run.seed); with `progress`, says once where the images come from."""
+    seeded by run.seed; `batch_size` the global batch, of which this rank of `world` loads its
+    share); with `progress`, says once where the images come from."""
     line = describe_images(dataset, device) if progress else None
     if line:
         tqdm.write(line)
-    sampler = EpochBatches(len(dataset), batch_size, config.run.seed, epoch, batch, count)
+    sampler = EpochBatches(len(dataset), batch_size, config.run.seed, epoch, batch, count,
+                           world)
     return DeviceBatches(dataset, sampler, config.data.num_workers, device, config.run.seed)
 
 

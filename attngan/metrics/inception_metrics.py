@@ -266,14 +266,22 @@ class GeneratedImageScores:
         self.moments = FeatureMoments()
         self.probabilities: list[torch.Tensor] = []
 
-    def add(self, images: torch.Tensor) -> None:
+    def outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pool features, class probabilities) of generated `images`, for `add_outputs`."""
         if images.shape[-1] != self.resolution:
             raise ValueError(f"the generator makes {images.shape[-1]} px images but the test "
                              f"images are {self.resolution} px (data.image_sizes); FID compares "
                              f"the two at one size")
-        features, probabilities = self.network.outputs(images)
+        return self.network.outputs(images)
+
+    def add_outputs(self, features: torch.Tensor, probabilities: torch.Tensor) -> None:
+        """Count a batch of generated images by their `outputs` (in the images' order: the
+        sums are in float64, but the order still moves the last digits)."""
         self.moments.add(features)
         self.probabilities.append(probabilities.float())
+
+    def add(self, images: torch.Tensor) -> None:
+        self.add_outputs(*self.outputs(images))
 
     def results(self, real_batches: Callable[[], Iterable[torch.Tensor]]
                 ) -> tuple[dict, float, dict]:

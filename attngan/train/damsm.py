@@ -30,13 +30,15 @@ from tqdm import tqdm
 from attngan.config import Config, config_from_dict, config_to_dict, with_absolute_paths
 from attngan.data.loader import evaluation_batches, float_images, training_batches
 from attngan.data.vocab import Vocabulary
+from attngan.distributed import SINGLE, World, data_parallel
 from attngan.files import file_sha256
 from attngan.metrics.r_precision import check_protocol, r_precision, r_precision_from_blocks
 from attngan.nn.image_encoder import build_image_encoder
 from attngan.nn.text_encoder import TextEncoder
-from attngan.ops.damsm import damsm_sentence_loss, damsm_word_loss, damsm_word_similarity
+from attngan.ops.damsm import damsm_word_similarity
 from attngan.train.checkpoint import (CheckpointError, load_checkpoint, load_state,
                                       require_finite, resolve_run_checkpoint, rng_state)
+from attngan.train.losses import damsm_losses
 from attngan.train.run import TrainingRun
 from attngan.train.speed import (EAGER_STEPS, FAITHFUL, StepSettings, adam, backend_flags,
                                  compiled, load_optimizer_state, step_settings,
@@ -55,9 +57,10 @@ _IMPORTED = ("encoders imported from the original (attngan import-damsm), withou
              "folder")
 
 
-def damsm_losses(text_encoder, image_encoder, batch: dict, config: Config,
-                 device: torch.device) -> dict[str, torch.Tensor]:
-    """The four DAMSM losses of one batch (image encoder fed the largest pyramid level)."""
+def batch_losses(text_encoder, image_encoder, batch: dict, config: Config,
+                 device: torch.device, world: World = SINGLE) -> dict[str, torch.Tensor]:
+    """The four DAMSM losses of one batch and their sum, "loss" (image encoder fed the largest
+    pyramid level); on several ranks of `world`, of the global batch (`damsm_losses`)."""
     # Captions and lengths stay on the CPU, where the text encoder and the ops check them, and
     # the copies are queued (non_blocking), so that the step need not wait for the GPU.
     captions, lengths = batch["captions"], batch["lengths"]
@@ -66,10 +69,10 @@ def damsm_losses(text_encoder, image_encoder, batch: dict, config: Config,
     words, sentence = text_encoder(captions, lengths)            # [B, D, L], [B, D]
     regions, code = image_encoder(images)                         # [B, D, h, w], [B, D]
     gammas = config.damsm
-    w0, w1 = damsm_word_loss(words, lengths, regions, class_ids=class_ids, gamma1=gammas.gamma1,
-                             gamma2=gammas.gamma2, gamma3=gammas.gamma3, impl=config.run.impl)
-    s0, s1 = damsm_sentence_loss(code, sentence, class_ids=class_ids, gamma3=gammas.gamma3)
-    return {"w0": w0, "w1": w1, "s0": s0, "s1": s1, "loss": w0 + w1 + s0 + s1}
+    losses = damsm_losses(words, sentence, lengths, regions, code, class_ids,
+                          gamma1=gammas.gamma1, gamma2=gammas.gamma2, gamma3=gammas.gamma3,
+                          impl=config.run.impl, world=world)
+    return {**losses, "loss": sum(losses.values())}
 
 
 class DAMSMTrainer:
@@ -78,25 +81,31 @@ class DAMSMTrainer:
 
     The step's switches (`settings`, default: `step_settings` of config.run on `device` for
     DAMSM pretraining) apply as in the GAN's step, but for cuda_graphs (the text encoder trains
-    here); with compile the image encoder runs compiled after the first EAGER_STEPS steps.
+    here); with compile the image encoder runs compiled after the first EAGER_STEPS steps. On
+    several ranks of `world` both encoders run under DistributedDataParallel (SyncBatchNorm on
+    GPUs) and the losses match every caption against every image of the global batch.
     """
 
     def __init__(self, config: Config, vocab_size: int, device: torch.device,
-                 settings: Optional[StepSettings] = None):
+                 settings: Optional[StepSettings] = None, world: World = SINGLE):
         self.config = config
         self.device = device
-        self.settings = settings = settings or step_settings(config.run, device, stage="damsm")
+        self.world = world
+        self.settings = settings = settings or step_settings(config.run, device, stage="damsm",
+                                                             processes=world.size)
         self.text_encoder = TextEncoder(vocab_size, config.text_encoder).to(device)
         self.image_encoder = build_image_encoder(config.image_encoder,
                                                  config.text_encoder.hidden_dim).to(device)
         if settings.channels_last:
             self.image_encoder.to(memory_format=torch.channels_last)
+        self._text_encoder = data_parallel(self.text_encoder, world, device)
+        image_encoder = data_parallel(self.image_encoder, world, device)
         trainable = (list(self.text_encoder.parameters())
                      + list(self.image_encoder.trainable_parameters()))
         self.optimizer = adam(trainable, config.damsm.lr, tuple(config.damsm.betas), settings)
         self.steps = 0                    # steps this trainer has taken
-        self._image_encoders = (self.image_encoder, compiled(self.image_encoder)
-                                if settings.compile else self.image_encoder)
+        self._image_encoders = (image_encoder, compiled(image_encoder)
+                                if settings.compile else image_encoder)
 
     def step(self, batch: dict) -> dict[str, torch.Tensor]:
         """One optimizer step on `batch`; returns the batch's losses (detached tensors)."""
@@ -104,7 +113,8 @@ class DAMSMTrainer:
         image_encoder = self._image_encoders[self.steps >= EAGER_STEPS]
         with backend_flags(settings, device):
             with training_autocast(settings, device):
-                losses = damsm_losses(self.text_encoder, image_encoder, batch, config, device)
+                losses = batch_losses(self._text_encoder, image_encoder, batch, config, device,
+                                      self.world)
             self.optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(self.text_encoder.parameters(), config.damsm.grad_clip)
@@ -186,7 +196,7 @@ def mean_test_loss(text_encoder, image_encoder, loader, config: Config,
                    device: torch.device) -> float:
     text_encoder.eval()
     image_encoder.eval()
-    losses = [damsm_losses(text_encoder, image_encoder, batch, config, device)["loss"]
+    losses = [batch_losses(text_encoder, image_encoder, batch, config, device)["loss"]
               for batch in loader]
     totals = torch.stack(losses).tolist() if losses else []      # read back in one copy
     return sum(totals) / max(len(totals), 1)
@@ -242,7 +252,7 @@ def _train(run: TrainingRun, trainer: DAMSMTrainer, train_set, test_set, start_e
     with run.outputs() as outputs, \
             training_batches(train_set, config, device, settings.batch_size, epoch=start_epoch,
                              batch=0, count=(settings.epochs - start_epoch) * steps_per_epoch,
-                             progress=run.progress) as batches, \
+                             progress=run.progress, world=run.world) as batches, \
             evaluation_batches(test_set, config, device, settings.batch_size) as test_loader:
         for epoch in range(start_epoch, settings.epochs):
             lr = epoch_learning_rate(settings.lr, settings.lr_decay, settings.min_lr_ratio, epoch)
@@ -289,9 +299,10 @@ def _evaluate(run: TrainingRun, trainer: DAMSMTrainer, test_set, step: int) -> d
 
 
 def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
-                   progress: bool = True, accept_changed_data: bool = False) -> dict:
-    """Pretrain the DAMSM encoders; returns the final R-precision results (also saved).
-    `accept_changed_data` resumes on data other than the run recorded."""
+                   progress: bool = True, accept_changed_data: bool = False) -> Optional[dict]:
+    """Pretrain the DAMSM encoders; returns the final R-precision results (also saved; under
+    torchrun rank 0 measures them, and the other ranks return None). `accept_changed_data`
+    resumes on data other than the run recorded."""
     config = with_absolute_paths(config)
     with TrainingRun("damsm", "attngan pretrain-damsm", out_dir, resume=resume,
                      accept_changed_data=accept_changed_data, progress=progress) as run:
@@ -299,11 +310,11 @@ def pretrain_damsm(config: Config, out_dir: str | Path, resume: bool = False,
         train_set, test_set = run.read_data(config, with_test_set=True)
         run.open(config, train_set.vocab, imported=_IMPORTED)
         _require_trainable(run, train_set, test_set)
-        trainer = DAMSMTrainer(run.config, len(train_set.vocab), device, settings)
+        trainer = DAMSMTrainer(run.config, len(train_set.vocab), device, settings, run.world)
         epoch, step = _restore(trainer, run)
         run.start()
         step = _train(run, trainer, train_set, test_set, epoch, step)
-        return _evaluate(run, trainer, test_set, step)
+        return _evaluate(run, trainer, test_set, step) if run.writer else None
 
 
 def resolve_damsm_checkpoint(path_or_run_dir: str | Path) -> Path:

@@ -26,6 +26,7 @@ each item's augmentation draws from one seeded by (run.seed, epoch, index)
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
@@ -34,6 +35,7 @@ import torch
 from attngan.config import Config, config_from_dict, config_to_dict, with_absolute_paths
 from attngan.data.loader import float_images, training_batches
 from attngan.data.vocab import Vocabulary
+from attngan.distributed import SINGLE, World, data_parallel
 from attngan.files import file_sha256
 from attngan.nn.discriminator import build_discriminators
 from attngan.nn.generator import Generator
@@ -73,6 +75,19 @@ class _StepNetworks(NamedTuple):
     generator_loss: Callable
 
 
+class _DiscriminatorLoss(torch.nn.Module):
+    """A discriminator's loss as a module (`discriminator_loss`), for DistributedDataParallel,
+    which takes one forward per backward: the real and the fake images pass in one call."""
+
+    def __init__(self, discriminator: torch.nn.Module):
+        super().__init__()
+        self.discriminator = discriminator
+
+    def forward(self, real: torch.Tensor, fake: torch.Tensor,
+                sentence: torch.Tensor) -> torch.Tensor:
+        return discriminator_loss(self.discriminator, real, fake, sentence)
+
+
 class GANTrainer:
     """Generator, discriminators, their optimizers and the EMA; `step(batch)` trains one batch.
 
@@ -82,6 +97,9 @@ class GANTrainer:
             step runs copies where its switches change how they compute (`frozen_network`).
         device: where everything runs.
         settings: the step's switches (default: `step_settings` of config.run on `device`).
+        world: this process's place among the ranks under torchrun: on several, the generator
+            and each discriminator's loss run under DistributedDataParallel (SyncBatchNorm on
+            GPUs), and the DAMSM term sees the global batch.
 
     The first EAGER_STEPS steps run eagerly (the ops choose their implementations then), later
     ones with compile on the compiled networks. With cuda_graphs the inputs go through static
@@ -91,10 +109,12 @@ class GANTrainer:
     """
 
     def __init__(self, config: Config, text_encoder, image_encoder, device: torch.device,
-                 settings: Optional[StepSettings] = None):
+                 settings: Optional[StepSettings] = None, world: World = SINGLE):
         self.config = config
         self.device = device
-        self.settings = settings = settings or step_settings(config.run, device)
+        self.world = world
+        self.settings = settings = settings or step_settings(config.run, device,
+                                                             processes=world.size)
         self.text_encoder = frozen_network(text_encoder, settings, device)
         self.image_encoder = frozen_network(image_encoder, settings, device, fold=True)
         text_dim = text_encoder.embed_dim
@@ -110,7 +130,8 @@ class GANTrainer:
                              for net in self.netsD]
         self.ema = EMA(self.netG, gan.ema_decay)
         self.steps = 0                    # steps this trainer has taken
-        eager = _StepNetworks(self.netG, discriminator_loss, generator_loss)
+        eager = (_StepNetworks(self.netG, discriminator_loss, generator_loss)
+                 if not world.distributed else self._data_parallel_networks())
         self._networks = (eager, _StepNetworks(*map(compiled, eager)) if settings.compile
                           else eager)
         self._static: Optional[list[torch.Tensor]] = None    # cuda_graphs: input buffers,
@@ -118,6 +139,20 @@ class GANTrainer:
         self._graph_losses: Optional[torch.Tensor] = None    # its losses,
         self._loss_names: list[str] = []
         self._side_stream = None                             # the warm-up's stream
+
+    def _data_parallel_networks(self) -> _StepNetworks:
+        """The step's networks on several ranks: the generator and each discriminator's loss
+        under DistributedDataParallel (one forward and one backward each per step), the
+        generator's loss matching the global batch's images and captions."""
+        world, device = self.world, self.device
+        losses = {id(net): data_parallel(_DiscriminatorLoss(net), world, device)
+                  for net in self.netsD}
+
+        def distributed_discriminator_loss(net, real, fake, sentence):
+            return losses[id(net)](real, fake, sentence)
+        return _StepNetworks(data_parallel(self.netG, world, device),
+                             distributed_discriminator_loss,
+                             functools.partial(generator_loss, world=world))
 
     def step(self, batch: dict) -> dict[str, torch.Tensor]:
         """One training step on a collated batch; returns the losses as detached scalar
@@ -398,7 +433,7 @@ def _train(run: TrainingRun, trainer: GANTrainer, dataset, damsm: _FrozenDAMSM,
             training_batches(dataset, config, trainer.device, gan.batch_size,
                              epoch=position.epoch, batch=position.batch_in_epoch,
                              count=total_steps - position.step,
-                             progress=run.progress) as loader:
+                             progress=run.progress, world=run.world) as loader:
         for batch in loader:
             position = position.next(steps_per_epoch)
             outputs.track(position.step, trainer.step(batch))
@@ -419,10 +454,10 @@ def _train(run: TrainingRun, trainer: GANTrainer, dataset, damsm: _FrozenDAMSM,
 
 
 def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resume: bool = False,
-              progress: bool = True, accept_changed_data: bool = False) -> dict:
+              progress: bool = True, accept_changed_data: bool = False) -> Optional[dict]:
     """Train the AttnGAN generator against frozen DAMSM encoders; returns a summary dict
-    (steps, epochs, seconds, checkpoint, last losses). `accept_changed_data` resumes on data
-    other than the run recorded."""
+    (steps, epochs, seconds, checkpoint, last losses; under torchrun on rank 0, None on the
+    others). `accept_changed_data` resumes on data other than the run recorded."""
     with TrainingRun("gan", "attngan train", out_dir, resume=resume,
                      accept_changed_data=accept_changed_data, progress=progress) as run:
         device, settings = run.prepare(config)
@@ -432,11 +467,13 @@ def train_gan(config: Config, damsm_path: str | Path, out_dir: str | Path, resum
         steps_per_epoch, total_steps = _schedule(run.config.gan, dataset)
         _require_resumable(run, total_steps, damsm)
         trainer = GANTrainer(run.config, damsm.text_encoder, damsm.image_encoder, device,
-                             settings)
+                             settings, run.world)
         position = _restore(trainer, run)
         run.start()
         position, last = _train(run, trainer, dataset, damsm, position, steps_per_epoch,
                                 total_steps)
+        if not run.writer:
+            return None
         return {"steps": position.step, "epochs": position.epoch,
                 "seconds": round(run.seconds(), 2), "checkpoint": str(run.checkpoint_path),
                 "losses": last, "samples": str(run.out_dir / "samples"),

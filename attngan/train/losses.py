@@ -24,10 +24,11 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from attngan.distributed import SINGLE, World, gather, gather_lengths, gather_with_grad
 from attngan.ops.damsm import damsm_sentence_loss, damsm_word_loss
 
-__all__ = ["discriminator_loss", "generator_adversarial_loss", "damsm_generator_loss",
-           "kl_loss", "generator_loss"]
+__all__ = ["discriminator_loss", "generator_adversarial_loss", "damsm_losses",
+           "damsm_generator_loss", "kl_loss", "generator_loss"]
 
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
@@ -66,23 +67,43 @@ def generator_adversarial_loss(discriminators: Sequence, fakes: Sequence[torch.T
     return total
 
 
+def damsm_losses(words: torch.Tensor, sentence: torch.Tensor, lengths: torch.Tensor,
+                 regions: torch.Tensor, code: torch.Tensor, class_ids: Optional[torch.Tensor], *,
+                 gamma1: float, gamma2: float, gamma3: float, impl: str,
+                 world: World = SINGLE) -> dict[str, torch.Tensor]:
+    """The four DAMSM losses (Eq. 10-13) of captions (words `[B, D, L]`, sentence `[B, D]`,
+    lengths `[B]`) against images (regions `[B, D, h, w]`, code `[B, D]`), same-class pairs
+    masked by class_ids `[B]` (or None). On several ranks every caption is matched against every
+    image of the global batch: each rank's features are gathered first, those that need
+    gradients with them (attngan.distributed.gather_with_grad). Returns dict(w0, w1, s0, s1)."""
+    if world.distributed:
+        words, sentence, regions, code = (
+            gather_with_grad(x, world) if x.requires_grad else gather(x, world)
+            for x in (words, sentence, regions, code))
+        lengths = gather_lengths(lengths, regions.device, world)
+        class_ids = None if class_ids is None else gather(class_ids, world)
+    w0, w1 = damsm_word_loss(words, lengths, regions, class_ids=class_ids, gamma1=gamma1,
+                             gamma2=gamma2, gamma3=gamma3, impl=impl)
+    s0, s1 = damsm_sentence_loss(code, sentence, class_ids=class_ids, gamma3=gamma3)
+    return {"w0": w0, "w1": w1, "s0": s0, "s1": s1}
+
+
 def damsm_generator_loss(image_encoder, image: torch.Tensor, words: torch.Tensor,
                          sentence: torch.Tensor, lengths: torch.Tensor,
                          class_ids: Optional[torch.Tensor] = None, *, gamma1: float = 4.0,
-                         gamma2: float = 5.0, gamma3: float = 10.0,
-                         impl: str = "auto") -> dict[str, torch.Tensor]:
+                         gamma2: float = 5.0, gamma3: float = 10.0, impl: str = "auto",
+                         world: World = SINGLE) -> dict[str, torch.Tensor]:
     """The four DAMSM losses of generated images (unweighted; the caller multiplies by λ).
 
     image `[B, 3, s, s]` in [-1, 1] (the final stage), words `[B, D, L]`, sentence `[B, D]`,
     lengths `[B]`, class_ids `[B]` or None. The text features are detached here, so only the
-    generator receives gradients (the encoders are frozen by the caller).
+    generator receives gradients (the encoders are frozen by the caller); on several ranks of
+    `world`, against the whole global batch (`damsm_losses`).
     Returns dict(w0, w1, s0, s1) of scalars.
     """
     regions, code = image_encoder(image)                                 # [B, D, h, w], [B, D]
-    w0, w1 = damsm_word_loss(words.detach(), lengths, regions, class_ids=class_ids,
-                             gamma1=gamma1, gamma2=gamma2, gamma3=gamma3, impl=impl)
-    s0, s1 = damsm_sentence_loss(code, sentence.detach(), class_ids=class_ids, gamma3=gamma3)
-    return {"w0": w0, "w1": w1, "s0": s0, "s1": s1}
+    return damsm_losses(words.detach(), sentence.detach(), lengths, regions, code, class_ids,
+                        gamma1=gamma1, gamma2=gamma2, gamma3=gamma3, impl=impl, world=world)
 
 
 def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -94,13 +115,15 @@ def generator_loss(discriminators: Sequence, image_encoder, fakes: Sequence[torc
                    mu: torch.Tensor, logvar: torch.Tensor, words: torch.Tensor,
                    sentence: torch.Tensor, lengths: torch.Tensor,
                    class_ids: Optional[torch.Tensor], *, lambda_damsm: float, gamma1: float,
-                   gamma2: float, gamma3: float, impl: str) -> dict[str, torch.Tensor]:
+                   gamma2: float, gamma3: float, impl: str,
+                   world: World = SINGLE) -> dict[str, torch.Tensor]:
     """L_G of the generator step: the adversarial terms of all stages, λ times the DAMSM losses
     of the final image (arguments as damsm_generator_loss) and the KL term of (mu, logvar).
     Returns dict(g_adv, w0, w1, s0, s1, kl, g_total)."""
     adversarial = generator_adversarial_loss(discriminators, fakes, sentence)
     damsm = damsm_generator_loss(image_encoder, fakes[-1], words, sentence, lengths, class_ids,
-                                 gamma1=gamma1, gamma2=gamma2, gamma3=gamma3, impl=impl)
+                                 gamma1=gamma1, gamma2=gamma2, gamma3=gamma3, impl=impl,
+                                 world=world)
     kl = kl_loss(mu, logvar)
     total = adversarial + lambda_damsm * sum(damsm.values()) + kl
     return {"g_adv": adversarial, **damsm, "kl": kl, "g_total": total}

@@ -16,8 +16,11 @@ whole state is checked too. A run that diverged stops with TrainingDiverged nami
 step whose losses were not finite, and writes no checkpoint after it: its last good one stays.
 metrics.jsonl stays JSON lines (a non-finite value is null).
 
-One process writes a run (`writer`, default True); other processes of the same run go through
-the same phases and write nothing: no folder held, no file, no bar.
+Under torchrun (`attngan.distributed`) every rank goes through the same phases: rank 0 alone
+writes the run (holds its folder, writes its files, shows its bars), each rank draws its noise
+and dropout from its own random streams (rank 0's those of one process), the losses logged are
+the ranks' mean, a divergence on any rank stops every rank, and a checkpoint holds every rank's
+random state, so that a resume on as many ranks continues each exactly.
 """
 from __future__ import annotations
 
@@ -35,10 +38,13 @@ from attngan.config import Config, config_to_dict, save_config
 from attngan.data.dataset import TextImageDataset, build_dataset, read_split
 from attngan.data.vocab import Vocabulary
 from attngan.files import write_text_atomically
-from attngan.train.checkpoint import (RUN_NAMES, CheckpointWriter, first_non_finite,
-                                      hold_run_folder, open_run, require_same_data,
-                                      require_same_vocabulary, set_rng_state, trim_metrics)
-from attngan.train.runtime import prepare_run, require_step_fits
+from attngan.distributed import (SINGLE, World, all_gather_objects, join_world, local_share,
+                                 rank_seed, reduce_, this_world)
+from attngan.train.checkpoint import (RUN_NAMES, CheckpointError, CheckpointWriter,
+                                      first_non_finite, hold_run_folder, open_run,
+                                      require_same_data, require_same_vocabulary, set_rng_state,
+                                      trim_metrics)
+from attngan.train.runtime import prepare_run, require_step_fits, seed_everything
 from attngan.train.speed import StepSettings, step_settings
 
 __all__ = ["TrainingRun", "RunOutputs", "DivergenceWatch", "TrainingDiverged", "metrics_line"]
@@ -75,9 +81,11 @@ def _floating_tensors(value: Any) -> Iterator[torch.Tensor]:
 class DivergenceWatch:
     """The first step whose losses were not all finite, and those losses, kept on the device:
     `update` adds a few tiny operations to a step and waits for nothing; `read` copies them to
-    the host, with any other values, in one copy."""
+    the host, with any other values, in one copy (over the ranks of `world`: the latest first
+    step of any rank, and every other value summed)."""
 
-    def __init__(self):
+    def __init__(self, world: World = SINGLE):
+        self.world = world
         self.names: list[str] = []
         self._step: Optional[torch.Tensor] = None      # int64: that step; 0: none so far
         self._losses: Optional[torch.Tensor] = None    # float32 [len(names)]: its losses
@@ -96,9 +104,13 @@ class DivergenceWatch:
 
     def read(self, *tensors: torch.Tensor) -> tuple[int, dict[str, float], list[float]]:
         """(the first non-finite step, 0 if none; its losses by name; the values of `tensors`,
-        1-dimensional, on the watch's device), read back in one copy, after an `update`."""
-        values = torch.cat([self._step.double().view(1), self._losses.double(),
-                            *(t.double() for t in tensors)]).tolist()
+        1-dimensional, on the watch's device), read back in one copy, after an `update`; on
+        several ranks the step is the latest of any rank's, and the rest sums over the ranks
+        (a non-finite loss of any rank stays non-finite)."""
+        step = reduce_(self._step.double().view(1), self.world, "max")
+        rest = reduce_(torch.cat([self._losses.double(), *(t.double() for t in tensors)]),
+                       self.world)
+        values = torch.cat([step, rest]).tolist()
         count = len(self.names)
         return int(values[0]), dict(zip(self.names, values[1:1 + count])), values[1 + count:]
 
@@ -112,7 +124,7 @@ class RunOutputs:
         self._run = run
         self._metrics = metrics
         self._checkpoints = checkpoints
-        self._watch = DivergenceWatch()
+        self._watch = DivergenceWatch(run.world)
         self._last: Optional[torch.Tensor] = None      # the last step's losses, stacked
 
     def track(self, step: int, losses: dict[str, torch.Tensor]) -> None:
@@ -131,7 +143,8 @@ class RunOutputs:
         `rounded` after `record`'s entries and return them as logged; then stop a run that
         diverged (TrainingDiverged)."""
         first, first_losses, values = self._watch.read(self._last)
-        losses = {name: rounded(value) for name, value in zip(self._watch.names, values)}
+        size = self._run.world.size                  # the ranks' losses summed: their mean
+        losses = {name: rounded(value / size) for name, value in zip(self._watch.names, values)}
         self.log({**record, **losses})
         if first:
             raise self._diverged(f"at step {first} (losses {_non_finite(first_losses)})")
@@ -140,19 +153,22 @@ class RunOutputs:
     def save(self, step: int, payload: dict) -> None:
         """Write `payload` as the run's checkpoint of `step` in the background, unless the run
         diverged: the watch and whether every floating-point tensor of `payload` is finite are
-        read first, in one copy (TrainingDiverged otherwise, the previous checkpoint kept)."""
+        read first, in one copy (TrainingDiverged otherwise, the previous checkpoint kept). On
+        several ranks the payload's "rng" becomes every rank's random state, in rank order."""
         tensors = list(_floating_tensors(payload))
         on_host = all(bool(t.isfinite().all()) for t in tensors if t.device.type == "cpu")
-        on_device = [t.isfinite().all() for t in tensors if t.device.type != "cpu"]
-        flags = [torch.stack(on_device).all().view(1)] if on_device else []
-        first, first_losses, finite = self._watch.read(*flags)
+        on_device = [~t.isfinite().all() for t in tensors if t.device.type != "cpu"]
+        flags = [torch.stack(on_device).any().double().view(1)] if on_device else []
+        first, first_losses, non_finite = self._watch.read(*flags)
         if first:
             raise self._diverged(f"at step {first} (losses {_non_finite(first_losses)})")
-        if not (on_host and all(finite)):
+        if not (on_host and not any(non_finite)):
             found = next(name for key, value in payload.items()
                          if (name := first_non_finite(value, key)))
             raise self._diverged(f"by step {step} ({found} holds NaN or infinity, the losses "
                                  "finite)")
+        if self._run.world.distributed:
+            payload = dict(payload, rng=all_gather_objects(payload["rng"], self._run.world))
         if self._checkpoints is not None:
             self._checkpoints.save(self._run.checkpoint_path, payload)
         self._run.saved_step = step
@@ -188,19 +204,22 @@ class TrainingRun:
         resume: continue the run's checkpoint (`open`).
         accept_changed_data: resume on data other than the run recorded.
         progress: show progress bars and what the data loader reads (the writer only).
-        writer: whether this process writes the run (holds its folder, writes its files and
-            bars); the others of the same run go through the phases and write nothing.
+
+    Under torchrun this process's place among the ranks is `world` (joined by `prepare`), and
+    rank 0 alone is the `writer`: it holds the folder and writes the files and bars; the other
+    ranks go through the phases and write nothing.
     """
 
     def __init__(self, kind: str, command: str, out_dir: str | Path, *, resume: bool = False,
-                 accept_changed_data: bool = False, progress: bool = True, writer: bool = True):
+                 accept_changed_data: bool = False, progress: bool = True):
         self.kind = kind
         self.command = command
         self.out_dir = Path(out_dir)
         self.resume = resume
         self.accept_changed_data = accept_changed_data
-        self.writer = writer
-        self.progress = progress and writer
+        self.world = this_world()
+        self.writer = self.world.is_main
+        self.progress = progress and self.writer
         self.config: Optional[Config] = None            # set by `open`
         self.fingerprints: dict[str, dict] = {}         # set by `read_data`
         self.checkpoint_path: Optional[Path] = None     # set by `open`
@@ -219,11 +238,19 @@ class TrainingRun:
         self._held.close()
 
     def prepare(self, config: Config) -> tuple[torch.device, StepSettings]:
-        """(device, the step's switches): seeds and threads set (`prepare_run`), a step that
-        fits in the device's memory, switches that run there; errors come before any writing."""
+        """(device, the step's switches): seeds and threads set (`prepare_run`; every rank
+        seeded alike here, so that all build the same networks), the process group joined under
+        torchrun (the device then this rank's GPU), a batch the ranks share equally, a step that
+        fits in the device's memory, switches that run there; errors come before any
+        writing."""
         device = prepare_run(config)
-        require_step_fits(config, self.kind, device)
-        return device, step_settings(config.run, device, stage=self.kind)
+        self.world, device = join_world(device)
+        batch_key = "gan.batch_size" if self.kind == "gan" else "damsm.batch_size"
+        local_share(config.gan.batch_size if self.kind == "gan" else config.damsm.batch_size,
+                    self.world, batch_key)
+        require_step_fits(config, self.kind, device, self.world.size)
+        return device, step_settings(config.run, device, stage=self.kind,
+                                     processes=self.world.size)
 
     def read_data(self, config: Config, with_test_set: bool
                   ) -> tuple[TextImageDataset, Optional[TextImageDataset]]:
@@ -249,6 +276,14 @@ class TrainingRun:
             if not self.accept_changed_data:
                 require_same_data(payload, self.fingerprints, self.checkpoint_path,
                                   config.data.root, "--accept-changed-data")
+            states = payload["rng"] if isinstance(payload["rng"], list) else [payload["rng"]]
+            if len(states) != self.world.size:
+                raise CheckpointError(
+                    f"--resume: {self.checkpoint_path} was trained on {len(states)} "
+                    f"process{'es' if len(states) > 1 else ''}, each with random streams of "
+                    f"its own that it continues, and this run has {self.world.size}; resume it "
+                    f"on {len(states)} (torchrun --nproc_per_node and --nnodes"
+                    f"{', or without torchrun' if len(states) == 1 else ''})")
             self.saved_step = payload["step"]
             self._seconds_before = payload.get("seconds", 0.0)
         self.payload = payload
@@ -261,8 +296,11 @@ class TrainingRun:
         run's config.yaml."""
         step = 0
         if self.payload is not None:
-            set_rng_state(self.payload["rng"])
+            states = self.payload["rng"]
+            set_rng_state(states[self.world.rank] if isinstance(states, list) else states)
             step = self.payload["step"]
+        elif self.world.rank:
+            seed_everything(rank_seed(self.config.run.seed, self.world))
         if self.writer:
             trim_metrics(self.out_dir / "metrics.jsonl", step)
             self.out_dir.mkdir(parents=True, exist_ok=True)

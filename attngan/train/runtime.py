@@ -38,14 +38,19 @@ def resolve_device_argument(device: str | torch.device) -> torch.device:
     return resolve_device(device, "device", "device='cpu' (--device cpu)")
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (torch's on every device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
 def prepare_run(config: Config) -> torch.device:
     """Seed every generator, set the thread count and return the run's device, after checking
     that run.impl can run there (before a run writes anything)."""
     if config.run.threads > 0:
         torch.set_num_threads(config.run.threads)
-    random.seed(config.run.seed)
-    np.random.seed(config.run.seed)
-    torch.manual_seed(config.run.seed)
+    seed_everything(config.run.seed)
     device = resolve_device(config.run.device)
     if config.run.impl != "auto" or os.environ.get("ATTNGAN_IMPL"):   # auto alone always runs
         for op in OP_IMPLS:
@@ -64,17 +69,18 @@ def device_memory(device: torch.device) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def require_step_fits(config: Config, stage: str, device: torch.device) -> None:
+def require_step_fits(config: Config, stage: str, device: torch.device,
+                      processes: int = 1) -> None:
     """Refuse, before any work, settings whose training step (`stage` "gan" or "damsm") cannot
     fit in the memory of `device`, by a lower bound of what one step holds: every level of
-    the batch's images in float32 and, for the GAN, the generator's hidden map and attention
-    context at each level (gan.ngf channels each)."""
+    this process's share of the batch (of `processes`) in float32 and, for the GAN, the
+    generator's hidden map and attention context at each level (gan.ngf channels each)."""
     sizes = config.data.image_sizes
     if stage == "gan":
         batch, channels, batch_key = config.gan.batch_size, 3 + 2 * config.gan.ngf, "gan"
     else:
         batch, channels, batch_key = config.damsm.batch_size, 3, "damsm"
-    needed = 4 * batch * channels * sum(size * size for size in sizes)
+    needed = 4 * -(-batch // processes) * channels * sum(size * size for size in sizes)
     available = device_memory(device)
     if needed > available:
         raise ConfigError(f"one training step of these settings holds at least "

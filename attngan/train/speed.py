@@ -64,12 +64,16 @@ _FAST = StepSettings("bf16", True, True, True, True, True)
 
 
 def unavailable_reason(switch: str, value, device: torch.device, stage: str = "gan",
-                       impl: str = "auto") -> Optional[str]:
+                       impl: str = "auto", processes: int = 1) -> Optional[str]:
     """Why `switch` = `value` cannot run on `device` in `stage` ("gan" or "damsm") with ops
-    `impl`, or None. The value that switches a lever off always runs."""
+    `impl` on `processes` ranks, or None. The value that switches a lever off always runs."""
     if value in (False, "fp32"):
         return None
     on_cuda = torch.device(device).type == "cuda"
+    if switch in ("compile", "cuda_graphs") and processes > 1:
+        return ("on several processes (torchrun) the DAMSM losses gather every rank's features "
+                "through a collective that a compiled graph or a CUDA graph does not hold; "
+                "train without it under torchrun")
     if switch == "precision" and value == "tf32" and not on_cuda:
         return "TF32 is a format of NVIDIA tensor cores; on the CPU use fp32 or bf16"
     if switch == "cudnn_benchmark" and not on_cuda:
@@ -105,28 +109,30 @@ def _faster_on_cpu(switch: str, stage: str) -> bool:
     return switch != "channels_last" and not (switch == "compile" and stage == "damsm")
 
 
-def _fast(switch: str, device: torch.device, stage: str, impl: str):
+def _fast(switch: str, device: torch.device, stage: str, impl: str, processes: int):
     """The value run.speed=fast gives `switch` on `device`: on, where it runs (on a CPU, where
     it was measured faster)."""
     value = getattr(_FAST, switch)
-    if unavailable_reason(switch, value, device, stage, impl) is not None or (
+    if unavailable_reason(switch, value, device, stage, impl, processes) is not None or (
             device.type == "cpu" and not _faster_on_cpu(switch, stage)):
         return getattr(FAITHFUL, switch)
     return value
 
 
-def step_settings(run: RunConfig, device: torch.device, stage: str = "gan") -> StepSettings:
-    """The switches of `run` on `device` for `stage`: those set in the config, the others from
-    run.speed. A set switch that cannot run here is a ConfigError naming it and the fix."""
+def step_settings(run: RunConfig, device: torch.device, stage: str = "gan",
+                  processes: int = 1) -> StepSettings:
+    """The switches of `run` on `device` for `stage` on `processes` ranks: those set in the
+    config, the others from run.speed. A set switch that cannot run here is a ConfigError
+    naming it and the fix."""
     device = torch.device(device)
     chosen = {}
     for switch in SWITCHES:
         value = getattr(run, switch)
         if value is None:
-            value = (_fast(switch, device, stage, run.impl) if run.speed == "fast"
+            value = (_fast(switch, device, stage, run.impl, processes) if run.speed == "fast"
                      else getattr(FAITHFUL, switch))
         else:
-            reason = unavailable_reason(switch, value, device, stage, run.impl)
+            reason = unavailable_reason(switch, value, device, stage, run.impl, processes)
             if reason is not None:
                 raise ConfigError(f"run.{switch}={str(value).lower()} cannot run here: {reason}; "
                                   f"leave run.{switch} unset (null) or change it")
