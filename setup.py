@@ -12,6 +12,7 @@ Set ATTNGAN_NO_EXTENSION=1 to skip the extension entirely.
 Install with torch already present and without build isolation, so pip never fetches torch:
     pip install --no-build-isolation -e .
 """
+
 import glob
 import os
 import sys
@@ -34,6 +35,7 @@ def _libstdcxx_linked_statically(library: str) -> bool:
     with readelf; False where readelf is missing (nothing to tell)."""
     import shutil
     import subprocess
+
     if shutil.which("readelf") is None:
         return False
     dynamic = subprocess.run(["readelf", "-d", library], capture_output=True, text=True).stdout
@@ -49,8 +51,10 @@ def _extension_and_cmdclass():
         import torch
         from torch.utils import cpp_extension
     except ImportError:
-        _say("torch is not importable at build time: skipping attngan._C "
-             "(install torch first, then this package with --no-build-isolation)")
+        _say(
+            "torch is not importable at build time: skipping attngan._C "
+            "(install torch first, then this package with --no-build-isolation)"
+        )
         return [], {}
 
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
@@ -59,8 +63,11 @@ def _extension_and_cmdclass():
     # No -std flag: BuildExtension adds the C++ standard the installed torch's headers need
     # (C++20 for torch 2.14, whose ATen.h refuses C++17).
     extra = {"cxx": ["-O3", "-fopenmp"]}
-    with_cuda = bool(cuda_sources) and torch.version.cuda is not None \
+    with_cuda = (
+        bool(cuda_sources)
+        and torch.version.cuda is not None
         and cpp_extension.CUDA_HOME is not None
+    )
     if with_cuda:
         define_macros.append(("ATTNGAN_WITH_CUDA", None))
         extra["nvcc"] = ["-O3", "--use_fast_math", "-lineinfo"]
@@ -68,8 +75,11 @@ def _extension_and_cmdclass():
         sources += cuda_sources
         _say(f"building attngan._C with CUDA kernels (nvcc from {cpp_extension.CUDA_HOME})")
     else:
-        reason = ("this torch build has no CUDA" if torch.version.cuda is None
-                  else "nvcc was not found (set CUDA_HOME)")
+        reason = (
+            "this torch build has no CUDA"
+            if torch.version.cuda is None
+            else "nvcc was not found (set CUDA_HOME)"
+        )
         _say(f"building attngan._C with CPU kernels only: {reason}; CUDA kernels skipped")
         extension_type = cpp_extension.CppExtension
 
@@ -89,8 +99,10 @@ def _extension_and_cmdclass():
             try:
                 super().run()
             except Exception as error:  # a missing compiler raises outside build_extension
-                _say(f"could not build attngan._C ({error}); "
-                     "continuing with the pure-PyTorch implementations")
+                _say(
+                    f"could not build attngan._C ({error}); "
+                    "continuing with the pure-PyTorch implementations"
+                )
 
         def build_extension(self, ext):
             try:
@@ -101,10 +113,13 @@ def _extension_and_cmdclass():
                     raise RuntimeError(
                         f"the compiler {os.environ.get('CXX', 'c++')} linked libstdc++ statically "
                         "into it, which crashes the process at the extension's first error "
-                        "message; set CXX to one that links it dynamically (e.g. CXX=/usr/bin/g++)")
+                        "message; set CXX to one that links it dynamically (e.g. CXX=/usr/bin/g++)"
+                    )
             except Exception as error:
-                _say(f"could not build {ext.name} ({error}); "
-                     "continuing with the pure-PyTorch implementations")
+                _say(
+                    f"could not build {ext.name} ({error}); "
+                    "continuing with the pure-PyTorch implementations"
+                )
 
     cmdclass = {"build_ext": OptionalBuildExtension.with_options(use_ninja=True)}
     return [extension], cmdclass
@@ -113,8 +128,17 @@ def _extension_and_cmdclass():
 ext_modules, cmdclass = _extension_and_cmdclass()
 
 setup(
-    packages=["attngan", "attngan.ops", "attngan.nn", "attngan.data", "attngan.train",
-              "attngan.metrics", "attngan.serve", "attngan.kernels", "attngan.configs"],
+    packages=[
+        "attngan",
+        "attngan.ops",
+        "attngan.nn",
+        "attngan.data",
+        "attngan.train",
+        "attngan.metrics",
+        "attngan.serve",
+        "attngan.kernels",
+        "attngan.configs",
+    ],
     package_dir={"attngan": "attngan", "attngan.kernels": "kernels", "attngan.configs": "configs"},
     package_data={"attngan.configs": ["*.yaml"], "attngan.serve": ["*.html"]},
     ext_modules=ext_modules,

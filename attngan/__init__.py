@@ -3,4 +3,5 @@
 Imports on a CPU-only machine with neither triton nor the compiled extension present; the
 hot ops pick their implementation in `attngan.backend`.
 """
+
 __version__ = "0.1.0"

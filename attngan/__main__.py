@@ -1,4 +1,5 @@
 """`python -m attngan ...`: the same command line as the `attngan` script."""
+
 from attngan.cli import main
 
 if __name__ == "__main__":

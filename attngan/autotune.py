@@ -15,6 +15,7 @@ measured inside torch.compile tracing, CUDA-graph capture or torch.cuda's sync d
 an undecided key takes the reference (the baseline auto must not fall below, which Inductor can
 fuse with its neighbours), with a warning; a decided key is a lookup.
 """
+
 from __future__ import annotations
 
 import functools
@@ -40,8 +41,10 @@ CACHE_FORMAT = 1
 # the spread of repeated timings on a GPU (about 1-2 %).
 REQUIRED_GAIN = 0.03
 # The sizes in a key, per op, as its entry in the cache file names them.
-SIZE_NAMES = {"damsm_word_similarity": ("images", "captions", "dim", "words", "regions"),
-              "word_attention": ("batch", "channels", "words", "height", "width")}
+SIZE_NAMES = {
+    "damsm_word_similarity": ("images", "captions", "dim", "words", "regions"),
+    "word_attention": ("batch", "channels", "words", "height", "width"),
+}
 # Timing: calls per candidate before timing (the first compiles), rounds over all candidates,
 # and calls per timed block, enough for BLOCK_SECONDS up to MAX_BLOCK_CALLS.
 WARMUP_CALLS, ROUNDS, BLOCK_SECONDS, MAX_BLOCK_CALLS = 3, 7, 0.005, 100
@@ -49,7 +52,7 @@ WARMUP_CALLS, ROUNDS, BLOCK_SECONDS, MAX_BLOCK_CALLS = 3, 7, 0.005, 100
 # A key: (op, dtype name, sizes rounded up to powers of two, flags, exact sizes or None inside
 # torch.compile). A plain tuple of constants: Dynamo passes it to backend.choose as one.
 Key = tuple
-_caches: dict[Path, dict] = {}     # path -> {machine identity: {entry: record}}
+_caches: dict[Path, dict] = {}  # path -> {machine identity: {entry: record}}
 # Whether auto measures a call: run once per traced graph, which keeps it as a constant (it
 # reads the environment, which Dynamo would otherwise guard on or break the graph for).
 _measures = torch.compiler.assume_constant_result(backend.measures)
@@ -65,6 +68,7 @@ def cache_path() -> Path:
 
 # ---------------------------------------------------------------------------------- keys
 
+
 def _power_of_two_above(size) -> int:
     """The least power of two >= size: comparisons only, so Dynamo guards rather than
     specialises a dynamic size."""
@@ -75,8 +79,13 @@ def _power_of_two_above(size) -> int:
 
 
 def _key(op: str, dtype: torch.dtype, sizes: tuple, flags: tuple) -> Key:
-    return (op, str(dtype).removeprefix("torch."), tuple(_power_of_two_above(s) for s in sizes),
-            flags, None if torch.compiler.is_compiling() else tuple(int(s) for s in sizes))
+    return (
+        op,
+        str(dtype).removeprefix("torch."),
+        tuple(_power_of_two_above(s) for s in sizes),
+        flags,
+        None if torch.compiler.is_compiling() else tuple(int(s) for s in sizes),
+    )
 
 
 def _needing_grad(**tensors: torch.Tensor) -> tuple:
@@ -87,8 +96,9 @@ def _needing_grad(**tensors: torch.Tensor) -> tuple:
     return tuple(f"grad:{name}" for name, tensor in tensors.items() if tensor.requires_grad)
 
 
-def damsm_key(words: torch.Tensor, regions: torch.Tensor, dtype: torch.dtype,
-              impl: str) -> Optional[Key]:
+def damsm_key(
+    words: torch.Tensor, regions: torch.Tensor, dtype: torch.dtype, impl: str
+) -> Optional[Key]:
     """The key of a damsm_word_similarity call (regions `[B_img, D, R]`, computed in `dtype`),
     None where auto does not measure."""
     if not _measures(words.device, impl):
@@ -97,25 +107,32 @@ def damsm_key(words: torch.Tensor, regions: torch.Tensor, dtype: torch.dtype,
     return _key("damsm_word_similarity", dtype, sizes, _needing_grad(words=words, regions=regions))
 
 
-def word_attention_key(query: torch.Tensor, words: torch.Tensor, impl: str, return_attn: bool,
-                       concat: bool) -> Optional[Key]:
+def word_attention_key(
+    query: torch.Tensor, words: torch.Tensor, impl: str, return_attn: bool, concat: bool
+) -> Optional[Key]:
     """The key of a word_attention call, None where auto does not measure."""
     if not _measures(query.device, impl):
         return None
-    flags = (_needing_grad(query=query, words=words) + (("attn",) if return_attn else ())
-             + (("concat",) if concat else ()))
-    return _key("word_attention", query.dtype, (*query.shape[:2], words.shape[2],
-                                                *query.shape[2:]), flags)
+    flags = (
+        _needing_grad(query=query, words=words)
+        + (("attn",) if return_attn else ())
+        + (("concat",) if concat else ())
+    )
+    return _key(
+        "word_attention", query.dtype, (*query.shape[:2], words.shape[2], *query.shape[2:]), flags
+    )
 
 
 def entry_name(key: Key) -> str:
     """The key as its cache file names it, e.g. "word_attention bfloat16 batch<=32 ... concat"."""
     op, dtype, buckets, flags, _ = key
-    return " ".join([op, dtype, *(f"{name}<={bucket}" for name, bucket
-                                  in zip(SIZE_NAMES[op], buckets)), *flags])
+    return " ".join(
+        [op, dtype, *(f"{name}<={bucket}" for name, bucket in zip(SIZE_NAMES[op], buckets)), *flags]
+    )
 
 
 # ------------------------------------------------------------------------ the machine
+
 
 def _driver_version() -> str:
     try:
@@ -154,7 +171,7 @@ def _kernels_fingerprint() -> str:
 
 
 def _triton_version() -> str:
-    for distribution in ("triton", "pytorch-triton"):   # the second: PyTorch's nightly builds
+    for distribution in ("triton", "pytorch-triton"):  # the second: PyTorch's nightly builds
         try:
             return importlib.metadata.version(distribution)
         except importlib.metadata.PackageNotFoundError:
@@ -166,20 +183,33 @@ def _triton_version() -> str:
 def machine_identity(device: torch.device) -> str:
     """What a measurement holds for: the device, its driver, and the software that ran it."""
     if device.type == "cuda":
-        where = [torch.cuda.get_device_name(device), f"driver {_driver_version()}",
-                 f"CUDA {torch.version.cuda}"]
+        where = [
+            torch.cuda.get_device_name(device),
+            f"driver {_driver_version()}",
+            f"CUDA {torch.version.cuda}",
+        ]
     else:
         where = [cpu_model()]
-    return "; ".join([*where, f"torch {torch.__version__}", f"triton {_triton_version()}",
-                      f"attngan {__version__} (kernels {_kernels_fingerprint()})"])
+    return "; ".join(
+        [
+            *where,
+            f"torch {torch.__version__}",
+            f"triton {_triton_version()}",
+            f"attngan {__version__} (kernels {_kernels_fingerprint()})",
+        ]
+    )
 
 
 # ------------------------------------------------------------------------ the cache file
 
+
 def _valid_record(record) -> bool:
-    return (isinstance(record, dict) and isinstance(record.get("impl"), str)
-            and isinstance(record.get("ms"), dict)
-            and all(isinstance(ms, (int, float)) for ms in record["ms"].values()))
+    return (
+        isinstance(record, dict)
+        and isinstance(record.get("impl"), str)
+        and isinstance(record.get("ms"), dict)
+        and all(isinstance(ms, (int, float)) for ms in record["ms"].values())
+    )
 
 
 def _read(path: Path) -> dict:
@@ -188,17 +218,25 @@ def _read(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
         machines = data.get("machines") if isinstance(data, dict) else None
-        if (not isinstance(data, dict) or data.get("format") != CACHE_FORMAT
-                or not isinstance(machines, dict)
-                or not all(isinstance(entries, dict) and all(map(_valid_record, entries.values()))
-                           for entries in machines.values())):
+        if (
+            not isinstance(data, dict)
+            or data.get("format") != CACHE_FORMAT
+            or not isinstance(machines, dict)
+            or not all(
+                isinstance(entries, dict) and all(map(_valid_record, entries.values()))
+                for entries in machines.values()
+            )
+        ):
             raise ValueError(f"not a tuning cache of format {CACHE_FORMAT}")
         return machines
     except (FileNotFoundError, NotADirectoryError):
         return {}
-    except (OSError, ValueError) as error:   # json.JSONDecodeError and UnicodeError included
-        backend.warn_once("autotune", f"ignoring the tuning cache {path} ({error}); auto measures "
-                          f"again and rewrites it", stacklevel=4)
+    except (OSError, ValueError) as error:  # json.JSONDecodeError and UnicodeError included
+        backend.warn_once(
+            "autotune",
+            f"ignoring the tuning cache {path} ({error}); auto measures again and rewrites it",
+            stacklevel=4,
+        )
         return {}
 
 
@@ -220,15 +258,21 @@ def _store(device: torch.device, key: Key, record: dict) -> None:
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps({"format": CACHE_FORMAT, "machines": merged}, indent=1,
-                                      sort_keys=True) + "\n")
+        partial.write_text(
+            json.dumps({"format": CACHE_FORMAT, "machines": merged}, indent=1, sort_keys=True)
+            + "\n"
+        )
         os.replace(partial, path)
     except OSError as error:
         if partial.is_file():
             partial.unlink()
-        backend.warn_once("autotune", f"cannot write the tuning cache {path} ({error}); this "
-                          f"process keeps its measurements in memory (set {CACHE_VARIABLE} to a "
-                          f"writable file)", stacklevel=5)
+        backend.warn_once(
+            "autotune",
+            f"cannot write the tuning cache {path} ({error}); this "
+            f"process keeps its measurements in memory (set {CACHE_VARIABLE} to a "
+            f"writable file)",
+            stacklevel=5,
+        )
 
 
 def lookup(device: torch.device, key: Key) -> Optional[dict]:
@@ -260,8 +304,15 @@ def clear() -> bool:
 
 # ------------------------------------------------------------------------ measuring
 
-def _features(generator: torch.Generator, shape: tuple, scale: float, dtype: torch.dtype,
-              device: torch.device, requires_grad: bool) -> torch.Tensor:
+
+def _features(
+    generator: torch.Generator,
+    shape: tuple,
+    scale: float,
+    dtype: torch.dtype,
+    device: torch.device,
+    requires_grad: bool,
+) -> torch.Tensor:
     values = torch.randn(shape, generator=generator) * scale
     return values.to(device, dtype).requires_grad_(requires_grad)
 
@@ -271,12 +322,15 @@ def _run_damsm(impl: str, device: torch.device, key: Key) -> tuple[Callable, lis
     Features N(0, D^-1/2): scores of unit spread; every caption has all L words, the fused
     kernels' most work (they skip padded words, the reference does not)."""
     from attngan.ops.damsm import damsm_word_similarity
+
     _, dtype, _, flags, (images, captions, dim, num_words, num_regions) = key
     dtype, generator = getattr(torch, dtype), torch.Generator().manual_seed(0)
-    words = _features(generator, (captions, dim, num_words), dim ** -0.25, dtype, device,
-                      "grad:words" in flags)
-    regions = _features(generator, (images, dim, num_regions), dim ** -0.25, dtype, device,
-                        "grad:regions" in flags)
+    words = _features(
+        generator, (captions, dim, num_words), dim**-0.25, dtype, device, "grad:words" in flags
+    )
+    regions = _features(
+        generator, (images, dim, num_regions), dim**-0.25, dtype, device, "grad:regions" in flags
+    )
     lengths = torch.full((captions,), num_words)
     return (lambda: damsm_word_similarity(words, lengths, regions, impl=impl)), [words, regions]
 
@@ -284,18 +338,33 @@ def _run_damsm(impl: str, device: torch.device, key: Key) -> tuple[Callable, lis
 def _run_word_attention(impl: str, device: torch.device, key: Key) -> tuple[Callable, list]:
     """As _run_damsm, for word_attention (its first output: the map's gradient is not used)."""
     from attngan.ops.word_attention import word_attention
+
     _, dtype, _, flags, (batch, channels, num_words, height, width) = key
     dtype, generator = getattr(torch, dtype), torch.Generator().manual_seed(0)
-    query = _features(generator, (batch, channels, height, width), channels ** -0.25, dtype,
-                      device, "grad:query" in flags)
-    words = _features(generator, (batch, channels, num_words), channels ** -0.25, dtype, device,
-                      "grad:words" in flags)
+    query = _features(
+        generator,
+        (batch, channels, height, width),
+        channels**-0.25,
+        dtype,
+        device,
+        "grad:query" in flags,
+    )
+    words = _features(
+        generator,
+        (batch, channels, num_words),
+        channels**-0.25,
+        dtype,
+        device,
+        "grad:words" in flags,
+    )
     lengths = torch.full((batch,), num_words)
 
     def call():
-        out = word_attention(query, words, lengths, impl=impl, return_attn="attn" in flags,
-                             concat="concat" in flags)
+        out = word_attention(
+            query, words, lengths, impl=impl, return_attn="attn" in flags, concat="concat" in flags
+        )
         return out[0] if "attn" in flags else out
+
     return call, [query, words]
 
 
@@ -313,6 +382,7 @@ def _workload(op: str, impl: str, device: torch.device, key: Key) -> Callable[[]
             out = call()
             if leaves:
                 torch.autograd.grad(out, leaves, torch.ones_like(out))
+
     return run
 
 
@@ -353,21 +423,31 @@ def _measure(op: str, device: torch.device, key: Key, candidates: tuple) -> str:
     for impl in candidates:
         run = _workload(op, impl, device, key)
         try:
-            run()   # the first call compiles; a kernel that cannot run here is left out
+            run()  # the first call compiles; a kernel that cannot run here is left out
         except Exception as error:  # noqa: BLE001 (a compiler's or a launcher's, of any type)
             if impl == "reference":
                 raise
-            backend.warn_once(op, f"auto leaves out '{impl}': it failed on {entry_name(key)} "
-                              f"({str(error).strip().splitlines()[0][:200]})", stacklevel=5)
+            backend.warn_once(
+                op,
+                f"auto leaves out '{impl}': it failed on {entry_name(key)} "
+                f"({str(error).strip().splitlines()[0][:200]})",
+                stacklevel=5,
+            )
             continue
         runs[impl] = run
     seconds = time_candidates(runs, device)
     fastest = min(seconds, key=seconds.get)
     if "reference" in seconds and seconds[fastest] > (1 - REQUIRED_GAIN) * seconds["reference"]:
         fastest = "reference"
-    _store(device, key, {"impl": fastest,
-                         "ms": {impl: round(1e3 * value, 4) for impl, value in seconds.items()},
-                         "measured_at": dict(zip(SIZE_NAMES[op], key[4]))})
+    _store(
+        device,
+        key,
+        {
+            "impl": fastest,
+            "ms": {impl: round(1e3 * value, 4) for impl, value in seconds.items()},
+            "measured_at": dict(zip(SIZE_NAMES[op], key[4])),
+        },
+    )
     return fastest
 
 
@@ -390,9 +470,13 @@ def pick(op: str, device: torch.device, key: Key, candidates: tuple) -> str:
         return record["impl"]
     reason = _why_not_measurable(device)
     if reason is not None:
-        backend.warn_once(op, f"auto has not measured {entry_name(key)} on this machine and "
-                          f"cannot measure {reason}: it runs the reference there. Make one "
-                          f"eager call first (one training step) or set impl or "
-                          f"{backend.IMPL_VARIABLE}", stacklevel=5)
+        backend.warn_once(
+            op,
+            f"auto has not measured {entry_name(key)} on this machine and "
+            f"cannot measure {reason}: it runs the reference there. Make one "
+            f"eager call first (one training step) or set impl or "
+            f"{backend.IMPL_VARIABLE}",
+            stacklevel=5,
+        )
         return "reference"
     return _measure(op, device, key, candidates)

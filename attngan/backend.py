@@ -16,6 +16,7 @@ computed): the per-caption loop of the DAMSM similarity, and for word attention,
 original computes batched, the reference.
 Triton kernels run on CPU tensors only under the interpreter (TRITON_INTERPRET=1).
 """
+
 from __future__ import annotations
 
 import functools
@@ -69,14 +70,15 @@ def triton_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def interpreter_dtype_reason(impl: str, dtype: torch.dtype, device: torch.device
-                             ) -> Optional[str]:
+def interpreter_dtype_reason(impl: str, dtype: torch.dtype, device: torch.device) -> Optional[str]:
     """Why the Triton interpreter (which runs the Triton kernels on CPU tensors) cannot take
     `dtype`, or None: its bfloat16 products are wrong (a 16 x 16 bfloat16 tl.dot off by 1e10
     under Triton 3.8), which would be a silent wrong result."""
     if impl == "triton" and dtype == torch.bfloat16 and torch.device(device).type == "cpu":
-        return ("the Triton interpreter (TRITON_INTERPRET=1, CPU tensors) computes bfloat16 "
-                "products wrongly; use float32 or float16 there, or impl='cpp'")
+        return (
+            "the Triton interpreter (TRITON_INTERPRET=1, CPU tensors) computes bfloat16 "
+            "products wrongly; use float32 or float16 there, or impl='cpp'"
+        )
     return None
 
 
@@ -92,12 +94,16 @@ def unavailable_reason(op: str, impl: str, device: torch.device) -> Optional[str
         if _triton_kernels(op) is None:
             return "triton is not installed (pip install triton)"
         if device.type != "cuda" and not triton_interpreter():
-            return "Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 for the CPU interpreter)"
+            return (
+                "Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 for the CPU interpreter)"
+            )
         return None
     extension = compiled_extension()
     if extension is None:
-        return ("the compiled extension attngan._C is not built "
-                "(reinstall with `pip install --no-build-isolation -e .` and a C++ compiler)")
+        return (
+            "the compiled extension attngan._C is not built "
+            "(reinstall with `pip install --no-build-isolation -e .` and a C++ compiler)"
+        )
     if not hasattr(torch.ops.attngan_C, f"{op}_fwd"):
         return f"attngan._C was built without the {op} kernel"
     if impl == "cpp" and device.type != "cpu":
@@ -129,9 +135,13 @@ def warn_once(op: str, message: str, stacklevel: int = 2) -> None:
         warnings.warn(f"{op}: {message}", RuntimeWarning, stacklevel=stacklevel + 1)
 
 
-def choose(op: str, device: torch.device, impl: str = "auto",
-           supported: Optional[Callable[[str], Optional[str]]] = None,
-           key: Optional[tuple] = None) -> str:
+def choose(
+    op: str,
+    device: torch.device,
+    impl: str = "auto",
+    supported: Optional[Callable[[str], Optional[str]]] = None,
+    key: Optional[tuple] = None,
+) -> str:
     """Return the implementation to run.
 
     Args:
@@ -146,7 +156,7 @@ def choose(op: str, device: torch.device, impl: str = "auto",
     if impl not in IMPL_CHOICES:
         raise ValueError(f"{source}='{impl}' is not known; choose from {', '.join(IMPL_CHOICES)}")
     if impl == "loop" and "loop" not in OP_IMPLS.get(op, ("loop",)):
-        impl = "reference"   # an op the original computes batched: its way is the reference
+        impl = "reference"  # an op the original computes batched: its way is the reference
     if impl != "auto":
         reason = unavailable_reason(op, impl, device)
         if reason is None and supported is not None:
@@ -161,11 +171,12 @@ def choose(op: str, device: torch.device, impl: str = "auto",
             reason = supported(candidate)
         if reason is None:
             candidates.append(candidate)
-        else:   # the reference runs everything: it is always a candidate
+        else:  # the reference runs everything: it is always a candidate
             warn_once(op, f"auto leaves out '{candidate}' ({reason})", stacklevel=3)
     if key is None or len(candidates) == 1:
         return candidates[0]
-    from attngan import autotune   # it imports this module
+    from attngan import autotune  # it imports this module
+
     return autotune.pick(op, device, key, tuple(candidates))
 
 
@@ -182,6 +193,9 @@ def describe() -> str:
         amx = torch.ops.attngan_C.damsm_cpu_amx()
         parts.append(f"cpp bfloat16 products: {'AMX tiles' if amx else 'in float32'}")
     from attngan import autotune
-    parts.append(f"auto measures on {', '.join(MEASURED_DEVICE_TYPES)} "
-                 f"(choices kept in {autotune.cache_path()})")
+
+    parts.append(
+        f"auto measures on {', '.join(MEASURED_DEVICE_TYPES)} "
+        f"(choices kept in {autotune.cache_path()})"
+    )
     return "; ".join(parts)

@@ -8,6 +8,7 @@ A collective that waits longer than ATTNGAN_DIST_TIMEOUT seconds (default 300) f
 died or hangs fails instead of hanging. docs/DESIGN.md, "Several GPUs and machines", says what
 a run on N ranks computes and where it differs from one process.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,12 +19,28 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ["World", "SINGLE", "launched_by_torchrun", "this_world", "join_world",
-           "leave_world", "local_share", "gather", "gather_with_grad", "gather_lengths",
-           "reduce_", "data_parallel", "all_gather_objects", "gather_to_main", "broadcast_object",
-           "barrier", "rank_seed", "DEFAULT_TIMEOUT"]
+__all__ = [
+    "World",
+    "SINGLE",
+    "launched_by_torchrun",
+    "this_world",
+    "join_world",
+    "leave_world",
+    "local_share",
+    "gather",
+    "gather_with_grad",
+    "gather_lengths",
+    "reduce_",
+    "data_parallel",
+    "all_gather_objects",
+    "gather_to_main",
+    "broadcast_object",
+    "barrier",
+    "rank_seed",
+    "DEFAULT_TIMEOUT",
+]
 
-DEFAULT_TIMEOUT = 300           # seconds a collective waits for the other ranks
+DEFAULT_TIMEOUT = 300  # seconds a collective waits for the other ranks
 
 
 class DistributedError(ValueError):
@@ -33,6 +50,7 @@ class DistributedError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class World:
     """This process's place among the ranks of a run: rank 0 of 1 without torchrun."""
+
     rank: int = 0
     size: int = 1
     local_rank: int = 0
@@ -52,8 +70,10 @@ SINGLE = World()
 
 def launched_by_torchrun() -> bool:
     """Whether torchrun (or another launcher setting its environment) started this process."""
-    return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK",
-                                               "MASTER_ADDR", "MASTER_PORT"))
+    return all(
+        name in os.environ
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    )
 
 
 def _timeout() -> datetime.timedelta:
@@ -63,8 +83,7 @@ def _timeout() -> datetime.timedelta:
     except ValueError:
         seconds = -1.0
     if not seconds > 0:
-        raise DistributedError(f"ATTNGAN_DIST_TIMEOUT={text!r} must be a number of seconds "
-                               "above 0")
+        raise DistributedError(f"ATTNGAN_DIST_TIMEOUT={text!r} must be a number of seconds above 0")
     return datetime.timedelta(seconds=seconds)
 
 
@@ -73,8 +92,11 @@ def this_world() -> World:
     the process group."""
     if not launched_by_torchrun():
         return SINGLE
-    return World(rank=int(os.environ["RANK"]), size=int(os.environ["WORLD_SIZE"]),
-                 local_rank=int(os.environ["LOCAL_RANK"]))
+    return World(
+        rank=int(os.environ["RANK"]),
+        size=int(os.environ["WORLD_SIZE"]),
+        local_rank=int(os.environ["LOCAL_RANK"]),
+    )
 
 
 def join_world(device: torch.device) -> tuple[World, torch.device]:
@@ -89,12 +111,17 @@ def join_world(device: torch.device) -> tuple[World, torch.device]:
             raise DistributedError(
                 f"local rank {world.local_rank} has no GPU of its own (this machine has "
                 f"{torch.cuda.device_count()}); start at most that many processes per node "
-                "(--nproc_per_node)")
+                "(--nproc_per_node)"
+            )
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=_timeout(), rank=world.rank, world_size=world.size)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo",
+            timeout=_timeout(),
+            rank=world.rank,
+            world_size=world.size,
+        )
     return world, device
 
 
@@ -111,7 +138,8 @@ def local_share(global_batch: int, world: World, setting: str) -> int:
         raise DistributedError(
             f"{setting}={global_batch} is the global batch, and {world.size} ranks cannot "
             f"share it equally; set {setting} to a multiple of {world.size} or run on a number "
-            f"of processes that divides it")
+            f"of processes that divides it"
+        )
     return global_batch // world.size
 
 
@@ -139,7 +167,7 @@ class _GatherWithGrad(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         grad = grad.contiguous().clone()
         dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows], None, None
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows], None, None
 
 
 def gather_with_grad(tensor: torch.Tensor, world: World) -> torch.Tensor:
@@ -168,8 +196,7 @@ def reduce_(tensor: torch.Tensor, world: World, operation: str = "sum") -> torch
     return tensor
 
 
-def data_parallel(module: torch.nn.Module, world: World, device: torch.device
-                  ) -> torch.nn.Module:
+def data_parallel(module: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:
     """`module` itself for one process; on several, `module` wrapped in
     DistributedDataParallel (its gradients averaged over the ranks in its backward), on a GPU
     with its BatchNorm layers made SyncBatchNorm first (in place: the wrapper and `module`
@@ -229,4 +256,4 @@ def barrier(world: World) -> None:
 def rank_seed(seed: int, world: World) -> int:
     """The seed of this rank's random streams: `seed` itself on rank 0 (so one process draws
     what it always drew), distinct and fixed for every other rank."""
-    return seed if world.rank == 0 else (seed * 1_000_003 + world.rank * 7_919) % 2 ** 63
+    return seed if world.rank == 0 else (seed * 1_000_003 + world.rank * 7_919) % 2**63

@@ -15,6 +15,7 @@ an output folder a user named, or says which option to change. `hold_folder` giv
 a time a folder (an advisory lock). `file_sha256` is the SHA-256 that runs and evaluations record
 of every file they were made from.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,9 +33,20 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional, Union
 
-__all__ = ["OutputError", "FolderInUse", "write_atomically", "write_text_atomically",
-           "temporary_prefix", "remove_leftovers", "default_permissions", "make_folder",
-           "require_writable", "output_error", "hold_folder", "file_sha256"]
+__all__ = [
+    "OutputError",
+    "FolderInUse",
+    "write_atomically",
+    "write_text_atomically",
+    "temporary_prefix",
+    "remove_leftovers",
+    "default_permissions",
+    "make_folder",
+    "require_writable",
+    "output_error",
+    "hold_folder",
+    "file_sha256",
+]
 
 # Why a write failed, by errno, and what to do about it.
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -61,8 +73,9 @@ def _os_error_in(error: BaseException) -> Optional[OSError]:
     return None
 
 
-def output_error(path: Union[str, Path], error: BaseException,
-                 fix: str = "choose another output path") -> Optional[OutputError]:
+def output_error(
+    path: Union[str, Path], error: BaseException, fix: str = "choose another output path"
+) -> Optional[OutputError]:
     """The OutputError for a failure to write `path`, or None when `error` is not an operating
     system's refusal to write (a bug, which should propagate as it is)."""
     cause = _os_error_in(error)
@@ -107,8 +120,9 @@ def make_folder(folder: Union[str, Path], option: str) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OutputError(f"cannot make the folder {folder} ({error.strerror or error}); pass "
-                          f"another {option}") from None
+        raise OutputError(
+            f"cannot make the folder {folder} ({error.strerror or error}); pass another {option}"
+        ) from None
     return folder
 
 
@@ -135,7 +149,7 @@ def remove_leftovers(path: Path) -> None:
     """Remove the temporaries of `path` (`temporary_prefix`) whose process is gone: a writer
     killed outright (SIGKILL, power loss) had no chance to. A live writer's are kept."""
     for leftover in path.parent.glob(f".{glob.escape(path.name)}.tmp-*-*"):
-        pid = leftover.name[len(f".{path.name}.tmp-"):].split("-", 1)[0]
+        pid = leftover.name[len(f".{path.name}.tmp-") :].split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
@@ -148,13 +162,14 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:          # another user's process: alive
+    except PermissionError:  # another user's process: alive
         return True
     return True
 
 
-def write_atomically(path: Union[str, Path], write: Callable[[BinaryIO], None],
-                     fix: str = "write it elsewhere") -> Path:
+def write_atomically(
+    path: Union[str, Path], write: Callable[[BinaryIO], None], fix: str = "write it elsewhere"
+) -> Path:
     """Create or replace `path` with what `write(stream)` writes, all or nothing.
 
     The folder is created if needed. On any failure (including KeyboardInterrupt) the temporary
@@ -186,15 +201,16 @@ def write_atomically(path: Union[str, Path], write: Callable[[BinaryIO], None],
     return path
 
 
-def write_text_atomically(path: Union[str, Path], text: str,
-                          fix: str = "write it elsewhere") -> Path:
+def write_text_atomically(
+    path: Union[str, Path], text: str, fix: str = "write it elsewhere"
+) -> Path:
     """`write_atomically` for a UTF-8 text file."""
     data = text.encode("utf-8")
     return write_atomically(path, lambda stream: stream.write(data), fix)
 
 
 LOCK_NAME = ".attngan-lock"
-_held: set[Path] = set()       # the folders this process holds
+_held: set[Path] = set()  # the folders this process holds
 
 
 def _owner(handle) -> dict:
@@ -208,8 +224,10 @@ def _owner(handle) -> dict:
 
 def _describe(owner: dict) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("since", 0)))
-    return (f"`{owner.get('command', '?')}` (pid {owner.get('pid', '?')} on "
-            f"{owner.get('host', '?')}, since {started})")
+    return (
+        f"`{owner.get('command', '?')}` (pid {owner.get('pid', '?')} on "
+        f"{owner.get('host', '?')}, since {started})"
+    )
 
 
 @contextlib.contextmanager
@@ -235,19 +253,34 @@ def hold_folder(folder: Union[str, Path], what: str, command: str) -> Iterator[P
                 raise BlockingIOError
             fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
-            if not isinstance(error, BlockingIOError) and error.errno not in (errno.EACCES,
-                                                                               errno.EAGAIN):
+            if not isinstance(error, BlockingIOError) and error.errno not in (
+                errno.EACCES,
+                errno.EAGAIN,
+            ):
                 raise output_error(path, error, f"pass another {what}") from None
-            raise FolderInUse(f"{folder} is in use by {_describe(_owner(handle))}; wait until "
-                              f"it ends or pass another {what}") from None
+            raise FolderInUse(
+                f"{folder} is in use by {_describe(_owner(handle))}; wait until "
+                f"it ends or pass another {what}"
+            ) from None
         previous = _owner(handle)
         if previous.get("pid") is not None:
-            print(f"attngan: taking over {folder} from {_describe(previous)}, which ended "
-                  "without releasing it", file=sys.stderr)
+            print(
+                f"attngan: taking over {folder} from {_describe(previous)}, which ended "
+                "without releasing it",
+                file=sys.stderr,
+            )
         handle.seek(0)
         handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "command": command, "since": time.time()}))
+        handle.write(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "command": command,
+                    "since": time.time(),
+                }
+            )
+        )
         handle.flush()
         _held.add(key)
         try:
@@ -255,7 +288,7 @@ def hold_folder(folder: Union[str, Path], what: str, command: str) -> Iterator[P
         finally:
             _held.discard(key)
             if created and [entry.name for entry in folder.iterdir()] == [LOCK_NAME]:
-                path.unlink()           # a run that wrote nothing leaves no folder behind
+                path.unlink()  # a run that wrote nothing leaves no folder behind
                 folder.rmdir()
             else:
                 handle.seek(0)

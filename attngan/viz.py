@@ -17,6 +17,7 @@
 - `colormap`: values in [0, 1] -> RGB, a piecewise-linear "jet" (blue -> cyan -> yellow ->
   red), written here so no plotting library is needed.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,10 +31,19 @@ from PIL import Image, ImageDraw, ImageFont
 
 from attngan.files import write_atomically
 
-__all__ = ["quantize", "to_uint8", "save_png", "save_image_grid", "colormap", "word_confidence",
-           "word_heatmaps", "attention_figure", "OVERLAY_ALPHA"]
+__all__ = [
+    "quantize",
+    "to_uint8",
+    "save_png",
+    "save_image_grid",
+    "colormap",
+    "word_confidence",
+    "word_heatmaps",
+    "attention_figure",
+    "OVERLAY_ALPHA",
+]
 
-OVERLAY_ALPHA = 0.6           # weight of a word's coloured map blended over its image
+OVERLAY_ALPHA = 0.6  # weight of a word's coloured map blended over its image
 _LABEL_HEIGHT = 14
 _PAD = 2
 
@@ -55,8 +65,7 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
     return write_atomically(path, lambda stream: image.save(stream, format="PNG"))
 
 
-def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8,
-                    scale: int = 1) -> Path:
+def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int = 1) -> Path:
     """Write `[N, 3, H, W]` images in [-1, 1] as a grid of `nrow` columns (2 px black gaps),
     each image upscaled `scale` times (nearest); returns the path."""
     pixels = to_uint8(images)
@@ -77,7 +86,7 @@ def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8,
 def colormap(values: np.ndarray) -> np.ndarray:
     """A "jet" colour map: float array in [0, 1] `[...]` -> uint8 RGB `[..., 3]`."""
     x = np.clip(values, 0.0, 1.0)[..., None] * 4.0
-    centres = np.array([3.0, 2.0, 1.0])                                 # red, green, blue peaks
+    centres = np.array([3.0, 2.0, 1.0])  # red, green, blue peaks
     rgb = np.clip(1.5 - np.abs(x - centres), 0.0, 1.0)
     return (rgb * 255).round().astype(np.uint8)
 
@@ -85,7 +94,7 @@ def colormap(values: np.ndarray) -> np.ndarray:
 def word_confidence(attn: torch.Tensor, length: int) -> torch.Tensor:
     """Confidence per word of one caption: attn `[L, H, W]` -> `[length]`, the mass above
     4 / length (see module doc)."""
-    maps = attn[:length].detach().float().flatten(1)                    # [n, R]
+    maps = attn[:length].detach().float().flatten(1)  # [n, R]
     return (maps * (maps > 4.0 / length)).sum(dim=1)
 
 
@@ -93,9 +102,13 @@ def word_heatmaps(attn: torch.Tensor, length: int, size: int) -> np.ndarray:
     """The maps of a caption's words as the attention figure colours them: attn `[L, h, w]` ->
     uint8 RGB `[length, size, size, 3]`, values up to 2 / length set to 0, upsampled
     bilinearly, each min-max normalised and coloured by `colormap` (see module doc)."""
-    maps = attn[:length].detach().float().cpu()                           # [n, h, w]
-    up = F.interpolate((maps * (maps > 2.0 / length))[None], size=(size, size),
-                       mode="bilinear", align_corners=False)[0]            # [n, S, S]
+    maps = attn[:length].detach().float().cpu()  # [n, h, w]
+    up = F.interpolate(
+        (maps * (maps > 2.0 / length))[None],
+        size=(size, size),
+        mode="bilinear",
+        align_corners=False,
+    )[0]  # [n, S, S]
     low = up.amin(dim=(1, 2), keepdim=True)
     high = up.amax(dim=(1, 2), keepdim=True)
     return colormap(((up - low) / (high - low).clamp_min(1e-12)).numpy())
@@ -114,9 +127,16 @@ def _tile(image: np.ndarray, label: str, font) -> Image.Image:
     return tile
 
 
-def attention_figure(images: Sequence[torch.Tensor], attention_maps: Sequence[torch.Tensor],
-                     words: Sequence[str], path: str | Path, *, top_k: int = 5,
-                     tile_size: int = 128, alpha: float = OVERLAY_ALPHA) -> Path:
+def attention_figure(
+    images: Sequence[torch.Tensor],
+    attention_maps: Sequence[torch.Tensor],
+    words: Sequence[str],
+    path: str | Path,
+    *,
+    top_k: int = 5,
+    tile_size: int = 128,
+    alpha: float = OVERLAY_ALPHA,
+) -> Path:
     """Write the attention figure of one generated sample.
 
     Args:
@@ -131,17 +151,24 @@ def attention_figure(images: Sequence[torch.Tensor], attention_maps: Sequence[to
     Returns the path.
     """
     if len(images) != len(attention_maps) + 1:
-        raise ValueError(f"attention_figure needs one image per stage and one map per attention "
-                         f"stage, got {len(images)} images and {len(attention_maps)} maps")
+        raise ValueError(
+            f"attention_figure needs one image per stage and one map per attention "
+            f"stage, got {len(images)} images and {len(attention_maps)} maps"
+        )
     if not attention_maps:
-        raise ValueError("a one-stage generator has no word attention to draw; train with "
-                         "data.branch_num >= 2")
+        raise ValueError(
+            "a one-stage generator has no word attention to draw; train with data.branch_num >= 2"
+        )
     length = len(words)
     font = ImageFont.load_default()
     rows = []
     for stage, attn in enumerate(attention_maps, start=1):
-        base = F.interpolate(images[stage][None].float().cpu(), size=(tile_size, tile_size),
-                             mode="bilinear", align_corners=False)[0]
+        base = F.interpolate(
+            images[stage][None].float().cpu(),
+            size=(tile_size, tile_size),
+            mode="bilinear",
+            align_corners=False,
+        )[0]
         base_pixels = to_uint8(base)
         # as the original's np.argsort(confidence)[::-1]: ties go to the later word
         shown = word_confidence(attn, length).argsort(stable=True).flip(0)[:top_k]
@@ -156,6 +183,7 @@ def attention_figure(images: Sequence[torch.Tensor], attention_maps: Sequence[to
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     for r, row in enumerate(rows):
         for c, tile in enumerate(row):
-            canvas.paste(tile, (_PAD + c * (tile_size + _PAD),
-                                _PAD + r * (tile_size + _LABEL_HEIGHT + _PAD)))
+            canvas.paste(
+                tile, (_PAD + c * (tile_size + _PAD), _PAD + r * (tile_size + _LABEL_HEIGHT + _PAD))
+            )
     return save_png(canvas, path)

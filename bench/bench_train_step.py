@@ -43,6 +43,7 @@ encoders of random weights).
         [--profile N] [--trace DIR] [--record]
     pytest bench/bench_train_step.py   (pytest-benchmark, the shapes preset)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,14 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (at_least, machine, machine_lines, markdown_table,  # noqa: E402
-                    median_seconds, publish)
+from common import (
+    at_least,
+    machine,
+    machine_lines,
+    markdown_table,  # noqa: E402
+    median_seconds,
+    publish,
+)
 
 import attngan.train.speed as speed  # noqa: E402
 from attngan.config import Config, load_config  # noqa: E402
@@ -71,7 +78,7 @@ from attngan.train.gan import GRAPH_WARMUP_STEPS, GANTrainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RANDOM_INCEPTION = ["image_encoder.random_init=true"]
-PRESETS = {   # (stage, preset) -> (config file, overrides)
+PRESETS = {  # (stage, preset) -> (config file, overrides)
     ("gan", "shapes"): ("configs/shapes.yaml", []),
     ("gan", "cub"): ("configs/birds.yaml", RANDOM_INCEPTION),
     ("gan", "coco"): ("configs/coco.yaml", RANDOM_INCEPTION),
@@ -81,14 +88,14 @@ PRESETS = {   # (stage, preset) -> (config file, overrides)
 }
 STAGES = ("damsm", "gan")
 VOCAB_SIZE = 5000
-FUSED_IMPL = "{fused}"            # stands for --fused-impl in LADDER
+FUSED_IMPL = "{fused}"  # stands for --fused-impl in LADDER
 
 
 @dataclass(frozen=True)
 class Rung:
     name: str
     label: str
-    overrides: dict          # config keys of run -> value, added to the rungs before it
+    overrides: dict  # config keys of run -> value, added to the rungs before it
 
 
 LADDER = (
@@ -97,8 +104,11 @@ LADDER = (
     Rung("fused", "fused ops", {"impl": FUSED_IMPL}),
     Rung("tf32", "TF32", {"precision": "tf32"}),
     Rung("bf16", "bf16 autocast", {"precision": "bf16"}),
-    Rung("channels_last", "channels_last + cudnn.benchmark",
-         {"channels_last": True, "cudnn_benchmark": True}),
+    Rung(
+        "channels_last",
+        "channels_last + cudnn.benchmark",
+        {"channels_last": True, "cudnn_benchmark": True},
+    ),
     Rung("fused_adam", "fused Adam", {"fused_adam": True}),
     Rung("compile", "torch.compile", {"compile": True}),
     Rung("cuda_graphs", "CUDA graphs", {"cuda_graphs": True}),
@@ -127,18 +137,25 @@ def ladder(device: torch.device, stage: str, fused_impl: str = "auto") -> list[d
         left_out = []
         for key, value in rung.overrides.items():
             value = fused_impl if value == FUSED_IMPL else value
-            reason = (speed.unavailable_reason(key, value, device, stage,
-                                               applied.get("impl", "auto"))
-                      if key in speed.SWITCHES else None)
+            reason = (
+                speed.unavailable_reason(key, value, device, stage, applied.get("impl", "auto"))
+                if key in speed.SWITCHES
+                else None
+            )
             if reason is None:
                 applied[key] = value
             else:
                 left_out.append(f"{key}: {reason}")
         runs = len(left_out) < len(rung.overrides)
-        rows.append({"rung": rung,
-                     "overrides": [f"run.{key}={str(value).lower()}"
-                                   for key, value in applied.items()] if runs else None,
-                     "left_out": left_out})
+        rows.append(
+            {
+                "rung": rung,
+                "overrides": [f"run.{key}={str(value).lower()}" for key, value in applied.items()]
+                if runs
+                else None,
+                "left_out": left_out,
+            }
+        )
     return rows
 
 
@@ -147,8 +164,7 @@ def batch_size(config: Config, stage: str) -> int:
     return config.gan.batch_size if stage == "gan" else config.damsm.batch_size
 
 
-def random_batch(config: Config, device: torch.device, seed: int = 0,
-                 stage: str = "gan") -> dict:
+def random_batch(config: Config, device: torch.device, seed: int = 0, stage: str = "gan") -> dict:
     """A collated batch of the preset's shapes: uint8 images per level (as the data loader
     hands them over; the step makes them floats) and class ids on `device`, captions with
     ragged lengths on the CPU, where the data loader gives them and the step keeps them (checked
@@ -159,10 +175,16 @@ def random_batch(config: Config, device: torch.device, seed: int = 0,
     lengths = torch.randint(words // 2, words + 1, (batch,), generator=generator)
     captions = torch.randint(1, VOCAB_SIZE, (batch, words), generator=generator)
     captions = captions * (torch.arange(words)[None, :] < lengths[:, None])
-    images = [torch.randint(256, (batch, 3, size, size), generator=generator, dtype=torch.uint8)
-              for size in config.data.image_sizes]
-    return {"images": [image.to(device) for image in images], "captions": captions,
-            "lengths": lengths, "class_ids": torch.arange(batch, device=device)}
+    images = [
+        torch.randint(256, (batch, 3, size, size), generator=generator, dtype=torch.uint8)
+        for size in config.data.image_sizes
+    ]
+    return {
+        "images": [image.to(device) for image in images],
+        "captions": captions,
+        "lengths": lengths,
+        "class_ids": torch.arange(batch, device=device),
+    }
 
 
 def make_trainer(config: Config, device: torch.device, world: World = SINGLE) -> GANTrainer:
@@ -176,8 +198,9 @@ def make_trainer(config: Config, device: torch.device, world: World = SINGLE) ->
     return GANTrainer(config, text_encoder, image_encoder, device, world=world)
 
 
-def training_step(config: Config, device: torch.device, stage: str = "gan"
-                  ) -> tuple[Callable[[], object], int]:
+def training_step(
+    config: Config, device: torch.device, stage: str = "gan"
+) -> tuple[Callable[[], object], int]:
     """(one call trains one step of the stage with `config` on a fixed random batch, the calls
     the trainer needs before it runs as it will from then on: eager steps, compilation, the
     capture)."""
@@ -190,8 +213,13 @@ def training_step(config: Config, device: torch.device, stage: str = "gan"
         trainer.text_encoder.train()
         trainer.image_encoder.train()  # as pretraining sets them (Inception's BatchNorm too)
     settings = trainer.settings
-    warmup = (GRAPH_WARMUP_STEPS + 1 if settings.cuda_graphs else
-              speed.EAGER_STEPS + 1 if settings.compile else 1)
+    warmup = (
+        GRAPH_WARMUP_STEPS + 1
+        if settings.cuda_graphs
+        else speed.EAGER_STEPS + 1
+        if settings.compile
+        else 1
+    )
     return (lambda: trainer.step(batch)), warmup
 
 
@@ -200,9 +228,11 @@ def profile_step(step, device: torch.device, steps: int, trace: Optional[Path] =
     summarize it (summarize_profile, plus "launches" per step: launch_count); with `trace`,
     also write a Chrome trace there."""
     from torch.profiler import ProfilerActivity, profile
+
     cuda = device.type == "cuda"
-    with profile(activities=[ProfilerActivity.CPU]
-                 + ([ProfilerActivity.CUDA] if cuda else [])) as profiler:
+    with profile(
+        activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    ) as profiler:
         for _ in range(steps):
             step()
         if cuda:
@@ -223,11 +253,16 @@ def is_view(name: str) -> bool:
     packet = getattr(torch.ops.aten, op, None) if namespace == "aten" else None
     if packet is None:
         return False
-    returns = [schema.returns for schema in (getattr(packet, overload)._schema
-                                             for overload in packet.overloads())
-               if any("Tensor" in str(value.type) for value in schema.returns)]
-    return bool(returns) and all(value.alias_info is not None and not value.alias_info.is_write
-                                 for values in returns for value in values)
+    returns = [
+        schema.returns
+        for schema in (getattr(packet, overload)._schema for overload in packet.overloads())
+        if any("Tensor" in str(value.type) for value in schema.returns)
+    ]
+    return bool(returns) and all(
+        value.alias_info is not None and not value.alias_info.is_write
+        for values in returns
+        for value in values
+    )
 
 
 def launch_count(events, cuda: bool) -> int:
@@ -246,8 +281,9 @@ def launch_count(events, cuda: bool) -> int:
     def computes(event) -> bool:
         if event.name in ALLOCATIONS:
             return False
-        return not is_view(event.name) or any(computes(child) for child in event.cpu_children
-                                              if is_op(child))
+        return not is_view(event.name) or any(
+            computes(child) for child in event.cpu_children if is_op(child)
+        )
 
     def top_level(event) -> bool:
         parent = event.cpu_parent
@@ -256,6 +292,7 @@ def launch_count(events, cuda: bool) -> int:
                 return False
             parent = parent.cpu_parent
         return True
+
     return sum(is_op(event) and top_level(event) and computes(event) for event in events)
 
 
@@ -273,41 +310,81 @@ def summarize_profile(events, steps: int, cuda: bool, top: int = 15) -> dict:
         timed = [(event, us) for event, us in timed if us > 0]
         total_us = sum(us for _, us in timed)
         timed.sort(key=lambda pair: -pair[1])
-        return [{"name": event.key, "calls": event.count / steps, "ms": us / steps / 1e3,
-                 "share": us / total_us} for event, us in timed[:top]], total_us / steps / 1e3
+        return [
+            {
+                "name": event.key,
+                "calls": event.count / steps,
+                "ms": us / steps / 1e3,
+                "share": us / total_us,
+            }
+            for event, us in timed[:top]
+        ], total_us / steps / 1e3
+
     summary = {}
     summary["ops"], summary["ops_ms"] = table(
         (event, event.self_device_time_total if cuda else event.self_cpu_time_total)
-        for event in events if event.device_type == DeviceType.CPU)
+        for event in events
+        if event.device_type == DeviceType.CPU
+    )
     if cuda:
         device_events = [event for event in events if event.device_type == DeviceType.CUDA]
         summary["kernels"], summary["kernels_ms"] = table(
-            (event, event.self_device_time_total) for event in device_events)
+            (event, event.self_device_time_total) for event in device_events
+        )
         summary["kernel_count"] = sum(event.count for event in device_events) / steps
     return summary
 
 
 def profile_lines(summary: dict, step_ms: float, row: str, steps: int) -> list[str]:
     """The markdown of one summarize_profile result, for a step of step_ms."""
+
     def table(rows, what):
-        return markdown_table([what, "calls / step", "ms / step", "share"],
-                              [[f"`{r['name'][:100]}`", f"{r['calls']:g}", f"{r['ms']:.2f}",
-                                f"{100 * r['share']:.1f} %"] for r in rows])
+        return markdown_table(
+            [what, "calls / step", "ms / step", "share"],
+            [
+                [
+                    f"`{r['name'][:100]}`",
+                    f"{r['calls']:g}",
+                    f"{r['ms']:.2f}",
+                    f"{100 * r['share']:.1f} %",
+                ]
+                for r in rows
+            ],
+        )
+
     if "kernels" not in summary:
-        return ["", f"## Where the time goes: {row} (ops by their own CPU time; {steps} profiled "
-                f"steps)", "",
-                f"- {summary['ops_ms']:.1f} ms per step in ops (timed under the profiler, which "
-                f"slows the many small ones)", "", table(summary["ops"], "op")]
+        return [
+            "",
+            f"## Where the time goes: {row} (ops by their own CPU time; {steps} profiled steps)",
+            "",
+            f"- {summary['ops_ms']:.1f} ms per step in ops (timed under the profiler, which "
+            f"slows the many small ones)",
+            "",
+            table(summary["ops"], "op"),
+        ]
     busy = summary["kernels_ms"]
-    return ["", f"## Where the time goes: {row} (ops by the time of the kernels they launched; "
-            f"{steps} profiled steps)", "",
-            f"- kernels {busy:.1f} ms per step against a {step_ms:.1f} ms step: the GPU busy "
-            f"{100 * busy / step_ms:.0f} % of it", "", table(summary["ops"], "op"), "",
-            table(summary["kernels"], "kernel")]
+    return [
+        "",
+        f"## Where the time goes: {row} (ops by the time of the kernels they launched; "
+        f"{steps} profiled steps)",
+        "",
+        f"- kernels {busy:.1f} ms per step against a {step_ms:.1f} ms step: the GPU busy "
+        f"{100 * busy / step_ms:.0f} % of it",
+        "",
+        table(summary["ops"], "op"),
+        "",
+        table(summary["kernels"], "kernel"),
+    ]
 
 
-def measure(config: Config, device: torch.device, stage: str, min_time: float,
-            profile_steps: int, trace: Optional[Path]) -> dict:
+def measure(
+    config: Config,
+    device: torch.device,
+    stage: str,
+    min_time: float,
+    profile_steps: int,
+    trace: Optional[Path],
+) -> dict:
     """One row: ms per step, peak memory (GPU), and the profile of `profile_steps` steps."""
     cuda = device.type == "cuda"
     if cuda:
@@ -319,33 +396,49 @@ def measure(config: Config, device: torch.device, stage: str, min_time: float,
     for _ in range(warmup):
         step()
     seconds = median_seconds(step, device, min_time)
-    row = {"ms": 1e3 * seconds, "images_per_s": batch_size(config, stage) / seconds,
-           "profile": profile_step(step, device, profile_steps, trace)}
+    row = {
+        "ms": 1e3 * seconds,
+        "images_per_s": batch_size(config, stage) / seconds,
+        "profile": profile_step(step, device, profile_steps, trace),
+    }
     if cuda:
-        row["peak_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+        row["peak_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     return row
 
 
 def ladder_table(rows: list[dict], cuda: bool) -> str:
     """The ladder's markdown table (not applicable rows with why)."""
     base = next((row for row in rows if "ms" in row), None)
-    headers = ["row", "switch", "ms / step", "images / s", f"vs {base['row'] if base else '-'}",
-               "launches / step"]
+    headers = [
+        "row",
+        "switch",
+        "ms / step",
+        "images / s",
+        f"vs {base['row'] if base else '-'}",
+        "launches / step",
+    ]
     headers += ["kernels / step", "GPU busy", "peak MiB"] if cuda else []
     lines = []
     for row in rows:
         label = row["label"] + "".join(f" (left out: {why})" for why in row["left_out"])
         if "ms" not in row:
-            lines.append([row["row"], label, "not applicable", "", "", ""]
-                         + ["", "", ""] * cuda)
+            lines.append([row["row"], label, "not applicable", "", "", ""] + ["", "", ""] * cuda)
             continue
         profile = row["profile"]
-        cells = [row["row"], label, f"{row['ms']:.1f}", f"{row['images_per_s']:.1f}",
-                 f"{base['ms'] / row['ms']:.2f}x", f"{profile['launches']:.0f}"]
+        cells = [
+            row["row"],
+            label,
+            f"{row['ms']:.1f}",
+            f"{row['images_per_s']:.1f}",
+            f"{base['ms'] / row['ms']:.2f}x",
+            f"{profile['launches']:.0f}",
+        ]
         if cuda:
-            cells += [f"{profile['kernel_count']:.0f}",
-                      f"{100 * profile['kernels_ms'] / row['ms']:.0f} %",
-                      f"{row['peak_mib']:.0f}"]
+            cells += [
+                f"{profile['kernel_count']:.0f}",
+                f"{100 * profile['kernels_ms'] / row['ms']:.0f} %",
+                f"{row['peak_mib']:.0f}",
+            ]
         lines.append(cells)
     return markdown_table(headers, lines)
 
@@ -356,23 +449,45 @@ def _interrupt(signum, frame):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--stage", choices=STAGES, default="gan",
-                        help="the GAN's training step or DAMSM pretraining's")
+    parser.add_argument(
+        "--stage",
+        choices=STAGES,
+        default="gan",
+        help="the GAN's training step or DAMSM pretraining's",
+    )
     parser.add_argument("--preset", choices=("shapes", "cub", "coco"), default="shapes")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--rows", default=",".join(RUNG_NAMES),
-                        help="comma list of the rows to run (each with the switches of the rows "
-                             f"before it too; default all: {','.join(RUNG_NAMES)})")
-    parser.add_argument("--fused-impl", default="auto",
-                        help="run.impl of the fused row and those after it (default auto)")
-    parser.add_argument("--min-time", type=at_least(0.0, float), default=3.0,
-                        help="seconds of timed steps per row (0: one step)")
-    parser.add_argument("--profile", type=at_least(1), default=2, metavar="N",
-                        help="steps profiled per row (launches, kernels, the fastest row's "
-                             "profile; default 2)")
-    parser.add_argument("--trace", type=Path, default=None, metavar="DIR",
-                        help="also write the fastest row's profile as a Chrome trace to "
-                             "DIR/<row>.json")
+    parser.add_argument(
+        "--rows",
+        default=",".join(RUNG_NAMES),
+        help="comma list of the rows to run (each with the switches of the rows "
+        f"before it too; default all: {','.join(RUNG_NAMES)})",
+    )
+    parser.add_argument(
+        "--fused-impl",
+        default="auto",
+        help="run.impl of the fused row and those after it (default auto)",
+    )
+    parser.add_argument(
+        "--min-time",
+        type=at_least(0.0, float),
+        default=3.0,
+        help="seconds of timed steps per row (0: one step)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=at_least(1),
+        default=2,
+        metavar="N",
+        help="steps profiled per row (launches, kernels, the fastest row's profile; default 2)",
+    )
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write the fastest row's profile as a Chrome trace to DIR/<row>.json",
+    )
     parser.add_argument("--record", action="store_true", help="write bench/results/")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -382,6 +497,7 @@ def main() -> int:
         parser.error(f"--rows: unknown {', '.join(unknown)}; the rows are {', '.join(RUNG_NAMES)}")
     # the compiled CPU kernels report themselves to the profiler, so that they are counted
     from torch._inductor import config as inductor_config
+
     inductor_config.cpp.enable_kernel_profile = True
     if args.trace is not None:
         args.trace.mkdir(parents=True, exist_ok=True)
@@ -392,50 +508,78 @@ def main() -> int:
         rung = entry["rung"]
         if rung.name not in wanted:
             continue
-        row = {"row": rung.name, "label": rung.label, "left_out": entry["left_out"],
-               "overrides": entry["overrides"]}
+        row = {
+            "row": rung.name,
+            "label": rung.label,
+            "left_out": entry["left_out"],
+            "overrides": entry["overrides"],
+        }
         if entry["overrides"] is not None:
             config = preset_config(args.preset, device, entry["overrides"], args.stage)
             try:
-                row.update(measure(config, device, args.stage, args.min_time, args.profile,
-                                   args.trace and args.trace / f"{rung.name}.json"))
+                row.update(
+                    measure(
+                        config,
+                        device,
+                        args.stage,
+                        args.min_time,
+                        args.profile,
+                        args.trace and args.trace / f"{rung.name}.json",
+                    )
+                )
             except KeyboardInterrupt:
                 stopped = rung.name
                 break
             row["settings"] = speed.step_settings(config.run, device, args.stage).describe()
-            profile = row["profile"]     # (each row printed as it comes: the log keeps it)
-            print(f"  {rung.name}: {row['ms']:.1f} ms/step, {profile['launches']:.0f} "
-                  f"launches/step" + (f", {profile['kernel_count']:.0f} kernels/step, GPU busy "
-                                      f"{100 * profile['kernels_ms'] / row['ms']:.0f} %, peak "
-                                      f"{row['peak_mib']:.0f} MiB" if "peak_mib" in row
-                                      else ""), flush=True)
+            profile = row["profile"]  # (each row printed as it comes: the log keeps it)
+            print(
+                f"  {rung.name}: {row['ms']:.1f} ms/step, {profile['launches']:.0f} "
+                f"launches/step"
+                + (
+                    f", {profile['kernel_count']:.0f} kernels/step, GPU busy "
+                    f"{100 * profile['kernels_ms'] / row['ms']:.0f} %, peak "
+                    f"{row['peak_mib']:.0f} MiB"
+                    if "peak_mib" in row
+                    else ""
+                ),
+                flush=True,
+            )
         rows.append(row)
     measured = [row for row in rows if "ms" in row]
     if not measured:
         print("no row of --rows runs on this device")
         return 1
     fastest = min(measured, key=lambda row: row["ms"])
-    for row in measured:            # each row's trace was written: the fastest one's is kept
+    for row in measured:  # each row's trace was written: the fastest one's is kept
         if args.trace is not None and row is not fastest:
             (args.trace / f"{row['row']}.json").unlink(missing_ok=True)
     info = machine(device)
     title = "AttnGAN training step" if args.stage == "gan" else "DAMSM pretraining step"
     batch = batch_size(preset_config(args.preset, device, (), args.stage), args.stage)
-    lines = [f"# {title}, the ladder, preset {args.preset}, {device.type}, {info['date_utc']} UTC",
-             "", *machine_lines(info),
-             f"- batch {batch}; random encoders and data; median of steps over {args.min_time:g} "
-             f"s per row after the trainer's warm-up; launches, kernels and busy from "
-             f"{args.profile} profiled steps", "", ladder_table(rows, device.type == "cuda"), "",
-             *([f"stopped (time limit) while measuring the row {stopped}", ""] if stopped else []),
-             f"fastest row: {fastest['row']}"]
+    lines = [
+        f"# {title}, the ladder, preset {args.preset}, {device.type}, {info['date_utc']} UTC",
+        "",
+        *machine_lines(info),
+        f"- batch {batch}; random encoders and data; median of steps over {args.min_time:g} "
+        f"s per row after the trainer's warm-up; launches, kernels and busy from "
+        f"{args.profile} profiled steps",
+        "",
+        ladder_table(rows, device.type == "cuda"),
+        "",
+        *([f"stopped (time limit) while measuring the row {stopped}", ""] if stopped else []),
+        f"fastest row: {fastest['row']}",
+    ]
     lines += profile_lines(fastest["profile"], fastest["ms"], fastest["row"], args.profile)
     name = "train_ladder" if args.stage == "gan" else "damsm_ladder"
     publish(f"{name}-{args.preset}", info, rows, "\n".join(lines) + "\n", args.record)
     return 0
 
 
-CPU_ROWS = [entry for entry in ladder(torch.device("cpu"), "gan")
-            if entry["overrides"] is not None and entry["rung"].name != "compile"]
+CPU_ROWS = [
+    entry
+    for entry in ladder(torch.device("cpu"), "gan")
+    if entry["overrides"] is not None and entry["rung"].name != "compile"
+]
 
 
 @pytest.mark.parametrize("stage", STAGES)

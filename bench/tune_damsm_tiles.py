@@ -15,6 +15,7 @@ interpreter's timings mean nothing; tests/test_tune_damsm_tiles.py runs `sweep` 
 
 --write-tiles writes the table with the suggested entries as JSON for bench_damsm.py --tiles.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,13 +27,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_damsm import SIZES, make_inputs  # noqa: E402
-from common import (DTYPES, at_least, machine, machine_lines, markdown_table,  # noqa: E402
-                    median_seconds, publish, save_tiles)
+from common import (
+    DTYPES,
+    at_least,
+    machine,
+    machine_lines,
+    markdown_table,  # noqa: E402
+    median_seconds,
+    publish,
+    save_tiles,
+)
 
 from attngan.kernels import damsm as tk  # noqa: E402
 
 KERNELS = ("forward", "regions", "words")
-MISMATCH = 1e-2   # relative difference to the current entry's outputs beyond which a candidate is wrong
+MISMATCH = (
+    1e-2  # relative difference to the current entry's outputs beyond which a candidate is wrong
+)
 GAMMA1, GAMMA2 = 4.0, 5.0
 
 
@@ -42,12 +53,36 @@ GAMMA1, GAMMA2 = 4.0, 5.0
 # more regions put every forward product on wgmma) and two captions per program (products twice
 # as wide, each block of regions read once per pair of captions), then tiles that spill a little.
 CANDIDATES = {
-    "forward": [(64, 1, 8, 2), (128, 1, 8, 2), (64, 2, 8, 2), (32, 2, 8, 2), (64, 1, 4, 2),
-                (32, 1, 8, 3), (16, 1, 8, 2), (32, 4, 8, 2)],
-    "regions": [(32, 1, 8, 3), (32, 1, 8, 2), (16, 2, 8, 3), (32, 2, 8, 2), (64, 1, 8, 2),
-                (16, 1, 8, 2), (16, 4, 8, 3), (32, 1, 4, 2)],
-    "words": [(32, 1, 8, 2), (16, 2, 8, 2), (32, 1, 8, 3), (32, 2, 8, 2), (64, 1, 8, 2),
-              (16, 1, 8, 3), (16, 4, 8, 2), (32, 1, 4, 2)],
+    "forward": [
+        (64, 1, 8, 2),
+        (128, 1, 8, 2),
+        (64, 2, 8, 2),
+        (32, 2, 8, 2),
+        (64, 1, 4, 2),
+        (32, 1, 8, 3),
+        (16, 1, 8, 2),
+        (32, 4, 8, 2),
+    ],
+    "regions": [
+        (32, 1, 8, 3),
+        (32, 1, 8, 2),
+        (16, 2, 8, 3),
+        (32, 2, 8, 2),
+        (64, 1, 8, 2),
+        (16, 1, 8, 2),
+        (16, 4, 8, 3),
+        (32, 1, 4, 2),
+    ],
+    "words": [
+        (32, 1, 8, 2),
+        (16, 2, 8, 2),
+        (32, 1, 8, 3),
+        (32, 2, 8, 2),
+        (64, 1, 8, 2),
+        (16, 1, 8, 3),
+        (16, 4, 8, 2),
+        (32, 1, 4, 2),
+    ],
 }
 
 
@@ -56,8 +91,9 @@ def _op(kernel: str, words, lengths, regions, grad_s):
     if kernel == "forward":
         return lambda: (tk.damsm_word_similarity_fwd(words, lengths, regions, GAMMA1, GAMMA2),)
     need_words_grad = kernel == "words"
-    return lambda: tk.damsm_word_similarity_bwd(grad_s, words, lengths, regions, GAMMA1, GAMMA2,
-                                                need_words_grad)
+    return lambda: tk.damsm_word_similarity_bwd(
+        grad_s, words, lengths, regions, GAMMA1, GAMMA2, need_words_grad
+    )
 
 
 def _with_entry(pair: tuple, slot: int, config) -> tuple:
@@ -68,12 +104,22 @@ def _with_entry(pair: tuple, slot: int, config) -> tuple:
 
 
 def _relative_difference(outputs, expected) -> float:
-    return max(((o.double() - e.double()).norm() / e.double().norm().clamp(min=1e-30)).item()
-               for o, e in zip(outputs, expected) if e.numel())
+    return max(
+        ((o.double() - e.double()).norm() / e.double().norm().clamp(min=1e-30)).item()
+        for o, e in zip(outputs, expected)
+        if e.numel()
+    )
 
 
-def sweep(kernels, configs: dict, device: torch.device, dtype: torch.dtype, size: dict,
-          max_seconds: float, min_run_time: float = 0.25) -> list[dict]:
+def sweep(
+    kernels,
+    configs: dict,
+    device: torch.device,
+    dtype: torch.dtype,
+    size: dict,
+    max_seconds: float,
+    min_run_time: float = 0.25,
+) -> list[dict]:
     """One row per (kernel, candidate) tried: time, ratio to the current entry, difference.
     configs: kernel -> the candidates to try for it, in order."""
     words, lengths, regions, grad_s = make_inputs(size, device, dtype, ragged=True)
@@ -86,8 +132,16 @@ def sweep(kernels, configs: dict, device: torch.device, dtype: torch.dtype, size
             call = _op(kernel, words, lengths, regions, grad_s)
             expected = call()
             baseline = median_seconds(call, device, min_run_time)
-            rows.append(dict(kernel=kernel, config=current[kernel][slot], current=True,
-                             ms=baseline * 1e3, vs_current=1.0, difference=0.0))
+            rows.append(
+                dict(
+                    kernel=kernel,
+                    config=current[kernel][slot],
+                    current=True,
+                    ms=baseline * 1e3,
+                    vs_current=1.0,
+                    difference=0.0,
+                )
+            )
             for config in configs[kernel]:
                 if config == current[kernel][slot]:
                     continue
@@ -98,11 +152,25 @@ def sweep(kernels, configs: dict, device: torch.device, dtype: torch.dtype, size
                 try:
                     difference = _relative_difference(call(), expected)
                     seconds = median_seconds(call, device, min_run_time)
-                    rows.append(dict(kernel=kernel, config=config, current=False, ms=seconds * 1e3,
-                                     vs_current=baseline / seconds, difference=difference))
-                except Exception as error:   # e.g. out of shared memory for this tile: skip it
-                    rows.append(dict(kernel=kernel, config=config, current=False,
-                                     error=f"{type(error).__name__}: {str(error).splitlines()[0][:100]}"))
+                    rows.append(
+                        dict(
+                            kernel=kernel,
+                            config=config,
+                            current=False,
+                            ms=seconds * 1e3,
+                            vs_current=baseline / seconds,
+                            difference=difference,
+                        )
+                    )
+                except Exception as error:  # e.g. out of shared memory for this tile: skip it
+                    rows.append(
+                        dict(
+                            kernel=kernel,
+                            config=config,
+                            current=False,
+                            error=f"{type(error).__name__}: {str(error).splitlines()[0][:100]}",
+                        )
+                    )
                 finally:
                     tk.TILES[kernel] = current[kernel]
     finally:
@@ -135,39 +203,66 @@ def render(rows: list[dict], info: dict, dtype: torch.dtype) -> str:
         elif "error" in r:
             table.append([r["kernel"], str(r["config"]), "failed: " + r["error"], "", ""])
         else:
-            flag = " (current)" if r["current"] else (" MISMATCH" if r["difference"] > MISMATCH else "")
-            table.append([r["kernel"], f"{r['config']}{flag}", f"{r['ms']:.3f}",
-                          f"{r['vs_current']:.2f}", f"{r['difference']:.1e}"])
+            flag = (
+                " (current)"
+                if r["current"]
+                else (" MISMATCH" if r["difference"] > MISMATCH else "")
+            )
+            table.append(
+                [
+                    r["kernel"],
+                    f"{r['config']}{flag}",
+                    f"{r['ms']:.3f}",
+                    f"{r['vs_current']:.2f}",
+                    f"{r['difference']:.1e}",
+                ]
+            )
     slot = tk.tile_slot(dtype)
     suggestion = []
     for kernel in dict.fromkeys(r["kernel"] for r in rows):
         winner = best(rows, kernel)
         if winner is not None:
-            suggestion.append(f"  {kernel}: {winner['config']} ({winner['vs_current']:.2f}x the current "
-                              f"{tk.TILES[kernel][slot]})")
+            suggestion.append(
+                f"  {kernel}: {winner['config']} ({winner['vs_current']:.2f}x the current "
+                f"{tk.TILES[kernel][slot]})"
+            )
     name = str(dtype).split(".")[1]
-    return "\n".join([
-        f"# Triton DAMSM tile candidates, {info['device']} {name}, {info['date_utc']} UTC", "",
-        *machine_lines(info),
-        "- (BLOCK_R, captions per program, num_warps, num_stages); ms: median of the op the kernel "
-        "decides; x current: "
-        "the current entry's time over the candidate's; difference: relative norm of the "
-        "outputs' difference to the current entry's", "",
-        markdown_table(["kernel", "candidate", "ms", "x current", "difference"], table), "",
-        f"Fastest agreeing candidate per kernel (the {name} slot of kernels.damsm.TILES):",
-        *suggestion])
+    return "\n".join(
+        [
+            f"# Triton DAMSM tile candidates, {info['device']} {name}, {info['date_utc']} UTC",
+            "",
+            *machine_lines(info),
+            "- (BLOCK_R, captions per program, num_warps, num_stages); ms: median of the op the "
+            "kernel decides; x current: the current entry's time over the candidate's; "
+            "difference: relative norm of the outputs' difference to the current entry's",
+            "",
+            markdown_table(["kernel", "candidate", "ms", "x current", "difference"], table),
+            "",
+            f"Fastest agreeing candidate per kernel (the {name} slot of kernels.damsm.TILES):",
+            *suggestion,
+        ]
+    )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--kernels", default=",".join(KERNELS))
-    parser.add_argument("--max-seconds", type=at_least(1.0, float), default=75.0,
-                        help="start no new candidate after this many seconds")
-    parser.add_argument("--record", action="store_true", help="write JSON and markdown to bench/results/")
-    parser.add_argument("--write-tiles", metavar="FILE",
-                        help="write kernels.damsm.TILES with the suggested entries as JSON (for "
-                             "bench_damsm.py --tiles FILE)")
+    parser.add_argument(
+        "--max-seconds",
+        type=at_least(1.0, float),
+        default=75.0,
+        help="start no new candidate after this many seconds",
+    )
+    parser.add_argument(
+        "--record", action="store_true", help="write JSON and markdown to bench/results/"
+    )
+    parser.add_argument(
+        "--write-tiles",
+        metavar="FILE",
+        help="write kernels.damsm.TILES with the suggested entries as JSON (for "
+        "bench_damsm.py --tiles FILE)",
+    )
     args = parser.parse_args(argv)
     device, dtype = torch.device("cuda"), DTYPES[args.dtype]
     if not torch.cuda.is_available():

@@ -6,6 +6,7 @@ Without a CUDA device the Triton interpreter is switched on (TRITON_INTERPRET=1)
 that availability probe no torch.cuda call happens at import; GPU tests are skipped at
 collection when no CUDA device is present.
 """
+
 import contextlib
 import os
 import subprocess
@@ -33,7 +34,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True, scope="session")
 def _private_tuning_cache(tmp_path_factory):
     """Auto's measurements (on a GPU) go to a file of this session, not to the user's cache."""
-    from attngan.autotune import CACHE_VARIABLE   # not at import: it imports Triton (Dynamo)
+    from attngan.autotune import CACHE_VARIABLE  # not at import: it imports Triton (Dynamo)
+
     os.environ[CACHE_VARIABLE] = str(tmp_path_factory.mktemp("tuning") / "autotune.json")
 
 
@@ -47,6 +49,7 @@ def _seed():
 def no_gpu_synchronisation():
     """A context manager inside which any synchronisation with the GPU raises (torch's sync
     debug mode): work queued before it is waited for first, outside."""
+
     @contextlib.contextmanager
     def forbid():
         torch.cuda.synchronize()
@@ -55,6 +58,7 @@ def no_gpu_synchronisation():
             yield
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
     return forbid
 
 
@@ -72,9 +76,12 @@ def make_unwritable():
         elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
             changed.append(lambda: subprocess.run(["chattr", "-i", str(folder)], check=True))
         else:
-            pytest.skip(f"cannot make {folder} unwritable for root here (chattr +i failed: the "
-                        "file system has no immutable attribute)")
+            pytest.skip(
+                f"cannot make {folder} unwritable for root here (chattr +i failed: the "
+                "file system has no immutable attribute)"
+            )
         return folder
+
     yield make
     for undo in reversed(changed):
         undo()
@@ -97,13 +104,21 @@ def small_disk(tmp_path):
     def mount(size: int):
         folder = tmp_path / f"small_disk{len(mounted)}"
         folder.mkdir()
-        if os.geteuid() != 0 or subprocess.run(
+        if (
+            os.geteuid() != 0
+            or subprocess.run(
                 ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                capture_output=True).returncode != 0:
-            pytest.skip("mounting a small file system needs root (tests/test_faults.py "
-                        "simulates a full disk everywhere)")
+                capture_output=True,
+            ).returncode
+            != 0
+        ):
+            pytest.skip(
+                "mounting a small file system needs root (tests/test_faults.py "
+                "simulates a full disk everywhere)"
+            )
         mounted.append(folder)
         return folder
+
     yield mount
     for folder in mounted:
         subprocess.run(["umount", str(folder)], check=True)

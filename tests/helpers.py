@@ -1,5 +1,6 @@
 """What the op tests share: random inputs, where each implementation runs, and the tolerance rule
 (docs/DESIGN.md, "Testing")."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -43,26 +44,49 @@ def _lengths(batch: int, num_words: int, lengths: Optional[Sequence[int]]) -> to
     return drawn
 
 
-def damsm_inputs(num_images: int, num_captions: int, dim: int, num_words: int, num_regions: int,
-                 *, lengths: Optional[Sequence[int]] = None, dtype=torch.float64, device=CPU,
-                 scale: Optional[float] = None):
+def damsm_inputs(
+    num_images: int,
+    num_captions: int,
+    dim: int,
+    num_words: int,
+    num_regions: int,
+    *,
+    lengths: Optional[Sequence[int]] = None,
+    dtype=torch.float64,
+    device=CPU,
+    scale: Optional[float] = None,
+):
     """words `[Bc, D, L]`, lengths `[Bc]`, regions `[Bi, D, R]`. Features N(0, 1) x D^-1/4 by
     default, so that s = v^T e has unit spread (softmaxes not one-hot); ragged lengths."""
-    scale = dim ** -0.25 if scale is None else scale
+    scale = dim**-0.25 if scale is None else scale
     words = torch.randn(num_captions, dim, num_words, dtype=torch.float64) * scale
     regions = torch.randn(num_images, dim, num_regions, dtype=torch.float64) * scale
-    return (words.to(device, dtype), _lengths(num_captions, num_words, lengths).to(device),
-            regions.to(device, dtype))
+    return (
+        words.to(device, dtype),
+        _lengths(num_captions, num_words, lengths).to(device),
+        regions.to(device, dtype),
+    )
 
 
-def word_attention_inputs(batch: int, channels: int, num_words: int, height: int, width: int,
-                          *, lengths: Optional[Sequence[int]] = None, dtype=torch.float64,
-                          device=CPU):
+def word_attention_inputs(
+    batch: int,
+    channels: int,
+    num_words: int,
+    height: int,
+    width: int,
+    *,
+    lengths: Optional[Sequence[int]] = None,
+    dtype=torch.float64,
+    device=CPU,
+):
     """query `[B, C, H, W]`, words `[B, C, L]` N(0, 1), lengths `[B]` (ragged)."""
     query = torch.randn(batch, channels, height, width, dtype=torch.float64)
     words = torch.randn(batch, channels, num_words, dtype=torch.float64)
-    return (query.to(device, dtype), words.to(device, dtype),
-            _lengths(batch, num_words, lengths).to(device))
+    return (
+        query.to(device, dtype),
+        words.to(device, dtype),
+        _lengths(batch, num_words, lengths).to(device),
+    )
 
 
 # Word attention (B, C, L, H, W, lengths): odd sizes, L = 1 / 5 / 17 / 18 / 31 / 32, R = 289,
@@ -84,9 +108,14 @@ def relative_error(value: torch.Tensor, truth: torch.Tensor) -> float:
     return float((value.detach().double() - truth.detach().double()).abs().max() / scale)
 
 
-def assert_within_tolerance(name: str, value: torch.Tensor, truth: torch.Tensor,
-                            baseline: Optional[torch.Tensor] = None, floor: float = 0.0,
-                            limit: float = FP32_LIMIT) -> None:
+def assert_within_tolerance(
+    name: str,
+    value: torch.Tensor,
+    truth: torch.Tensor,
+    baseline: Optional[torch.Tensor] = None,
+    floor: float = 0.0,
+    limit: float = FP32_LIMIT,
+) -> None:
     """The tolerance rule, against a float64 truth on the same (rounded) inputs: without a
     baseline (float32), relative error < limit; with one, the flash-attention rule: the error is
     at most twice that of the PyTorch reference run in the same dtype (`baseline`), plus a
@@ -100,8 +129,8 @@ def assert_cpu_lengths_cost_no_synchronisation(run, lengths: torch.Tensor, forbi
     """run(lengths) -> outputs of an op on GPU features: with `lengths` on the CPU nothing waits
     for the GPU (`forbid`, the no_gpu_synchronisation fixture, raises on any synchronisation),
     and the outputs equal those with the lengths on the GPU."""
-    expected = run(lengths.cuda())         # also compiles the kernels, outside the debug mode
+    expected = run(lengths.cuda())  # also compiles the kernels, outside the debug mode
     with forbid():
         got = run(lengths)
-    for want, value in zip(expected, got):   # (atomic sums and cuBLAS may add in another order)
+    for want, value in zip(expected, got):  # (atomic sums and cuBLAS may add in another order)
         torch.testing.assert_close(value, want, rtol=1e-5, atol=1e-5)

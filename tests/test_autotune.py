@@ -4,6 +4,7 @@ a GPU (marked) that auto's measured pick is never slower than the reference.
 The CPU is not a measured device type (auto keeps the C++ kernel there); these tests make it
 one, so that the same code that measures on a GPU chooses between "cpp" and "reference" here.
 """
+
 import json
 import warnings
 
@@ -59,14 +60,17 @@ def chosen(monkeypatch):
         if impl == "auto":
             picks.append(result)
         return result
+
     monkeypatch.setattr(backend, "choose", spy)
     return picks
 
 
 def _damsm_inputs(captions=3, words=5, images=2, regions=6, dim=8):
-    return (torch.randn(captions, dim, words, requires_grad=True),
-            torch.tensor([words] + [2] * (captions - 1)),
-            torch.randn(images, dim, regions, requires_grad=True))
+    return (
+        torch.randn(captions, dim, words, requires_grad=True),
+        torch.tensor([words] + [2] * (captions - 1)),
+        torch.randn(images, dim, regions, requires_grad=True),
+    )
 
 
 def _damsm(words, lengths, regions, **kwargs):
@@ -78,19 +82,25 @@ def _word_attention(query, words, lengths, **kwargs):
 
 
 def _word_attention_inputs():
-    return (torch.randn(2, 4, 3, 5, requires_grad=True), torch.randn(2, 4, 6, requires_grad=True),
-            torch.tensor([6, 3]))
+    return (
+        torch.randn(2, 4, 3, 5, requires_grad=True),
+        torch.randn(2, 4, 6, requires_grad=True),
+        torch.tensor([6, 3]),
+    )
 
 
 def _cache_file() -> dict:
     return json.loads(autotune.cache_path().read_text())
 
 
-@pytest.mark.parametrize("seconds, winner", [
-    ({"cpp": 2.0, "reference": 1.0}, "reference"),
-    ({"cpp": 0.5, "reference": 1.0}, "cpp"),
-    ({"cpp": 0.99, "reference": 1.0}, "reference"),   # within REQUIRED_GAIN: the reference
-])
+@pytest.mark.parametrize(
+    "seconds, winner",
+    [
+        ({"cpp": 2.0, "reference": 1.0}, "reference"),
+        ({"cpp": 0.5, "reference": 1.0}, "cpp"),
+        ({"cpp": 0.99, "reference": 1.0}, "reference"),  # within REQUIRED_GAIN: the reference
+    ],
+)
 def test_the_fastest_measured_is_taken_and_written(tuning, chosen, seconds, winner):
     tuning.seconds = seconds
     words, lengths, regions = _damsm_inputs()
@@ -98,16 +108,20 @@ def test_the_fastest_measured_is_taken_and_written(tuning, chosen, seconds, winn
     assert tuning.calls == [["cpp", "reference"]] and chosen == [winner]
     key = autotune.damsm_key(words, regions, torch.float32, "auto")
     record = _cache_file()["machines"][autotune.machine_identity(CPU)][autotune.entry_name(key)]
-    assert record == {"impl": winner, "ms": {name: 1e3 * s for name, s in seconds.items()},
-                      "measured_at": dict(images=2, captions=3, dim=8, words=5, regions=6)}
+    assert record == {
+        "impl": winner,
+        "ms": {name: 1e3 * s for name, s in seconds.items()},
+        "measured_at": dict(images=2, captions=3, dim=8, words=5, regions=6),
+    }
     # Decided: later calls, and calls of other sizes in the same buckets, only look it up.
     damsm_word_similarity(words, lengths, regions)
     damsm_word_similarity(*_damsm_inputs(captions=4, words=7, regions=8))
     assert tuning.calls == [["cpp", "reference"]] and chosen == [winner] * 3
 
 
-@pytest.mark.parametrize("op, inputs", [(_damsm, _damsm_inputs),
-                                        (_word_attention, _word_attention_inputs)])
+@pytest.mark.parametrize(
+    "op, inputs", [(_damsm, _damsm_inputs), (_word_attention, _word_attention_inputs)]
+)
 def test_measuring_leaves_the_caller_untouched(tuning, op, inputs):
     """The measurement runs forward and backward on inputs of its own: the caller's random
     stream, gradients and result are those of a call of the chosen implementation."""
@@ -123,16 +137,21 @@ def test_measuring_leaves_the_caller_untouched(tuning, op, inputs):
 def test_the_key_buckets_sizes_and_names_what_the_call_differentiates(tuning):
     words, lengths, regions = _damsm_inputs(captions=3, words=18, images=5, regions=289, dim=256)
     key = autotune.damsm_key(words, regions, torch.bfloat16, "auto")
-    assert autotune.entry_name(key) == ("damsm_word_similarity bfloat16 images<=8 captions<=4 "
-                                        "dim<=256 words<=32 regions<=512 grad:words grad:regions")
-    assert key[4] == (5, 3, 256, 18, 289)   # measured at the call's own sizes
+    assert autotune.entry_name(key) == (
+        "damsm_word_similarity bfloat16 images<=8 captions<=4 "
+        "dim<=256 words<=32 regions<=512 grad:words grad:regions"
+    )
+    assert key[4] == (5, 3, 256, 18, 289)  # measured at the call's own sizes
     with torch.no_grad():
         assert autotune.damsm_key(words, regions, torch.float32, "auto")[3] == ()
     query = torch.randn(2, 4, 3, 5)
-    key = autotune.word_attention_key(query, torch.randn(2, 4, 6, requires_grad=True), "auto",
-                                      True, True)
-    assert autotune.entry_name(key) == ("word_attention float32 batch<=2 channels<=4 words<=8 "
-                                        "height<=4 width<=8 grad:words attn concat")
+    key = autotune.word_attention_key(
+        query, torch.randn(2, 4, 6, requires_grad=True), "auto", True, True
+    )
+    assert autotune.entry_name(key) == (
+        "word_attention float32 batch<=2 channels<=4 words<=8 "
+        "height<=4 width<=8 grad:words attn concat"
+    )
 
 
 def test_forward_only_and_training_calls_are_measured_apart(tuning, chosen):
@@ -149,8 +168,8 @@ def test_forward_only_and_training_calls_are_measured_apart(tuning, chosen):
 def test_the_cache_file_is_read_back(tuning, chosen, monkeypatch):
     tuning.seconds = {"cpp": 0.5, "reference": 1.0}
     damsm_word_similarity(*_damsm_inputs())
-    monkeypatch.setattr(autotune, "_caches", {})           # as a new process
-    monkeypatch.setattr(autotune, "time_candidates", FakeTimer({}))   # would fail: no times
+    monkeypatch.setattr(autotune, "_caches", {})  # as a new process
+    monkeypatch.setattr(autotune, "time_candidates", FakeTimer({}))  # would fail: no times
     damsm_word_similarity(*_damsm_inputs())
     assert chosen == ["cpp", "cpp"]
 
@@ -166,7 +185,7 @@ def _add_record(identity: str, entry: str, impl: str) -> None:
 def test_another_machine_or_software_measures_again(tuning, chosen, monkeypatch):
     words, lengths, regions = _damsm_inputs()
     entry = autotune.entry_name(autotune.damsm_key(words, regions, torch.float32, "auto"))
-    _add_record("Another GPU; driver 1; torch 0.1", entry, "cpp")   # not used here
+    _add_record("Another GPU; driver 1; torch 0.1", entry, "cpp")  # not used here
     damsm_word_similarity(words, lengths, regions)
     assert chosen == ["reference"] and len(tuning.calls) == 1
     ours = autotune.machine_identity(CPU)
@@ -183,13 +202,20 @@ def test_another_machine_or_software_measures_again(tuning, chosen, monkeypatch)
     assert len(machines) == 4 and machines[ours][entry]["impl"] == "reference"
 
 
-@pytest.mark.parametrize("contents", ["{not json", '{"format": 1, "machines": []}',
-                                      '{"format": 99, "machines": {}}',
-                                      '{"format": 1, "machines": {"m": {"e": {"impl": 3}}}}'])
+@pytest.mark.parametrize(
+    "contents",
+    [
+        "{not json",
+        '{"format": 1, "machines": []}',
+        '{"format": 99, "machines": {}}',
+        '{"format": 1, "machines": {"m": {"e": {"impl": 3}}}}',
+    ],
+)
 def test_a_corrupt_cache_file_is_ignored_with_a_warning_then_rewritten(tuning, chosen, contents):
     autotune.cache_path().write_text(contents)
-    with pytest.warns(RuntimeWarning, match="ignoring the tuning cache .*auto measures again "
-                                            "and rewrites it"):
+    with pytest.warns(
+        RuntimeWarning, match="ignoring the tuning cache .*auto measures again and rewrites it"
+    ):
         damsm_word_similarity(*_damsm_inputs())
     assert chosen == ["reference"] and len(tuning.calls) == 1
     assert list(_cache_file()["machines"]) == [autotune.machine_identity(CPU)]
@@ -230,14 +256,18 @@ def test_the_cpu_keeps_the_cpp_kernel_without_measuring(monkeypatch, chosen):
 
 def _compiled_damsm():
     torch._dynamo.reset()
-    return torch.compile(lambda w, n, r: damsm_word_similarity(w, n, r).logsumexp(1).sum(),
-                         fullgraph=True, backend="aot_eager")
+    return torch.compile(
+        lambda w, n, r: damsm_word_similarity(w, n, r).logsumexp(1).sum(),
+        fullgraph=True,
+        backend="aot_eager",
+    )
 
 
 def test_under_compile_an_undecided_key_runs_the_reference_and_warns(tuning, chosen):
     words, lengths, regions = _damsm_inputs()
-    with pytest.warns(RuntimeWarning, match="cannot measure inside torch.compile tracing: it "
-                                            "runs the reference"):
+    with pytest.warns(
+        RuntimeWarning, match="cannot measure inside torch.compile tracing: it runs the reference"
+    ):
         value = _compiled_damsm()(words, lengths, regions)
     assert tuning.calls == [] and chosen == ["reference"]
     expected = damsm_word_similarity_reference(words, lengths, regions).logsumexp(1).sum()
@@ -247,7 +277,7 @@ def test_under_compile_an_undecided_key_runs_the_reference_and_warns(tuning, cho
 def test_under_compile_a_decided_key_is_a_lookup_in_one_graph(tuning, chosen):
     tuning.seconds = {"cpp": 0.5, "reference": 1.0}
     words, lengths, regions = _damsm_inputs()
-    damsm_word_similarity(words, lengths, regions)             # the eager first step decides
+    damsm_word_similarity(words, lengths, regions)  # the eager first step decides
     compiled = _compiled_damsm()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -257,14 +287,15 @@ def test_under_compile_a_decided_key_is_a_lookup_in_one_graph(tuning, chosen):
         compiled(*_damsm_inputs(captions=4, words=7, regions=8))
     assert not [w for w in caught if "auto" in str(w.message)]
     assert len(tuning.calls) == 1 and chosen == ["cpp", "cpp", "cpp"]
-    torch.testing.assert_close(value, damsm_word_similarity(words, lengths, regions, impl="cpp")
-                               .logsumexp(1).sum())
+    torch.testing.assert_close(
+        value, damsm_word_similarity(words, lengths, regions, impl="cpp").logsumexp(1).sum()
+    )
 
 
 def test_under_compile_word_attention_looks_its_decision_up(tuning, chosen):
     tuning.seconds = {"cpp": 0.5, "reference": 1.0}
     query, words, lengths = _word_attention_inputs()
-    expected = _word_attention(query, words, lengths)           # decides
+    expected = _word_attention(query, words, lengths)  # decides
     torch._dynamo.reset()
     compiled = torch.compile(_word_attention, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(query, words, lengths), expected)
@@ -283,11 +314,15 @@ def test_no_measuring_during_cuda_graph_capture_or_sync_debugging(monkeypatch):
 
 def test_a_candidate_that_fails_is_left_out(tuning, chosen, monkeypatch):
     from attngan.ops import _library
+
     def broken(*args):
         raise RuntimeError("out of resources: shared memory")
+
     monkeypatch.setitem(_library.damsm_word_similarity_ops, "cpp", broken)
-    with pytest.warns(RuntimeWarning, match="auto leaves out 'cpp': it failed on "
-                                            "damsm_word_similarity .*out of resources"):
+    with pytest.warns(
+        RuntimeWarning,
+        match="auto leaves out 'cpp': it failed on damsm_word_similarity .*out of resources",
+    ):
         damsm_word_similarity(*_damsm_inputs())
     assert tuning.calls == [["reference"]] and chosen == ["reference"]
 
@@ -298,8 +333,10 @@ def test_tune_shows_and_clears_the_cache(tuning, capsys):
     assert cli.main(["tune"]) == 0
     shown = capsys.readouterr().out
     assert f"{autotune.machine_identity(CPU)} (this machine):" in shown
-    assert ("damsm_word_similarity float32 images<=2 captions<=4 dim<=8 words<=8 regions<=8 "
-            "grad:words grad:regions: cpp (cpp 500.000 ms, reference 1000.000 ms)") in shown
+    assert (
+        "damsm_word_similarity float32 images<=2 captions<=4 dim<=8 words<=8 regions<=8 "
+        "grad:words grad:regions: cpp (cpp 500.000 ms, reference 1000.000 ms)"
+    ) in shown
     assert str(autotune.cache_path()) in backend.describe()
     assert cli.main(["tune", "--clear"]) == 0
     assert "removed" in capsys.readouterr().out and not autotune.cache_path().exists()
@@ -308,10 +345,11 @@ def test_tune_shows_and_clears_the_cache(tuning, capsys):
 
 # ----------------------------------------------------------------------------------- GPU
 
+
 def _gpu_case(op: str):
     """(a call with `impl`, as training makes it, at the CUB size in bf16; the key of the call)"""
     cuda, generator = torch.device("cuda"), torch.Generator().manual_seed(0)
-    if op == "damsm":        # the GAN step: the text encoder is frozen, regions need gradients
+    if op == "damsm":  # the GAN step: the text encoder is frozen, regions need gradients
         words = torch.randn(20, 256, 18, generator=generator).to(cuda, torch.bfloat16) / 4
         regions = (torch.randn(20, 256, 289, generator=generator) / 4).to(cuda, torch.bfloat16)
         regions.requires_grad_()
@@ -321,6 +359,7 @@ def _gpu_case(op: str):
         def call(impl):
             out = damsm_word_similarity(words, lengths, regions, impl=impl)
             return torch.autograd.grad(out, regions, grad)
+
         return call, autotune.damsm_key(words, regions, torch.bfloat16, "auto")
     query = torch.randn(20, 32, 64, 64, generator=generator).to(cuda, torch.bfloat16)
     words = torch.randn(20, 32, 18, generator=generator).to(cuda, torch.bfloat16)
@@ -332,6 +371,7 @@ def _gpu_case(op: str):
     def call(impl):
         out = word_attention(query, words, lengths, impl=impl, concat=True)
         return torch.autograd.grad(out, (query, words), grad)
+
     return call, autotune.word_attention_key(query, words, "auto", False, True)
 
 
@@ -346,10 +386,10 @@ def test_gpu_auto_is_measured_and_never_slower_than_the_reference(op, monkeypatc
     record = autotune.lookup(torch.device("cuda"), key)
     assert record is not None and "reference" in record["ms"] and record["impl"] in record["ms"]
     print(f"{op}: auto took {record['impl']}, measured {record['ms']} ms")
-    seconds = autotune.time_candidates({"auto": lambda: call("auto"),
-                                        "reference": lambda: call("reference")},
-                                       torch.device("cuda"))
-    assert seconds["auto"] <= 1.10 * seconds["reference"], seconds   # 10 %: timing noise
+    seconds = autotune.time_candidates(
+        {"auto": lambda: call("auto"), "reference": lambda: call("reference")}, torch.device("cuda")
+    )
+    assert seconds["auto"] <= 1.10 * seconds["reference"], seconds  # 10 %: timing noise
 
 
 @pytest.mark.gpu
@@ -359,14 +399,16 @@ def test_gpu_capture_of_an_undecided_key_runs_the_reference(monkeypatch, tmp_pat
     monkeypatch.setattr(autotune, "_caches", {})
     monkeypatch.setattr(backend, "_warned", set())
     cuda = torch.device("cuda")
-    if all(backend.unavailable_reason("damsm_word_similarity", impl, cuda)
-           for impl in ("triton", "cuda")):
+    if all(
+        backend.unavailable_reason("damsm_word_similarity", impl, cuda)
+        for impl in ("triton", "cuda")
+    ):
         pytest.skip("auto has nothing to measure: neither Triton nor the CUDA kernels run here")
     words, regions = torch.randn(4, 32, 9, device=cuda), torch.randn(3, 32, 20, device=cuda)
     lengths = torch.tensor([9, 5, 1, 7], device=cuda)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):                        # warm-up outside the capture
+    with torch.cuda.stream(stream):  # warm-up outside the capture
         damsm_word_similarity(words, lengths, regions, impl="reference")
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
@@ -374,6 +416,7 @@ def test_gpu_capture_of_an_undecided_key_runs_the_reference(monkeypatch, tmp_pat
         with torch.cuda.graph(graph):
             captured = damsm_word_similarity(words, lengths, regions)
     graph.replay()
-    torch.testing.assert_close(captured, damsm_word_similarity(words, lengths, regions,
-                                                               impl="reference"))
+    torch.testing.assert_close(
+        captured, damsm_word_similarity(words, lengths, regions, impl="reference")
+    )
     assert autotune.recorded() == {}

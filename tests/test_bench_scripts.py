@@ -1,6 +1,7 @@
 """The benchmark scripts as gpu_check.sh runs them, on the CPU at small settings: each exits 0
 and prints its table with a row per provider, writing no file without --record (a benchmark
 broken here would otherwise be found only in a GPU session's few minutes)."""
+
 import os
 import subprocess
 import sys
@@ -28,8 +29,14 @@ def _output(script: str, *args: str, threads: Optional[int] = None) -> str:
     """Run bench/<script> with `args` (with `threads`: that many torch threads); return what it
     printed (it must exit 0 and record nothing)."""
     env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    result = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, f"bench/{script}", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "recorded" not in result.stdout
     return result.stdout
@@ -48,16 +55,25 @@ def test_train_step_ladder(stage):
     rows asked for in ladder order, the GPU-only ones shown as not applicable with why, and the
     fastest row's profile."""
     rows = "faithful,fused,tf32,bf16,fused_adam,cuda_graphs"
-    output = _output("bench_train_step.py", "--stage", stage, "--rows", rows,
-                     "--min-time", "0", "--profile", "1", threads=1)
+    output = _output(
+        "bench_train_step.py",
+        "--stage",
+        stage,
+        "--rows",
+        rows,
+        "--min-time",
+        "0",
+        "--profile",
+        "1",
+        threads=1,
+    )
     table = _table_rows(output.split("\n## ")[0])
     assert [row[0] for row in table] == rows.split(",")
     by_name = {row[0]: row for row in table}
     assert by_name["tf32"][2] == "not applicable" and "TF32 is a format" in by_name["tf32"][1]
     assert by_name["cuda_graphs"][2] == "not applicable"
     measured = [row for row in table if row[2] != "not applicable"]
-    assert len(measured) == 4 and all(float(row[2]) > 0 and float(row[5]) > 0
-                                      for row in measured)
+    assert len(measured) == 4 and all(float(row[2]) > 0 and float(row[5]) > 0 for row in measured)
     assert measured[0][4] == "1.00x"
     fastest = output.split("fastest row: ")[1].split()[0]
     assert fastest in by_name
@@ -73,24 +89,40 @@ def test_ladder_counts_what_the_host_launches():
     """launch_count on profiler events as torch.profiler gives them: on a GPU the runtime calls
     that queue work; on the CPU each op once at its top level (not the ops it calls), compiled
     kernels too, allocations and views not (a conversion that copied is counted)."""
+
     def event(name, parent=None):
         made = SimpleNamespace(name=name, cpu_parent=parent, cpu_children=[])
         if parent is not None:
             parent.cpu_children.append(made)
         return made
+
     conv = event("aten::conv2d")
     backward = event("autograd::engine::evaluate_function: ConvolutionBackward0")
     compiled = event("Torch-Compiled Region: 0/0")
     converts, keeps = event("aten::to"), event("aten::to")
-    cpu_events = [conv, event("aten::convolution", conv), event("aten::empty", conv), backward,
-                  event("aten::convolution_backward", backward), event("aten::empty_strided"),
-                  event("graph_0_cpp_fused_relu_0", compiled), compiled,
-                  event("attngan_C::word_attention_fwd"), event("aten::detach"),
-                  converts, event("aten::_to_copy", converts), keeps]
+    cpu_events = [
+        conv,
+        event("aten::convolution", conv),
+        event("aten::empty", conv),
+        backward,
+        event("aten::convolution_backward", backward),
+        event("aten::empty_strided"),
+        event("graph_0_cpp_fused_relu_0", compiled),
+        compiled,
+        event("attngan_C::word_attention_fwd"),
+        event("aten::detach"),
+        converts,
+        event("aten::_to_copy", converts),
+        keeps,
+    ]
     assert bench_train_step.launch_count(cpu_events, cuda=False) == 5
-    gpu_events = [event("cudaLaunchKernel", conv), event("cuLaunchKernel"),
-                  event("cudaGraphLaunch"), event("cudaMemcpyAsync"),
-                  event("cudaStreamSynchronize")]
+    gpu_events = [
+        event("cudaLaunchKernel", conv),
+        event("cuLaunchKernel"),
+        event("cudaGraphLaunch"),
+        event("cudaMemcpyAsync"),
+        event("cudaStreamSynchronize"),
+    ]
     assert bench_train_step.launch_count(gpu_events, cuda=True) == 4
 
 
@@ -101,9 +133,21 @@ def _auto_label(op: str) -> str:
 
 def test_damsm_benchmark():
     providers = _with_cpp("damsm_word_similarity", ["loop", "reference"])
-    output = _output("bench_damsm.py", "--sizes", "cpu", "--providers",
-                     ",".join(providers + ["auto"]), "--passes", "forward", "--rounds", "1",
-                     "--min-time", "0.05", "--matmul-precision", "high")
+    output = _output(
+        "bench_damsm.py",
+        "--sizes",
+        "cpu",
+        "--providers",
+        ",".join(providers + ["auto"]),
+        "--passes",
+        "forward",
+        "--rounds",
+        "1",
+        "--min-time",
+        "0.05",
+        "--matmul-precision",
+        "high",
+    )
     rows = _table_rows(output)
     assert [row[2] for row in rows] == providers + [_auto_label("damsm_word_similarity")]
     assert all(float(row[3]) > 0 for row in rows)
@@ -112,22 +156,37 @@ def test_damsm_benchmark():
 
 def test_word_attention_benchmark():
     providers = _with_cpp("word_attention", ["reference"])
-    rows = _table_rows(_output("bench_word_attention.py", "--sizes", "cub64", "--cat-sizes",
-                               "none", "--providers", ",".join(providers + ["auto"]),
-                               "--min-time", "0.05"))
+    rows = _table_rows(
+        _output(
+            "bench_word_attention.py",
+            "--sizes",
+            "cub64",
+            "--cat-sizes",
+            "none",
+            "--providers",
+            ",".join(providers + ["auto"]),
+            "--min-time",
+            "0.05",
+        )
+    )
     labels = providers + [_auto_label("word_attention")]
     assert [(row[1], row[2]) for row in rows] == [
-        (passes, label) for passes in ("forward", "forward+backward") for label in labels]
+        (passes, label) for passes in ("forward", "forward+backward") for label in labels
+    ]
 
 
 def test_data_benchmark():
     """bench_data.py on 20 synthetic photos: a row per path, each costing CPU time, the first
     the baseline of the ratios, and the target's verdict."""
-    output = _output("bench_data.py", "--images", "20", "--epochs", "1", "--rounds", "1",
-                     "--workers", "0")
+    output = _output(
+        "bench_data.py", "--images", "20", "--epochs", "1", "--rounds", "1", "--workers", "0"
+    )
     rows = _table_rows(output)
-    assert [row[0] for row in rows] == ["decoded, float pyramid", "decoded, uint8",
-                                        "image cache, uint8"]
+    assert [row[0] for row in rows] == [
+        "decoded, float pyramid",
+        "decoded, uint8",
+        "image cache, uint8",
+    ]
     assert all(float(row[1]) > 0 for row in rows) and rows[0][3] == "1.00"
     assert "Target, the cache at most 1/4 of the decoded float path's CPU time: " in output
 
@@ -147,14 +206,21 @@ def test_profile_summary_of_a_gpu_step():
     from torch.autograd import DeviceType
 
     def event(key, device, count, self_cpu_us, self_device_us):
-        return SimpleNamespace(key=key, device_type=device, count=count,
-                               self_cpu_time_total=self_cpu_us,
-                               self_device_time_total=self_device_us)
-    events = [event("aten::mm", DeviceType.CPU, 4, 500, 1000),
-              event("aten::conv", DeviceType.CPU, 6, 900, 3000),
-              event("aten::view", DeviceType.CPU, 20, 50, 0),
-              event("sm90_conv_kernel", DeviceType.CUDA, 6, 0, 3000),
-              event("gemm_kernel", DeviceType.CUDA, 4, 0, 1000)]
+        return SimpleNamespace(
+            key=key,
+            device_type=device,
+            count=count,
+            self_cpu_time_total=self_cpu_us,
+            self_device_time_total=self_device_us,
+        )
+
+    events = [
+        event("aten::mm", DeviceType.CPU, 4, 500, 1000),
+        event("aten::conv", DeviceType.CPU, 6, 900, 3000),
+        event("aten::view", DeviceType.CPU, 20, 50, 0),
+        event("sm90_conv_kernel", DeviceType.CUDA, 6, 0, 3000),
+        event("gemm_kernel", DeviceType.CUDA, 4, 0, 1000),
+    ]
     gpu = bench_train_step.summarize_profile(events, steps=2, cuda=True)
     assert [row["name"] for row in gpu["ops"]] == ["aten::conv", "aten::mm"]  # launched nothing
     assert gpu["ops"][0] == dict(name="aten::conv", calls=3, ms=1.5, share=0.75)

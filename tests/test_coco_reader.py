@@ -1,4 +1,5 @@
 """COCO 2014 reader on a tiny COCO built here from the standard caption annotation format."""
+
 import json
 import pickle
 from pathlib import Path
@@ -11,15 +12,34 @@ from PIL import Image
 from attngan.config import DataConfig
 from attngan.data import DataError, build_dataset, collate, prepare, tokenize
 
-TRAIN = {9: ["a dog runs on grass", "the dog is brown", "grass and a dog", "a running dog",
-             "dog on a field", "a sixth caption that is dropped"],
-         25: ["two cats sleep", "cats on a sofa", "a sofa with cats", "sleeping cats",
-              "cats resting"],
-         3: ["a red bus", "the bus is red", "bus on a street", "a city bus", "red bus stop"]}
-VAL = {42: ["a pizza on a plate", "the pizza is hot", "pizza slice", "a plate of pizza",
-            "cheesy zebra pizza"],
-       7: ["a kite in the sky", "kite flying", "the sky and a kite", "a blue kite",
-           "kite over the beach"]}
+TRAIN = {
+    9: [
+        "a dog runs on grass",
+        "the dog is brown",
+        "grass and a dog",
+        "a running dog",
+        "dog on a field",
+        "a sixth caption that is dropped",
+    ],
+    25: ["two cats sleep", "cats on a sofa", "a sofa with cats", "sleeping cats", "cats resting"],
+    3: ["a red bus", "the bus is red", "bus on a street", "a city bus", "red bus stop"],
+}
+VAL = {
+    42: [
+        "a pizza on a plate",
+        "the pizza is hot",
+        "pizza slice",
+        "a plate of pizza",
+        "cheesy zebra pizza",
+    ],
+    7: [
+        "a kite in the sky",
+        "kite flying",
+        "the sky and a kite",
+        "a blue kite",
+        "kite over the beach",
+    ],
+}
 
 
 def file_name(split: str, image_id: int) -> str:
@@ -33,15 +53,17 @@ def write_split(root: Path, split: str, captions: dict[int, list[str]]) -> None:
     for image_id, texts in captions.items():
         name = file_name(split, image_id)
         Image.fromarray(np.full((30 + image_id % 7, 40, 3), image_id * 5 % 255, np.uint8)).save(
-            folder / name)
+            folder / name
+        )
         images.append({"id": image_id, "file_name": name, "width": 40, "height": 30})
         for text in texts:
             notes.append({"id": note_id, "image_id": image_id, "caption": text})
             note_id += 1
-    notes.reverse()   # the file's order is not the annotation-id order
+    notes.reverse()  # the file's order is not the annotation-id order
     (root / "annotations").mkdir(exist_ok=True)
     (root / "annotations" / f"captions_{split}2014.json").write_text(
-        json.dumps({"info": {}, "images": images, "annotations": notes}))
+        json.dumps({"info": {}, "images": images, "annotations": notes})
+    )
 
 
 @pytest.fixture
@@ -53,8 +75,15 @@ def coco(tmp_path) -> Path:
 
 
 def config(root: Path, **changes) -> DataConfig:
-    values = dict(dataset="coco", root=str(root), words_num=4, captions_per_image=5,
-                  base_size=16, branch_num=1, bbox_crop=False)
+    values = dict(
+        dataset="coco",
+        root=str(root),
+        words_num=4,
+        captions_per_image=5,
+        base_size=16,
+        branch_num=1,
+        bbox_crop=False,
+    )
     return DataConfig(**{**values, **changes})
 
 
@@ -63,14 +92,14 @@ def test_reads_both_splits_with_a_shared_vocabulary(coco):
     test = build_dataset(config(coco), "test", augment=False)
     assert train.keys == [file_name("train", i)[:-4] for i in sorted(TRAIN)]
     assert test.keys == [file_name("val", i)[:-4] for i in sorted(VAL)]
-    assert train.class_ids == [0, 1, 2] and test.class_ids == [0, 1]    # nothing is masked
+    assert train.class_ids == [0, 1, 2] and test.class_ids == [0, 1]  # nothing is masked
     assert train.vocab is not None and train.vocab == test.vocab
     assert "zebra" in train.vocab and "sixth" not in train.vocab
     assert len(train.captions) == 15 and len(test.captions) == 10
     decoded = [" ".join(train.vocab.ixtoword[i] for i in c) for c in train.captions[:5]]
-    assert decoded == [" ".join(tokenize(t)) for t in TRAIN[3]]          # image 3 sorts first
+    assert decoded == [" ".join(tokenize(t)) for t in TRAIN[3]]  # image 3 sorts first
     assert train.texts(1) == TRAIN[9][:5]
-    assert pickle.loads(pickle.dumps(train)).texts(2) == TRAIN[25][:5]   # workers can spawn
+    assert pickle.loads(pickle.dumps(train)).texts(2) == TRAIN[25][:5]  # workers can spawn
 
 
 def test_items_and_batches(coco):
@@ -124,14 +153,21 @@ def test_damaged_annotation_file(coco):
         prepare(coco)
 
 
-@pytest.mark.parametrize("damage, match", [
-    (lambda data: data["annotations"][0].update(caption=None),
-     r"annotation 1015 has the caption None, not text"),
-    (lambda data: data["annotations"][0].update(caption=5),
-     r"annotation 1015 has the caption 5, not text"),
-    (lambda data: data["annotations"].insert(0, "oops"), "is not a COCO caption file"),
-    (lambda data: data.update(images=[], annotations=[]), "lists no images"),
-])
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (
+            lambda data: data["annotations"][0].update(caption=None),
+            r"annotation 1015 has the caption None, not text",
+        ),
+        (
+            lambda data: data["annotations"][0].update(caption=5),
+            r"annotation 1015 has the caption 5, not text",
+        ),
+        (lambda data: data["annotations"].insert(0, "oops"), "is not a COCO caption file"),
+        (lambda data: data.update(images=[], annotations=[]), "lists no images"),
+    ],
+)
 def test_damaged_annotations(coco, damage, match):
     path = coco / "annotations" / "captions_train2014.json"
     data = json.loads(path.read_text())
@@ -159,8 +195,11 @@ def test_a_filenames_pickle_of_the_users_is_kept(coco):
     with open(coco / "train" / "filenames.pickle", "wb") as file:
         pickle.dump(keys + ["COCO_train2014_000000000077"], file, protocol=2)
     (coco / "captions.pickle").unlink()
-    with pytest.raises(DataError, match="names 1 images that captions_train2014.json lacks "
-                                        r"\(first: COCO_train2014_000000000077\)"):
+    with pytest.raises(
+        DataError,
+        match="names 1 images that captions_train2014.json lacks "
+        r"\(first: COCO_train2014_000000000077\)",
+    ):
         prepare(coco)
 
 

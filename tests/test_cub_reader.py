@@ -1,4 +1,5 @@
 """CUB-layout reader and the data set on a tiny CUB built here, with Python-2 pickles."""
+
 import pickle
 import random
 import struct
@@ -9,15 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from attngan.cli import main as cli_main, user_message
+from attngan.cli import main as cli_main
+from attngan.cli import user_message
 from attngan.config import DataConfig
 from attngan.data import DataError, build_dataset, collate, prepare, tokenize
 from attngan.data.cub import crop_window, prepare_captions, read_caption_file, read_cub
 from attngan.data.dataset import resized_size
-from attngan.files import OutputError
 from attngan.data.loader import float_images
+from attngan.files import OutputError
 
-CLASSES = {1: "001.Red_Bird", 2: "002.Caf\xe9_Bird"}   # a latin-1 byte, as Python 2 wrote it
+CLASSES = {1: "001.Red_Bird", 2: "002.Caf\xe9_Bird"}  # a latin-1 byte, as Python 2 wrote it
 IMAGES = [  # key, class, split, (width, height), box (x, y, w, h)
     ("001.Red_Bird/Red_Bird_0001", 1, "train", (60, 40), (10.0, 8.0, 20.0, 16.0)),
     ("001.Red_Bird/Red_Bird_0002", 1, "train", (50, 50), (0.0, 0.0, 50.0, 50.0)),
@@ -26,12 +28,21 @@ IMAGES = [  # key, class, split, (width, height), box (x, y, w, h)
     ("002.Caf\xe9_Bird/Cafe_Bird_0002", 2, "test", (64, 48), (5.0, 5.0, 30.0, 30.0)),
 ]
 LONG = "this bird has a very long caption with many words to keep in order for the model here"
-CONFIG = dict(dataset="cub", words_num=6, captions_per_image=10, base_size=16, branch_num=2,
-              bbox_crop=True, random_crop=True, random_flip=True)
+CONFIG = dict(
+    dataset="cub",
+    words_num=6,
+    captions_per_image=10,
+    base_size=16,
+    branch_num=2,
+    bbox_crop=True,
+    random_crop=True,
+    random_flip=True,
+)
 
 
 def py2_pickle(value) -> bytes:
     """Protocol 2 as Python 2 writes it: text is `str` (bytes, opcode U/T), not unicode."""
+
     def encode(item) -> bytes:
         if isinstance(item, str):
             item = item.encode("latin1")
@@ -47,6 +58,7 @@ def py2_pickle(value) -> bytes:
             pairs = b"".join(encode(k) + encode(v) for k, v in item.items())
             return b"}" + (b"(" + pairs + b"u" if item else b"")
         raise TypeError(item)
+
     return b"\x80\x02" + encode(value) + b"."
 
 
@@ -64,17 +76,16 @@ def make_cub(root: Path) -> Path:
         path = images / f"{key}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         pixels = np.zeros((size[1], size[0], 3), dtype=np.uint8)
-        pixels[..., 2] = 200                                  # blue outside the crop window
+        pixels[..., 2] = 200  # blue outside the crop window
         left, top, right, bottom = crop_window(size[0], size[1], box)
-        pixels[top:bottom, left:right] = (220, 20, 20)        # red inside it
+        pixels[top:bottom, left:right] = (220, 20, 20)  # red inside it
         Image.fromarray(pixels).save(path, quality=95)
         listing.append(f"{number} {key}.jpg")
         boxes.append(f"{number} {box[0]} {box[1]} {box[2]} {box[3]}")
         text = root / "text" / f"{key}.txt"
         text.parent.mkdir(parents=True, exist_ok=True)
         text.write_text("\n".join(caption_lines(number)) + "\n", encoding="utf-8")
-    (root / "CUB_200_2011" / "images.txt").write_text("\n".join(listing) + "\n",
-                                                      encoding="latin1")
+    (root / "CUB_200_2011" / "images.txt").write_text("\n".join(listing) + "\n", encoding="latin1")
     (root / "CUB_200_2011" / "bounding_boxes.txt").write_text("\n".join(boxes) + "\n")
     for split in ("train", "test"):
         rows = [(key, cls) for key, cls, s, _, _ in IMAGES if s == split]
@@ -112,13 +123,17 @@ def test_prepare_builds_captions_from_text(cub):
     lines = [line for line in caption_lines(1) if tokenize(line)][:10]
     assert [words(c) for c in train[:10]] == [tokenize(line) for line in lines]
     assert words(train[5]) == ["the", "bird", "s", "wing", "is", "gry"]
-    assert "eleventh" not in wordtoix        # an 11th caption line is not read
-    assert "4" in wordtoix and "5" in wordtoix   # test captions are in the vocabulary too
+    assert "eleventh" not in wordtoix  # an 11th caption line is not read
+    assert "4" in wordtoix and "5" in wordtoix  # test captions are in the vocabulary too
 
 
 def test_existing_captions_pickle_is_never_rebuilt(cub):
-    released = [[[1, 2]] * 30, [[2, 1]] * 20, {0: "<end>", 1: "bird", 2: "red"},
-                {"<end>": 0, "bird": 1, "red": 2}]
+    released = [
+        [[1, 2]] * 30,
+        [[2, 1]] * 20,
+        {0: "<end>", 1: "bird", 2: "red"},
+        {"<end>": 0, "bird": 1, "red": 2},
+    ]
     (cub / "captions.pickle").write_bytes(py2_pickle(released))
     before = (cub / "captions.pickle").read_bytes()
     assert prepare(cub) == cub / "captions.pickle"
@@ -138,7 +153,7 @@ def test_caption_length_of_a_split_can_differ_from_words_num(cub):
     for index in range(len(short.captions)):
         caption, length = short.caption(index)
         assert caption.shape == (3,) and length == min(3, len(short.captions[index]))
-        kept = caption[:length].tolist()      # an ordered subset of the caption's words
+        kept = caption[:length].tolist()  # an ordered subset of the caption's words
         assert all(word in short.captions[index] for word in kept)
     with pytest.raises(DataError, match="at least 1"):
         build_dataset(config(cub), "test", augment=False, words_num=0)
@@ -151,7 +166,7 @@ def test_items_pyramid_and_collate(cub):
     assert [tuple(x.shape) for x in item["images"]] == [(3, 16, 16), (3, 32, 32)]
     assert all(x.dtype == torch.uint8 for x in item["images"])
     assert item["caption"].shape == (6,) and item["caption"].dtype == torch.long
-    assert 1 <= item["length"] <= 6 and (item["caption"][item["length"]:] == 0).all()
+    assert 1 <= item["length"] <= 6 and (item["caption"][item["length"] :] == 0).all()
     assert item["class_id"] == 2 and item["key"] == IMAGES[2][0]
     assert 0 <= item["caption_index"] < 10
     batch = collate([data[i] for i in range(3)])
@@ -168,10 +183,14 @@ def test_caption_lines_end_at_newlines_only(tmp_path):
     """As the original's split('\\n'): Windows line ends, a stray carriage return or a Unicode
     line separator inside a caption keep it whole; lines without ASCII words are skipped."""
     path = tmp_path / "captions.txt"
-    path.write_bytes("a red bird\r\nwith a long\u2028beak\n\u00e9\u00e9\nsmall\rbird\n"
-                     .encode("utf-8"))
+    path.write_bytes(
+        "a red bird\r\nwith a long\u2028beak\n\u00e9\u00e9\nsmall\rbird\n".encode("utf-8")
+    )
     assert [tokenize(line) for line in read_caption_file(path, 3, "fix")] == [
-        ["a", "red", "bird"], ["with", "a", "long", "beak"], ["small", "bird"]]
+        ["a", "red", "bird"],
+        ["with", "a", "long", "beak"],
+        ["small", "bird"],
+    ]
 
 
 def test_resize_sizes_are_torchvisions():
@@ -193,7 +212,7 @@ def test_bird_box_crop(cub):
         red = float_images(cropped.images(index)[1], torch.device("cpu"))
         # Inside the window everything is red (JPEG noise aside); without the crop, blue shows.
         assert red[0].mean() > 0.6 and red[2].mean() < -0.6
-    for index in (0, 2):    # image 1's window is the whole image
+    for index in (0, 2):  # image 1's window is the whole image
         assert whole.images(index)[1][2].max() > 0
 
 
@@ -219,7 +238,7 @@ def test_augment_randomizes_crop_flip_and_caption(cub):
 
 def test_long_caption_keeps_an_ordered_subset(cub):
     data = build_dataset(config(cub), "train", augment=True)
-    full = data.captions[3]          # image 0, caption slot 3: LONG (17 words)
+    full = data.captions[3]  # image 0, caption slot 3: LONG (17 words)
     assert len(full) == len(tokenize(LONG)) > 6
 
     def is_subsequence(part):
@@ -228,7 +247,7 @@ def test_long_caption_keeps_an_ordered_subset(cub):
 
     fixed, length = data.caption(3)
     assert length == 6 and is_subsequence(fixed.tolist())
-    assert fixed.tolist() != full[:6]                      # a subset, not a truncation
+    assert fixed.tolist() != full[:6]  # a subset, not a truncation
     assert all(torch.equal(data.caption(3)[0], fixed) for _ in range(3))
     drawn = {tuple(data.caption(3, random.Random(seed))[0].tolist()) for seed in range(20)}
     assert len(drawn) > 5 and all(is_subsequence(list(d)) for d in drawn)
@@ -242,8 +261,9 @@ def test_texts_are_the_kept_caption_lines(cub):
     data = build_dataset(config(cub), "test", augment=False)
     texts = data.texts(1)
     assert len(texts) == 10 and texts[0] == "A red bird number 5 sits on branch 0."
-    assert [tokenize(t) for t in texts] == [[data.vocab.ixtoword[i] for i in c]
-                                           for c in data.captions[10:20]]
+    assert [tokenize(t) for t in texts] == [
+        [data.vocab.ixtoword[i] for i in c] for c in data.captions[10:20]
+    ]
 
 
 def test_dataset_pickles_for_spawned_workers(cub):
@@ -258,8 +278,9 @@ def test_dataloader_with_workers_is_reproducible(cub):
 
     def run():
         torch.manual_seed(5)
-        loader = torch.utils.data.DataLoader(data, batch_size=3, shuffle=True, collate_fn=collate,
-                                             num_workers=2)
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=3, shuffle=True, collate_fn=collate, num_workers=2
+        )
         return next(iter(loader))
 
     a, b = run(), run()
@@ -309,15 +330,16 @@ def test_missing_image(cub):
 def test_corrupt_image(cub, damage):
     path = cub / "CUB_200_2011" / "images" / f"{IMAGES[0][0]}.jpg"
     data = path.read_bytes()
-    path.write_bytes(b"not an image at all" if damage == "garbage" else data[:len(data) // 2])
+    path.write_bytes(b"not an image at all" if damage == "garbage" else data[: len(data) // 2])
     dataset = build_dataset(config(cub), "train", augment=False)
     with pytest.raises(DataError, match=f"image {path} cannot be decoded"):
         dataset[0]
 
 
 def test_captions_pickle_of_other_images(cub):
-    (cub / "captions.pickle").write_bytes(py2_pickle(
-        [[[1]] * 7, [[1]] * 20, {0: "<end>", 1: "bird"}, {"<end>": 0, "bird": 1}]))
+    (cub / "captions.pickle").write_bytes(
+        py2_pickle([[[1]] * 7, [[1]] * 20, {0: "<end>", 1: "bird"}, {"<end>": 0, "bird": 1}])
+    )
     with pytest.raises(DataError, match="has 7 captions but the split has 3 images"):
         build_dataset(config(cub), "train", augment=False)
     with pytest.raises(DataError, match="captions_per_image"):
@@ -351,34 +373,45 @@ def test_utf16_caption_file_is_refused(cub):
     """Decoded as UTF-8, each letter of a UTF-16 file would be a word of its own."""
     path = cub / "text" / f"{IMAGES[0][0]}.txt"
     path.write_text(path.read_text(encoding="utf-8"), encoding="utf-16")
-    with pytest.raises(DataError, match=f"caption file {path} is not UTF-8 text.*save it as "
-                                        "UTF-8"):
+    with pytest.raises(DataError, match=f"caption file {path} is not UTF-8 text.*save it as UTF-8"):
         prepare(cub)
     assert not (cub / "captions.pickle").exists()
     path.write_bytes(b"\xef\xbb\xbf" + "\n".join(caption_lines(1)).encode("utf-8"))
-    prepare(cub)                                              # a UTF-8 byte-order mark is fine
+    prepare(cub)  # a UTF-8 byte-order mark is fine
 
 
-@pytest.mark.parametrize("damage, match", [
-    (lambda lines: lines[:1] + [lines[1].replace("2 ", "1 ", 1)] + lines[2:],
-     r"images\.txt line 2: image id 1 is listed twice"),
-    (lambda lines: lines[:1] + lines[2:],
-     r"images\.txt lists no image for 1 keys of train/filenames\.pickle \(first: "
-     r"001\.Red_Bird/Red_Bird_0002\)"),
-])
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (
+            lambda lines: lines[:1] + [lines[1].replace("2 ", "1 ", 1)] + lines[2:],
+            r"images\.txt line 2: image id 1 is listed twice",
+        ),
+        (
+            lambda lines: lines[:1] + lines[2:],
+            r"images\.txt lists no image for 1 keys of train/filenames\.pickle \(first: "
+            r"001\.Red_Bird/Red_Bird_0002\)",
+        ),
+    ],
+)
 def test_damaged_image_list(cub, damage, match):
     path = cub / "CUB_200_2011" / "images.txt"
-    path.write_text("\n".join(damage(path.read_text(encoding="latin1").splitlines())),
-                    encoding="latin1")
+    path.write_text(
+        "\n".join(damage(path.read_text(encoding="latin1").splitlines())), encoding="latin1"
+    )
     with pytest.raises(DataError, match=match):
         build_dataset(config(cub, bbox_crop=False), "train", augment=False)
 
 
-@pytest.mark.parametrize("line, match", [
-    ("1 0 0 inf 10", "finite numbers"), ("1 nan nan 10 10", "finite numbers"),
-    ("2 0 0 10 10", "image id 2 has a second box"),
-    ("1 5 5 0.5 10", "a size of at least 1 pixel"),     # 0 once read as an integer
-])
+@pytest.mark.parametrize(
+    "line, match",
+    [
+        ("1 0 0 inf 10", "finite numbers"),
+        ("1 nan nan 10 10", "finite numbers"),
+        ("2 0 0 10 10", "image id 2 has a second box"),
+        ("1 5 5 0.5 10", "a size of at least 1 pixel"),  # 0 once read as an integer
+    ],
+)
 def test_damaged_boxes(cub, line, match):
     path = cub / "CUB_200_2011" / "bounding_boxes.txt"
     path.write_text(path.read_text() + line + "\n")
@@ -386,11 +419,14 @@ def test_damaged_boxes(cub, line, match):
         build_dataset(config(cub), "train", augment=False)
 
 
-@pytest.mark.parametrize("value, match", [
-    ([1, None, 2], r"entry 1 is None, not an integer class id"),
-    ([1, "2a", 2], r"entry 1 is '2a', not an integer class id"),
-    ({"a": 1}, r"one class id per key of filenames\.pickle \(3\), not a dict"),
-])
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        ([1, None, 2], r"entry 1 is None, not an integer class id"),
+        ([1, "2a", 2], r"entry 1 is '2a', not an integer class id"),
+        ({"a": 1}, r"one class id per key of filenames\.pickle \(3\), not a dict"),
+    ],
+)
 def test_damaged_class_info(cub, value, match):
     with open(cub / "train" / "class_info.pickle", "wb") as file:
         pickle.dump(value, file, protocol=2)
@@ -407,16 +443,22 @@ def test_class_info_as_an_array(cub):
 def test_empty_split(cub):
     (cub / "test" / "filenames.pickle").write_bytes(py2_pickle([]))
     (cub / "test" / "class_info.pickle").write_bytes(py2_pickle([]))
-    with pytest.raises(DataError, match=r"filenames\.pickle is empty: the test split has no "
-                                        "images"):
+    with pytest.raises(
+        DataError,
+        match=r"filenames\.pickle is empty: the test split has no "
+        "images",
+    ):
         build_dataset(config(cub), "test", augment=False)
 
 
-@pytest.mark.parametrize("caption, match", [
-    (None, "caption 0 \\(image 0\\) is None, not a list of word ids"),
-    ("red bird", "caption 0 \\(image 0\\) is 'red bird', not a list of word ids"),
-    ([1.7], "caption 0 \\(image 0\\) is \\[1.7\\], not a list of word ids"),
-])
+@pytest.mark.parametrize(
+    "caption, match",
+    [
+        (None, "caption 0 \\(image 0\\) is None, not a list of word ids"),
+        ("red bird", "caption 0 \\(image 0\\) is 'red bird', not a list of word ids"),
+        ([1.7], "caption 0 \\(image 0\\) is \\[1.7\\], not a list of word ids"),
+    ],
+)
 def test_captions_pickle_with_captions_that_are_not_word_ids(cub, caption, match):
     prepare(cub)
     train, test, ixtoword, wordtoix = pickle.loads((cub / "captions.pickle").read_bytes())
@@ -431,15 +473,20 @@ def test_duplicate_vocabulary_word_says_to_delete_the_file(cub):
     train, test, ixtoword, wordtoix = pickle.loads((cub / "captions.pickle").read_bytes())
     ixtoword[2] = ixtoword[1]
     (cub / "captions.pickle").write_bytes(pickle.dumps([train, test, ixtoword, wordtoix]))
-    with pytest.raises(DataError, match=f"the word '{ixtoword[1]}' appears twice.*delete it and "
-                                        f"run `attngan prepare {cub}`"):
+    with pytest.raises(
+        DataError,
+        match=f"the word '{ixtoword[1]}' appears twice.*delete it and run `attngan prepare {cub}`",
+    ):
         build_dataset(config(cub), "train", augment=False)
 
 
 def test_unwritable_data_folder(cub):
-    (cub / "captions.pickle").mkdir()              # where the file would be renamed to
-    with pytest.raises(OutputError, match=r"cannot write .*captions\.pickle \(Is a directory\); "
-                                          "copy the data set to a folder that can be written"):
+    (cub / "captions.pickle").mkdir()  # where the file would be renamed to
+    with pytest.raises(
+        OutputError,
+        match=r"cannot write .*captions\.pickle \(Is a directory\); "
+        "copy the data set to a folder that can be written",
+    ):
         prepare_captions(cub, rebuild=True)
     assert [p.name for p in cub.iterdir() if p.name.startswith(".")] == []
 
@@ -466,5 +513,6 @@ def test_prepare_says_whether_it_wrote_or_kept_the_captions(cub, capsys):
     assert cli_main(["prepare", str(cub)]) == 0
     assert capsys.readouterr().out == f"captions written to {cub / 'captions.pickle'}\n"
     assert cli_main(["prepare", str(cub)]) == 0
-    assert capsys.readouterr().out.startswith(f"{cub / 'captions.pickle'} exists and was kept, "
-                                              "not rebuilt")
+    assert capsys.readouterr().out.startswith(
+        f"{cub / 'captions.pickle'} exists and was kept, not rebuilt"
+    )

@@ -13,6 +13,7 @@ CUDA library headers they include, such as cusparse.h; .ci/run fills it from loc
 when it finds them). Each check is skipped with its reason where its compiler or headers are
 absent.
 """
+
 import os
 import shutil
 import subprocess
@@ -36,8 +37,11 @@ def _nvcc():
 def _cuda_include():
     """The CUDA toolkit's include directory (cuda_runtime.h), or None."""
     nvcc = shutil.which("nvcc")
-    homes = [os.environ.get("CUDA_HOME"), Path(nvcc).resolve().parents[1] if nvcc else None,
-             "/usr/local/cuda"]
+    homes = [
+        os.environ.get("CUDA_HOME"),
+        Path(nvcc).resolve().parents[1] if nvcc else None,
+        "/usr/local/cuda",
+    ]
     for home in filter(None, homes):
         if (Path(home) / "include" / "cuda_runtime.h").exists():
             return Path(home) / "include"
@@ -51,13 +55,16 @@ def _cuda_torch_includes():
         return [Path(p) for p in listed.split(os.pathsep) if p]
     import torch
     from torch.utils import cpp_extension
+
     if torch.version.cuda is None:
         return None
     return [Path(p) for p in cpp_extension.include_paths()]
 
 
 def test_cuda_sources_exist():
-    assert CU_FILES and LAUNCHER_FILES, "csrc/cuda must hold the .cu kernels and their .cpp launchers"
+    assert CU_FILES and LAUNCHER_FILES, (
+        "csrc/cuda must hold the .cu kernels and their .cpp launchers"
+    )
 
 
 @pytest.mark.parametrize("std", ["c++17", "c++20"])
@@ -65,10 +72,23 @@ def test_cuda_sources_exist():
 def test_cu_file_compiles_for_sm90(source, std, tmp_path):
     nvcc = _nvcc()
     if nvcc is None:
-        pytest.skip("nvcc not found (put it on PATH or set CUDA_HOME) - CUDA kernels not compile-checked")
+        pytest.skip(
+            "nvcc not found (put it on PATH or set CUDA_HOME) - CUDA kernels not compile-checked"
+        )
     # the flags setup.py gives nvcc, the standard BuildExtension adds, and the target GPU
-    cmd = [nvcc, "-c", "-arch=sm_90", "-O3", f"-std={std}", "--use_fast_math", "-lineinfo",
-           f"-I{ROOT / 'csrc'}", str(source), "-o", str(tmp_path / (source.stem + ".o"))]
+    cmd = [
+        nvcc,
+        "-c",
+        "-arch=sm_90",
+        "-O3",
+        f"-std={std}",
+        "--use_fast_math",
+        "-lineinfo",
+        f"-I{ROOT / 'csrc'}",
+        str(source),
+        "-o",
+        str(tmp_path / (source.stem + ".o")),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"nvcc failed on {source.name}:\n{result.stderr[-4000:]}"
     assert (tmp_path / (source.stem + ".o")).stat().st_size > 0
@@ -79,21 +99,34 @@ def _syntax_check_against_cuda_torch(source, extra_flags):
     toolkit's headers or the compiler are absent)."""
     includes = _cuda_torch_includes()
     if includes is None:
-        pytest.skip("this torch is a CPU build, without ATen's CUDA headers; set "
-                    "ATTNGAN_CUDA_TORCH_INCLUDE to a CUDA torch's include directories to check "
-                    "the sources against them")
+        pytest.skip(
+            "this torch is a CPU build, without ATen's CUDA headers; set "
+            "ATTNGAN_CUDA_TORCH_INCLUDE to a CUDA torch's include directories to check "
+            "the sources against them"
+        )
     if not any((path / "ATen" / "cuda" / "CUDAContext.h").exists() for path in includes):
-        pytest.fail(f"no ATen/cuda/CUDAContext.h under {[str(p) for p in includes]}: "
-                    f"ATTNGAN_CUDA_TORCH_INCLUDE must name a CUDA torch's include directory")
+        pytest.fail(
+            f"no ATen/cuda/CUDAContext.h under {[str(p) for p in includes]}: "
+            f"ATTNGAN_CUDA_TORCH_INCLUDE must name a CUDA torch's include directory"
+        )
     cuda_include = _cuda_include()
     if cuda_include is None:
         pytest.skip("the CUDA toolkit's headers were not found (set CUDA_HOME)")
     compiler = os.environ.get("CXX", "g++")
     if shutil.which(compiler) is None:
         pytest.skip(f"no C++ compiler ({compiler})")
-    cmd = [compiler, "-std=c++20", "-fsyntax-only", "-Wall", "-Werror=return-type",
-           *extra_flags, f"-I{ROOT / 'csrc'}", f"-I{cuda_include}",
-           *[f"-I{path}" for path in includes], str(source)]
+    cmd = [
+        compiler,
+        "-std=c++20",
+        "-fsyntax-only",
+        "-Wall",
+        "-Werror=return-type",
+        *extra_flags,
+        f"-I{ROOT / 'csrc'}",
+        f"-I{cuda_include}",
+        *[f"-I{path}" for path in includes],
+        str(source),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{compiler} failed on {source.name}:\n{result.stderr[-4000:]}"
 
@@ -107,4 +140,5 @@ def test_cuda_launcher_compiles_against_cuda_torch_headers(source):
 def test_cpu_source_compiles_against_cuda_torch_headers(source):
     # the flags setup.py gives the C++ compiler, and Python's headers (torch/extension.h)
     _syntax_check_against_cuda_torch(
-        source, ["-O3", "-fopenmp", f"-I{sysconfig.get_paths()['include']}"])
+        source, ["-O3", "-fopenmp", f"-I{sysconfig.get_paths()['include']}"]
+    )

@@ -1,8 +1,10 @@
 """The public DAMSM functions (attngan.ops.damsm): dispatch, input validation (one clear error per
 problem, TypeError for types and dtypes, ValueError for shapes, devices and values), and the
 precision policy (low-precision inputs, autocast, mixed dtypes, integer lengths)."""
+
 import pytest
 import torch
+from helpers import CPU, damsm_inputs, require
 
 from attngan import backend
 from attngan.backend import ImplementationUnavailable
@@ -10,7 +12,6 @@ from attngan.ops import damsm as damsm_module
 from attngan.ops._library import cuda_limits, damsm_word_similarity_ops
 from attngan.ops.damsm import damsm_sentence_loss, damsm_word_loss, damsm_word_similarity
 from attngan.ops.reference import damsm_word_similarity_reference
-from helpers import CPU, damsm_inputs, require
 
 OP = "damsm_word_similarity"
 FUSED = ["cpp", "triton"]
@@ -29,11 +30,15 @@ def _spy(monkeypatch):
     for name in ("damsm_word_similarity_loop", "damsm_word_similarity_reference"):
         original = getattr(damsm_module.reference, name)
         impl = name.rsplit("_", 1)[1]
-        monkeypatch.setattr(damsm_module.reference, name,
-                            lambda *a, _f=original, _i=impl: calls.append(_i) or _f(*a))
+        monkeypatch.setattr(
+            damsm_module.reference,
+            name,
+            lambda *a, _f=original, _i=impl: calls.append(_i) or _f(*a),
+        )
     for impl, op in list(damsm_word_similarity_ops.items()):
-        monkeypatch.setitem(damsm_word_similarity_ops, impl,
-                            lambda *a, _f=op, _i=impl: calls.append(_i) or _f(*a))
+        monkeypatch.setitem(
+            damsm_word_similarity_ops, impl, lambda *a, _f=op, _i=impl: calls.append(_i) or _f(*a)
+        )
     return calls
 
 
@@ -47,7 +52,7 @@ def test_dispatch_auto_env_and_explicit(monkeypatch):
     monkeypatch.setenv("ATTNGAN_IMPL", "loop")
     damsm_word_similarity(words, lengths, regions)
     assert calls[-1] == "loop"
-    damsm_word_similarity(words, lengths, regions, impl="reference")   # argument beats env
+    damsm_word_similarity(words, lengths, regions, impl="reference")  # argument beats env
     assert calls[-1] == "reference"
 
 
@@ -64,12 +69,17 @@ def test_dispatch_errors_name_the_environment_variable_that_chose(monkeypatch):
     """A user who never passed `impl` is told where the implementation came from."""
     words, lengths, regions = _small()
     monkeypatch.setenv("ATTNGAN_IMPL", "fastest")
-    with pytest.raises(ValueError, match="the environment variable ATTNGAN_IMPL='fastest' is not "
-                                         "known; choose from auto, loop"):
+    with pytest.raises(
+        ValueError,
+        match="the environment variable ATTNGAN_IMPL='fastest' is not "
+        "known; choose from auto, loop",
+    ):
         damsm_word_similarity(words, lengths, regions)
     monkeypatch.setenv("ATTNGAN_IMPL", "cuda")
-    with pytest.raises(ImplementationUnavailable, match="the environment variable "
-                                                        "ATTNGAN_IMPL='cuda' cannot run here"):
+    with pytest.raises(
+        ImplementationUnavailable,
+        match="the environment variable ATTNGAN_IMPL='cuda' cannot run here",
+    ):
         damsm_word_similarity(words, lengths, regions)
 
 
@@ -81,14 +91,20 @@ def test_each_backends_limits_steer_dispatch():
     cuda = torch.device("cuda")
     too_long = torch.empty(2, 8, limits["max_words"] + 1), torch.empty(3, 8, 6)
     fits = torch.empty(2, 8, limits["max_words"]), torch.empty(3, 8, 6)
-    reason = damsm_module._unsupported("cuda", torch.float32, cuda,
-                                       damsm_module._shape_reasons(*too_long))
+    reason = damsm_module._unsupported(
+        "cuda", torch.float32, cuda, damsm_module._shape_reasons(*too_long)
+    )
     assert f"L <= {limits['max_words']} and" in reason
-    assert damsm_module._unsupported("cpp", torch.float32, CPU,
-                                     damsm_module._shape_reasons(*too_long)) is None
-    assert damsm_module._unsupported("cuda", torch.float32, cuda,
-                                     damsm_module._shape_reasons(*fits)) is None
+    assert (
+        damsm_module._unsupported("cpp", torch.float32, CPU, damsm_module._shape_reasons(*too_long))
+        is None
+    )
+    assert (
+        damsm_module._unsupported("cuda", torch.float32, cuda, damsm_module._shape_reasons(*fits))
+        is None
+    )
     from attngan.kernels import damsm as triton_damsm
+
     wide = torch.empty(2, triton_damsm.MAX_DIM + 1, 5), torch.empty(3, triton_damsm.MAX_DIM + 1, 6)
     assert f"D <= {triton_damsm.MAX_DIM}" in triton_damsm.damsm_word_similarity_supported(*wide)
 
@@ -104,8 +120,10 @@ def test_the_triton_interpreter_refuses_bfloat16():
     """Its bfloat16 products are wrong (Triton 3.8: results off by 1e8 and more), which would be
     a silent wrong result; float16 and float32 stay open to it."""
     words, lengths, regions = _small(torch.bfloat16)
-    with pytest.raises(ImplementationUnavailable, match="the Triton interpreter .* computes "
-                                                        "bfloat16 products wrongly"):
+    with pytest.raises(
+        ImplementationUnavailable,
+        match="the Triton interpreter .* computes bfloat16 products wrongly",
+    ):
         damsm_word_similarity(words, lengths, regions, impl="triton")
 
 
@@ -113,21 +131,27 @@ def test_the_triton_interpreter_refuses_bfloat16():
 
 
 @pytest.mark.parametrize("impl", ["reference", *FUSED])
-@pytest.mark.parametrize("case, error, match", [
-    ("length zero", ValueError, "every length must be in 1..L"),
-    ("length above L", ValueError, "every length must be in 1..L"),
-    ("float lengths", TypeError, "lengths must be an integer tensor"),
-    ("lengths elsewhere", ValueError, "lengths are on meta but the features on cpu; put lengths "
-                                      "on the CPU"),
-    ("lengths shape", ValueError, r"lengths must be \[B\] = \[3\]"),
-    ("regions elsewhere", ValueError, "regions is on meta but words on cpu"),
-    ("mismatched D", ValueError, "words have D = 8 but regions have D = 7"),
-    ("words 2-D", ValueError, r"words must be \[B_cap, D, L\]"),
-    ("regions 2-D", ValueError, r"regions must be \[B_img, D, H, W\]"),
-    ("integer words", TypeError, "words must be floating point"),
-    ("empty", ValueError, "empty input"),
-    ("not a tensor", TypeError, "lengths must be a torch.Tensor"),
-])
+@pytest.mark.parametrize(
+    "case, error, match",
+    [
+        ("length zero", ValueError, "every length must be in 1..L"),
+        ("length above L", ValueError, "every length must be in 1..L"),
+        ("float lengths", TypeError, "lengths must be an integer tensor"),
+        (
+            "lengths elsewhere",
+            ValueError,
+            "lengths are on meta but the features on cpu; put lengths on the CPU",
+        ),
+        ("lengths shape", ValueError, r"lengths must be \[B\] = \[3\]"),
+        ("regions elsewhere", ValueError, "regions is on meta but words on cpu"),
+        ("mismatched D", ValueError, "words have D = 8 but regions have D = 7"),
+        ("words 2-D", ValueError, r"words must be \[B_cap, D, L\]"),
+        ("regions 2-D", ValueError, r"regions must be \[B_img, D, H, W\]"),
+        ("integer words", TypeError, "words must be floating point"),
+        ("empty", ValueError, "empty input"),
+        ("not a tensor", TypeError, "lengths must be a torch.Tensor"),
+    ],
+)
 def test_bad_inputs_raise_one_clear_error(impl, case, error, match):
     if impl != "reference":
         require(OP, impl, CPU)
@@ -194,16 +218,18 @@ def test_reference_low_precision_and_autocast():
     bf_words = words.bfloat16().requires_grad_()
     similarity = damsm_word_similarity(bf_words, lengths, regions.bfloat16(), impl="reference")
     assert similarity.dtype == torch.float32
-    expected = damsm_word_similarity_reference(bf_words.detach().float(), lengths,
-                                               regions.bfloat16().float())
+    expected = damsm_word_similarity_reference(
+        bf_words.detach().float(), lengths, regions.bfloat16().float()
+    )
     torch.testing.assert_close(similarity, expected)
     similarity.sum().backward()
     assert bf_words.grad.dtype == torch.bfloat16
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under_autocast = damsm_word_similarity(words, lengths, regions, impl="reference")
     assert under_autocast.dtype == torch.float32
-    torch.testing.assert_close(under_autocast,
-                               damsm_word_similarity(words, lengths, regions, impl="reference"))
+    torch.testing.assert_close(
+        under_autocast, damsm_word_similarity(words, lengths, regions, impl="reference")
+    )
 
 
 def test_cpp_autocast_and_mixed_dtypes():
@@ -212,12 +238,14 @@ def test_cpp_autocast_and_mixed_dtypes():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under_autocast = damsm_word_similarity(words, lengths, regions, impl="cpp")
     assert under_autocast.dtype == torch.float32
-    torch.testing.assert_close(under_autocast, damsm_word_similarity(words, lengths, regions,
-                                                                     impl="cpp"))
+    torch.testing.assert_close(
+        under_autocast, damsm_word_similarity(words, lengths, regions, impl="cpp")
+    )
     # bfloat16 words with float32 regions: promoted to float32.
     mixed = damsm_word_similarity(words.bfloat16(), lengths, regions, impl="cpp")
-    torch.testing.assert_close(mixed, damsm_word_similarity(words.bfloat16().float(), lengths,
-                                                            regions, impl="cpp"))
+    torch.testing.assert_close(
+        mixed, damsm_word_similarity(words.bfloat16().float(), lengths, regions, impl="cpp")
+    )
 
 
 @pytest.mark.parametrize("impl", ["reference", *FUSED])

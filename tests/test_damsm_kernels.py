@@ -6,15 +6,23 @@ marker. Forward S and both gradients by the tolerance rule (tests/helpers.py), p
 padded slots, gradcheck, opcheck, torch.compile(fullgraph=True), the regions-only backward, the
 launchers' and kernels' own preconditions, determinism and CUDA-graph capture.
 """
+
 import pytest
 import torch
+from helpers import (
+    CPU,
+    assert_cpu_lengths_cost_no_synchronisation,
+    assert_within_tolerance,
+    damsm_inputs,
+    relative_error,
+    require,
+    triton_device,
+)
 
 from attngan.kernels import damsm as triton_damsm
 from attngan.ops._library import cuda_limits, damsm_word_similarity_ops
 from attngan.ops.damsm import damsm_word_loss, damsm_word_similarity
 from attngan.ops.reference import damsm_word_similarity_reference
-from helpers import (CPU, assert_cpu_lengths_cost_no_synchronisation, assert_within_tolerance,
-                     damsm_inputs, relative_error, require, triton_device)
 
 OP = "damsm_word_similarity"
 FUSED = ["cpp", "triton"]
@@ -22,15 +30,26 @@ FUSED = ["cpp", "triton"]
 # and R = 289, D = 256; for Triton also region blocks past BLOCK_R (online softmax rescaling),
 # L = BLOCK_L and R a multiple of 16 (inputs used unpadded). The interpreter keeps them small.
 SHAPES = {
-    "cpp": [(3, 4, 8, 5, 6, None), (4, 3, 32, 18, 289, None), (1, 6, 16, 17, 9, None),
-            (5, 1, 7, 1, 4, None), (6, 6, 24, 18, 49, None)],
-    "triton": [(2, 3, 20, 5, 7, [5, 1, 3]), (3, 2, 16, 1, 5, [1, 1]), (1, 1, 8, 4, 1, [3]),
-               (2, 4, 24, 6, 70, [6, 2, 5, 1]), (2, 2, 40, 33, 20, [33, 17]),
-               (1, 2, 256, 18, 33, [18, 5]), (2, 3, 32, 16, 48, [16, 9, 1])],
+    "cpp": [
+        (3, 4, 8, 5, 6, None),
+        (4, 3, 32, 18, 289, None),
+        (1, 6, 16, 17, 9, None),
+        (5, 1, 7, 1, 4, None),
+        (6, 6, 24, 18, 49, None),
+    ],
+    "triton": [
+        (2, 3, 20, 5, 7, [5, 1, 3]),
+        (3, 2, 16, 1, 5, [1, 1]),
+        (1, 1, 8, 4, 1, [3]),
+        (2, 4, 24, 6, 70, [6, 2, 5, 1]),
+        (2, 2, 40, 33, 20, [33, 17]),
+        (1, 2, 256, 18, 33, [18, 5]),
+        (2, 3, 32, 16, 48, [16, 9, 1]),
+    ],
 }
 LOW_PRECISION = {"cpp": [torch.float16, torch.bfloat16], "triton": [torch.float16]}
-CPU_FLOOR = 1e-4       # the floor of the flash-attention rule for these sizes
-GPU_FLOOR = 1e-3       # at the CUB size
+CPU_FLOOR = 1e-4  # the floor of the flash-attention rule for these sizes
+GPU_FLOOR = 1e-3  # at the CUB size
 NAMES = ("S", "grad words", "grad regions")
 
 
@@ -71,7 +90,7 @@ def test_fp32_matches_fp64_reference(impl):
         for name, value, truth in zip(NAMES, actual, expected):
             assert value.dtype == torch.float32 and value.shape == truth.shape, (shape, name)
             assert_within_tolerance(f"{impl} {shape} {name}", value, truth)
-        for i, n in enumerate(lengths.tolist()):   # padded word slots: exactly zero gradient
+        for i, n in enumerate(lengths.tolist()):  # padded word slots: exactly zero gradient
             assert torch.all(actual[1][i, :, n:] == 0)
 
 
@@ -120,8 +139,9 @@ def test_cpp_bfloat16_products_on_amx_and_as_float(shape, monkeypatch):
         assert not (flag == "0" and uses_amx)
         results[uses_amx] = _run("cpp", words, lengths, regions, grad_s)
         for name, value, base, expected in zip(NAMES, results[uses_amx], baseline, truth):
-            assert_within_tolerance(f"{shape} amx={uses_amx} {name}", value, expected, base,
-                                    CPU_FLOOR)
+            assert_within_tolerance(
+                f"{shape} amx={uses_amx} {name}", value, expected, base, CPU_FLOOR
+            )
     if True in results:  # an AMX machine: the two engines really are different computations
         assert any(not torch.equal(a, f) for a, f in zip(results[True], results[False]))
 
@@ -130,15 +150,16 @@ def test_cpp_gradcheck_fp64():
     require(OP, "cpp")
     words, lengths, regions = damsm_inputs(2, 3, 5, 4, 6)
     op = damsm_word_similarity_ops["cpp"]
-    assert torch.autograd.gradcheck(lambda w, r: op(w, lengths, r, 4.0, 5.0),
-                                    (words.requires_grad_(), regions.requires_grad_()))
+    assert torch.autograd.gradcheck(
+        lambda w, r: op(w, lengths, r, 4.0, 5.0), (words.requires_grad_(), regions.requires_grad_())
+    )
     # Regions only (the GAN step: frozen text encoder) takes the need_words_grad=False path.
-    assert torch.autograd.gradcheck(lambda r: op(words.detach(), lengths, r, 3.0, 2.0),
-                                    (regions,))
+    assert torch.autograd.gradcheck(lambda r: op(words.detach(), lengths, r, 3.0, 2.0), (regions,))
 
 
-@pytest.mark.parametrize("impl, dtype", [("cpp", torch.float32), ("cpp", torch.bfloat16),
-                                         ("triton", torch.float32)])
+@pytest.mark.parametrize(
+    "impl, dtype", [("cpp", torch.float32), ("cpp", torch.bfloat16), ("triton", torch.float32)]
+)
 def test_regions_only_backward_equals_full(impl, dtype):
     """need_words_grad=False (the GAN step) gives the full backward's region gradient, also from
     the stride-0 gradient that .sum().backward() delivers, and no word gradient."""
@@ -176,11 +197,13 @@ def test_padded_slots_change_nothing(impl):
 def test_non_contiguous_inputs(impl):
     device = require(OP, impl)
     words, lengths, regions = damsm_inputs(2, 3, 16, 5, 6, dtype=torch.float32, device=device)
-    words_t = words.transpose(1, 2).contiguous().transpose(1, 2)       # same values, other strides
+    words_t = words.transpose(1, 2).contiguous().transpose(1, 2)  # same values, other strides
     regions_t = regions.transpose(1, 2).contiguous().transpose(1, 2)
     assert not words_t.is_contiguous()
-    torch.testing.assert_close(damsm_word_similarity(words_t, lengths, regions_t, impl=impl),
-                               damsm_word_similarity(words, lengths, regions, impl=impl))
+    torch.testing.assert_close(
+        damsm_word_similarity(words_t, lengths, regions_t, impl=impl),
+        damsm_word_similarity(words, lengths, regions, impl=impl),
+    )
 
 
 @pytest.mark.parametrize("impl", FUSED)
@@ -189,11 +212,15 @@ def test_opcheck(impl):
     dtypes = [torch.float32, torch.float64, torch.bfloat16] if impl == "cpp" else [torch.float32]
     for dtype in dtypes:
         words, lengths, regions = _inputs(SHAPES[impl][0], dtype=dtype, device=device)
-        torch.library.opcheck(damsm_word_similarity_ops[impl],
-                              (words.requires_grad_(), lengths, regions.requires_grad_(), 4.0, 5.0))
+        torch.library.opcheck(
+            damsm_word_similarity_ops[impl],
+            (words.requires_grad_(), lengths, regions.requires_grad_(), 4.0, 5.0),
+        )
         # Words frozen: the backward op runs with need_words_grad=False.
-        torch.library.opcheck(damsm_word_similarity_ops[impl],
-                              (words.detach(), lengths, regions.requires_grad_(), 4.0, 5.0))
+        torch.library.opcheck(
+            damsm_word_similarity_ops[impl],
+            (words.detach(), lengths, regions.requires_grad_(), 4.0, 5.0),
+        )
 
 
 def _compiled_matches_eager(impl, words, lengths, regions):
@@ -220,7 +247,7 @@ def _compiled_matches_eager(impl, words, lengths, regions):
 def test_torch_compile_fullgraph(impl):
     require(OP, impl, CPU)
     words, lengths, regions = damsm_inputs(2, 3, 8, 5, 6, dtype=torch.float32)
-    regions = regions.reshape(regions.shape[0], regions.shape[1], 2, 3)   # [Bi, D, H, W]
+    regions = regions.reshape(regions.shape[0], regions.shape[1], 2, 3)  # [Bi, D, H, W]
     loss, compiled = _compiled_matches_eager(impl, words, lengths, regions)
     # New B and L: the recompilation (dynamic shapes) must stay one graph as well.
     words, lengths, regions = damsm_inputs(3, 5, words.shape[1], 7, 6, dtype=torch.float32)
@@ -250,8 +277,9 @@ def test_cpp_word_loss_matches_reference():
     words, lengths, regions = damsm_inputs(6, 6, 16, 18, 49, dtype=torch.float32)
     class_ids = [0, 1, 0, 2, 2, 3]
     fused = damsm_word_loss(words, lengths, regions, class_ids=class_ids, impl="cpp")
-    expected = damsm_word_loss(words.double(), lengths, regions.double(), class_ids=class_ids,
-                               impl="reference")
+    expected = damsm_word_loss(
+        words.double(), lengths, regions.double(), class_ids=class_ids, impl="reference"
+    )
     for value, truth in zip(fused, expected):
         assert relative_error(value, truth) < 1e-5
 
@@ -284,19 +312,23 @@ def test_cpp_kernel_checks_its_inputs_itself():
     with pytest.raises(RuntimeError, match=r"expected words \[Bc, D, L\]"):
         op(words, lengths[:2], regions, 4.0, 5.0)
     with pytest.raises(RuntimeError, match="grad_s must be"):
-        torch.ops.attngan_C.damsm_word_similarity_bwd(torch.ones(3, 3), words, lengths, regions,
-                                                      4.0, 5.0, True)
+        torch.ops.attngan_C.damsm_word_similarity_bwd(
+            torch.ones(3, 3), words, lengths, regions, 4.0, 5.0, True
+        )
 
 
-@pytest.mark.parametrize("case, error, match", [
-    ("words 2-D", ValueError, r"expected words \[Bc, D, L\]"),
-    ("mismatched D", ValueError, r"expected words \[Bc, D, L\]"),
-    ("dtype mismatch", TypeError, "share one dtype"),
-    ("float64", TypeError, "share one dtype"),
-    ("float lengths", TypeError, "lengths be int64 or int32"),
-    ("too wide", ValueError, "the Triton kernel takes D <= 256"),
-    ("grad shape", ValueError, r"grad_s must be \[Bi, Bc\] = \[2, 3\]"),
-])
+@pytest.mark.parametrize(
+    "case, error, match",
+    [
+        ("words 2-D", ValueError, r"expected words \[Bc, D, L\]"),
+        ("mismatched D", ValueError, r"expected words \[Bc, D, L\]"),
+        ("dtype mismatch", TypeError, "share one dtype"),
+        ("float64", TypeError, "share one dtype"),
+        ("float lengths", TypeError, "lengths be int64 or int32"),
+        ("too wide", ValueError, "the Triton kernel takes D <= 256"),
+        ("grad shape", ValueError, r"grad_s must be \[Bi, Bc\] = \[2, 3\]"),
+    ],
+)
 def test_triton_launchers_check_their_preconditions(case, error, match):
     device = triton_device()
     words, lengths, regions = damsm_inputs(2, 3, 16, 4, 5, dtype=torch.float32, device=device)
@@ -332,9 +364,12 @@ def test_triton_launchers_clamp_lengths():
     grad_s = torch.randn(2, 3, device=device)
 
     def outputs(lengths):
-        return (triton_damsm.damsm_word_similarity_fwd(words, lengths, regions, 4.0, 5.0),
-                *triton_damsm.damsm_word_similarity_bwd(grad_s, words, lengths, regions, 4.0, 5.0,
-                                                        True))
+        return (
+            triton_damsm.damsm_word_similarity_fwd(words, lengths, regions, 4.0, 5.0),
+            *triton_damsm.damsm_word_similarity_bwd(
+                grad_s, words, lengths, regions, 4.0, 5.0, True
+            ),
+        )
 
     for got, want in zip(outputs(bad), outputs(clamped)):
         torch.testing.assert_close(got, want)
@@ -358,8 +393,13 @@ def test_gpu_cub_size_matches_fp64_reference(impl, dtype):
     actual = _run(impl, words, lengths, regions, grad_s)
     assert actual[0].dtype == torch.float32 and actual[1].dtype == actual[2].dtype == dtype
     for k, name in enumerate(NAMES):
-        assert_within_tolerance(f"{impl} {dtype} {name}", actual[k], truth[k],
-                                None if baseline is None else baseline[k], GPU_FLOOR)
+        assert_within_tolerance(
+            f"{impl} {dtype} {name}",
+            actual[k],
+            truth[k],
+            None if baseline is None else baseline[k],
+            GPU_FLOOR,
+        )
 
 
 @pytest.mark.gpu
@@ -371,7 +411,7 @@ def test_gpu_small_shapes_and_masking(impl):
     for shape in SHAPES["triton"] + [(5, 3, 256, 32, 64, [32, 17, 1])]:
         words, lengths, regions = _inputs(shape, device=device, scale=1.0)
         if impl == "cuda" and words.shape[2] > cuda_limits(OP)["max_words"]:
-            continue                      # beyond the kernel: test_gpu_cuda_kernel_refuses_...
+            continue  # beyond the kernel: test_gpu_cuda_kernel_refuses_...
         grad_s = torch.randn(regions.shape[0], words.shape[0], dtype=torch.float64, device=device)
         truth = _run(None, words.float().double(), lengths, regions.float().double(), grad_s)
         dirty = words.float().clone()
@@ -387,8 +427,9 @@ def test_gpu_cuda_kernel_refuses_long_captions():
     """The CUDA glue's own check (one warp lane per word), reached directly."""
     require(OP, "cuda", "cuda")
     max_words = cuda_limits(OP)["max_words"]
-    words, lengths, regions = damsm_inputs(2, 2, 16, max_words + 1, 20, dtype=torch.float32,
-                                           device="cuda")
+    words, lengths, regions = damsm_inputs(
+        2, 2, 16, max_words + 1, 20, dtype=torch.float32, device="cuda"
+    )
     with pytest.raises(RuntimeError, match=f"the CUDA kernel takes D <= 256, L <= {max_words}"):
         torch.ops.attngan_C.damsm_word_similarity_fwd(words, lengths, regions, 4.0, 5.0)
 
@@ -402,8 +443,10 @@ def test_gpu_opcheck_and_compile_fullgraph(impl):
     device = require(OP, impl, "cuda")
     for dtype in (torch.float32, torch.bfloat16):
         words, lengths, regions = damsm_inputs(3, 4, 32, 9, 20, dtype=dtype, device=device)
-        torch.library.opcheck(damsm_word_similarity_ops[impl],
-                              (words.requires_grad_(), lengths, regions.requires_grad_(), 4.0, 5.0))
+        torch.library.opcheck(
+            damsm_word_similarity_ops[impl],
+            (words.requires_grad_(), lengths, regions.requires_grad_(), 4.0, 5.0),
+        )
     words, lengths, regions = damsm_inputs(3, 4, 32, 9, 20, dtype=torch.float32, device=device)
     _compiled_matches_eager(impl, words, lengths, regions)
 
@@ -434,18 +477,24 @@ def test_gpu_cpu_lengths_need_no_synchronisation(impl, no_gpu_synchronisation):
 def test_gpu_cuda_graph_capture(impl):
     """Forward and backward replay inside a CUDA graph (no host sync in the launchers)."""
     device = require(OP, impl, "cuda")
-    forward = (triton_damsm.damsm_word_similarity_fwd if impl == "triton"
-               else torch.ops.attngan_C.damsm_word_similarity_fwd)
+    forward = (
+        triton_damsm.damsm_word_similarity_fwd
+        if impl == "triton"
+        else torch.ops.attngan_C.damsm_word_similarity_fwd
+    )
     backward = _backward_op(impl)
-    words, lengths, regions = damsm_inputs(3, 4, 64, 9, 50, lengths=[9, 3, 1, 6],
-                                           dtype=torch.bfloat16, device=device)
+    words, lengths, regions = damsm_inputs(
+        3, 4, 64, 9, 50, lengths=[9, 3, 1, 6], dtype=torch.bfloat16, device=device
+    )
     grad_s = torch.randn(3, 4, device=device)
 
     def outputs():
-        return (forward(words, lengths, regions, 4.0, 5.0),
-                *backward(grad_s, words, lengths, regions, 4.0, 5.0, True))
+        return (
+            forward(words, lengths, regions, 4.0, 5.0),
+            *backward(grad_s, words, lengths, regions, 4.0, 5.0, True),
+        )
 
-    expected = outputs()                     # also compiles Triton
+    expected = outputs()  # also compiles Triton
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         captured = outputs()

@@ -5,19 +5,25 @@ on odd shapes and ragged lengths; both against the equations and the hand-derive
 docs/DESIGN.md, "DAMSM word similarity"; the losses against a transcription of the original's
 mask building and cross entropies; gradcheck; padded word slots never matter.
 """
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import damsm_inputs
 from torch import nn
 
 from attngan.ops.damsm import damsm_sentence_loss, damsm_word_loss
 from attngan.ops.reference import damsm_word_similarity_loop, damsm_word_similarity_reference
-from helpers import damsm_inputs
 
 # (B_img, B_cap, D, L, R): L in {1, 5, 17, 18}, R = 289 once, B_img != B_cap, B = 1.
-SHAPES = [(3, 4, 8, 5, 6), (4, 2, 16, 18, 289), (1, 5, 6, 1, 4), (5, 1, 7, 17, 9),
-          (2, 3, 12, 18, 16)]
+SHAPES = [
+    (3, 4, 8, 5, 6),
+    (4, 2, 16, 18, 289),
+    (1, 5, 6, 1, 4),
+    (5, 1, 7, 17, 9),
+    (2, 3, 12, 18, 16),
+]
 EPS = 1e-8
 
 
@@ -34,10 +40,12 @@ def _forward_and_grads(function, words, lengths, regions, grad_s=None, **gammas)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_loop_matches_reference_fp64(shape):
     words, lengths, regions = damsm_inputs(*shape)
-    s_loop, gw_loop, gr_loop, grad_s = _forward_and_grads(damsm_word_similarity_loop, words,
-                                                          lengths, regions)
-    s_ref, gw_ref, gr_ref, _ = _forward_and_grads(damsm_word_similarity_reference, words, lengths,
-                                                  regions, grad_s)
+    s_loop, gw_loop, gr_loop, grad_s = _forward_and_grads(
+        damsm_word_similarity_loop, words, lengths, regions
+    )
+    s_ref, gw_ref, gr_ref, _ = _forward_and_grads(
+        damsm_word_similarity_reference, words, lengths, regions, grad_s
+    )
     assert s_ref.shape == (shape[0], shape[1])
     assert s_loop.abs().max() > 0.1
     torch.testing.assert_close(s_ref, s_loop, rtol=1e-12, atol=1e-12)
@@ -48,22 +56,22 @@ def test_loop_matches_reference_fp64(shape):
 def _design_pair(v, e, g, gamma1, gamma2):
     """S of image regions v `[D, R]` and caption words e `[D, n]`, and the gradients of g * S
     with respect to e and v, term by term as docs/DESIGN.md derives them."""
-    s = v.t() @ e                                                     # [R, n]     eq. 7
-    p = F.softmax(s, dim=1)                                           # over words eq. 8
-    alpha = F.softmax(gamma1 * p, dim=0)                              # over regions eq. 9
-    c = v @ alpha                                                     # [D, n]
+    s = v.t() @ e  # [R, n]     eq. 7
+    p = F.softmax(s, dim=1)  # over words eq. 8
+    alpha = F.softmax(gamma1 * p, dim=0)  # over regions eq. 9
+    c = v @ alpha  # [D, n]
     ee, cc = (e * e).sum(0), (c * c).sum(0)
     norm = ee.sqrt() * cc.sqrt()
     cosine = (e * c).sum(0) / norm.clamp(min=EPS)
-    similarity = torch.logsumexp(gamma2 * cosine, dim=0)              # eq. 10, no 1 / gamma2
+    similarity = torch.logsumexp(gamma2 * cosine, dim=0)  # eq. 10, no 1 / gamma2
     g_r = g * gamma2 * F.softmax(gamma2 * cosine, dim=0)
     clamped = norm < EPS
     coef_a = g_r / norm.clamp(min=EPS)
     coef_b = torch.where(clamped, 0.0, -g_r * cosine / cc)
     coef_bw = torch.where(clamped, 0.0, -g_r * cosine / ee)
-    gc = coef_a * e + coef_b * c                                      # [D, n]
+    gc = coef_a * e + coef_b * c  # [D, n]
     delta = (gc * c).sum(0)
-    g_p = gamma1 * alpha * (v.t() @ gc - delta)                       # [R, n]
+    g_p = gamma1 * alpha * (v.t() @ gc - delta)  # [R, n]
     gs = p * (g_p - (p * g_p).sum(1, keepdim=True))
     grad_v = gc @ alpha.t() + e @ gs.t()
     grad_e = coef_a * c + coef_bw * e + v @ gs
@@ -77,12 +85,14 @@ def test_reference_is_the_design_equations_forward_and_backward():
     words, lengths, regions = damsm_inputs(2, 3, 6, 5, 7, lengths=[5, 1, 3])
     words[2, :, 1] = 0.0
     similarity, grad_words, grad_regions, grad_s = _forward_and_grads(
-        damsm_word_similarity_reference, words, lengths, regions, gamma1=gamma1, gamma2=gamma2)
+        damsm_word_similarity_reference, words, lengths, regions, gamma1=gamma1, gamma2=gamma2
+    )
     expected_words, expected_regions = torch.zeros_like(words), torch.zeros_like(regions)
     for j in range(regions.shape[0]):
         for i, n in enumerate(lengths.tolist()):
-            s, grad_e, grad_v = _design_pair(regions[j], words[i, :, :n], grad_s[j, i], gamma1,
-                                             gamma2)
+            s, grad_e, grad_v = _design_pair(
+                regions[j], words[i, :, :n], grad_s[j, i], gamma1, gamma2
+            )
             torch.testing.assert_close(similarity[j, i], s, rtol=1e-12, atol=0)
             expected_words[i, :, :n] += grad_e
             expected_regions[j] += grad_v
@@ -110,10 +120,13 @@ def _original_style_losses(similarity, class_ids, gamma3):
 @pytest.mark.parametrize("class_ids", [None, np.array([3, 1, 3, 2, 1, 3])])
 def test_word_loss_loop_reference_and_original(class_ids):
     words, lengths, regions = damsm_inputs(6, 6, 10, 18, 16)
-    losses = {impl: damsm_word_loss(words, lengths, regions, class_ids=class_ids, impl=impl)
-              for impl in ("loop", "reference")}
-    expected = _original_style_losses(damsm_word_similarity_loop(words, lengths, regions),
-                                      class_ids, 10.0)
+    losses = {
+        impl: damsm_word_loss(words, lengths, regions, class_ids=class_ids, impl=impl)
+        for impl in ("loop", "reference")
+    }
+    expected = _original_style_losses(
+        damsm_word_similarity_loop(words, lengths, regions), class_ids, 10.0
+    )
     for impl, (loss_i2c, loss_c2i) in losses.items():
         torch.testing.assert_close(loss_i2c, expected[0], rtol=1e-12, atol=0, msg=impl)
         torch.testing.assert_close(loss_c2i, expected[1], rtol=1e-12, atol=0, msg=impl)
@@ -127,8 +140,9 @@ def test_class_mask_changes_the_loss_and_keeps_the_diagonal():
     # Every negative masked: each row keeps only its diagonal, so both losses are exactly 0.
     assert float(one_class[0]) == 0.0 and float(one_class[1]) == 0.0
     assert float(free[0]) > 0.0
-    as_tensor = damsm_word_loss(words, lengths, regions, class_ids=torch.tensor([1, 2, 1, 3]),
-                                impl="reference")
+    as_tensor = damsm_word_loss(
+        words, lengths, regions, class_ids=torch.tensor([1, 2, 1, 3]), impl="reference"
+    )
     as_list = damsm_word_loss(words, lengths, regions, class_ids=[1, 2, 1, 3], impl="reference")
     torch.testing.assert_close(as_tensor, as_list)
 
@@ -154,7 +168,8 @@ def test_reference_gradcheck():
     regions.requires_grad_()
     assert torch.autograd.gradcheck(
         lambda w, r: damsm_word_similarity_reference(w, lengths, r, gamma1=4.0, gamma2=5.0),
-        (words, regions))
+        (words, regions),
+    )
 
 
 @pytest.mark.parametrize("function", [damsm_word_similarity_reference, damsm_word_similarity_loop])

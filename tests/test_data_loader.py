@@ -2,6 +2,7 @@
 made into floats bit for bit as the float path made them, per-item seeded draws with the
 original's distributions, the batch order of a run from any position, the same batches with any
 number of workers, and workers that stop with the loader."""
+
 import dataclasses
 import multiprocessing
 import random
@@ -10,13 +11,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_cub_reader import IMAGES, config, make_cub
 
 import attngan.data.dataset as dataset_module
 from attngan.config import Config, DataConfig, RunConfig
 from attngan.data import build_dataset
-from attngan.data.loader import (MAX_AUTO_WORKERS, EpochBatches, epoch_order, float_images,
-                                 resolve_num_workers, training_batches)
-from test_cub_reader import IMAGES, config, make_cub
+from attngan.data.loader import (
+    MAX_AUTO_WORKERS,
+    EpochBatches,
+    epoch_order,
+    float_images,
+    resolve_num_workers,
+    training_batches,
+)
 
 CPU = torch.device("cpu")
 
@@ -25,16 +32,24 @@ def float_path(array: np.ndarray, sizes, y: int, x: int, flip: bool) -> list[tor
     """The pyramid as the loader computed it before it handed over uint8 (the code as it was):
     each level PIL-resized from the uint8 crop, then made float32 in [-1, 1]."""
     top = sizes[-1]
-    crop = array[y:y + top, x:x + top]
+    crop = array[y : y + top, x : x + top]
     if flip:
         crop = crop[:, ::-1]
     crop = np.ascontiguousarray(crop)
     levels = []
     for size in sizes:
-        level = crop if size == top else np.asarray(
-            Image.fromarray(crop).resize((size, size), Image.BILINEAR))
-        levels.append(torch.from_numpy(np.array(level, dtype=np.float32))
-                      .permute(2, 0, 1).div_(127.5).sub_(1.0).contiguous())
+        level = (
+            crop
+            if size == top
+            else np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR))
+        )
+        levels.append(
+            torch.from_numpy(np.array(level, dtype=np.float32))
+            .permute(2, 0, 1)
+            .div_(127.5)
+            .sub_(1.0)
+            .contiguous()
+        )
     return levels
 
 
@@ -60,7 +75,8 @@ def noisy_cub(tmp_path):
     rng = np.random.default_rng(0)
     for key, _, _, (width, height), _ in IMAGES:
         Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(
-            root / "CUB_200_2011" / "images" / f"{key}.jpg", quality=90)
+            root / "CUB_200_2011" / "images" / f"{key}.jpg", quality=90
+        )
     return root
 
 
@@ -74,7 +90,7 @@ def test_float_images_are_the_float_paths_bit_for_bit():
     floats = float_images(images, CPU)
     expected = images.float().div_(127.5).sub_(1.0)
     assert floats.dtype == torch.float32 and floats.is_contiguous()
-    assert torch.equal(floats, expected)            # bit for bit, not within a tolerance
+    assert torch.equal(floats, expected)  # bit for bit, not within a tolerance
     assert floats.min() == -1 and floats.max() == 1
 
 
@@ -91,17 +107,21 @@ def test_uint8_pyramids_are_the_float_paths(noisy_cub, random_crop, random_flip)
     """Every crop position at the corners and the middle, flipped or not: the uint8 levels
     made floats equal the float path's levels exactly (a resized level is PIL's uint8 resize of
     the uint8 crop either way)."""
-    data = build_dataset(config(noisy_cub, random_crop=random_crop, random_flip=random_flip),
-                         "train", augment=True)
+    data = build_dataset(
+        config(noisy_cub, random_crop=random_crop, random_flip=random_flip), "train", augment=True
+    )
     sizes = data.image_sizes
     for index in range(len(data)):
         array = data.loaded(index)
         height, width = array.shape[0] - sizes[-1], array.shape[1] - sizes[-1]
-        cases = [((height // 2, width // 2, False), None)]        # centred, as evaluation
+        cases = [((height // 2, width // 2, False), None)]  # centred, as evaluation
         if random_crop:
-            cases += [((y, x, flip), FixedDraws(y, x, flip))
-                      for y in (0, height // 2, height) for x in (0, width)
-                      for flip in (False, True)]
+            cases += [
+                ((y, x, flip), FixedDraws(y, x, flip))
+                for y in (0, height // 2, height)
+                for x in (0, width)
+                for flip in (False, True)
+            ]
         for (y, x, flip), draws in cases:
             levels = [float_images(level[None], CPU)[0] for level in data.images(index, draws)]
             for got, want in zip(levels, float_path(array, sizes, y, x, flip), strict=True):
@@ -114,8 +134,12 @@ def test_an_items_draws_are_its_own(noisy_cub):
     data = build_dataset(config(noisy_cub, words_num=6), "train", augment=True)
 
     def same(a, b):
-        return (a["caption_index"] == b["caption_index"] and torch.equal(a["caption"], b["caption"])
-                and all(torch.equal(x, y) for x, y in zip(a["images"], b["images"])))
+        return (
+            a["caption_index"] == b["caption_index"]
+            and torch.equal(a["caption"], b["caption"])
+            and all(torch.equal(x, y) for x, y in zip(a["images"], b["images"]))
+        )
+
     assert same(data[(3, 1, 0)], data[(3, 1, 0)])
     assert not all(same(data[(3, 1, 0)], data[(3, epoch, 0)]) for epoch in range(2, 6))
     assert not all(same(data[(3, 1, 0)], data[(seed, 1, 0)]) for seed in range(4, 8))
@@ -126,7 +150,7 @@ def test_an_items_draws_are_its_own(noisy_cub):
     evaluation = build_dataset(config(noisy_cub), "train", augment=False)
     state = torch.get_rng_state()
     assert same(evaluation[(3, 1, 2)], evaluation[2]) and same(evaluation[2], evaluation[2])
-    assert torch.equal(torch.get_rng_state(), state)      # evaluation items draw nothing
+    assert torch.equal(torch.get_rng_state(), state)  # evaluation items draw nothing
 
 
 def test_draws_keep_the_originals_distributions(noisy_cub, monkeypatch):
@@ -136,7 +160,7 @@ def test_draws_keep_the_originals_distributions(noisy_cub, monkeypatch):
     calls = []
 
     class Recording(random.Random):
-        def getrandbits(self, k):     # keeps the parent's integer draws (see __init_subclass__)
+        def getrandbits(self, k):  # keeps the parent's integer draws (see __init_subclass__)
             return super().getrandbits(k)
 
         def randrange(self, stop):
@@ -154,8 +178,11 @@ def test_draws_keep_the_originals_distributions(noisy_cub, monkeypatch):
             calls.append(("sample", len(population), tuple(sorted(chosen))))
             return chosen
 
-    monkeypatch.setattr(dataset_module, "item_random",
-                        lambda seed, epoch, index: Recording(f"{seed}/{epoch}/{index}"))
+    monkeypatch.setattr(
+        dataset_module,
+        "item_random",
+        lambda seed, epoch, index: Recording(f"{seed}/{epoch}/{index}"),
+    )
     data = build_dataset(config(noisy_cub), "train", augment=True)
     items = [data[(0, epoch, 0)] for epoch in range(600)]
     slots = [item["caption_index"] for item in items]
@@ -168,10 +195,10 @@ def test_draws_keep_the_originals_distributions(noisy_cub, monkeypatch):
         assert {value for s, value in crops if s == stop} == set(range(stop))
     flips = [value < 0.5 for kind, _, value in calls if kind == "random"]
     assert len(flips) == 600 and 0.44 < sum(flips) / 600 < 0.56
-    long = len(data.captions[3])                  # slot 3 holds the 17-word caption
+    long = len(data.captions[3])  # slot 3 holds the 17-word caption
     subsets = [value for kind, size, value in calls if kind == "sample" and size == long]
     assert len(subsets) == slots.count(3) and all(len(subset) == 6 for subset in subsets)
-    assert len(set(subsets)) > 0.9 * len(subsets)       # of C(17, 6) = 12,376 subsets
+    assert len(set(subsets)) > 0.9 * len(subsets)  # of C(17, 6) = 12,376 subsets
 
 
 def test_epoch_batches_from_any_position():
@@ -180,18 +207,19 @@ def test_epoch_batches_from_any_position():
     whole = list(EpochBatches(size=10, batch_size=3, seed=5, epoch=0, batch=0, count=8))
     assert len(whole) == 8 and len(EpochBatches(10, 3, 5, 0, 0, 8)) == 8
     for epoch in range(3):
-        batches = whole[3 * epoch:3 * epoch + 3]
+        batches = whole[3 * epoch : 3 * epoch + 3]
         assert all(key[:2] == (5, epoch) for batch in batches for key in batch)
         order = epoch_order(10, 5, epoch)
-        assert [key[2] for batch in batches for key in batch] == order[:3 * len(batches)]
+        assert [key[2] for batch in batches for key in batch] == order[: 3 * len(batches)]
     assert epoch_order(10, 5, 0) != epoch_order(10, 5, 1) != epoch_order(10, 6, 1)
     assert list(EpochBatches(10, 3, 5, epoch=1, batch=2, count=3)) == whole[5:]
     assert list(EpochBatches(10, 3, 5, epoch=2, batch=0, count=0)) == []
 
 
 def _batches(data, config, count, epoch=0, batch=0):
-    with training_batches(data, config, CPU, 2, epoch=epoch, batch=batch, count=count,
-                          progress=False) as loader:
+    with training_batches(
+        data, config, CPU, 2, epoch=epoch, batch=batch, count=count, progress=False
+    ) as loader:
         return list(loader)
 
 
@@ -208,10 +236,12 @@ def test_batches_do_not_depend_on_the_number_of_workers(noisy_cub):
     """0 workers and 2 give the same batches, over epochs, leaving the global RNG (the GAN's
     noise) as it was; a loader started mid-run gives the rest of them."""
     data = build_dataset(config(noisy_cub, words_num=6), "train", augment=True)
-    configs = {workers: run_config(data_config, num_workers=workers)
-               for workers, data_config in [(0, config(noisy_cub)), (2, config(noisy_cub))]}
+    configs = {
+        workers: run_config(data_config, num_workers=workers)
+        for workers, data_config in [(0, config(noisy_cub)), (2, config(noisy_cub))]
+    }
     state = torch.get_rng_state()
-    in_process = _batches(data, configs[0], count=5)          # 1 batch of 2 per epoch of 3
+    in_process = _batches(data, configs[0], count=5)  # 1 batch of 2 per epoch of 3
     assert torch.equal(torch.get_rng_state(), state)
     _assert_same(_batches(data, configs[2], count=5), in_process)
     assert torch.equal(torch.get_rng_state(), state)
@@ -224,21 +254,22 @@ def test_take_goes_on_and_workers_stop_with_the_loader(noisy_cub):
     config_ = run_config(config(noisy_cub), num_workers=2)
     before = set(multiprocessing.active_children())
     whole = _batches(data, config_, count=4)
-    with training_batches(data, config_, CPU, 2, epoch=0, batch=0, count=4,
-                          progress=False) as loader:
+    with training_batches(
+        data, config_, CPU, 2, epoch=0, batch=0, count=4, progress=False
+    ) as loader:
         parts = [list(loader.take(1)), list(loader.take(2))]
-        assert set(multiprocessing.active_children()) - before          # workers run
-        for batch in loader:                                            # the rest
+        assert set(multiprocessing.active_children()) - before  # workers run
+        for batch in loader:  # the rest
             parts.append([batch])
             break
     _assert_same([batch for part in parts for batch in part], whole)
-    assert set(multiprocessing.active_children()) - before == set()     # and are gone
+    assert set(multiprocessing.active_children()) - before == set()  # and are gone
 
 
 def test_auto_workers_use_the_cpus_but_one_beside_a_gpu(monkeypatch):
     """On a GPU (or decoding alone) one worker per CPU but one, capped; on the CPU none: the
     step's threads use the cores there. A count is taken as it is."""
-    cuda = torch.device("cuda")                       # a device name: no GPU needed
+    cuda = torch.device("cuda")  # a device name: no GPU needed
     for cpus, workers in [(1, 0), (2, 1), (5, 4), (64, MAX_AUTO_WORKERS)]:
         monkeypatch.setattr("os.sched_getaffinity", lambda pid, cpus=cpus: set(range(cpus)))
         assert resolve_num_workers("auto", cuda) == resolve_num_workers("auto", None) == workers
@@ -255,8 +286,9 @@ def test_gpu_batches_are_the_cpu_ones(noisy_cub):
     assert torch.equal(float_images(images, cuda).cpu(), float_images(images, CPU))
     data = build_dataset(config(noisy_cub), "train", augment=True)
     config_ = run_config(config(noisy_cub), num_workers=2)
-    with training_batches(data, config_, cuda, 2, epoch=0, batch=0, count=4,
-                          progress=False) as loader:
+    with training_batches(
+        data, config_, cuda, 2, epoch=0, batch=0, count=4, progress=False
+    ) as loader:
         on_gpu = list(loader)
     assert all(level.is_cuda for batch in on_gpu for level in batch["images"])
     assert all(batch["class_ids"].is_cuda and not batch["captions"].is_cuda for batch in on_gpu)

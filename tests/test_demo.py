@@ -1,4 +1,5 @@
 """`attngan demo --quick`: the whole pipeline end to end through the CLI, at smoke-test size."""
+
 import json
 import re
 
@@ -10,8 +11,11 @@ def test_quick_demo_writes_every_output(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(out), "--set", "run.threads=0"]) == 0
     printed = capsys.readouterr().out
     assert "report:" in printed and "R-precision of generated images: " in printed
-    assert re.search(r"their own captions \(shuffled captions\): colour \d\.\d{3} \(\d\.\d{3}\), "
-                     r"position .* all four \d\.\d{3} \(\d\.\d{3}\)\n", printed)
+    assert re.search(
+        r"their own captions \(shuffled captions\): colour \d\.\d{3} \(\d\.\d{3}\), "
+        r"position .* all four \d\.\d{3} \(\d\.\d{3}\)\n",
+        printed,
+    )
     report = (out / "report.md").read_text()
     assert "R-precision, sentence level" in report and "| color |" in report
     evaluation = json.loads((out / "evaluation.json").read_text())
@@ -22,8 +26,11 @@ def test_quick_demo_writes_every_output(tmp_path, capsys):
     assert (out / "gan" / "checkpoints" / "gan_last.pt").is_file()
     figures = sorted((out / "samples").glob("*_attention.png"))
     assert len(figures) == 4
-    for link in (line.split("](")[1].rstrip(")") for line in report.splitlines()
-                 if line.startswith("- [samples/")):
+    for link in (
+        line.split("](")[1].rstrip(")")
+        for line in report.splitlines()
+        if line.startswith("- [samples/")
+    ):
         assert (out / link).is_file(), link
     # a second demo into the same folder resumes its finished runs and ends the same way
     evaluated = (out / "evaluation.json").read_text()

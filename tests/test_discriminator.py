@@ -1,5 +1,6 @@
 """Discriminators (attngan/nn/discriminator.py): trunk ends at [8ndf, 4, 4] for every size,
 layer structure as docs/DESIGN.md at 64/128/256, heads' logits, and which inputs each head reads."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -20,22 +21,35 @@ def test_every_size_ends_at_8ndf_4x4(size):
 
 
 def _convs(netD):
-    return [(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0])
-            for m in netD.trunk if isinstance(m, nn.Conv2d)]
+    return [
+        (m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0])
+        for m in netD.trunk
+        if isinstance(m, nn.Conv2d)
+    ]
 
 
 def test_trunk_layout_matches_spec():
     n = NDF
     assert _convs(Discriminator(64, n, D)) == [
-        (3, n, 4, 2), (n, 2 * n, 4, 2), (2 * n, 4 * n, 4, 2), (4 * n, 8 * n, 4, 2)]
+        (3, n, 4, 2),
+        (n, 2 * n, 4, 2),
+        (2 * n, 4 * n, 4, 2),
+        (4 * n, 8 * n, 4, 2),
+    ]
     assert _convs(Discriminator(128, n, D))[4:] == [(8 * n, 16 * n, 4, 2), (16 * n, 8 * n, 3, 1)]
     assert _convs(Discriminator(256, n, D))[4:] == [
-        (8 * n, 16 * n, 4, 2), (16 * n, 32 * n, 4, 2), (32 * n, 16 * n, 3, 1),
-        (16 * n, 8 * n, 3, 1)]
-    assert _convs(Discriminator(32, n, D)) == [(3, 2 * n, 4, 2), (2 * n, 4 * n, 4, 2),
-                                               (4 * n, 8 * n, 4, 2)]
+        (8 * n, 16 * n, 4, 2),
+        (16 * n, 32 * n, 4, 2),
+        (32 * n, 16 * n, 3, 1),
+        (16 * n, 8 * n, 3, 1),
+    ]
+    assert _convs(Discriminator(32, n, D)) == [
+        (3, 2 * n, 4, 2),
+        (2 * n, 4 * n, 4, 2),
+        (4 * n, 8 * n, 4, 2),
+    ]
     trunk64 = list(Discriminator(64, n, D).trunk)
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in trunk64) == 3      # none after the first
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in trunk64) == 3  # none after the first
     assert not isinstance(trunk64[1], nn.BatchNorm2d)
 
 
@@ -47,7 +61,7 @@ def test_init_as_the_original():
     for head in (netD.uncond_head, netD.cond_head):
         bound = 1 / (head.in_channels * 16) ** 0.5
         assert 0 < head.bias.abs().max() <= bound
-        w = head.weight.flatten(1)                   # [1, fan_in]: one orthogonal row, unit norm
+        w = head.weight.flatten(1)  # [1, fan_in]: one orthogonal row, unit norm
         assert torch.allclose(w.norm(), torch.tensor(1.0), atol=1e-5)
     norms = [m for m in netD.modules() if isinstance(m, nn.BatchNorm2d)]
     assert norms and all(torch.count_nonzero(m.bias) == 0 for m in norms)
@@ -70,8 +84,9 @@ def test_gradients_reach_the_image():
     netD = Discriminator(16, NDF, D)
     images = torch.randn(2, 3, 16, 16, requires_grad=True)
     features = netD(images)
-    (netD.uncond_logits(features).sum() + netD.cond_logits(features, torch.randn(2, D)).sum()
-     ).backward()
+    (
+        netD.uncond_logits(features).sum() + netD.cond_logits(features, torch.randn(2, D)).sum()
+    ).backward()
     assert images.grad.abs().sum() > 0
 
 

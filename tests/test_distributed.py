@@ -4,6 +4,7 @@ process computes, where the math allows (docs/DESIGN.md, "Several GPUs and machi
 Processes are started the two ways a user starts them: `torchrun` for whole commands, and, for
 the collectives alone, forked ranks given torchrun's environment.
 """
+
 import json
 import os
 import signal
@@ -17,8 +18,16 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from attngan.distributed import (SINGLE, World, gather, gather_to_main, gather_with_grad,
-                                 join_world, leave_world, local_share)
+from attngan.distributed import (
+    SINGLE,
+    World,
+    gather,
+    gather_to_main,
+    gather_with_grad,
+    join_world,
+    leave_world,
+    local_share,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_gan_training import single_thread, train_tiny_gan  # noqa: E402,F401
@@ -34,16 +43,33 @@ def _free_port() -> int:
 
 def torchrun(processes: int, *argv, timeout: float = 120) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node=N -m attngan ARGV`, one thread per process."""
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc_per_node={processes}", "-m", "attngan",
-                           *map(str, argv)], capture_output=True, text=True, env=ONE_THREAD,
-                          timeout=timeout)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            "-m",
+            "attngan",
+            *map(str, argv),
+        ],
+        capture_output=True,
+        text=True,
+        env=ONE_THREAD,
+        timeout=timeout,
+    )
 
 
 def attngan(*argv, timeout: float = 120) -> subprocess.CompletedProcess:
     """`python -m attngan ARGV` in one process of one thread."""
-    return subprocess.run([sys.executable, "-m", "attngan", *map(str, argv)],
-                          capture_output=True, text=True, env=ONE_THREAD, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "attngan", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env=ONE_THREAD,
+        timeout=timeout,
+    )
 
 
 def _on_ranks(function, size: int, *args) -> dict:
@@ -52,14 +78,20 @@ def _on_ranks(function, size: int, *args) -> dict:
     port, results = _free_port(), mp.Manager().dict()
 
     def run(rank):
-        os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank),
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        os.environ.update(
+            RANK=str(rank),
+            WORLD_SIZE=str(size),
+            LOCAL_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
         torch.set_num_threads(1)
         world, _ = join_world(torch.device("cpu"))
         try:
             results[rank] = function(world, *args)
         finally:
             leave_world()
+
     mp.start_processes(run, nprocs=size, start_method="fork")
     return dict(results)
 
@@ -71,7 +103,7 @@ def _gathered_loss(world: World, features: torch.Tensor):
     every = gather_with_grad(mine, world)
     loss = torch.logsumexp(every @ every.T, dim=1).mean()
     loss.backward()
-    return loss.item(), (mine.grad / world.size).tolist()   # DDP averages over the ranks
+    return loss.item(), (mine.grad / world.size).tolist()  # DDP averages over the ranks
 
 
 def test_a_loss_of_gathered_features_has_one_process_gradient():
@@ -99,9 +131,12 @@ def test_gather_and_gather_to_main():
 
 def test_a_global_batch_the_ranks_cannot_share_is_refused():
     assert local_share(20, World(0, 4), "gan.batch_size") == 5
-    with pytest.raises(ValueError, match="gan.batch_size=20 is the global batch, and 3 ranks "
-                                         "cannot share it equally; set gan.batch_size to a "
-                                         "multiple of 3"):
+    with pytest.raises(
+        ValueError,
+        match="gan.batch_size=20 is the global batch, and 3 ranks "
+        "cannot share it equally; set gan.batch_size to a "
+        "multiple of 3",
+    ):
         local_share(20, World(0, 3), "gan.batch_size")
 
 
@@ -114,8 +149,10 @@ def test_evaluate_on_two_ranks_equals_one_process(gan_run, tmp_path):
     """Three chunks of images (64, 64, 22) shared by two ranks: the same numbers to the last
     digit as one process."""
     one, two = tmp_path / "one.json", tmp_path / "two.json"
-    for result in (attngan("evaluate", "--ckpt", gan_run, "--samples", 150, "--out", one),
-                   torchrun(2, "evaluate", "--ckpt", gan_run, "--samples", 150, "--out", two)):
+    for result in (
+        attngan("evaluate", "--ckpt", gan_run, "--samples", 150, "--out", one),
+        torchrun(2, "evaluate", "--ckpt", gan_run, "--samples", 150, "--out", two),
+    ):
         assert result.returncode == 0, result.stderr[-2000:]
     single, shared = json.loads(one.read_text()), json.loads(two.read_text())
     assert (single["protocol"].pop("processes"), shared["protocol"].pop("processes")) == (1, 2)
@@ -124,25 +161,43 @@ def test_evaluate_on_two_ranks_equals_one_process(gan_run, tmp_path):
 
 # --- a GAN step on two ranks -----------------------------------------------------------------
 
-TINY = ["data.base_size=16", "data.branch_num=2", "text_encoder.embedding_dim=16",
-        "text_encoder.hidden_dim=16", "image_encoder.input_size=32", "image_encoder.width=8",
-        "gan.ngf=8", "gan.ndf=8", "gan.r_num=1", "gan.batch_size=4"]
+TINY = [
+    "data.base_size=16",
+    "data.branch_num=2",
+    "text_encoder.embedding_dim=16",
+    "text_encoder.hidden_dim=16",
+    "image_encoder.input_size=32",
+    "image_encoder.width=8",
+    "gan.ngf=8",
+    "gan.ndf=8",
+    "gan.r_num=1",
+    "gan.batch_size=4",
+]
 HALVES = (slice(0, 2), slice(2, 4))
 
 
 def _tiny_gan(world: World = SINGLE):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     from bench_train_step import make_trainer, preset_config, random_batch
+
     config = preset_config("shapes", torch.device("cpu"), TINY)
-    return config, make_trainer(config, torch.device("cpu"), world), random_batch(
-        config, torch.device("cpu"), seed=1)
+    return (
+        config,
+        make_trainer(config, torch.device("cpu"), world),
+        random_batch(config, torch.device("cpu"), seed=1),
+    )
 
 
 def _trained(trainer) -> list:
     """(name, parameter) of the generator and every discriminator."""
-    return [*trainer.netG.named_parameters(),
-            *((f"D{i}.{name}", p) for i, net in enumerate(trainer.netsD)
-              for name, p in net.named_parameters())]
+    return [
+        *trainer.netG.named_parameters(),
+        *(
+            (f"D{i}.{name}", p)
+            for i, net in enumerate(trainer.netsD)
+            for name, p in net.named_parameters()
+        ),
+    ]
 
 
 def _gan_step_on_rank(world: World) -> dict:
@@ -151,13 +206,19 @@ def _gan_step_on_rank(world: World) -> dict:
     _, trainer, batch = _tiny_gan(world)
     half = HALVES[world.rank]
     torch.manual_seed(100 + world.rank)
-    losses = trainer.step({"images": [level[half] for level in batch["images"]],
-                           "captions": batch["captions"][half],
-                           "lengths": batch["lengths"][half],
-                           "class_ids": batch["class_ids"][half]})
-    return {"losses": {name: float(value) for name, value in losses.items()},
-            "gradients": {name: p.grad.clone() for name, p in _trained(trainer)},
-            "weights": {name: p.detach().clone() for name, p in _trained(trainer)}}
+    losses = trainer.step(
+        {
+            "images": [level[half] for level in batch["images"]],
+            "captions": batch["captions"][half],
+            "lengths": batch["lengths"][half],
+            "class_ids": batch["class_ids"][half],
+        }
+    )
+    return {
+        "losses": {name: float(value) for name, value in losses.items()},
+        "gradients": {name: p.grad.clone() for name, p in _trained(trainer)},
+        "weights": {name: p.detach().clone() for name, p in _trained(trainer)},
+    }
 
 
 def _two_halves_in_one_process() -> dict:
@@ -166,8 +227,13 @@ def _two_halves_in_one_process() -> dict:
     mean of the halves', and the generator's the mean of the halves' adversarial and KL terms'
     plus the DAMSM term of the whole batch's images and captions."""
     from attngan.data.loader import float_images
-    from attngan.train.losses import (damsm_generator_loss, discriminator_loss,
-                                      generator_adversarial_loss, kl_loss)
+    from attngan.train.losses import (
+        damsm_generator_loss,
+        discriminator_loss,
+        generator_adversarial_loss,
+        kl_loss,
+    )
+
     config, trainer, batch = _tiny_gan()
     netG, netsD = trainer.netG, trainer.netsD
     netG.train()
@@ -178,70 +244,118 @@ def _two_halves_in_one_process() -> dict:
             words, sentence = trainer.text_encoder(batch["captions"][half], batch["lengths"][half])
         torch.manual_seed(100 + rank)
         noise = torch.randn(2, config.gan.z_dim)
-        fakes, _, mu, logvar = netG(noise, sentence, words, batch["lengths"][half],
-                                    return_attention=False)
-        halves.append(dict(reals=[float_images(level[half], "cpu") for level in batch["images"]],
-                           words=words, sentence=sentence, lengths=batch["lengths"][half],
-                           class_ids=batch["class_ids"][half], fakes=fakes, mu=mu,
-                           logvar=logvar))
+        fakes, _, mu, logvar = netG(
+            noise, sentence, words, batch["lengths"][half], return_attention=False
+        )
+        halves.append(
+            dict(
+                reals=[float_images(level[half], "cpu") for level in batch["images"]],
+                words=words,
+                sentence=sentence,
+                lengths=batch["lengths"][half],
+                class_ids=batch["class_ids"][half],
+                fakes=fakes,
+                mu=mu,
+                logvar=logvar,
+            )
+        )
     for i, (net, optimizer) in enumerate(zip(netsD, trainer.optimizers_d)):
         optimizer.zero_grad(set_to_none=True)
-        (sum(discriminator_loss(net, h["reals"][i], h["fakes"][i].detach(), h["sentence"])
-             for h in halves) / 2).backward()
+        (
+            sum(
+                discriminator_loss(net, h["reals"][i], h["fakes"][i].detach(), h["sentence"])
+                for h in halves
+            )
+            / 2
+        ).backward()
         optimizer.step()
     netsD.requires_grad_(False)
-    own_terms = sum(generator_adversarial_loss(netsD, h["fakes"], h["sentence"])
-                    + kl_loss(h["mu"], h["logvar"]) for h in halves) / 2
+    own_terms = (
+        sum(
+            generator_adversarial_loss(netsD, h["fakes"], h["sentence"])
+            + kl_loss(h["mu"], h["logvar"])
+            for h in halves
+        )
+        / 2
+    )
 
     def whole(name):
         return torch.cat([h[name] for h in halves])
-    damsm = damsm_generator_loss(trainer.image_encoder,
-                                 torch.cat([h["fakes"][-1] for h in halves]), whole("words"), whole("sentence"), whole("lengths"),
-                                 whole("class_ids"), gamma1=config.damsm.gamma1,
-                                 gamma2=config.damsm.gamma2, gamma3=config.damsm.gamma3,
-                                 impl=config.run.impl)
+
+    damsm = damsm_generator_loss(
+        trainer.image_encoder,
+        torch.cat([h["fakes"][-1] for h in halves]),
+        whole("words"),
+        whole("sentence"),
+        whole("lengths"),
+        whole("class_ids"),
+        gamma1=config.damsm.gamma1,
+        gamma2=config.damsm.gamma2,
+        gamma3=config.damsm.gamma3,
+        impl=config.run.impl,
+    )
     trainer.optimizer_g.zero_grad(set_to_none=True)
     (own_terms + config.gan.lambda_damsm * sum(damsm.values())).backward()
     trainer.optimizer_g.step()
     netsD.requires_grad_(True)
-    return {"gradients": {name: p.grad.clone() for name, p in _trained(trainer)},
-            "weights": {name: p.detach().clone() for name, p in _trained(trainer)}}
+    return {
+        "gradients": {name: p.grad.clone() for name, p in _trained(trainer)},
+        "weights": {name: p.detach().clone() for name, p in _trained(trainer)},
+    }
 
 
 def test_a_gan_step_on_two_ranks_equals_the_two_halves_in_one_process():
     ranks = _on_ranks(_gan_step_on_rank, 2)
     reference = _two_halves_in_one_process()
-    lr = 4e-4                                            # the shapes preset's largest
+    lr = 4e-4  # the shapes preset's largest
     for name, expected in reference["gradients"].items():
-        for rank in (0, 1):                               # every rank holds the same
+        for rank in (0, 1):  # every rank holds the same
             got = ranks[rank]["gradients"][name]
             scale = expected.abs().max()
             assert scale > 0, name
             assert (got - expected).abs().max() <= 1e-5 * scale, (rank, name)
             # Adam's first step is nearly lr·sign(gradient): rounding moves at most that
-            assert (ranks[rank]["weights"][name] - reference["weights"][name]).abs().max() \
-                <= 2 * lr, (rank, name)
+            assert (
+                ranks[rank]["weights"][name] - reference["weights"][name]
+            ).abs().max() <= 2 * lr, (rank, name)
 
 
 # --- whole commands under torchrun -----------------------------------------------------------
+
 
 def _tiny_settings(command: str, data: Path, *extra: str) -> list:
     """--config and --set arguments of `command` ("pretrain-damsm" or "train") for a tiny run
     on the data set `data` (16 training images)."""
     common = ["data.base_size=16", "data.branch_num=2", "run.device=cpu", f"data.root={data}"]
-    own = (["text_encoder.embedding_dim=16", "text_encoder.hidden_dim=16",
-            "text_encoder.dropout=0", "image_encoder.input_size=32", "image_encoder.width=8",
-            "damsm.epochs=1", "damsm.eval_candidates=4", "damsm.eval_folds=2",
-            "damsm.log_every=1"] if command == "pretrain-damsm" else
-           ["gan.ngf=8", "gan.ndf=8", "gan.r_num=1", "gan.batch_size=4", "gan.log_every=1",
-            "gan.sample_every=1000"])
+    own = (
+        [
+            "text_encoder.embedding_dim=16",
+            "text_encoder.hidden_dim=16",
+            "text_encoder.dropout=0",
+            "image_encoder.input_size=32",
+            "image_encoder.width=8",
+            "damsm.epochs=1",
+            "damsm.eval_candidates=4",
+            "damsm.eval_folds=2",
+            "damsm.log_every=1",
+        ]
+        if command == "pretrain-damsm"
+        else [
+            "gan.ngf=8",
+            "gan.ndf=8",
+            "gan.r_num=1",
+            "gan.batch_size=4",
+            "gan.log_every=1",
+            "gan.sample_every=1000",
+        ]
+    )
     settings = [*common, *own, *extra]
     return [command, "--config", "shapes", *sum((["--set", item] for item in settings), [])]
 
 
 @pytest.fixture(scope="module")
 def data_set(gan_run):
-    return gan_run.parent / "data"            # the tiny run's synthetic set (train_tiny_gan)
+    return gan_run.parent / "data"  # the tiny run's synthetic set (train_tiny_gan)
 
 
 def test_a_damsm_step_on_two_ranks_equals_one_process_on_the_global_batch(data_set, tmp_path):
@@ -250,15 +364,20 @@ def test_a_damsm_step_on_two_ranks_equals_one_process_on_the_global_batch(data_s
     float32 rounding (dropout off, the small encoder's GroupNorm: nothing else differs)."""
     runs = {}
     for name, launch in (("one", attngan), ("two", lambda *a: torchrun(2, *a))):
-        result = launch(*_tiny_settings("pretrain-damsm", data_set, "damsm.batch_size=16"),
-                        "--out", tmp_path / name)
+        result = launch(
+            *_tiny_settings("pretrain-damsm", data_set, "damsm.batch_size=16"),
+            "--out",
+            tmp_path / name,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
-        runs[name] = torch.load(tmp_path / name / "checkpoints" / "damsm_last.pt",
-                                weights_only=True)
+        runs[name] = torch.load(
+            tmp_path / name / "checkpoints" / "damsm_last.pt", weights_only=True
+        )
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         runs[name]["losses"] = json.loads(lines[0])
-    assert {k: v for k, v in runs["two"]["losses"].items() if k != "seconds"} == \
-        {k: v for k, v in runs["one"]["losses"].items() if k != "seconds"}
+    assert {k: v for k, v in runs["two"]["losses"].items() if k != "seconds"} == {
+        k: v for k, v in runs["one"]["losses"].items() if k != "seconds"
+    }
     for part in ("text_encoder", "image_encoder"):
         for key, expected in runs["one"][part].items():
             got = runs["two"][part][key]
@@ -270,22 +389,39 @@ def test_a_damsm_step_on_two_ranks_equals_one_process_on_the_global_batch(data_s
 def test_a_run_on_two_ranks_resumes_and_refuses_another_world_size(data_set, gan_run, tmp_path):
     damsm = gan_run.parent / "damsm"
     run = tmp_path / "gan"
-    first = torchrun(2, *_tiny_settings("train", data_set, "gan.max_steps=2",
-                                        "gan.checkpoint_every=2"),
-                     "--damsm", damsm, "--out", run)
+    first = torchrun(
+        2,
+        *_tiny_settings("train", data_set, "gan.max_steps=2", "gan.checkpoint_every=2"),
+        "--damsm",
+        damsm,
+        "--out",
+        run,
+    )
     assert first.returncode == 0, first.stderr[-2000:]
-    again = attngan(*_tiny_settings("train", data_set, "gan.max_steps=4",
-                                    "gan.checkpoint_every=2"),
-                    "--damsm", damsm, "--out", run, "--resume")
+    again = attngan(
+        *_tiny_settings("train", data_set, "gan.max_steps=4", "gan.checkpoint_every=2"),
+        "--damsm",
+        damsm,
+        "--out",
+        run,
+        "--resume",
+    )
     assert again.returncode == 2
-    assert "was trained on 2 processes, each with random streams of its own that it " \
-           "continues, and this run has 1; resume it on 2" in again.stderr
-    resumed = torchrun(2, *_tiny_settings("train", data_set, "gan.max_steps=4",
-                                          "gan.checkpoint_every=2"),
-                       "--damsm", damsm, "--out", run, "--resume")
+    assert (
+        "was trained on 2 processes, each with random streams of its own that it "
+        "continues, and this run has 1; resume it on 2" in again.stderr
+    )
+    resumed = torchrun(
+        2,
+        *_tiny_settings("train", data_set, "gan.max_steps=4", "gan.checkpoint_every=2"),
+        "--damsm",
+        damsm,
+        "--out",
+        run,
+        "--resume",
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    steps = [json.loads(line)["step"]
-             for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     assert torch.load(run / "checkpoints" / "gan_last.pt", weights_only=True)["step"] == 4
 
@@ -294,18 +430,38 @@ def test_a_rank_that_dies_ends_the_run(data_set, gan_run, tmp_path):
     """One rank killed outright mid-run: torchrun ends the other and fails, in seconds."""
     run = tmp_path / "gan"
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "attngan",
-         *map(str, _tiny_settings("train", data_set, "gan.max_steps=100000",
-                                  "gan.checkpoint_every=1")),
-         "--damsm", str(gan_run.parent / "damsm"), "--out", str(run)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "attngan",
+            *map(
+                str,
+                _tiny_settings("train", data_set, "gan.max_steps=100000", "gan.checkpoint_every=1"),
+            ),
+            "--damsm",
+            str(gan_run.parent / "damsm"),
+            "--out",
+            str(run),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ONE_THREAD,
+    )
     deadline = time.time() + 120
     while not (run / "checkpoints" / "gan_last.pt").exists():
         assert launcher.poll() is None and time.time() < deadline, launcher.stderr.read()[-2000:]
         time.sleep(0.2)
-    workers = [int(pid) for pid in subprocess.run(
-        ["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()]
+    workers = [
+        int(pid)
+        for pid in subprocess.run(
+            ["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True
+        ).stdout.split()
+    ]
     assert len(workers) == 2
     os.kill(workers[1], signal.SIGKILL)
     started = time.time()
@@ -321,13 +477,29 @@ def test_ctrl_c_ends_every_rank(data_set, gan_run, tmp_path):
     the run's last checkpoint is whole, and the message says how to go on."""
     run = tmp_path / "gan"
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "attngan",
-         *map(str, _tiny_settings("train", data_set, "gan.max_steps=100000",
-                                  "gan.checkpoint_every=1")),
-         "--damsm", str(gan_run.parent / "damsm"), "--out", str(run)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ONE_THREAD,
-        start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "attngan",
+            *map(
+                str,
+                _tiny_settings("train", data_set, "gan.max_steps=100000", "gan.checkpoint_every=1"),
+            ),
+            "--damsm",
+            str(gan_run.parent / "damsm"),
+            "--out",
+            str(run),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ONE_THREAD,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while not (run / "checkpoints" / "gan_last.pt").exists():
         assert launcher.poll() is None and time.time() < deadline, launcher.stderr.read()[-2000:]
@@ -346,6 +518,7 @@ def test_ctrl_c_ends_every_rank(data_set, gan_run, tmp_path):
 
 # --- GPUs: NCCL, one GPU per rank, SyncBatchNorm ---------------------------------------------
 
+
 @pytest.mark.gpu
 def test_gpu_runs_under_torchrun(data_set, gan_run, tmp_path):
     """NCCL on as many GPUs as there are, up to 2 (with one, world size 1 under torchrun): DAMSM
@@ -355,16 +528,26 @@ def test_gpu_runs_under_torchrun(data_set, gan_run, tmp_path):
     gpu = ("run.device=cuda",)
     runs = {}
     for name, launch in (("one", attngan), ("ranks", lambda *a: torchrun(ranks, *a))):
-        result = launch(*_tiny_settings("pretrain-damsm", data_set, "damsm.batch_size=16", *gpu),
-                        "--out", tmp_path / name)
+        result = launch(
+            *_tiny_settings("pretrain-damsm", data_set, "damsm.batch_size=16", *gpu),
+            "--out",
+            tmp_path / name,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
-        runs[name] = torch.load(tmp_path / name / "checkpoints" / "damsm_last.pt",
-                                weights_only=True, map_location="cpu")
+        runs[name] = torch.load(
+            tmp_path / name / "checkpoints" / "damsm_last.pt", weights_only=True, map_location="cpu"
+        )
     for key, expected in runs["one"]["text_encoder"].items():
         scale = max(float(expected.abs().max()), 1e-12)
         assert (runs["ranks"]["text_encoder"][key] - expected).abs().max() <= 1e-4 * scale, key
-    result = torchrun(ranks, *_tiny_settings("train", data_set, "gan.max_steps=3", *gpu),
-                      "--damsm", tmp_path / "ranks", "--out", tmp_path / "gan")
+    result = torchrun(
+        ranks,
+        *_tiny_settings("train", data_set, "gan.max_steps=3", *gpu),
+        "--damsm",
+        tmp_path / "ranks",
+        "--out",
+        tmp_path / "gan",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -372,9 +555,10 @@ def _sync_batch_norm_on_rank(world: World) -> list:
     """A BatchNorm layer under data_parallel on this rank's GPU, fed this rank's half of a
     fixed batch: its output (SyncBatchNorm normalises by the whole batch's statistics)."""
     from attngan.distributed import data_parallel
+
     device = torch.device("cuda", world.local_rank)
     torch.manual_seed(0)
-    inputs = torch.randn(8, 3, 4, 4).to(device)           # drawn as the test draws them
+    inputs = torch.randn(8, 3, 4, 4).to(device)  # drawn as the test draws them
     layer = data_parallel(torch.nn.BatchNorm2d(3).to(device), world, device)
     return layer(inputs.chunk(world.size)[world.rank]).cpu().tolist()
 
@@ -388,13 +572,17 @@ def test_gpu_batch_norm_is_synchronised_across_ranks():
     torch.manual_seed(0)
     inputs = torch.randn(8, 3, 4, 4)
     whole = torch.nn.BatchNorm2d(3)(inputs)
-    torch.testing.assert_close(torch.tensor(results[0] + results[1]), whole, rtol=1e-4,
-                               atol=1e-5)
+    torch.testing.assert_close(torch.tensor(results[0] + results[1]), whole, rtol=1e-4, atol=1e-5)
 
 
 def _spawned_rank(rank: int, port: int, results) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     world, _ = join_world(torch.device("cuda"))
     try:
         results[rank] = _sync_batch_norm_on_rank(world)

@@ -1,5 +1,6 @@
 """The generator's weight average (attngan/train/ema.py): the update rule, buffers copied, the
 average frozen, and clear errors for a bad decay or a model the average was not built from."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -20,11 +21,12 @@ def test_update_averages_parameters_and_copies_buffers():
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p))
-    model.train()(torch.randn(8, 3))               # moves the BatchNorm running statistics
+    model.train()(torch.randn(8, 3))  # moves the BatchNorm running statistics
     ema.update(model)
     for old, average, current in zip(before, ema.module.parameters(), model.parameters()):
-        torch.testing.assert_close(average, 0.9 * old + 0.1 * current.detach(),
-                                   rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(
+            average, 0.9 * old + 0.1 * current.detach(), rtol=1e-6, atol=1e-7
+        )
         assert not torch.equal(average, current)
     for average, current in zip(ema.module.buffers(), model.buffers()):
         assert torch.equal(average, current)

@@ -4,14 +4,21 @@ the frozen Inception trunk, and loading torchvision-named Inception weights with
 Inception at 299 is slow on a CPU: it runs once at batch 1; other Inception tests use a smaller
 input (the trunk works from 75 x 75 up).
 """
+
 import dataclasses
 
 import pytest
 import torch
 
 from attngan.config import ConfigError, ImageEncoderConfig, TextEncoderConfig
-from attngan.nn import (InceptionEncoder, InceptionTrunk, SmallImageEncoder, TextEncoder,
-                        build_image_encoder, load_inception_weights)
+from attngan.nn import (
+    InceptionEncoder,
+    InceptionTrunk,
+    SmallImageEncoder,
+    TextEncoder,
+    build_image_encoder,
+    load_inception_weights,
+)
 
 VOCAB = 23
 D = 16
@@ -31,6 +38,7 @@ def _captions(lengths, max_len):
 
 # ---------------------------------------------------------------- text encoder
 
+
 @pytest.mark.parametrize("rnn", ["lstm", "gru"])
 def test_text_encoder_shapes_and_zero_padding(rnn):
     encoder = _text_encoder(rnn)
@@ -38,7 +46,7 @@ def test_text_encoder_shapes_and_zero_padding(rnn):
     words, sentence = encoder(captions, lengths)
     assert words.shape == (5, D, 9) and sentence.shape == (5, D)
     assert words.dtype == sentence.dtype == torch.float32
-    valid = torch.arange(9)[None, :] < lengths[:, None]               # [B, L]
+    valid = torch.arange(9)[None, :] < lengths[:, None]  # [B, L]
     assert torch.equal(words.transpose(1, 2)[~valid], torch.zeros((~valid).sum(), D))
     assert (words.transpose(1, 2)[valid].abs().sum(dim=1) > 0).all()
 
@@ -58,14 +66,14 @@ def test_text_encoder_ignores_padding_content(rnn):
 @pytest.mark.parametrize("rnn", ["lstm", "gru"])
 def test_text_encoder_keeps_batch_order_and_joins_forward_then_backward(rnn):
     encoder = _text_encoder(rnn)
-    lengths_list = [2, 6, 1, 6, 4, 3]                               # unsorted, with ties
+    lengths_list = [2, 6, 1, 6, 4, 3]  # unsorted, with ties
     captions, lengths = _captions(lengths_list, max_len=6)
     words, sentence = encoder(captions, lengths)
     half = D // 2
     for b, n in enumerate(lengths_list):
-        alone_words, alone_sentence = encoder(captions[b:b + 1, :n], lengths[b:b + 1])
-        torch.testing.assert_close(words[b:b + 1, :, :n], alone_words, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(sentence[b:b + 1], alone_sentence, rtol=1e-5, atol=1e-6)
+        alone_words, alone_sentence = encoder(captions[b : b + 1, :n], lengths[b : b + 1])
+        torch.testing.assert_close(words[b : b + 1, :, :n], alone_words, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(sentence[b : b + 1], alone_sentence, rtol=1e-5, atol=1e-6)
         # Sentence = [forward state after the last word, backward state after the first].
         torch.testing.assert_close(sentence[b, :half], words[b, :half, n - 1])
         torch.testing.assert_close(sentence[b, half:], words[b, half:, 0])
@@ -100,12 +108,15 @@ def test_text_encoder_embedding_init_and_gradients():
     assert weight.grad[0].abs().sum() == 0  # id 0 only in padded slots: they get no gradient
 
 
-@pytest.mark.parametrize("lengths, match", [
-    ([0, 3], r"caption 0 has length 0, outside \[1, 4\]"),
-    ([3, 5], r"caption 1 has length 5, outside \[1, 4\]"),
-    ([3], r"lengths must be an integer tensor \[B\] with B=2"),
-    ([3.0, 2.0], r"lengths must be an integer tensor"),
-])
+@pytest.mark.parametrize(
+    "lengths, match",
+    [
+        ([0, 3], r"caption 0 has length 0, outside \[1, 4\]"),
+        ([3, 5], r"caption 1 has length 5, outside \[1, 4\]"),
+        ([3], r"lengths must be an integer tensor \[B\] with B=2"),
+        ([3.0, 2.0], r"lengths must be an integer tensor"),
+    ],
+)
 def test_text_encoder_rejects_bad_lengths(lengths, match):
     encoder = _text_encoder()
     captions = torch.randint(1, VOCAB, (2, 4))
@@ -119,8 +130,10 @@ def test_text_encoder_rejects_bad_captions_and_config():
         encoder(torch.tensor([[1, VOCAB]]), torch.tensor([2]))
     with pytest.raises(ValueError, match=r"captions must be an integer tensor \[B, L\]"):
         encoder(torch.rand(2, 4), torch.tensor([1, 2]))
-    with pytest.raises(ValueError, match="captions are on meta but the text encoder on cpu; "
-                                         "put captions on the CPU$"):
+    with pytest.raises(
+        ValueError,
+        match="captions are on meta but the text encoder on cpu; put captions on the CPU$",
+    ):
         encoder(torch.ones(2, 4, dtype=torch.long, device="meta"), torch.tensor([1, 2]))
     with pytest.raises(ConfigError, match="text_encoder.rnn must be one of lstm, gru"):
         TextEncoder(VOCAB, TextEncoderConfig(rnn="transformer"))
@@ -130,9 +143,11 @@ def test_text_encoder_rejects_bad_captions_and_config():
 
 # ---------------------------------------------------------------- small image encoder
 
+
 def _small(input_size=64, width=8):
     return build_image_encoder(
-        ImageEncoderConfig(backbone="small", input_size=input_size, width=width), D)
+        ImageEncoderConfig(backbone="small", input_size=input_size, width=width), D
+    )
 
 
 @pytest.mark.parametrize("image_size", [64, 32, 128])
@@ -171,15 +186,20 @@ def test_image_encoder_config_errors():
 
 # ---------------------------------------------------------------- Inception
 
+
 @pytest.fixture(scope="module")
 def trunk_file(tmp_path_factory):
     """A random trunk saved under torchvision's key names, plus fake classifier keys."""
     torch.manual_seed(1)
     trunk = InceptionTrunk().eval()
     state = trunk.state_dict()
-    extra = {"AuxLogits.conv0.conv.weight": torch.randn(128, 768, 1, 1),
-             "AuxLogits.fc.weight": torch.randn(1000, 768), "AuxLogits.fc.bias": torch.zeros(1000),
-             "fc.weight": torch.randn(1000, 2048), "fc.bias": torch.zeros(1000)}
+    extra = {
+        "AuxLogits.conv0.conv.weight": torch.randn(128, 768, 1, 1),
+        "AuxLogits.fc.weight": torch.randn(1000, 768),
+        "AuxLogits.fc.bias": torch.zeros(1000),
+        "fc.weight": torch.randn(1000, 2048),
+        "fc.bias": torch.zeros(1000),
+    }
     # Old torchvision files have no BatchNorm batch counters: leave them out.
     file_state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     file_state.update(extra)
@@ -194,7 +214,8 @@ def _inception_config(**changes):
 
 def test_inception_encoder_shapes_at_299():
     encoder = build_image_encoder(
-        ImageEncoderConfig(backbone="inception", random_init=True, input_size=299), D)
+        ImageEncoderConfig(backbone="inception", random_init=True, input_size=299), D
+    )
     assert isinstance(encoder, InceptionEncoder)
     with torch.no_grad():
         regions, code = encoder(torch.rand(1, 3, 64, 64) * 2 - 1)  # resized to 299 inside
@@ -228,8 +249,14 @@ def test_inception_trunk_frozen_and_batchnorm_follows_the_mode_as_the_original(t
     encoder = build_image_encoder(_inception_config(weights=str(path)), D).train()
     assert all(m.training for m in encoder.trunk.modules())
     assert all(not p.requires_grad for p in encoder.trunk.parameters())
-    heads = {id(p) for p in [encoder.emb_features.weight, encoder.emb_cnn_code.weight,
-                             encoder.emb_cnn_code.bias]}
+    heads = {
+        id(p)
+        for p in [
+            encoder.emb_features.weight,
+            encoder.emb_cnn_code.weight,
+            encoder.emb_cnn_code.bias,
+        ]
+    }
     assert {id(p) for p in encoder.trainable_parameters()} == heads
     assert encoder.emb_features.weight.abs().max() <= 0.1
     assert encoder.emb_cnn_code.weight.abs().max() <= 0.1
@@ -240,7 +267,7 @@ def test_inception_trunk_frozen_and_batchnorm_follows_the_mode_as_the_original(t
     assert regions.shape == (2, D, 5, 5) and code.shape == (2, D)
     (regions.square().mean() + code.square().mean()).backward()
     moved = bn.running_mean.clone()
-    assert not torch.equal(running, moved)                       # batch statistics, as trained
+    assert not torch.equal(running, moved)  # batch statistics, as trained
     assert all(p.grad is None for p in encoder.trunk.parameters())
     assert all(p.grad is not None for p in encoder.trainable_parameters())
     assert images.grad.abs().sum() > 0  # the GAN's DAMSM loss reaches the generator
@@ -248,14 +275,17 @@ def test_inception_trunk_frozen_and_batchnorm_follows_the_mode_as_the_original(t
     encoder.eval()
     with torch.no_grad():
         eval_regions, _ = encoder(images)
-        assert torch.equal(bn.running_mean, moved)               # running statistics, kept
+        assert torch.equal(bn.running_mean, moved)  # running statistics, kept
         train_regions, _ = encoder.train()(images)
     assert not torch.allclose(eval_regions, train_regions)
 
 
 def test_inception_without_weights_says_how_to_fix():
-    with pytest.raises(ConfigError, match=r"image_encoder.weights=PATH.*"
-                                          r"image_encoder.random_init=true"):
+    with pytest.raises(
+        ConfigError,
+        match=r"image_encoder.weights=PATH.*"
+        r"image_encoder.random_init=true",
+    ):
         build_image_encoder(_inception_config(), D)
 
 
@@ -285,29 +315,36 @@ def test_inception_wrong_shape_and_missing_key(trunk_file, tmp_path):
     wrong["Conv2d_1a_3x3.conv.weight"] = torch.zeros(32, 3, 5, 5)
     wrong_path = tmp_path / "wrong.pth"
     torch.save(wrong, wrong_path)
-    with pytest.raises(ConfigError, match=rf"{wrong_path} is not an Inception-v3 state dict .*"
-                                          r"1 keys of the wrong shape \(first: "
-                                          r"Conv2d_1a_3x3.conv.weight \(32, 3, 5, 5\) "
-                                          r"\(expected \(32, 3, 3, 3\)\)"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"{wrong_path} is not an Inception-v3 state dict .*"
+        r"1 keys of the wrong shape \(first: "
+        r"Conv2d_1a_3x3.conv.weight \(32, 3, 5, 5\) "
+        r"\(expected \(32, 3, 3, 3\)\)",
+    ):
         load_inception_weights(InceptionTrunk(), wrong_path)
     missing = {k: v for k, v in file_state.items() if k != "Mixed_7c.branch_pool.bn.running_var"}
     missing_path = tmp_path / "missing.pth"
     torch.save(missing, missing_path)
-    with pytest.raises(ConfigError, match=r"1 missing keys \(first: "
-                                          r"Mixed_7c.branch_pool.bn.running_var\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"1 missing keys \(first: "
+        r"Mixed_7c.branch_pool.bn.running_var\)",
+    ):
         load_inception_weights(InceptionTrunk(), missing_path)
 
 
 # ---------------------------------------------------------------- CUDA
+
 
 @pytest.mark.gpu
 def test_encoders_on_cuda_match_cpu():
     text = _text_encoder()
     captions, lengths = _captions([4, 7, 2], max_len=8)
     words, sentence = text(captions, lengths)
-    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):   # cuDNN's RNNs may use TF32
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # cuDNN's RNNs may use TF32
         words_gpu, sentence_gpu = text.cuda()(captions.cuda(), lengths.cuda())  # lengths on GPU
-        kept_on_cpu = text(captions, lengths)           # as the training steps pass them
+        kept_on_cpu = text(captions, lengths)  # as the training steps pass them
     for on_gpu, from_cpu in zip((words_gpu, sentence_gpu), kept_on_cpu):
         torch.testing.assert_close(from_cpu, on_gpu, rtol=0, atol=0)
     # cuDNN's LSTM sums in another order than the CPU one: on an H100 (2026-11-27, TF32 allowed)
@@ -316,8 +353,10 @@ def test_encoders_on_cuda_match_cpu():
     torch.testing.assert_close(words_gpu.cpu(), words, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(sentence_gpu.cpu(), sentence, rtol=1e-3, atol=1e-4)
     assert torch.equal(words_gpu[2, :, 2:].cpu(), torch.zeros(D, 6))
-    for encoder in (_small().eval(), build_image_encoder(
-            _inception_config(random_init=True, input_size=299), D).eval()):
+    for encoder in (
+        _small().eval(),
+        build_image_encoder(_inception_config(random_init=True, input_size=299), D).eval(),
+    ):
         images = torch.rand(2, 3, 128, 128) * 2 - 1
         with torch.no_grad():
             regions, code = encoder(images)

@@ -1,4 +1,5 @@
 """GAN losses (attngan/train/losses.py) on hand-checkable inputs."""
+
 import math
 
 import pytest
@@ -6,8 +7,12 @@ import torch
 import torch.nn as nn
 
 from attngan.ops.damsm import damsm_sentence_loss, damsm_word_loss
-from attngan.train.losses import (damsm_generator_loss, discriminator_loss,
-                                  generator_adversarial_loss, kl_loss)
+from attngan.train.losses import (
+    damsm_generator_loss,
+    discriminator_loss,
+    generator_adversarial_loss,
+    kl_loss,
+)
 
 
 def softplus(x: float) -> float:
@@ -39,7 +44,7 @@ def test_discriminator_loss_by_hand():
     real_c = mean([softplus(-(x + y)) for x, y in zip([1.0, -2.0, 0.5], [0.2, -0.7, 1.5])])
     fake_u = mean([softplus(x) for x in [0.3, 2.0, -1.0]])
     fake_c = mean([softplus(x + y) for x, y in zip([0.3, 2.0, -1.0], [0.2, -0.7, 1.5])])
-    wrong = mean([softplus(1.0 + -0.7), softplus(-2.0 + 1.5)])       # real b with sentence b+1
+    wrong = mean([softplus(1.0 + -0.7), softplus(-2.0 + 1.5)])  # real b with sentence b+1
     expected = (real_u + real_c) / 2 + (fake_u + fake_c + wrong) / 3
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
@@ -77,7 +82,8 @@ def test_kl_by_hand():
     assert kl_loss(zeros, zeros).item() == 0.0
     assert kl_loss(torch.ones(2, 3), zeros).item() == pytest.approx(0.5)
     assert kl_loss(zeros, torch.full((2, 3), math.log(2))).item() == pytest.approx(
-        0.5 * (1 - math.log(2)))
+        0.5 * (1 - math.log(2))
+    )
 
 
 class PoolEncoder(nn.Module):
@@ -102,11 +108,13 @@ def test_damsm_generator_loss_matches_the_ops_and_detaches_text():
     sentence = torch.randn(batch, dim, requires_grad=True)
     lengths = torch.tensor([5, 2, 3, 1])
     class_ids = torch.tensor([0, 1, 0, 2])
-    got = damsm_generator_loss(encoder, images, words, sentence, lengths, class_ids,
-                               impl="reference")
+    got = damsm_generator_loss(
+        encoder, images, words, sentence, lengths, class_ids, impl="reference"
+    )
     regions, code = encoder(images)
-    w0, w1 = damsm_word_loss(words.detach(), lengths, regions, class_ids=class_ids,
-                             impl="reference")
+    w0, w1 = damsm_word_loss(
+        words.detach(), lengths, regions, class_ids=class_ids, impl="reference"
+    )
     s0, s1 = damsm_sentence_loss(code, sentence.detach(), class_ids=class_ids)
     for name, value in zip(("w0", "w1", "s0", "s1"), (w0, w1, s0, s1)):
         torch.testing.assert_close(got[name], value)

@@ -4,6 +4,7 @@ losses, the run folder is complete, resume continues exactly, and bad runs fail 
 `make_tiny_run` (synthetic data + a one-epoch DAMSM, a few seconds), `train_tiny_gan` and the
 `single_thread` fixture are shared with test_sampling.py and test_evaluate.py.
 """
+
 import dataclasses
 import json
 import sys
@@ -23,13 +24,31 @@ from attngan.train.run import DivergenceWatch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from bench_train_step import VOCAB_SIZE, make_trainer, preset_config, random_batch  # noqa: E402
 
-TINY = ["data.synthetic.num_train=16", "data.synthetic.num_test=12", "data.synthetic.canvas=32",
-        "data.base_size=16", "data.branch_num=2", "text_encoder.embedding_dim=16",
-        "text_encoder.hidden_dim=16", "image_encoder.input_size=32", "image_encoder.width=8",
-        "damsm.batch_size=4", "damsm.epochs=1", "damsm.eval_candidates=4", "damsm.eval_folds=2",
-        "gan.ngf=8", "gan.ndf=8", "gan.r_num=1", "gan.batch_size=4", "gan.log_every=1",
-        "gan.sample_every=2", "gan.checkpoint_every=2", "run.device=cpu", "run.impl=auto",
-        "run.threads=0"]
+TINY = [
+    "data.synthetic.num_train=16",
+    "data.synthetic.num_test=12",
+    "data.synthetic.canvas=32",
+    "data.base_size=16",
+    "data.branch_num=2",
+    "text_encoder.embedding_dim=16",
+    "text_encoder.hidden_dim=16",
+    "image_encoder.input_size=32",
+    "image_encoder.width=8",
+    "damsm.batch_size=4",
+    "damsm.epochs=1",
+    "damsm.eval_candidates=4",
+    "damsm.eval_folds=2",
+    "gan.ngf=8",
+    "gan.ndf=8",
+    "gan.r_num=1",
+    "gan.batch_size=4",
+    "gan.log_every=1",
+    "gan.sample_every=2",
+    "gan.checkpoint_every=2",
+    "run.device=cpu",
+    "run.impl=auto",
+    "run.threads=0",
+]
 
 
 def make_tiny_run(root: Path, *overrides: str):
@@ -75,7 +94,7 @@ def test_a_few_steps_train_and_write_the_run(tiny, tmp_path):
     config, damsm = tiny
     run = tmp_path / "run"
     summary = train_gan(_with(config, max_steps=5), damsm, run, progress=False)
-    assert summary["steps"] == 5 and summary["epochs"] == 1            # 4 batches per epoch
+    assert summary["steps"] == 5 and summary["epochs"] == 1  # 4 batches per epoch
     lines = _losses(run)
     assert [line["step"] for line in lines] == [1, 2, 3, 4, 5]
     for name in ("d0", "d1", "g_adv", "w0", "w1", "s0", "s1", "kl", "g_total"):
@@ -84,8 +103,12 @@ def test_a_few_steps_train_and_write_the_run(tiny, tmp_path):
         assert len(set(values)) > 1, f"{name} never changes"
     assert load_config(run / "config.yaml") == _with(config, max_steps=5)
     assert sorted(p.name for p in (run / "samples").iterdir()) == [
-        "captions.txt", "step_0000002.png", "step_0000004.png", "step_0000005.png"]
-    payload = load_checkpoint(run / "checkpoints" / "gan_last.pt", kind="gan")   # weights_only
+        "captions.txt",
+        "step_0000002.png",
+        "step_0000004.png",
+        "step_0000005.png",
+    ]
+    payload = load_checkpoint(run / "checkpoints" / "gan_last.pt", kind="gan")  # weights_only
     assert payload["step"] == 5 and payload["epoch"] == 1 and payload["batch_in_epoch"] == 1
     assert payload["damsm_sha256"] and Path(payload["damsm_checkpoint"]).is_file()
     ema, live = payload["trainer"]["ema"], payload["trainer"]["generator"]
@@ -102,6 +125,7 @@ def test_precision_of_training_steps(precision, dtype, tmp_path, monkeypatch):
     bfloat16 (the fused ops receive bfloat16 features), losses stay finite, the weights float32;
     fp32 (the default) runs them in float32."""
     import attngan.train.losses as losses_module
+
     seen = {"damsm": set(), "gan": set(), "image encoder training": set()}
     word_loss, generator_loss = losses_module.damsm_word_loss, losses_module.damsm_generator_loss
     pretraining = [True]
@@ -126,11 +150,17 @@ def test_precision_of_training_steps(precision, dtype, tmp_path, monkeypatch):
     assert seen["damsm"] == {dtype, torch.float32} and seen["gan"] == {dtype}
     assert seen["image encoder training"] == {False}
     for line in _losses(tmp_path / "gan"):
-        assert all(torch.isfinite(torch.tensor(value)) for key, value in line.items()
-                   if key not in ("step", "epoch")), line
+        assert all(
+            torch.isfinite(torch.tensor(value))
+            for key, value in line.items()
+            if key not in ("step", "epoch")
+        ), line
     payload = load_checkpoint(tmp_path / "gan" / "checkpoints" / "gan_last.pt", kind="gan")
-    assert all(value.dtype == torch.float32 for value in payload["trainer"]["generator"].values()
-               if value.is_floating_point())
+    assert all(
+        value.dtype == torch.float32
+        for value in payload["trainer"]["generator"].values()
+        if value.is_floating_point()
+    )
 
 
 def _workers(config, count):
@@ -143,10 +173,13 @@ def test_resume_continues_exactly(tiny, tmp_path):
     config, damsm = tiny
     whole, split = tmp_path / "whole", tmp_path / "split"
     train_gan(_with(_workers(config, 0), max_steps=5), damsm, whole, progress=False)
-    train_gan(_with(_workers(config, 2), max_steps=3), damsm, split,      # stops mid-epoch
-              progress=False)
-    train_gan(_with(_workers(config, 1), max_steps=5), damsm, split, resume=True,
-              progress=False)
+    train_gan(
+        _with(_workers(config, 2), max_steps=3),
+        damsm,
+        split,  # stops mid-epoch
+        progress=False,
+    )
+    train_gan(_with(_workers(config, 1), max_steps=5), damsm, split, resume=True, progress=False)
     assert _losses(split) == _losses(whole)
     a = load_checkpoint(whole / "checkpoints" / "gan_last.pt")
     b = load_checkpoint(split / "checkpoints" / "gan_last.pt")
@@ -169,11 +202,13 @@ def test_a_resumed_run_may_change_the_step_switches(tiny, tmp_path):
     run = tmp_path / "run"
     first = train_gan(_with(config, max_steps=2), damsm, run, progress=False)
     assert first["training_step"] == "fp32"
-    switched = dataclasses.replace(config, run=dataclasses.replace(
-        config.run, fused_adam=True, channels_last=True))
+    switched = dataclasses.replace(
+        config, run=dataclasses.replace(config.run, fused_adam=True, channels_last=True)
+    )
     lower = config.gan.lr_g / 4
-    summary = train_gan(_with(switched, max_steps=4, lr_g=lower), damsm, run, resume=True,
-                        progress=False)
+    summary = train_gan(
+        _with(switched, max_steps=4, lr_g=lower), damsm, run, resume=True, progress=False
+    )
     assert summary["steps"] == 4 and summary["training_step"] == "fp32, channels_last, fused_adam"
     assert load_config(run / "config.yaml").run.fused_adam is True
     assert load_config(run / "config.yaml").gan.lr_g == lower
@@ -184,14 +219,16 @@ def test_a_resumed_run_may_change_the_step_switches(tiny, tmp_path):
     assert all(float(state["step"]) == 4 for state in optimizer["state"].values())
 
 
-def test_the_loop_reads_back_from_the_device_only_at_log_and_checkpoint_steps(tiny, tmp_path,
-                                                                            monkeypatch):
+def test_the_loop_reads_back_from_the_device_only_at_log_and_checkpoint_steps(
+    tiny, tmp_path, monkeypatch
+):
     """No host synchronisation per step: of a 6-step run logging every 3 steps and saving
     every 4, the code of the loop and its step (attngan.train.gan and attngan.train.run) reads
     tensors back (.item, .tolist, float, int, bool) at steps 3 (the log: one copy of the losses
     and the divergence watch), 4 (the checkpoint's check) and 6 (the end) only."""
     import attngan.train.gan as gan_module
     import attngan.train.run as run_module
+
     config, damsm = tiny
     loop_files = {gan_module.__file__, run_module.__file__}
     reads, current = [], [0]
@@ -200,21 +237,32 @@ def test_the_loop_reads_back_from_the_device_only_at_log_and_checkpoint_steps(ti
     def counted_step(self, batch):
         current[0] = self.steps + 1
         return step(self, batch)
+
     monkeypatch.setattr(GANTrainer, "step", counted_step)
-    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
-        def read(self, *args, _original=getattr(torch.Tensor, name), _name=name):
+
+    def reader(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args):
             if sys._getframe(1).f_code.co_filename in loop_files:
-                reads.append((current[0], _name))
-            return _original(self, *args)
-        monkeypatch.setattr(torch.Tensor, name, read)
-    train_gan(_with(config, max_steps=6, log_every=3, checkpoint_every=4, sample_every=1000),
-              damsm, tmp_path / "run", progress=False)
-    assert {step for step, _ in reads if step > 0} == {3, 4, 6}     # 0: the run's set-up
+                reads.append((current[0], name))
+            return original(self, *args)
+
+        return read
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, reader(name))
+    train_gan(
+        _with(config, max_steps=6, log_every=3, checkpoint_every=4, sample_every=1000),
+        damsm,
+        tmp_path / "run",
+        progress=False,
+    )
+    assert {step for step, _ in reads if step > 0} == {3, 4, 6}  # 0: the run's set-up
     assert [name for step, name in reads if step == 3] == ["tolist"]
 
 
-def test_a_new_run_starts_the_metrics_of_a_run_killed_before_its_checkpoint_afresh(tiny,
-                                                                                   tmp_path):
+def test_a_new_run_starts_the_metrics_of_a_run_killed_before_its_checkpoint_afresh(tiny, tmp_path):
     config, damsm = tiny
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1, "d0": 9.0}\n{"step": 2, "d')
@@ -229,20 +277,21 @@ def test_a_run_records_where_its_data_is_from_anywhere(tiny, tmp_path, monkeypat
     resuming the run from another folder reads the same data (it read another set silently)."""
     config, damsm = tiny
     monkeypatch.chdir(Path(config.data.root).parent)
-    relative = dataclasses.replace(config, data=dataclasses.replace(
-        config.data, root=Path(config.data.root).name))
+    relative = dataclasses.replace(
+        config, data=dataclasses.replace(config.data, root=Path(config.data.root).name)
+    )
     train_gan(_with(relative, max_steps=1), damsm, tmp_path / "run", progress=False)
     monkeypatch.chdir(tmp_path)
     assert load_gan(tmp_path / "run")[3].data.root == str(Path(config.data.root).resolve())
-    assert load_config(tmp_path / "run" / "config.yaml").data.root == \
-        str(Path(config.data.root).resolve())
+    assert load_config(tmp_path / "run" / "config.yaml").data.root == str(
+        Path(config.data.root).resolve()
+    )
 
 
 def test_existing_run_needs_resume_and_resume_needs_a_run(tiny, tmp_path):
     config, damsm = tiny
     with pytest.raises(CheckpointError, match="without --resume"):
-        train_gan(_with(config, max_steps=1), damsm, tmp_path / "none", resume=True,
-                  progress=False)
+        train_gan(_with(config, max_steps=1), damsm, tmp_path / "none", resume=True, progress=False)
     train_gan(_with(config, max_steps=1), damsm, tmp_path / "run", progress=False)
     with pytest.raises(CheckpointError, match="--resume"):
         train_gan(_with(config, max_steps=2), damsm, tmp_path / "run", progress=False)
@@ -258,13 +307,17 @@ def test_resume_refuses_another_model_and_a_shorter_run(tiny, tmp_path):
     before = (run / "metrics.jsonl").read_text()
     with pytest.raises(CheckpointError, match=r"gan\.ngf=4 \(the run's: 8\)"):
         train_gan(_with(config, max_steps=4, ngf=4), damsm, run, resume=True, progress=False)
-    with pytest.raises(CheckpointError, match="has trained 2 steps, more than this config's 1 "
-                                              r"\(gan.epochs=.*raise them to at least 2 steps"):
+    with pytest.raises(
+        CheckpointError,
+        match="has trained 2 steps, more than this config's 1 "
+        r"\(gan.epochs=.*raise them to at least 2 steps",
+    ):
         train_gan(_with(config, max_steps=1), damsm, run, resume=True, progress=False)
     assert (run / "metrics.jsonl").read_text() == before
     # a finished run resumed with its own length is left as it is (what a second demo does)
-    assert train_gan(_with(config, max_steps=2), damsm, run, resume=True,
-                     progress=False)["steps"] == 2
+    assert (
+        train_gan(_with(config, max_steps=2), damsm, run, resume=True, progress=False)["steps"] == 2
+    )
     assert (run / "metrics.jsonl").read_text() == before
     with pytest.raises(CheckpointError, match="holds a DAMSM run"):
         train_gan(_with(config, max_steps=1), damsm, damsm, progress=False)
@@ -277,9 +330,11 @@ def test_run_settings_that_cannot_run_here_fail_before_the_run_writes(tiny, tmp_
     config, damsm = tiny
     for run in (dict(device="mps"), dict(device="meta"), dict(impl="cuda")):
         changed = dataclasses.replace(config, run=dataclasses.replace(config.run, **run))
-        with pytest.raises((ValueError, ImplementationUnavailable),
-                           match="run.device='.*' is not a device this project runs on; use "
-                                 "auto, cpu or cuda|run.impl='cuda' on cpu: .*cannot run here"):
+        with pytest.raises(
+            (ValueError, ImplementationUnavailable),
+            match="run.device='.*' is not a device this project runs on; use "
+            "auto, cpu or cuda|run.impl='cuda' on cpu: .*cannot run here",
+        ):
             train_gan(changed, damsm, tmp_path / "run", progress=False)
         assert not (tmp_path / "run").exists()
 
@@ -306,12 +361,12 @@ def test_gpu_training_steps_never_wait_for_the_gpu(no_gpu_synchronisation):
     trainer, gan_batch = make_trainer(config, cuda), random_batch(config, cpu)
     damsm = DAMSMTrainer(config, VOCAB_SIZE, cuda)
     damsm_batch = random_batch(config, cpu, stage="damsm")
-    watches = DivergenceWatch(), DivergenceWatch()     # as the training loops watch the losses
+    watches = DivergenceWatch(), DivergenceWatch()  # as the training loops watch the losses
 
     def steps():
         watches[0].update(trainer.steps + 1, trainer.step(gan_batch))
         watches[1].update(damsm.steps + 1, damsm.step(damsm_batch))
 
-    steps()                                # compiles the kernels and builds optimizer state
+    steps()  # compiles the kernels and builds optimizer state
     with no_gpu_synchronisation():
         steps()

@@ -2,6 +2,7 @@
 the original's initialisation, gradients, that `impl` reaches the word attention op, that the fused
 kernel (its concat variant) gives the reference's images and gradients, and that training
 without attention maps changes nothing else."""
+
 import pytest
 import torch
 
@@ -25,23 +26,29 @@ def test_shapes_per_stage(branch_num, base_size):
     netG = Generator(GAN, D, branch_num, base_size, impl="reference")
     z, sentence, words, lengths = _inputs()
     images, maps, mu, logvar = netG(z, sentence, words, lengths)
-    assert [tuple(x.shape) for x in images] == [(B, 3, base_size * 2 ** i, base_size * 2 ** i)
-                                                for i in range(branch_num)]
-    assert [tuple(a.shape) for a in maps] == [(B, L, base_size * 2 ** i, base_size * 2 ** i)
-                                              for i in range(branch_num - 1)]
+    assert [tuple(x.shape) for x in images] == [
+        (B, 3, base_size * 2**i, base_size * 2**i) for i in range(branch_num)
+    ]
+    assert [tuple(a.shape) for a in maps] == [
+        (B, L, base_size * 2**i, base_size * 2**i) for i in range(branch_num - 1)
+    ]
     assert mu.shape == logvar.shape == (B, GAN.cond_dim)
     for image in images:
         assert image.abs().max() <= 1.0
     for attn in maps:
         torch.testing.assert_close(attn.sum(dim=1), torch.ones(B, *attn.shape[2:]))
-        padded = torch.arange(L)[None, :] >= lengths[:, None]                      # [B, L]
-        assert attn.permute(0, 2, 3, 1)[padded[:, None, None, :].expand(
-            -1, *attn.shape[2:], -1)].abs().max() == 0
+        padded = torch.arange(L)[None, :] >= lengths[:, None]  # [B, L]
+        assert (
+            attn.permute(0, 2, 3, 1)[padded[:, None, None, :].expand(-1, *attn.shape[2:], -1)]
+            .abs()
+            .max()
+            == 0
+        )
 
 
 def test_first_stage_channels_follow_spec_at_64():
     netG = Generator(GANConfig(ngf=4, z_dim=8, cond_dim=8), D, 1, 64)
-    assert netG.first.channels == 16 * 4                                  # [16ngf, 4, 4]
+    assert netG.first.channels == 16 * 4  # [16ngf, 4, 4]
     assert len(netG.first.up) == 4
 
 
@@ -61,14 +68,15 @@ def test_padded_word_slots_change_nothing():
 def test_each_sample_uses_its_own_mask():
     """Every sample attends alone as it does inside a batch of other lengths (the original's
     mask.repeat defect gave region r of sample b the mask of another sample)."""
-    netG = Generator(GAN, D, 2, 16, impl="reference").eval()     # eval: BN per sample
-    netG.ca.forward = lambda s: (s[:, :GAN.cond_dim],) * 3        # no noise: comparable runs
+    netG = Generator(GAN, D, 2, 16, impl="reference").eval()  # eval: BN per sample
+    netG.ca.forward = lambda s: (s[:, : GAN.cond_dim],) * 3  # no noise: comparable runs
     z, sentence, words, lengths = _inputs()
     _, batch_maps, _, _ = netG(z, sentence, words, lengths)
     for b in range(B):
-        _, alone, _, _ = netG(z[b:b + 1], sentence[b:b + 1], words[b:b + 1, :, :lengths[b]],
-                              lengths[b:b + 1])
-        torch.testing.assert_close(batch_maps[0][b:b + 1, :lengths[b]], alone[0])
+        _, alone, _, _ = netG(
+            z[b : b + 1], sentence[b : b + 1], words[b : b + 1, :, : lengths[b]], lengths[b : b + 1]
+        )
+        torch.testing.assert_close(batch_maps[0][b : b + 1, : lengths[b]], alone[0])
 
 
 def test_conditioning_augmentation_samples_around_mu():
@@ -76,24 +84,30 @@ def test_conditioning_augmentation_samples_around_mu():
     sentence = torch.randn(3, D)
     c1, mu, logvar = ca(sentence)
     c2, _, _ = ca(sentence)
-    assert not torch.equal(c1, c2)                                        # fresh eps each call
+    assert not torch.equal(c1, c2)  # fresh eps each call
     with torch.no_grad():
         ca.fc.weight.zero_()
-        ca.fc.bias.copy_(torch.cat([torch.full((10,), 2.0), torch.full((10,), -50.0),
-                                    torch.full((20,), 50.0)]))
-    c, mu, logvar = ca(sentence)                                          # GLU: a * sigmoid(b)
+        ca.fc.bias.copy_(
+            torch.cat([torch.full((10,), 2.0), torch.full((10,), -50.0), torch.full((20,), 50.0)])
+        )
+    c, mu, logvar = ca(sentence)  # GLU: a * sigmoid(b)
     torch.testing.assert_close(mu, torch.full((3, 10), 2.0))
-    torch.testing.assert_close(c, mu, atol=1e-6, rtol=0)                 # exp(-25) noise
+    torch.testing.assert_close(c, mu, atol=1e-6, rtol=0)  # exp(-25) noise
 
 
 def test_init_follows_spec():
     torch.manual_seed(0)
     netG = Generator(GANConfig(ngf=16), D, 2, 16)
-    bn_weights = torch.cat([m.weight.detach() for m in netG.modules()
-                            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))])
+    bn_weights = torch.cat(
+        [
+            m.weight.detach()
+            for m in netG.modules()
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))
+        ]
+    )
     assert abs(bn_weights.mean().item() - 1.0) < 0.01
     assert 0.01 < bn_weights.std().item() < 0.03
-    conv = netG.stages[0].up[1].weight.detach().flatten(1)               # [out, in·9], out < in·9
+    conv = netG.stages[0].up[1].weight.detach().flatten(1)  # [out, in·9], out < in·9
     torch.testing.assert_close(conv @ conv.T, torch.eye(conv.shape[0]), atol=1e-4, rtol=0)
     assert torch.count_nonzero(netG.ca.fc.bias) == 0
 
@@ -117,7 +131,7 @@ def test_impl_is_passed_to_word_attention(monkeypatch):
         return real(*args, impl="reference", return_attn=return_attn, concat=concat)
 
     monkeypatch.setattr(generator_module, "word_attention", recording)
-    monkeypatch.setenv("ATTNGAN_IMPL", "cpp")           # a module never reads the environment
+    monkeypatch.setenv("ATTNGAN_IMPL", "cpp")  # a module never reads the environment
     netG = Generator(GAN, D, 3, 16, impl="reference")
     netG(*_inputs())
     assert seen == ["reference", "reference"]
@@ -134,7 +148,7 @@ def test_fused_kernel_gives_the_reference_images_and_gradients():
     torch.manual_seed(0)
     netG = Generator(GAN, D, 3, 16, impl="reference").double()
     inputs = [t.double() if t.is_floating_point() else t for t in _inputs()]
-    torch.manual_seed(1)                          # same conditioning-augmentation noise
+    torch.manual_seed(1)  # same conditioning-augmentation noise
     expected = _images_and_grads(netG, inputs)
     for stage in netG.stages:
         stage.impl = "cpp"

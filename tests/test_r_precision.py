@@ -1,4 +1,5 @@
 """R-precision: the protocol on constructed scores where the answer is known."""
+
 import pytest
 import torch
 
@@ -51,10 +52,13 @@ def test_too_few_mismatches_is_a_clear_error():
 def test_protocol_checked_before_the_scores_exist():
     """What training and evaluation check before their work: the largest class bounds the
     mismatched captions of its images; the message names the setting to change."""
-    class_ids = torch.tensor([0] * 30 + [1] * 10 + [2] * 10)          # 20 others for class 0
+    class_ids = torch.tensor([0] * 30 + [1] * 10 + [2] * 10)  # 20 others for class 0
     check_protocol(class_ids, candidates=21, folds=50)
-    with pytest.raises(ValueError, match=r"damsm.eval_candidates=22 needs 21 mismatched .* only "
-                                         r"20 .* lower damsm.eval_candidates to at most 21"):
+    with pytest.raises(
+        ValueError,
+        match=r"damsm.eval_candidates=22 needs 21 mismatched .* only "
+        r"20 .* lower damsm.eval_candidates to at most 21",
+    ):
         check_protocol(class_ids, 22, 5, candidates_name="damsm.eval_candidates")
     with pytest.raises(ValueError, match=r"damsm.eval_folds=0 needs between 1 and 50 folds"):
         check_protocol(class_ids, 2, 0, folds_name="damsm.eval_folds")
@@ -77,17 +81,22 @@ def test_blocks_of_images_give_the_whole_matrix_result(monkeypatch, rows):
     """Scored a block of images at a time (no [N, N] matrix at the paper's 30,000), with the
     same draws as on the whole matrix, whatever the block size."""
     from attngan.metrics import r_precision as module
+
     monkeypatch.setattr(module, "ROWS", rows)
     n, generator = 300, torch.Generator().manual_seed(3)
     images = torch.randn(n, 8, generator=generator)
-    captions = images + 1.5 * torch.randn(n, 8, generator=generator)   # hits sometimes
+    captions = images + 1.5 * torch.randn(n, 8, generator=generator)  # hits sometimes
     class_ids = torch.arange(n) // 3
-    scores = torch.nn.functional.normalize(images, dim=1) @ \
-        torch.nn.functional.normalize(captions, dim=1).T
+    scores = (
+        torch.nn.functional.normalize(images, dim=1)
+        @ torch.nn.functional.normalize(captions, dim=1).T
+    )
     expected = _naive(scores, class_ids, 20, 6, seed=5)
     assert 0.1 < sum(expected) / 6 < 0.9
-    for result in (r_precision(images, captions, class_ids, candidates=20, folds=6, seed=5),
-                   r_precision_from_scores(scores, class_ids, candidates=20, folds=6, seed=5)):
+    for result in (
+        r_precision(images, captions, class_ids, candidates=20, folds=6, seed=5),
+        r_precision_from_scores(scores, class_ids, candidates=20, folds=6, seed=5),
+    ):
         assert result["folds"] == pytest.approx(expected, abs=1e-6)
         assert result["n"] == n and result["num_folds"] == 6 and result["seed"] == 5
 
@@ -97,7 +106,7 @@ def test_folds_are_random_subsets_of_the_images():
     evaluation orders images caption slot by caption slot) must not become folds."""
     n = 400
     scores = torch.eye(n) + 0.01 * torch.rand(n, n)
-    scores[n // 2:] -= 2 * torch.eye(n)[n // 2:]          # first half always hit, second never
+    scores[n // 2 :] -= 2 * torch.eye(n)[n // 2 :]  # first half always hit, second never
     result = r_precision_from_scores(scores, candidates=10, folds=2)
     assert result["mean"] == pytest.approx(0.5)
-    assert result["std"] < 0.1                            # consecutive folds: 1.0 and 0.0
+    assert result["std"] < 0.1  # consecutive folds: 1.0 and 0.0

@@ -1,4 +1,5 @@
 """The analytic shapes checker: caption parsing, true renders near 1.0, shuffled far lower."""
+
 import random
 
 import numpy as np
@@ -7,11 +8,26 @@ import torch
 
 from attngan.data.errors import DataError
 from attngan.data.synthetic import PALETTE, SHAPES, SceneObject, _captions, _scene, render_scene
-from attngan.metrics.shapes_checker import (ObjectSpec, check_against_shuffled, check_images,
-                                            parse_caption, shuffled)
+from attngan.metrics.shapes_checker import (
+    ObjectSpec,
+    check_against_shuffled,
+    check_images,
+    parse_caption,
+    shuffled,
+)
 
-ATTRIBUTES = ("color", "position", "size", "shape", "all", "image_all", "color_precision",
-              "fg_position", "fg_size", "fg_shape")
+ATTRIBUTES = (
+    "color",
+    "position",
+    "size",
+    "shape",
+    "all",
+    "image_all",
+    "color_precision",
+    "fg_position",
+    "fg_size",
+    "fg_shape",
+)
 
 
 def to_tensor(image) -> torch.Tensor:
@@ -31,16 +47,22 @@ def renders(canvas: int, count: int, max_objects: int, seed: int = 0):
 
 def test_parse_caption():
     assert parse_caption("there is a tiny purple square on the top") == [
-        ObjectSpec("purple", "square", "small", (0, 1))]
-    assert parse_caption("the image shows one huge purple circle on the top right and a big "
-                         "red triangle in the middle") == [
+        ObjectSpec("purple", "square", "small", (0, 1))
+    ]
+    assert parse_caption(
+        "the image shows one huge purple circle on the top right and a big "
+        "red triangle in the middle"
+    ) == [
         ObjectSpec("purple", "circle", "large", (0, 2)),
-        ObjectSpec("red", "triangle", "large", (1, 1))]
+        ObjectSpec("red", "triangle", "large", (1, 1)),
+    ]
     assert parse_caption("A little WHITE circle at the bottom left.") == [
-        ObjectSpec("white", "circle", "small", (2, 0))]
+        ObjectSpec("white", "circle", "small", (2, 0))
+    ]
     assert parse_caption("a green square") == [ObjectSpec("green", "square", None, None)]
     assert parse_caption("a big yellow circle in the left") == [
-        ObjectSpec("yellow", "circle", "large", (1, 0))]
+        ObjectSpec("yellow", "circle", "large", (1, 0))
+    ]
     assert parse_caption("there is nothing and the image shows") == []
 
 
@@ -62,11 +84,13 @@ def test_each_wrong_attribute_is_caught():
     image = to_tensor(render_scene([obj], 64))[None]
     right = check_images(image, ["a small blue square at the top left"])
     assert right["all"] == 1.0
-    for caption, wrong in [("a small red square at the top left", "color"),
-                           ("a small blue square at the bottom", "position"),
-                           ("a big blue square at the top left", "size"),
-                           ("a small blue circle at the top left", "shape"),
-                           ("a small blue triangle at the top left", "shape")]:
+    for caption, wrong in [
+        ("a small red square at the top left", "color"),
+        ("a small blue square at the bottom", "position"),
+        ("a big blue square at the top left", "size"),
+        ("a small blue circle at the top left", "shape"),
+        ("a small blue triangle at the top left", "shape"),
+    ]:
         result = check_images(image, [caption])
         assert result[wrong] == 0.0 and result["all"] == 0.0, caption
         others = [result[name] for name in ("color", "position", "size", "shape") if name != wrong]
@@ -86,15 +110,16 @@ def test_caption_without_a_color_is_scored_by_what_it_names():
     assert parse_caption("a small square") == [ObjectSpec(None, "square", "small", None)]
     result = check_images(image, ["a small square"])
     assert result["size"] == result["shape"] == result["all"] == 0.0
-    assert result["color"] != result["color"]                 # NaN: no colour named anywhere
-    assert result["fg_size"] == result["fg_shape"] == 1.0     # the colour-blind scores read it
+    assert result["color"] != result["color"]  # NaN: no colour named anywhere
+    assert result["fg_size"] == result["fg_shape"] == 1.0  # the colour-blind scores read it
 
 
 def test_color_precision_punishes_painting_every_color():
     stripes = torch.zeros(1, 3, 60, 60)
     for index, color in enumerate(PALETTE.values()):
-        stripes[0, :, :, index * 10:(index + 1) * 10] = (
-            torch.tensor(color, dtype=torch.float32) / 127.5 - 1).view(3, 1, 1)
+        stripes[0, :, :, index * 10 : (index + 1) * 10] = (
+            torch.tensor(color, dtype=torch.float32) / 127.5 - 1
+        ).view(3, 1, 1)
     result = check_images(stripes, ["a big red square in the center"])
     assert result["color"] == 1.0 and result["color_precision"] == pytest.approx(1 / 6, abs=0.02)
     black = check_images(-torch.ones(1, 3, 32, 32), ["a big red square in the center"])

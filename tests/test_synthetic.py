@@ -1,4 +1,5 @@
 """The synthetic shapes generator: layout, captions, held-out pairs, determinism, errors."""
+
 import json
 import os
 import pickle
@@ -15,9 +16,15 @@ from attngan.data import DataError, build_dataset, make_synthetic, tokenize
 from attngan.data.synthetic import CAPTIONS_PER_IMAGE, MAX_TOKENS, PALETTE, SHAPES
 from attngan.metrics.shapes_checker import parse_caption
 
-CFG = SyntheticConfig(num_train=60, num_test=30, canvas=32, max_objects=2,
-                      colors=("red", "green", "blue", "yellow"),
-                      held_out=("green triangle", "blue circle"), seed=3)
+CFG = SyntheticConfig(
+    num_train=60,
+    num_test=30,
+    canvas=32,
+    max_objects=2,
+    colors=("red", "green", "blue", "yellow"),
+    held_out=("green triangle", "blue circle"),
+    seed=3,
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +33,9 @@ def shapes(tmp_path_factory) -> Path:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def _load(path: Path):
@@ -67,8 +75,11 @@ def test_scenes_captions_and_classes_agree(shapes):
     for key, scene in meta["images"].items():
         objects = scene["objects"]
         counts.add(len(objects))
-        assert len({o["color"] for o in objects}) == len({tuple(o["cell"]) for o in objects}) \
+        assert (
+            len({o["color"] for o in objects})
+            == len({tuple(o["cell"]) for o in objects})
             == len(objects)
+        )
         first = objects[0]
         assert key.split("/")[0].endswith(f"{first['color']}_{first['shape']}")
         for o in objects:
@@ -108,8 +119,11 @@ def test_regenerating_replaces_an_earlier_set_with_force_and_refuses_other_folde
     small = SyntheticConfig(num_train=4, num_test=2, canvas=16, seed=1)
     root = make_synthetic(tmp_path / "set", small)
     before = _files(root)
-    with pytest.raises(DataError, match="already holds a synthetic shapes set; runs trained on "
-                                        "it refuse another one, so it is kept: pass --force"):
+    with pytest.raises(
+        DataError,
+        match="already holds a synthetic shapes set; runs trained on "
+        "it refuse another one, so it is kept: pass --force",
+    ):
         make_synthetic(root, SyntheticConfig(num_train=3, num_test=2, canvas=16, seed=2))
     assert _files(root) == before
     make_synthetic(root, SyntheticConfig(num_train=3, num_test=2, canvas=16, seed=2), force=True)
@@ -124,15 +138,16 @@ def test_regenerating_replaces_an_earlier_set_with_force_and_refuses_other_folde
     assert (foreign / "notes.txt").read_text() == "keep me"
     (root / "notes.txt").write_text("keep me too")
     (root / "runs").mkdir()
-    with pytest.raises(DataError, match="also notes.txt, runs, which replacing the set would "
-                                        "delete; move them out"):
+    with pytest.raises(
+        DataError, match="also notes.txt, runs, which replacing the set would delete; move them out"
+    ):
         make_synthetic(root, small, force=True)
     assert (root / "notes.txt").read_text() == "keep me too" and (root / "runs").is_dir()
     assert len(_load(root / "train" / "filenames.pickle")) == 3
 
 
 def test_a_set_left_half_written_by_a_killed_run_is_removed(tmp_path):
-    (tmp_path / ".set.tmp-999999999-abc123" / "text").mkdir(parents=True)   # a dead pid
+    (tmp_path / ".set.tmp-999999999-abc123" / "text").mkdir(parents=True)  # a dead pid
     make_synthetic(tmp_path / "set", SyntheticConfig(num_train=3, num_test=2, canvas=16))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
 
@@ -142,8 +157,9 @@ def test_the_set_has_the_umasks_permissions(tmp_path):
     readable by its group), not the owner-only ones of the temporary folder it is written in."""
     old = os.umask(0o022)
     try:
-        root = make_synthetic(tmp_path / "set", SyntheticConfig(num_train=3, num_test=2,
-                                                                canvas=16, seed=1))
+        root = make_synthetic(
+            tmp_path / "set", SyntheticConfig(num_train=3, num_test=2, canvas=16, seed=1)
+        )
     finally:
         os.umask(old)
     assert stat.S_IMODE(root.stat().st_mode) == 0o755
@@ -151,17 +167,22 @@ def test_the_set_has_the_umasks_permissions(tmp_path):
         assert stat.S_IMODE((root / name).stat().st_mode) == 0o644, name
 
 
-@pytest.mark.parametrize("changes, match", [
-    (dict(colors=("red", "pink")), "colors must be distinct names"),
-    (dict(colors=("red", "red")), "colors must be distinct names"),
-    (dict(held_out=("red hexagon",)), "held_out entry 'red hexagon'"),
-    (dict(held_out=("purple circle",)), "held_out entry 'purple circle'"),
-    (dict(max_objects=3), "max_objects must be 1 or 2"),
-    (dict(num_test=1), "num_test"),
-    (dict(canvas=8), "canvas"),
-    (dict(colors=("red",), held_out=("red circle", "red square", "red triangle")),
-     "removes every"),
-])
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(colors=("red", "pink")), "colors must be distinct names"),
+        (dict(colors=("red", "red")), "colors must be distinct names"),
+        (dict(held_out=("red hexagon",)), "held_out entry 'red hexagon'"),
+        (dict(held_out=("purple circle",)), "held_out entry 'purple circle'"),
+        (dict(max_objects=3), "max_objects must be 1 or 2"),
+        (dict(num_test=1), "num_test"),
+        (dict(canvas=8), "canvas"),
+        (
+            dict(colors=("red",), held_out=("red circle", "red square", "red triangle")),
+            "removes every",
+        ),
+    ],
+)
 def test_bad_configs_raise(tmp_path, changes, match):
     fields = dict(num_train=4, num_test=2, canvas=16, held_out=("red circle", "blue square"))
     with pytest.raises(DataError, match=match):
@@ -170,8 +191,15 @@ def test_bad_configs_raise(tmp_path, changes, match):
 
 
 def test_the_cub_reader_reads_it(shapes):
-    config = DataConfig(dataset="shapes", root=str(shapes), base_size=16, branch_num=2,
-                        bbox_crop=True, random_crop=False, random_flip=False)
+    config = DataConfig(
+        dataset="shapes",
+        root=str(shapes),
+        base_size=16,
+        branch_num=2,
+        bbox_crop=True,
+        random_crop=False,
+        random_flip=False,
+    )
     train = build_dataset(config, "train", augment=False)
     assert len(train) == CFG.num_train and train.captions_per_image == CAPTIONS_PER_IMAGE
     words = set(train.vocab.ixtoword)

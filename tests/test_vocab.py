@@ -1,4 +1,5 @@
 """Tokenizer and vocabulary (docs/DESIGN.md, "Data"): tokens, padding index, errors, fingerprint."""
+
 import subprocess
 import sys
 
@@ -9,8 +10,14 @@ from attngan.data.vocab import PAD, Vocabulary, tokenize
 
 
 def test_tokenize_lowercases_splits_on_word_runs_and_drops_non_ascii():
-    assert tokenize("A small, RED bird -- with_a beak!") == ["a", "small", "red", "bird", "with_a",
-                                                              "beak"]
+    assert tokenize("A small, RED bird -- with_a beak!") == [
+        "a",
+        "small",
+        "red",
+        "bird",
+        "with_a",
+        "beak",
+    ]
     assert tokenize("Café naïve 2 birds") == ["caf", "nave", "2", "birds"]
     assert tokenize("the bird\ufffd\ufffds wing") == ["the", "bird", "s", "wing"]
     assert tokenize("日本 ...") == []
@@ -83,10 +90,14 @@ def test_from_maps_accepts_the_original_dicts_and_lists():
 def test_fingerprint_is_stable_across_processes_and_tracks_order():
     words = [PAD, "a", "bird", "red"]
     vocab = Vocabulary(words)
-    code = ("from attngan.data.vocab import Vocabulary; "
-            f"print(Vocabulary({words!r}).fingerprint())")
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           check=True, env={"PYTHONHASHSEED": "123"}).stdout.strip()
+    code = f"from attngan.data.vocab import Vocabulary; print(Vocabulary({words!r}).fingerprint())"
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123"},
+    ).stdout.strip()
     assert other == vocab.fingerprint()
     assert len(other) == 16
     assert Vocabulary([PAD, "a", "red", "bird"]).fingerprint() != vocab.fingerprint()

@@ -1,17 +1,18 @@
 """The public word attention (attngan.ops.word_attention): dispatch, input validation (one clear
 error per problem, TypeError for types and dtypes, ValueError for shapes, devices and values),
 and the precision policy (autocast, integer lengths)."""
+
 import importlib
 
 import pytest
 import torch
+from helpers import device_for, relative_error, require, triton_device, word_attention_inputs
 
 from attngan import backend
 from attngan.backend import ImplementationUnavailable
 from attngan.ops._library import word_attention_ops
 from attngan.ops.reference import word_attention_reference
 from attngan.ops.word_attention import word_attention
-from helpers import device_for, relative_error, require, triton_device, word_attention_inputs
 
 OP = "word_attention"
 
@@ -49,6 +50,7 @@ def test_each_backends_limits_steer_dispatch():
     device = triton_device()
     require(OP, "triton", device)
     from attngan.kernels.word_attention import MAX_CHANNELS, MAX_WORDS
+
     wide = MAX_CHANNELS + 1
     q, w = torch.randn(1, wide, 2, 2, device=device), torch.randn(1, wide, 3, device=device)
     n = torch.tensor([3], device=device)
@@ -60,9 +62,10 @@ def test_each_backends_limits_steer_dispatch():
     with pytest.raises(ImplementationUnavailable, match=f"L = {MAX_WORDS + 6}"):
         word_attention(q.to(device), w.to(device), n, impl="triton")
     # the C++ kernel has no size limit, and takes C = 300 / L = 70 under auto
-    torch.testing.assert_close(word_attention(q, w, torch.tensor([3])),
-                               word_attention_reference(q, w, torch.tensor([3])))
-    if backend.compiled_extension() is not None:    # the CUDA kernel's tile rule, from C++
+    torch.testing.assert_close(
+        word_attention(q, w, torch.tensor([3])), word_attention_reference(q, w, torch.tensor([3]))
+    )
+    if backend.compiled_extension() is not None:  # the CUDA kernel's tile rule, from C++
         wa = importlib.import_module("attngan.ops.word_attention")
         assert wa._unsupported("cuda", 32, 18, torch.float32, "cuda") is None
         assert "C x L" in wa._unsupported("cuda", 128, 40, torch.float32, "cuda")
@@ -82,11 +85,11 @@ def test_dispatch(monkeypatch):
     monkeypatch.setattr(wa_module, "word_attention_ops", Spy())
     monkeypatch.delenv("ATTNGAN_IMPL", raising=False)
     word_attention(q, w, n)
-    assert called == ["cpp"]                                 # auto on CPU: the C++ kernel
+    assert called == ["cpp"]  # auto on CPU: the C++ kernel
     monkeypatch.setenv("ATTNGAN_IMPL", "reference")
     word_attention(q, w, n)
-    assert called == ["cpp"]                                 # the environment picked the reference
-    word_attention(q, w, n, impl="cpp")                      # the argument beats the environment
+    assert called == ["cpp"]  # the environment picked the reference
+    word_attention(q, w, n, impl="cpp")  # the argument beats the environment
     assert called == ["cpp", "cpp"]
     with pytest.raises(ImplementationUnavailable, match="cuda"):
         word_attention(q, w, n, impl="cuda")
@@ -115,8 +118,9 @@ def test_the_triton_interpreter_refuses_bfloat16():
 def test_autocast_runs_in_the_autocast_dtype(impl):
     if impl != "reference":
         require(OP, impl)
-    query, words, lengths = word_attention_inputs(2, 8, 6, 4, 4, lengths=[6, 3],
-                                                  dtype=torch.float32)
+    query, words, lengths = word_attention_inputs(
+        2, 8, 6, 4, 4, lengths=[6, 3], dtype=torch.float32
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         context, attn = word_attention(query, words, lengths, impl=impl, return_attn=True)
     assert context.dtype == attn.dtype == torch.bfloat16
@@ -129,8 +133,9 @@ def test_integer_lengths_of_any_width_are_equal(impl):
     """Any integer lengths give what int64 ones give (the ops convert where a kernel needs
     int64)."""
     device = require(OP, impl) if impl != "reference" else device_for(impl)
-    query, words, lengths = word_attention_inputs(3, 5, 5, 4, 5, lengths=[5, 2, 1],
-                                                  dtype=torch.float32, device=device)
+    query, words, lengths = word_attention_inputs(
+        3, 5, 5, 4, 5, lengths=[5, 2, 1], dtype=torch.float32, device=device
+    )
     query.requires_grad_()
     words.requires_grad_()
     grad_out = torch.randn(3, 5, 4, 5, device=device)
@@ -139,7 +144,7 @@ def test_integer_lengths_of_any_width_are_equal(impl):
         out = word_attention(query, words, lengths.to(dtype), impl=impl)
         results.append((out, *torch.autograd.grad(out, (query, words), grad_out)))
     for other in results[1:]:
-        for want, got in zip(results[0], other):    # (on a GPU, atomic sums add in any order)
+        for want, got in zip(results[0], other):  # (on a GPU, atomic sums add in any order)
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -147,7 +152,10 @@ def test_integer_lengths_of_any_width_are_equal(impl):
 def test_gpu_auto_dispatch():
     """Auto on CUDA tensors measures its choice (tests/test_autotune.py); asked without a call's
     key it takes the reference, and whatever it measured gives the reference's result."""
-    q, w, n = torch.randn(2, 4, 3, 3, device="cuda"), torch.randn(2, 4, 5, device="cuda"), \
-        torch.tensor([5, 2], device="cuda")
+    q, w, n = (
+        torch.randn(2, 4, 3, 3, device="cuda"),
+        torch.randn(2, 4, 5, device="cuda"),
+        torch.tensor([5, 2], device="cuda"),
+    )
     assert backend.choose(OP, q.device) == "reference"
     torch.testing.assert_close(word_attention(q, w, n), word_attention_reference(q, w, n))

@@ -7,15 +7,23 @@ CUB and COCO sizes under the `gpu` marker. Context, map and both gradients by th
 pass); the map's softmax, padded slots, gradcheck, opcheck, torch.compile(fullgraph=True), a
 gradient through one output only, and the launchers' and kernels' own preconditions.
 """
+
 import pytest
 import torch
+from helpers import (
+    WORD_ATTENTION_SHAPES,
+    assert_cpu_lengths_cost_no_synchronisation,
+    assert_within_tolerance,
+    device_for,
+    relative_error,
+    require,
+    triton_device,
+    word_attention_inputs,
+)
 
 from attngan.ops._library import word_attention_ops
 from attngan.ops.reference import word_attention_reference
 from attngan.ops.word_attention import word_attention
-from helpers import (WORD_ATTENTION_SHAPES, assert_cpu_lengths_cost_no_synchronisation,
-                     assert_within_tolerance, device_for, relative_error, require,
-                     triton_device, word_attention_inputs)
 
 OP = "word_attention"
 FUSED = ["cpp", "triton"]
@@ -43,24 +51,32 @@ def _run(impl, query, words, lengths, grad_out, grad_attn, concat=False):
 def _output_grads(query, num_words, concat=False):
     """Random float64 gradients of out (`[B, 2C, H, W]` with concat) and of attn."""
     batch, channels, height, width = query.shape
-    grad_out = torch.randn(batch, 2 * channels if concat else channels, height, width,
-                           dtype=torch.float64, device=query.device)
-    grad_attn = torch.randn(batch, num_words, height, width, dtype=torch.float64,
-                            device=query.device)
+    grad_out = torch.randn(
+        batch,
+        2 * channels if concat else channels,
+        height,
+        width,
+        dtype=torch.float64,
+        device=query.device,
+    )
+    grad_attn = torch.randn(
+        batch, num_words, height, width, dtype=torch.float64, device=query.device
+    )
     return grad_out, grad_attn
 
 
 @pytest.mark.parametrize("impl", ["reference", *FUSED])
 def test_attention_map_is_a_masked_softmax(impl):
     device = require(OP, impl) if impl != "reference" else device_for(impl)
-    query, words, lengths = word_attention_inputs(3, 8, 9, 5, 6, lengths=[9, 4, 1],
-                                                  dtype=torch.float32, device=device)
+    query, words, lengths = word_attention_inputs(
+        3, 8, 9, 5, 6, lengths=[9, 4, 1], dtype=torch.float32, device=device
+    )
     _, attn = word_attention(query, words, lengths, impl=impl, return_attn=True)
     assert attn.shape == (3, 9, 5, 6)
     torch.testing.assert_close(attn.sum(dim=1), torch.ones(3, 5, 6, device=device))
-    padded = torch.arange(9, device=device)[None, :] >= lengths[:, None]      # [B, L]
+    padded = torch.arange(9, device=device)[None, :] >= lengths[:, None]  # [B, L]
     assert attn.permute(0, 2, 3, 1)[padded[:, None, None, :].expand(-1, 5, 6, -1)].abs().max() == 0
-    assert (attn[2, 0] == 1).all()                                          # one word: all weight
+    assert (attn[2, 0] == 1).all()  # one word: all weight
 
 
 @pytest.mark.parametrize("impl", FUSED)
@@ -76,12 +92,14 @@ def test_fp32_matches_fp64_reference(impl, shape):
         assert_within_tolerance(f"{impl} {name}", value, expected)
 
 
-@pytest.mark.parametrize("impl,dtype", [("cpp", torch.float16), ("cpp", torch.bfloat16),
-                                        ("triton", torch.float16)])
+@pytest.mark.parametrize(
+    "impl,dtype", [("cpp", torch.float16), ("cpp", torch.bfloat16), ("triton", torch.float16)]
+)
 def test_low_precision_flash_attention_rule(impl, dtype):
     device = require(OP, impl)
-    query, words, lengths = word_attention_inputs(3, 16, 18, 9, 7, lengths=[18, 11, 4],
-                                                  device=device)
+    query, words, lengths = word_attention_inputs(
+        3, 16, 18, 9, 7, lengths=[18, 11, 4], device=device
+    )
     grads = _output_grads(query, 18)
     truth = _run("reference", query, words, lengths, *grads)
     baseline = _run("reference", query.to(dtype), words.to(dtype), lengths, *grads)
@@ -95,8 +113,9 @@ def test_low_precision_flash_attention_rule(impl, dtype):
 def test_padded_word_slots_change_nothing(impl):
     """NaN or garbage after each caption's length: same outputs, same gradients, zero there."""
     device = require(OP, impl) if impl != "reference" else device_for(impl)
-    query, words, lengths = word_attention_inputs(3, 8, 7, 4, 5, lengths=[7, 3, 1],
-                                                  dtype=torch.float32, device=device)
+    query, words, lengths = word_attention_inputs(
+        3, 8, 7, 4, 5, lengths=[7, 3, 1], dtype=torch.float32, device=device
+    )
     padded = (torch.arange(7, device=device)[None, :] >= lengths[:, None])[:, None, :]
     padded = padded.expand_as(words)
     grads = _output_grads(query, 7)
@@ -104,7 +123,7 @@ def test_padded_word_slots_change_nothing(impl):
     for junk in (float("nan"), 1e4):
         dirty = _run(impl, query, words.masked_fill(padded, junk), lengths, *grads)
         for a, b in zip(clean, dirty):
-            if query.is_cuda:   # GPU atomics add in any order
+            if query.is_cuda:  # GPU atomics add in any order
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
             else:
                 assert torch.equal(a, b)
@@ -135,9 +154,11 @@ def test_cpp_gradcheck_fp64(concat):
     words.requires_grad_()
     assert torch.autograd.gradcheck(
         lambda q, w: word_attention(q, w, lengths, impl="cpp", return_attn=True, concat=concat),
-        (query, words))
-    assert torch.autograd.gradcheck(lambda q, w: word_attention(q, w, lengths, impl="cpp",
-                                                                concat=concat), (query, words))
+        (query, words),
+    )
+    assert torch.autograd.gradcheck(
+        lambda q, w: word_attention(q, w, lengths, impl="cpp", concat=concat), (query, words)
+    )
 
 
 @pytest.mark.parametrize("impl", FUSED)
@@ -145,10 +166,13 @@ def test_cpp_gradcheck_fp64(concat):
 def test_opcheck(impl, return_attn, concat):
     device = require(OP, impl)
     dtype = torch.float64 if impl == "cpp" else torch.float32
-    query, words, lengths = word_attention_inputs(2, 4, 5, 3, 4, lengths=[5, 2], dtype=dtype,
-                                                  device=device)
-    torch.library.opcheck(word_attention_ops[impl], (query.requires_grad_(), words.requires_grad_(),
-                                                    lengths, return_attn, concat))
+    query, words, lengths = word_attention_inputs(
+        2, 4, 5, 3, 4, lengths=[5, 2], dtype=dtype, device=device
+    )
+    torch.library.opcheck(
+        word_attention_ops[impl],
+        (query.requires_grad_(), words.requires_grad_(), lengths, return_attn, concat),
+    )
 
 
 @pytest.mark.parametrize("impl", ["reference", *FUSED])
@@ -163,17 +187,18 @@ def test_concat_is_query_then_context(impl, dtype, shape):
     grad_out, grad_attn = _output_grads(query, shape[2], concat=True)
     truth = _run("reference", query, words, lengths, grad_out[:, channels:], grad_attn)
     truth = (truth[0], truth[1], truth[2] + grad_out[:, :channels], truth[3])
-    plain = _run(impl, query.to(dtype), words.to(dtype), lengths, grad_out[:, channels:],
-                 grad_attn)
-    out, attn, grad_query, grad_words = _run(impl, query.to(dtype), words.to(dtype), lengths,
-                                             grad_out, grad_attn, concat=True)
+    plain = _run(impl, query.to(dtype), words.to(dtype), lengths, grad_out[:, channels:], grad_attn)
+    out, attn, grad_query, grad_words = _run(
+        impl, query.to(dtype), words.to(dtype), lengths, grad_out, grad_attn, concat=True
+    )
     assert out.shape == (shape[0], 2 * channels, *shape[3:5]) and out.dtype == dtype
     assert torch.equal(out[:, :channels], query.to(dtype))
     # the same kernel computes the context with or without concat
     assert torch.equal(out[:, channels:], plain[0]) and torch.equal(attn, plain[1])
     limit = 2e-5 if dtype == torch.float32 else 5e-3
-    for name, value, expected in zip(NAMES, (out[:, channels:], attn, grad_query, grad_words),
-                                     truth):
+    for name, value, expected in zip(
+        NAMES, (out[:, channels:], attn, grad_query, grad_words), truth
+    ):
         assert value.dtype == dtype, name
         assert_within_tolerance(name, value, expected, limit=limit)
 
@@ -183,20 +208,24 @@ def test_concat_is_query_then_context(impl, dtype, shape):
 def test_torch_compile_fullgraph(impl, concat):
     if impl != "reference":
         require(OP, impl)
-    query, words, lengths = word_attention_inputs(2, 4, 5, 3, 4, lengths=[5, 2],
-                                                  dtype=torch.float32)
+    query, words, lengths = word_attention_inputs(
+        2, 4, 5, 3, 4, lengths=[5, 2], dtype=torch.float32
+    )
     query.requires_grad_()
     compiled = torch.compile(
         lambda q, w, n: word_attention(q, w, n, impl=impl, return_attn=True, concat=concat),
-        fullgraph=True, backend="aot_eager")
+        fullgraph=True,
+        backend="aot_eager",
+    )
     out, attn = compiled(query, words, lengths)
     (out.sum() + attn[:, 0].sum()).backward()
     expected = word_attention_reference(query.detach(), words, lengths, return_attn=True)
-    torch.testing.assert_close(out, torch.cat([query.detach(), expected[0]], 1) if concat
-                               else expected[0])
+    torch.testing.assert_close(
+        out, torch.cat([query.detach(), expected[0]], 1) if concat else expected[0]
+    )
     torch.testing.assert_close(attn, expected[1])
     assert query.grad is not None and torch.isfinite(query.grad).all()
-    if impl != "reference":   # inside a graph the fused op checks the lengths itself
+    if impl != "reference":  # inside a graph the fused op checks the lengths itself
         with pytest.raises((ValueError, RuntimeError), match=r"every length must be in 1\.\.L"):
             compiled(query, words, torch.tensor([5, 0]))
 
@@ -222,9 +251,13 @@ def test_cpp_kernel_checks_its_inputs_itself():
 
 def test_triton_launchers_check_their_preconditions():
     from attngan.kernels.word_attention import MAX_CHANNELS, word_attention_bwd, word_attention_fwd
+
     device = triton_device()
-    q, w, n = (torch.randn(1, 4, 2, 2, device=device), torch.randn(1, 4, 3, device=device),
-               torch.tensor([3], device=device))
+    q, w, n = (
+        torch.randn(1, 4, 2, 2, device=device),
+        torch.randn(1, 4, 3, device=device),
+        torch.tensor([3], device=device),
+    )
     with pytest.raises(ValueError, match="output gradient must be"):
         word_attention_bwd(torch.randn(1, 4, 2, 2, device=device), None, q, w, n, True)
     with pytest.raises(ValueError, match=r"expected query \[B, C, H, W\]"):
@@ -233,8 +266,13 @@ def test_triton_launchers_check_their_preconditions():
         word_attention_fwd(q, w.double(), n, False, False)
     wide = MAX_CHANNELS + 1
     with pytest.raises(ValueError, match=f"the Triton kernel takes C <= {MAX_CHANNELS}"):
-        word_attention_fwd(torch.randn(1, wide, 2, 2, device=device),
-                           torch.randn(1, wide, 3, device=device), n, False, False)
+        word_attention_fwd(
+            torch.randn(1, wide, 2, 2, device=device),
+            torch.randn(1, wide, 3, device=device),
+            n,
+            False,
+            False,
+        )
 
 
 def test_triton_launchers_clamp_lengths():
@@ -242,6 +280,7 @@ def test_triton_launchers_clamp_lengths():
     CUDA graph is captured): the kernels clamp them into [1, L], so no value reaches memory past
     a caption's words."""
     from attngan.kernels.word_attention import word_attention_bwd, word_attention_fwd
+
     device = triton_device()
     query, words, _ = word_attention_inputs(3, 5, 4, 3, 2, dtype=torch.float32, device=device)
     grad_out = torch.randn(3, 10, 3, 2, device=device)
@@ -249,8 +288,10 @@ def test_triton_launchers_clamp_lengths():
 
     def outputs(lengths):
         lengths = torch.tensor(lengths, device=device)
-        return (*word_attention_fwd(query, words, lengths, True, True),
-                *word_attention_bwd(grad_out, grad_attn, query, words, lengths, True))
+        return (
+            *word_attention_fwd(query, words, lengths, True, True),
+            *word_attention_bwd(grad_out, grad_attn, query, words, lengths, True),
+        )
 
     for got, want in zip(outputs([0, 9, 2]), outputs([1, 4, 2])):
         torch.testing.assert_close(got, want)
@@ -264,8 +305,11 @@ CUB_64 = (20, 32, 18, 64, 64)
 @pytest.mark.gpu
 @pytest.mark.parametrize("impl", GPU_IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("size", [CUB_64, (14, 48, 12, 17, 17), (3, 128, 32, 9, 13)],
-                         ids=["cub64", "coco-r289", "c128-l32"])
+@pytest.mark.parametrize(
+    "size",
+    [CUB_64, (14, 48, 12, 17, 17), (3, 128, 32, 9, 13)],
+    ids=["cub64", "coco-r289", "c128-l32"],
+)
 def test_gpu_kernels_match_fp64_reference(impl, dtype, size):
     device = require(OP, impl, "cuda")
     query, words, lengths = word_attention_inputs(*size, device=device)
@@ -275,28 +319,35 @@ def test_gpu_kernels_match_fp64_reference(impl, dtype, size):
     got = _run(impl, query.to(dtype), words.to(dtype), lengths, *grads)
     for name, value, base, expected in zip(NAMES, got, baseline, truth):
         assert value.dtype == dtype, name
-        assert_within_tolerance(f"{impl} {dtype} {name}", value, expected,
-                                None if dtype == torch.float32 else base, FLOORS.get(dtype, 0.0))
+        assert_within_tolerance(
+            f"{impl} {dtype} {name}",
+            value,
+            expected,
+            None if dtype == torch.float32 else base,
+            FLOORS.get(dtype, 0.0),
+        )
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("impl", GPU_IMPLS)
 def test_gpu_masking_and_opcheck(impl):
     device = require(OP, impl, "cuda")
-    query, words, lengths = word_attention_inputs(3, 8, 7, 5, 6, lengths=[7, 3, 1],
-                                                  dtype=torch.float32, device=device)
+    query, words, lengths = word_attention_inputs(
+        3, 8, 7, 5, 6, lengths=[7, 3, 1], dtype=torch.float32, device=device
+    )
     padded = (torch.arange(7, device=device)[None, :] >= lengths[:, None])[:, None, :]
     padded = padded.expand_as(words)
     grads = _output_grads(query, 7)
     clean = _run(impl, query, words, lengths, *grads)
     dirty = _run(impl, query, words.masked_fill(padded, float("nan")), lengths, *grads)
     for a, b in zip(clean, dirty):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)   # GPU atomics: order may differ
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # GPU atomics: order may differ
     assert dirty[3][padded].abs().max() == 0
     for return_attn, concat in ((True, False), (False, True)):
-        torch.library.opcheck(word_attention_ops[impl], (query.requires_grad_(),
-                                                        words.requires_grad_(), lengths,
-                                                        return_attn, concat))
+        torch.library.opcheck(
+            word_attention_ops[impl],
+            (query.requires_grad_(), words.requires_grad_(), lengths, return_attn, concat),
+        )
 
 
 @pytest.mark.gpu
@@ -307,10 +358,10 @@ def test_gpu_concat_is_query_then_context(impl, dtype):
     query, words, lengths = word_attention_inputs(*CUB_64, device=device)
     channels = CUB_64[1]
     grad_out, grad_attn = _output_grads(query, CUB_64[2], concat=True)
-    plain = _run(impl, query.to(dtype), words.to(dtype), lengths, grad_out[:, channels:],
-                 grad_attn)
-    out, attn, grad_query, grad_words = _run(impl, query.to(dtype), words.to(dtype), lengths,
-                                             grad_out, grad_attn, concat=True)
+    plain = _run(impl, query.to(dtype), words.to(dtype), lengths, grad_out[:, channels:], grad_attn)
+    out, attn, grad_query, grad_words = _run(
+        impl, query.to(dtype), words.to(dtype), lengths, grad_out, grad_attn, concat=True
+    )
     assert torch.equal(out[:, :channels], query.to(dtype))
     assert torch.equal(out[:, channels:], plain[0]) and torch.equal(attn, plain[1])
     limit = 2e-5 if dtype == torch.float32 else 8e-3
@@ -325,8 +376,9 @@ def test_gpu_cpu_lengths_need_no_synchronisation(impl, no_gpu_synchronisation):
     and backward never wait for the GPU (torch's sync debug mode raises on any synchronisation),
     the results equal those with the lengths on the GPU, and a bad CPU length still raises."""
     device = require(OP, impl, "cuda")
-    query, words, lengths = word_attention_inputs(3, 8, 7, 5, 6, lengths=[7, 3, 1],
-                                                  dtype=torch.float32)
+    query, words, lengths = word_attention_inputs(
+        3, 8, 7, 5, 6, lengths=[7, 3, 1], dtype=torch.float32
+    )
     query, words = query.to(device).requires_grad_(), words.to(device).requires_grad_()
     grad_out = torch.randn(3, 16, 5, 6, device=device)
 

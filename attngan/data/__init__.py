@@ -11,10 +11,19 @@ path into training.
   on the training device).
 - `errors`: `DataError`, raised for every bad input with the file or word and the fix.
 """
+
 from attngan.data.dataset import TextImageDataset, build_dataset, collate, prepare
 from attngan.data.errors import DataError
 from attngan.data.synthetic import make_synthetic
 from attngan.data.vocab import Vocabulary, tokenize
 
-__all__ = ["DataError", "TextImageDataset", "Vocabulary", "build_dataset", "collate",
-           "make_synthetic", "prepare", "tokenize"]
+__all__ = [
+    "DataError",
+    "TextImageDataset",
+    "Vocabulary",
+    "build_dataset",
+    "collate",
+    "make_synthetic",
+    "prepare",
+    "tokenize",
+]

@@ -29,6 +29,7 @@ cache when `attngan prepare --image-cache` wrote one (`image_cache.py`); without
 in memory up to CACHE_BYTES per data set, so the small synthetic set (2,000 64x64 images:
 25 MB) is read from disk once and DAMSM pretraining on a CPU is not bound by PNG decoding.
 """
+
 from __future__ import annotations
 
 import random
@@ -40,8 +41,10 @@ import torch
 from PIL import Image
 
 from attngan.config import DataConfig
-from attngan.data.coco import prepare_captions as prepare_coco, read_coco
-from attngan.data.cub import crop_window, cub_fix, prepare_captions as prepare_cub, read_cub
+from attngan.data.coco import prepare_captions as prepare_coco
+from attngan.data.coco import read_coco
+from attngan.data.cub import crop_window, cub_fix, read_cub
+from attngan.data.cub import prepare_captions as prepare_cub
 from attngan.data.errors import DataError, unreadable
 from attngan.data.image_cache import ImageCache, open_image_cache
 from attngan.data.records import SplitRecords
@@ -60,8 +63,10 @@ def read_image(path: Path, fix: str) -> Image.Image:
     except (PermissionError, IsADirectoryError) as error:
         raise unreadable(path, error, "image ") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise DataError(f"image {path} cannot be decoded ({type(error).__name__}: {error}); "
-                        f"replace the file with a good copy ({fix})") from None
+        raise DataError(
+            f"image {path} cannot be decoded ({type(error).__name__}: {error}); "
+            f"replace the file with a good copy ({fix})"
+        ) from None
 
 
 def resized_size(width: int, height: int, load_size: int) -> tuple[int, int]:
@@ -93,12 +98,21 @@ class TextImageDataset(torch.utils.data.Dataset):
     load_size, image_cache (the split's ImageCache, or None: images are decoded).
     """
 
-    def __init__(self, records: SplitRecords, data_config: DataConfig, *, augment: bool,
-                 words_num: Optional[int] = None, image_cache: Optional[ImageCache] = None):
+    def __init__(
+        self,
+        records: SplitRecords,
+        data_config: DataConfig,
+        *,
+        augment: bool,
+        words_num: Optional[int] = None,
+        image_cache: Optional[ImageCache] = None,
+    ):
         words_num = data_config.words_num if words_num is None else words_num
         if words_num < 1:
-            raise DataError(f"words per caption must be at least 1, got {words_num} "
-                            f"(data.words_num / data.eval_words_num)")
+            raise DataError(
+                f"words per caption must be at least 1, got {words_num} "
+                f"(data.words_num / data.eval_words_num)"
+            )
         self.records = records
         self.vocab = records.vocab
         self.keys = records.keys
@@ -123,11 +137,12 @@ class TextImageDataset(torch.utils.data.Dataset):
         if keep is not None:
             ids = [ids[i] for i in sorted(keep)]
         caption = torch.zeros(self.words_num, dtype=torch.long)
-        caption[:len(ids)] = torch.tensor(ids, dtype=torch.long)
+        caption[: len(ids)] = torch.tensor(ids, dtype=torch.long)
         return caption, len(ids)
 
-    def caption(self, index: int, draws: Optional[random.Random] = None
-                ) -> tuple[torch.Tensor, int]:
+    def caption(
+        self, index: int, draws: Optional[random.Random] = None
+    ) -> tuple[torch.Tensor, int]:
         """Flat caption `index` (image index // captions_per_image) as (LongTensor[words_num]
         zero-padded, length). A long caption keeps an ordered subset of its words: drawn from
         `draws`, or without it the same subset in every call."""
@@ -135,7 +150,8 @@ class TextImageDataset(torch.utils.data.Dataset):
         keep = None
         if len(ids) > self.words_num:
             keep = (draws if draws is not None else random.Random(index)).sample(
-                range(len(ids)), self.words_num)
+                range(len(ids)), self.words_num
+            )
         return self._pad(ids, keep)
 
     def texts(self, index: int) -> list[str]:
@@ -143,8 +159,9 @@ class TextImageDataset(torch.utils.data.Dataset):
         if self.records.texts is not None:
             return self.records.texts(index)
         base = index * self.captions_per_image
-        return [self.vocab.decode(ids)
-                for ids in self.captions[base:base + self.captions_per_image]]
+        return [
+            self.vocab.decode(ids) for ids in self.captions[base : base + self.captions_per_image]
+        ]
 
     # ---- images -------------------------------------------------------------------------
     def decode(self, index: int) -> np.ndarray:
@@ -155,8 +172,9 @@ class TextImageDataset(torch.utils.data.Dataset):
             image = image.crop(crop_window(image.width, image.height, self.records.boxes[index]))
         short = min(image.width, image.height)
         if short != self.load_size:
-            image = image.resize(resized_size(image.width, image.height, self.load_size),
-                                 Image.BILINEAR)
+            image = image.resize(
+                resized_size(image.width, image.height, self.load_size), Image.BILINEAR
+            )
         return np.asarray(image, dtype=np.uint8)
 
     def loaded(self, index: int) -> np.ndarray:
@@ -184,11 +202,13 @@ class TextImageDataset(torch.utils.data.Dataset):
             y, x = draws.randrange(height - top + 1), draws.randrange(width - top + 1)
         else:
             y, x = (height - top) // 2, (width - top) // 2
-        crop = Image.fromarray(array[y:y + top, x:x + top])
+        crop = Image.fromarray(array[y : y + top, x : x + top])
         if draws is not None and self.random_flip and draws.random() < 0.5:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        levels = [crop if size == top else crop.resize((size, size), Image.BILINEAR)
-                  for size in self.image_sizes]
+        levels = [
+            crop if size == top else crop.resize((size, size), Image.BILINEAR)
+            for size in self.image_sizes
+        ]
         return [torch.from_numpy(np.array(level)).permute(2, 0, 1) for level in levels]
 
     def __getitem__(self, key: int | tuple[int, int, int]) -> dict:
@@ -198,7 +218,7 @@ class TextImageDataset(torch.utils.data.Dataset):
             draws = item_random(seed, epoch, index) if self.augment else None
         else:
             index = key
-            draws = random.Random(int(torch.randint(2 ** 62, ()))) if self.augment else None
+            draws = random.Random(int(torch.randint(2**62, ()))) if self.augment else None
         if not 0 <= index < len(self.keys):
             raise IndexError(f"image index {index} out of range for {len(self.keys)} images")
         if draws is not None:
@@ -206,9 +226,14 @@ class TextImageDataset(torch.utils.data.Dataset):
         else:
             caption_index = index % self.captions_per_image
         caption, length = self.caption(index * self.captions_per_image + caption_index, draws)
-        return dict(images=self.images(index, draws), caption=caption, length=length,
-                    class_id=int(self.class_ids[index]), key=self.keys[index],
-                    caption_index=caption_index)
+        return dict(
+            images=self.images(index, draws),
+            caption=caption,
+            length=length,
+            class_id=int(self.class_ids[index]),
+            key=self.keys[index],
+            caption_index=caption_index,
+        )
 
 
 def _stack(levels: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -237,8 +262,8 @@ def collate(items: list[dict]) -> dict:
         lengths=torch.tensor([item["length"] for item in items], dtype=torch.long),
         class_ids=torch.tensor([item["class_id"] for item in items], dtype=torch.long),
         keys=[item["key"] for item in items],
-        caption_indices=torch.tensor([item["caption_index"] for item in items],
-                                     dtype=torch.long))
+        caption_indices=torch.tensor([item["caption_index"] for item in items], dtype=torch.long),
+    )
 
 
 def synthetic_fix(root: str | Path) -> str:
@@ -253,26 +278,41 @@ def read_split(data_config: DataConfig, split: str) -> SplitRecords:
         return read_coco(root, split, captions_per_image=data_config.captions_per_image)
     if data_config.dataset in ("cub", "shapes"):
         fix = synthetic_fix(root) if data_config.dataset == "shapes" else cub_fix(root)
-        return read_cub(root, split, captions_per_image=data_config.captions_per_image,
-                        bbox_crop=data_config.bbox_crop, fix=fix)
+        return read_cub(
+            root,
+            split,
+            captions_per_image=data_config.captions_per_image,
+            bbox_crop=data_config.bbox_crop,
+            fix=fix,
+        )
     raise DataError(f"data.dataset is {data_config.dataset!r}; use one of {', '.join(DATASETS)}")
 
 
-def build_dataset(data_config: DataConfig, split: str, *, augment: bool,
-                  words_num: Optional[int] = None) -> TextImageDataset:
+def build_dataset(
+    data_config: DataConfig, split: str, *, augment: bool, words_num: Optional[int] = None
+) -> TextImageDataset:
     """The data set of one split ("train" or "test") as data_config describes it, its captions
     cut to `words_num` words (default data.words_num), reading the split's image cache when
     there is one."""
     if split not in ("train", "test"):
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
     records = read_split(data_config, split)
-    return TextImageDataset(records, data_config, augment=augment, words_num=words_num,
-                            image_cache=open_image_cache(data_config, split, records,
-                                                         load_size(data_config)))
+    return TextImageDataset(
+        records,
+        data_config,
+        augment=augment,
+        words_num=words_num,
+        image_cache=open_image_cache(data_config, split, records, load_size(data_config)),
+    )
 
 
-def prepare(root: str | Path, dataset: Optional[str] = None, *,
-            captions_per_image: Optional[int] = None, rebuild: bool = False) -> Path:
+def prepare(
+    root: str | Path,
+    dataset: Optional[str] = None,
+    *,
+    captions_per_image: Optional[int] = None,
+    rebuild: bool = False,
+) -> Path:
     """Make ROOT/captions.pickle (what `attngan prepare ROOT` runs); return its path.
 
     dataset None: COCO when ROOT/annotations/ exists, else the CUB layout. An existing file is

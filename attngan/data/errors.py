@@ -14,5 +14,6 @@ class DataError(ValueError):
 def unreadable(path, error: OSError, what: str = "") -> DataError:
     """The DataError for `path` that exists but cannot be read (no permission, a folder): not a
     damaged file, so the fix is access, not a new copy. `what` names it ("image ")."""
-    return DataError(f"{what}{path} cannot be read ({error.strerror or error}); make it a "
-                     "readable file")
+    return DataError(
+        f"{what}{path} cannot be read ({error.strerror or error}); make it a readable file"
+    )

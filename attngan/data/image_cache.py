@@ -16,6 +16,7 @@ pixels one after another, each row-major uint8 [H, W, 3]; the index (int64 absol
 [N], then int64 shapes [N, 2] as height, width); the header (UTF-8 JSON: the identity and the
 index's offset).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,8 +35,8 @@ from attngan.data.records import SplitRecords
 from attngan.files import write_atomically
 
 MAGIC = b"attngan images\x00\x01"
-FORMAT = 1                      # the layout's version, in the header
-DATA_START = 4096               # the pixels start on a page: the memory map reads them as stored
+FORMAT = 1  # the layout's version, in the header
+DATA_START = 4096  # the pixels start on a page: the memory map reads them as stored
 # What a cache records of its images (cache_identity), as a refusal names each.
 IDENTITY = {
     "images": "the number of images",
@@ -55,8 +56,10 @@ def image_cache_path(data_config: DataConfig, split: str, load_size: int) -> Pat
 
 def rebuild_advice(data_config: DataConfig) -> str:
     """How to write a split's cache again, or do without it."""
-    return (f"rebuild it with `attngan prepare {data_config.root} --image-cache --config "
-            "<the config you train with>`, or delete it to decode the images each time")
+    return (
+        f"rebuild it with `attngan prepare {data_config.root} --image-cache --config "
+        "<the config you train with>`, or delete it to decode the images each time"
+    )
 
 
 def cache_identity(records: SplitRecords, root: str | Path, load_size: int) -> dict:
@@ -69,12 +72,23 @@ def cache_identity(records: SplitRecords, root: str | Path, load_size: int) -> d
             raise DataError(f"image {path} is missing; {records.fix}") from None
         except OSError as error:
             raise unreadable(path, error, "image ") from None
-        files.update(f"{os.path.relpath(path, root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
-                     .encode("utf-8", "surrogateescape"))
-    boxes = (None if records.boxes is None else
-             hashlib.sha256(json.dumps(records.boxes).encode()).hexdigest())
-    return {"images": len(records.image_paths), "files": files.hexdigest(), "boxes": boxes,
-            "load_size": load_size, "pillow": PIL.__version__}
+        files.update(
+            f"{os.path.relpath(path, root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode(
+                "utf-8", "surrogateescape"
+            )
+        )
+    boxes = (
+        None
+        if records.boxes is None
+        else hashlib.sha256(json.dumps(records.boxes).encode()).hexdigest()
+    )
+    return {
+        "images": len(records.image_paths),
+        "files": files.hexdigest(),
+        "boxes": boxes,
+        "load_size": load_size,
+        "pillow": PIL.__version__,
+    }
 
 
 class ImageCache:
@@ -98,7 +112,7 @@ class ImageCache:
             self._pixels = np.memmap(self.path, dtype=np.uint8, mode="r").view(np.ndarray)
         height, width = (int(side) for side in self.shapes[index])
         start = int(self.offsets[index])
-        return self._pixels[start:start + height * width * 3].reshape(height, width, 3)
+        return self._pixels[start : start + height * width * 3].reshape(height, width, 3)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_pixels": None}
@@ -112,7 +126,7 @@ def _read_index(path: Path, fix: str) -> tuple[dict, np.ndarray, np.ndarray]:
             size = os.fstat(file.fileno()).st_size
             if len(start) < len(MAGIC) + 8 or not start.startswith(MAGIC):
                 raise ValueError("it does not start as one")
-            (header_at,) = struct.unpack("<Q", start[len(MAGIC):])
+            (header_at,) = struct.unpack("<Q", start[len(MAGIC) :])
             file.seek(header_at)
             header = json.loads(file.read())
             if header.get("format") != FORMAT:
@@ -124,14 +138,23 @@ def _read_index(path: Path, fix: str) -> tuple[dict, np.ndarray, np.ndarray]:
     except OSError as error:
         raise unreadable(path, error, "image cache ") from None
     except (ValueError, KeyError, TypeError, struct.error) as error:
-        raise DataError(f"image cache {path} is damaged or not an attngan image cache "
-                        f"({type(error).__name__}: {error}); {fix}") from None
+        raise DataError(
+            f"image cache {path} is damaged or not an attngan image cache "
+            f"({type(error).__name__}: {error}); {fix}"
+        ) from None
     ends = offsets + shapes[:, 0] * shapes[:, 1] * 3
-    if (len(offsets) != count or len(shapes) != count or header_at >= size
-            or (count and (offsets[0] != DATA_START or (offsets[1:] != ends[:-1]).any()
-                           or ends[-1] != index_at))):
-        raise DataError(f"image cache {path} is damaged (its index does not match its size); "
-                        f"{fix}")
+    if (
+        len(offsets) != count
+        or len(shapes) != count
+        or header_at >= size
+        or (
+            count
+            and (
+                offsets[0] != DATA_START or (offsets[1:] != ends[:-1]).any() or ends[-1] != index_at
+            )
+        )
+    ):
+        raise DataError(f"image cache {path} is damaged (its index does not match its size); {fix}")
     return header, offsets, shapes
 
 
@@ -149,8 +172,9 @@ def is_current(path: Path, identity: dict) -> bool:
         return False
 
 
-def open_image_cache(data_config: DataConfig, split: str, records: SplitRecords,
-                     load_size: int) -> Optional[ImageCache]:
+def open_image_cache(
+    data_config: DataConfig, split: str, records: SplitRecords, load_size: int
+) -> Optional[ImageCache]:
     """The split's cache, None when it has none; a cache of other images or settings is a
     DataError naming what differs and the fix."""
     path = image_cache_path(data_config, split, load_size)
@@ -160,22 +184,27 @@ def open_image_cache(data_config: DataConfig, split: str, records: SplitRecords,
     header, offsets, shapes = _read_index(path, fix)
     differs = _differences(header, cache_identity(records, data_config.root, load_size))
     if differs:
-        raise DataError(f"the decoded-image cache {path} no longer matches the {split} split of "
-                        f"{data_config.root}: {'; '.join(differs)} changed since it was "
-                        f"written; {fix}")
+        raise DataError(
+            f"the decoded-image cache {path} no longer matches the {split} split of "
+            f"{data_config.root}: {'; '.join(differs)} changed since it was "
+            f"written; {fix}"
+        )
     return ImageCache(path, offsets, shapes)
 
 
 def write_image_cache(path: Path, identity: dict, images: Iterable[np.ndarray]) -> Path:
     """Write the cache of `identity` (cache_identity) holding `images` (uint8 [H, W, 3], in the
     split's order) atomically; a folder that cannot take it is a DataError."""
+
     def write(stream) -> None:
-        stream.write(MAGIC + bytes(DATA_START - len(MAGIC)))      # header offset filled in last
+        stream.write(MAGIC + bytes(DATA_START - len(MAGIC)))  # header offset filled in last
         offsets, shapes, position = [], [], DATA_START
         for image in images:
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                raise ValueError(f"an image cache holds uint8 [H, W, 3] images, not "
-                                 f"{image.dtype} {list(image.shape)}")
+                raise ValueError(
+                    f"an image cache holds uint8 [H, W, 3] images, not "
+                    f"{image.dtype} {list(image.shape)}"
+                )
             offsets.append(position)
             shapes.append(image.shape[:2])
             stream.write(np.ascontiguousarray(image).data)
@@ -189,5 +218,8 @@ def write_image_cache(path: Path, identity: dict, images: Iterable[np.ndarray]) 
         stream.seek(len(MAGIC))
         stream.write(struct.pack("<Q", header_at))
 
-    return write_atomically(path, write, fix="make room there (README: sizes), or set "
-                                             "data.image_cache to a folder that can take it")
+    return write_atomically(
+        path,
+        write,
+        fix="make room there (README: sizes), or set data.image_cache to a folder that can take it",
+    )

@@ -15,6 +15,7 @@
 - `prepare_image_cache`: decode a split with those workers into its image cache
   (`image_cache.py`; `attngan prepare --image-cache`).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -29,8 +30,7 @@ from tqdm import tqdm
 
 from attngan.config import Config, DataConfig
 from attngan.data.dataset import TextImageDataset, collate, load_size, read_split
-from attngan.data.image_cache import (cache_identity, image_cache_path, is_current,
-                                      write_image_cache)
+from attngan.data.image_cache import cache_identity, image_cache_path, is_current, write_image_cache
 from attngan.distributed import SINGLE, World, local_share
 
 MAX_AUTO_WORKERS = 8
@@ -46,7 +46,7 @@ def float_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     float32 on the CPU."""
     device = torch.device(device)
     table = _float_tables.get(device)
-    if table is None:                      # once per device (a copy: before any graph capture)
+    if table is None:  # once per device (a copy: before any graph capture)
         table = _float_tables[device] = FLOAT_TABLE.to(device)
     return table[images.to(device, non_blocking=True).long()].contiguous()
 
@@ -60,8 +60,7 @@ def resolve_num_workers(setting: int | str, device: Optional[torch.device]) -> i
         return int(setting)
     if device is not None and torch.device(device).type == "cpu":
         return 0
-    cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(0, min(cpus - 1, MAX_AUTO_WORKERS))
 
 
@@ -77,8 +76,16 @@ class EpochBatches(torch.utils.data.Sampler):
     slice is dropped); items are (seed, epoch, index) keys. Under torchrun each rank takes its
     share of every such global batch (`world`: rank r of n, the r-th of n equal parts)."""
 
-    def __init__(self, size: int, batch_size: int, seed: int, epoch: int, batch: int,
-                 count: int, world: World = SINGLE):
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        batch: int,
+        count: int,
+        world: World = SINGLE,
+    ):
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.epoch, self.batch, self.count = epoch, batch, count
         self.per_epoch = size // batch_size
@@ -93,7 +100,7 @@ class EpochBatches(torch.utils.data.Sampler):
         while left > 0:
             order = epoch_order(self.size, self.seed, epoch)
             for batch in range(first, min(self.per_epoch, first + left)):
-                whole = order[batch * self.batch_size:(batch + 1) * self.batch_size]
+                whole = order[batch * self.batch_size : (batch + 1) * self.batch_size]
                 yield [(self.seed, epoch, index) for index in whole[self.part]]
                 left -= 1
             epoch, first = epoch + 1, 0
@@ -106,15 +113,26 @@ class DeviceBatches:
     stopped (`take` a part); after a whole pass over the sampler the next starts another. Close
     it, or use it in a `with`, to stop its workers."""
 
-    def __init__(self, dataset: TextImageDataset, batch_sampler, num_workers: int | str,
-                 device: torch.device, seed: int):
+    def __init__(
+        self,
+        dataset: TextImageDataset,
+        batch_sampler,
+        num_workers: int | str,
+        device: torch.device,
+        seed: int,
+    ):
         self.device = torch.device(device)
         workers = resolve_num_workers(num_workers, self.device)
         # The loader's own generator seeds the workers: the global RNG is not drawn from.
         self.loader: Optional[DataLoader] = DataLoader(
-            dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=workers,
-            persistent_workers=workers > 0, pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(seed))
+            dataset,
+            batch_sampler=batch_sampler,
+            collate_fn=collate,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(seed),
+        )
         self._pass: Optional[Iterator[dict]] = None
 
     def __iter__(self) -> Iterator[dict]:
@@ -130,7 +148,7 @@ class DeviceBatches:
         return itertools.islice(iter(self), count)
 
     def _on_device(self, batches: Iterator[dict]) -> Iterator[dict]:
-        if self.device.type != "cuda":      # float_images converts in the step: nothing to copy
+        if self.device.type != "cuda":  # float_images converts in the step: nothing to copy
             yield from batches
             return
         copies = torch.cuda.Stream(self.device)
@@ -139,7 +157,7 @@ class DeviceBatches:
             current, step_stream = ahead, torch.cuda.current_stream(self.device)
             step_stream.wait_stream(copies)
             for tensor in (*current["images"], current["class_ids"]):
-                tensor.record_stream(step_stream)     # their memory stays theirs until used
+                tensor.record_stream(step_stream)  # their memory stays theirs until used
             ahead = self._copy(next(batches, None), copies)
             yield current
 
@@ -147,14 +165,16 @@ class DeviceBatches:
         if batch is None:
             return None
         with torch.cuda.stream(stream):
-            return dict(batch, class_ids=batch["class_ids"].to(self.device, non_blocking=True),
-                        images=[level.to(self.device, non_blocking=True)
-                                for level in batch["images"]])
+            return dict(
+                batch,
+                class_ids=batch["class_ids"].to(self.device, non_blocking=True),
+                images=[level.to(self.device, non_blocking=True) for level in batch["images"]],
+            )
 
     def close(self) -> None:
         """Stop the workers (a later iteration is an error)."""
         self._pass = None
-        self.loader = None           # its persistent workers stop with it
+        self.loader = None  # its persistent workers stop with it
 
     def __enter__(self) -> "DeviceBatches":
         return self
@@ -168,34 +188,49 @@ def describe_images(dataset: TextImageDataset, device: torch.device) -> Optional
     when there is one, a hint to write one when training on a GPU without it."""
     cache = dataset.image_cache
     if cache is not None:
-        return (f"images: the decoded-image cache {cache.path} ({len(cache):,} images, "
-                f"{cache.nbytes / 1e9:.2f} GB)")
+        return (
+            f"images: the decoded-image cache {cache.path} ({len(cache):,} images, "
+            f"{cache.nbytes / 1e9:.2f} GB)"
+        )
     if torch.device(device).type == "cuda":
-        return ("images: decoded from their files at every use; `attngan prepare DATA_ROOT "
-                "--image-cache --config <this config>` writes a cache that takes a fraction of "
-                "the CPU time")
+        return (
+            "images: decoded from their files at every use; `attngan prepare DATA_ROOT "
+            "--image-cache --config <this config>` writes a cache that takes a fraction of "
+            "the CPU time"
+        )
     return None
 
 
-def training_batches(dataset: TextImageDataset, config: Config, device: torch.device,
-                     batch_size: int, *, epoch: int, batch: int, count: int,
-                     progress: bool = True, world: World = SINGLE) -> DeviceBatches:
+def training_batches(
+    dataset: TextImageDataset,
+    config: Config,
+    device: torch.device,
+    batch_size: int,
+    *,
+    epoch: int,
+    batch: int,
+    count: int,
+    progress: bool = True,
+    world: World = SINGLE,
+) -> DeviceBatches:
     """The `count` batches of a training run from batch `batch` of `epoch` on (EpochBatches,
     seeded by run.seed; `batch_size` the global batch, of which this rank of `world` loads its
     share); with `progress`, says once where the images come from."""
     line = describe_images(dataset, device) if progress else None
     if line:
         tqdm.write(line)
-    sampler = EpochBatches(len(dataset), batch_size, config.run.seed, epoch, batch, count,
-                           world)
+    sampler = EpochBatches(len(dataset), batch_size, config.run.seed, epoch, batch, count, world)
     return DeviceBatches(dataset, sampler, config.data.num_workers, device, config.run.seed)
 
 
-def evaluation_batches(dataset: TextImageDataset, config: Config, device: torch.device,
-                       batch_size: int) -> DeviceBatches:
+def evaluation_batches(
+    dataset: TextImageDataset, config: Config, device: torch.device, batch_size: int
+) -> DeviceBatches:
     """The whole batches of `dataset` in its order, a pass per iteration."""
-    batches = [list(range(start, start + batch_size))
-               for start in range(0, len(dataset) - batch_size + 1, batch_size)]
+    batches = [
+        list(range(start, start + batch_size))
+        for start in range(0, len(dataset) - batch_size + 1, batch_size)
+    ]
     return DeviceBatches(dataset, batches, config.data.num_workers, device, config.run.seed)
 
 
@@ -209,11 +244,12 @@ class _Decoded(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return torch.from_numpy(np.array(self.dataset.decode(index)))     # a writable copy
+        return torch.from_numpy(np.array(self.dataset.decode(index)))  # a writable copy
 
 
-def prepare_image_cache(data_config: DataConfig, split: str, progress: bool = True
-                        ) -> tuple[Path, bool]:
+def prepare_image_cache(
+    data_config: DataConfig, split: str, progress: bool = True
+) -> tuple[Path, bool]:
     """Write the image cache of `split` (data.num_workers workers decoding) unless a current one
     is there; return (its path, whether it was written)."""
     records = read_split(data_config, split)
@@ -224,9 +260,17 @@ def prepare_image_cache(data_config: DataConfig, split: str, progress: bool = Tr
         return path, False
     dataset = TextImageDataset(records, data_config, augment=False)
     # One image at a time (no batching), in order; each arrives as a tensor in shared memory.
-    loader = DataLoader(_Decoded(dataset), batch_size=None,
-                        num_workers=resolve_num_workers(data_config.num_workers, None))
-    images = tqdm(loader, total=len(dataset), desc=f"image cache ({split})", unit="image",
-                  disable=not progress)
+    loader = DataLoader(
+        _Decoded(dataset),
+        batch_size=None,
+        num_workers=resolve_num_workers(data_config.num_workers, None),
+    )
+    images = tqdm(
+        loader,
+        total=len(dataset),
+        desc=f"image cache ({split})",
+        unit="image",
+        disable=not progress,
+    )
     write_image_cache(path, identity, (image.numpy() for image in images))
     return path, True

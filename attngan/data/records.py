@@ -8,6 +8,7 @@ The metadata pickles of the original release were written by Python 2, so they a
 `encoding="latin1"` (a Python-2 `str` becomes a Python-3 `str` byte for byte); the ones this
 project writes use protocol 2 so Python 2 can read them back.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,6 +33,7 @@ class SplitRecords:
     image order. texts: raw caption strings of image i, when the reader keeps them. fix: what to
     tell the user when an image file is missing.
     """
+
     keys: list[str]
     class_ids: list[int]
     image_paths: list[Path]
@@ -46,10 +48,13 @@ class SplitRecords:
         """What identifies this split's data, cheaply: its image count and a hash of every
         image's key, class and box and of every caption's word ids. The same after the data set
         is moved; another after images, captions or splits change."""
-        content = json.dumps([self.keys, self.class_ids, self.boxes, self.captions],
-                             separators=(",", ":"))
-        return {"images": len(self.keys),
-                "sha256": hashlib.sha256(content.encode("utf-8")).hexdigest()}
+        content = json.dumps(
+            [self.keys, self.class_ids, self.boxes, self.captions], separators=(",", ":")
+        )
+        return {
+            "images": len(self.keys),
+            "sha256": hashlib.sha256(content.encode("utf-8")).hexdigest(),
+        }
 
 
 def load_pickle(path: Path, fix: str) -> Any:
@@ -63,16 +68,20 @@ def load_pickle(path: Path, fix: str) -> Any:
     except OSError as error:
         raise unreadable(path, error) from None
     except Exception as error:  # pickle raises many types on damaged input
-        raise DataError(f"{path} cannot be read ({type(error).__name__}: {error}); the file is "
-                        f"damaged: {fix}") from None
+        raise DataError(
+            f"{path} cannot be read ({type(error).__name__}: {error}); the file is damaged: {fix}"
+        ) from None
 
 
 def save_pickle(path: Path, value: Any) -> None:
     """Write a protocol-2 pickle atomically (attngan.files.write_atomically); a folder that
     cannot be written is an OutputError naming it."""
-    write_atomically(path, lambda stream: pickle.dump(value, stream, protocol=2),
-                     fix="copy the data set to a folder that can be written and has room and "
-                         "set data.root to it")
+    write_atomically(
+        path,
+        lambda stream: pickle.dump(value, stream, protocol=2),
+        fix="copy the data set to a folder that can be written and has room and "
+        "set data.root to it",
+    )
 
 
 def split_keys_file(root: Path, split: str) -> Path:
@@ -92,8 +101,9 @@ def load_split_keys(root: Path, split: str, fix: str) -> list[str]:
     return [k.decode("latin1") if isinstance(k, bytes) else k for k in keys]
 
 
-def check_caption_lists(captions: Any, num_images: int, captions_per_image: int,
-                        vocab: Vocabulary, where: str, fix: str) -> list[list[int]]:
+def check_caption_lists(
+    captions: Any, num_images: int, captions_per_image: int, vocab: Vocabulary, where: str, fix: str
+) -> list[list[int]]:
     """Validate one split's caption lists of a captions.pickle against its images and words."""
     if not isinstance(captions, list):
         raise DataError(f"{where} is a {type(captions).__name__}, not a list of captions; {fix}")
@@ -103,20 +113,26 @@ def check_caption_lists(captions: Any, num_images: int, captions_per_image: int,
             f"{where} has {len(captions)} captions but the split has {num_images} images x "
             f"data.captions_per_image={captions_per_image} = {expected}; set "
             "data.captions_per_image to the data's count (10 for CUB and shapes, 5 for COCO), "
-            f"or {fix}")
+            f"or {fix}"
+        )
     size = len(vocab)
     result = []
     for index, caption in enumerate(captions):
         try:
-            ids = [operator.index(word) for word in caption]    # ints, not 1.7 or "red"
+            ids = [operator.index(word) for word in caption]  # ints, not 1.7 or "red"
         except TypeError:
-            raise DataError(f"{where}: caption {index} (image {index // captions_per_image}) is "
-                            f"{caption!r:.60}, not a list of word ids; {fix}") from None
+            raise DataError(
+                f"{where}: caption {index} (image {index // captions_per_image}) is "
+                f"{caption!r:.60}, not a list of word ids; {fix}"
+            ) from None
         if not ids:
-            raise DataError(f"{where}: caption {index} (image {index // captions_per_image}) "
-                            f"is empty; {fix}")
+            raise DataError(
+                f"{where}: caption {index} (image {index // captions_per_image}) is empty; {fix}"
+            )
         if min(ids) < 1 or max(ids) >= size:
-            raise DataError(f"{where}: caption {index} uses word ids outside 1..{size - 1} of "
-                            f"its vocabulary; {fix}")
+            raise DataError(
+                f"{where}: caption {index} uses word ids outside 1..{size - 1} of "
+                f"its vocabulary; {fix}"
+            )
         result.append(ids)
     return result

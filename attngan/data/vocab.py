@@ -13,6 +13,7 @@ checkpoint can prove it was trained with the same word indices as the data it me
 encoders need the released vocabulary: the readers never rebuild it once `captions.pickle`
 exists).
 """
+
 from __future__ import annotations
 
 import codecs
@@ -30,9 +31,10 @@ _WORD = re.compile(r"\w+")
 
 
 LATIN1_FALLBACK = "attngan-latin1"
-codecs.register_error(LATIN1_FALLBACK,
-                      lambda error: (error.object[error.start:error.end].decode("latin-1"),
-                                     error.end))
+codecs.register_error(
+    LATIN1_FALLBACK,
+    lambda error: (error.object[error.start : error.end].decode("latin-1"), error.end),
+)
 
 
 def decode_utf8(raw: bytes) -> str:
@@ -59,21 +61,26 @@ class Vocabulary:
     (`Vocabulary.from_maps`).
     """
 
-    def __init__(self, ixtoword: Sequence[str], source: str = "the vocabulary",
-                 fix: str = "it is damaged"):
+    def __init__(
+        self, ixtoword: Sequence[str], source: str = "the vocabulary", fix: str = "it is damaged"
+    ):
         """`source` and `fix` name where the words came from and what to do if they are not a
         vocabulary."""
         words = list(ixtoword)
         if not words or words[0] != PAD:
-            raise DataError(f"{source} must start with the padding word '{PAD}' at index 0; "
-                            f"got {words[:1]!r}: {fix}")
+            raise DataError(
+                f"{source} must start with the padding word '{PAD}' at index 0; "
+                f"got {words[:1]!r}: {fix}"
+            )
         wordtoix = {}
         for index, word in enumerate(words):
             if not isinstance(word, str) or not word:
                 raise DataError(f"{source}: entry {index} is {word!r}, not a word: {fix}")
             if word in wordtoix:
-                raise DataError(f"{source}: the word '{word}' appears twice (indices "
-                                f"{wordtoix[word]} and {index}): {fix}")
+                raise DataError(
+                    f"{source}: the word '{word}' appears twice (indices "
+                    f"{wordtoix[word]} and {index}): {fix}"
+                )
             wordtoix[word] = index
         self.ixtoword: list[str] = words
         self.wordtoix: dict[str, int] = wordtoix
@@ -85,28 +92,35 @@ class Vocabulary:
         return cls([PAD] + words)
 
     @classmethod
-    def from_maps(cls, ixtoword: Union[Mapping[int, str], Sequence[str]],
-                  wordtoix: Mapping[str, int] | None = None,
-                  source: str = "captions.pickle") -> "Vocabulary":
+    def from_maps(
+        cls,
+        ixtoword: Union[Mapping[int, str], Sequence[str]],
+        wordtoix: Mapping[str, int] | None = None,
+        source: str = "captions.pickle",
+    ) -> "Vocabulary":
         """The vocabulary of a `captions.pickle`: `ixtoword` as the original's dict or a list.
 
         Indices must run 0..V-1 without gaps, and `wordtoix`, when given, must agree.
         """
-        fix = (f"the file is damaged; delete it and run `attngan prepare {Path(source).parent}` "
-               "(this makes a new vocabulary: released encoders will not match it)")
+        fix = (
+            f"the file is damaged; delete it and run `attngan prepare {Path(source).parent}` "
+            "(this makes a new vocabulary: released encoders will not match it)"
+        )
         if isinstance(ixtoword, Mapping):
             if sorted(ixtoword) != list(range(len(ixtoword))):
-                raise DataError(f"{source}: ixtoword indices are not 0..{len(ixtoword) - 1}: "
-                                f"{fix}")
+                raise DataError(f"{source}: ixtoword indices are not 0..{len(ixtoword) - 1}: {fix}")
             words = [ixtoword[index] for index in range(len(ixtoword))]
         elif isinstance(ixtoword, (list, tuple)):
             words = list(ixtoword)
         else:
-            raise DataError(f"{source}: ixtoword is a {type(ixtoword).__name__}, not a list or "
-                            f"dict of words: {fix}")
+            raise DataError(
+                f"{source}: ixtoword is a {type(ixtoword).__name__}, not a list or "
+                f"dict of words: {fix}"
+            )
         vocab = cls(words, source, fix)
-        if wordtoix is not None and (not isinstance(wordtoix, Mapping)
-                                     or dict(wordtoix) != vocab.wordtoix):
+        if wordtoix is not None and (
+            not isinstance(wordtoix, Mapping) or dict(wordtoix) != vocab.wordtoix
+        ):
             raise DataError(f"{source}: wordtoix disagrees with ixtoword: {fix}")
         return vocab
 
@@ -129,17 +143,21 @@ class Vocabulary:
         """Indices of already tokenized words; unknown words or no words raise `DataError`."""
         shown = repr(text if text is not None else " ".join(tokens))
         if not tokens:
-            raise DataError(f"caption {shown} has no words (after lowercasing and dropping "
-                            "punctuation and non-ASCII); write at least one word")
+            raise DataError(
+                f"caption {shown} has no words (after lowercasing and dropping "
+                "punctuation and non-ASCII); write at least one word"
+            )
         unknown = [word for word in dict.fromkeys(tokens) if word not in self.wordtoix]
         if unknown:
             hints = []
             for word in unknown:
                 close = self.closest(word)
                 hints.append(f"'{word}'" + (f" (did you mean '{close}'?)" if close else ""))
-            raise DataError(f"caption {shown} has words the vocabulary ({len(self)} words of the "
-                            f"training data) does not know: {', '.join(hints)}. Rephrase with "
-                            "known words; the model cannot read new ones")
+            raise DataError(
+                f"caption {shown} has words the vocabulary ({len(self)} words of the "
+                f"training data) does not know: {', '.join(hints)}. Rephrase with "
+                "known words; the model cannot read new ones"
+            )
         return [self.wordtoix[word] for word in tokens]
 
     def encode(self, text: str) -> list[int]:
@@ -154,8 +172,10 @@ class Vocabulary:
             if index == 0:
                 continue
             if not 0 < index < len(self.ixtoword):
-                raise DataError(f"word index {index} is outside this vocabulary of {len(self)} "
-                                "words; the ids come from another vocabulary")
+                raise DataError(
+                    f"word index {index} is outside this vocabulary of {len(self)} "
+                    "words; the ids come from another vocabulary"
+                )
             words.append(self.ixtoword[index])
         return " ".join(words)
 

@@ -17,6 +17,7 @@ BCE-with-logits, the numerically safe form of the original's sigmoid + BCE):
 Init as the generator (`init_weights`: orthogonal convs, BN N(1, 0.02)), as the original
 applies one `weights_init` to every network.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,11 @@ def _down(in_channels: int, out_channels: int, batch_norm: bool = True) -> list[
 
 
 def _block3x3(in_channels: int, out_channels: int) -> list[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(out_channels), _leaky()]
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        _leaky(),
+    ]
 
 
 class Discriminator(nn.Module):
@@ -62,8 +66,10 @@ class Discriminator(nn.Module):
         super().__init__()
         reductions = math.log2(image_size / 4) if image_size >= 8 else 0
         if image_size < 8 or reductions != int(reductions):
-            raise ConfigError(f"a discriminator needs an image side of 4·2^k with k >= 1 "
-                              f"(8, 16, 32, 64, ...), got {image_size}; fix data.base_size")
+            raise ConfigError(
+                f"a discriminator needs an image side of 4·2^k with k >= 1 "
+                f"(8, 16, 32, 64, ...), got {image_size}; fix data.base_size"
+            )
         reductions = int(reductions)
         self.image_size = image_size
         self.text_dim = text_dim
@@ -74,11 +80,11 @@ class Discriminator(nn.Module):
         layers: list[nn.Module] = []
         for i in range(first):
             layers += _down(widths[i], widths[i + 1], batch_norm=i > 0)
-        extra = reductions - first                       # 0 at s <= 64, 1 at 128, 2 at 256
+        extra = reductions - first  # 0 at s <= 64, 1 at 128, 2 at 256
         for i in range(extra):
-            layers += _down(top * 2 ** i, top * 2 ** (i + 1))
+            layers += _down(top * 2**i, top * 2 ** (i + 1))
         for i in reversed(range(extra)):
-            layers += _block3x3(top * 2 ** (i + 1), top * 2 ** i)
+            layers += _block3x3(top * 2 ** (i + 1), top * 2**i)
         self.trunk = nn.Sequential(*layers)
         self.uncond_head = nn.Conv2d(top, 1, kernel_size=4, stride=4)
         self.joint = nn.Sequential(*_block3x3(top + text_dim, top))
@@ -86,18 +92,19 @@ class Discriminator(nn.Module):
         self.apply(init_weights)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.trunk(images)                                        # [B, 8ndf, 4, 4]
+        return self.trunk(images)  # [B, 8ndf, 4, 4]
 
     def uncond_logits(self, features: torch.Tensor) -> torch.Tensor:
-        return self.uncond_head(features).view(-1)                       # [B]
+        return self.uncond_head(features).view(-1)  # [B]
 
     def cond_logits(self, features: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
-        tiled = sentence.view(-1, self.text_dim, 1, 1).expand(-1, -1, 4, 4)   # [B, D, 4, 4]
-        joint = self.joint(torch.cat([features, tiled], dim=1))          # [B, 8ndf, 4, 4]
-        return self.cond_head(joint).view(-1)                            # [B]
+        tiled = sentence.view(-1, self.text_dim, 1, 1).expand(-1, -1, 4, 4)  # [B, D, 4, 4]
+        joint = self.joint(torch.cat([features, tiled], dim=1))  # [B, 8ndf, 4, 4]
+        return self.cond_head(joint).view(-1)  # [B]
 
 
 def build_discriminators(config, text_dim: int) -> nn.ModuleList:
     """One Discriminator per pyramid level of `config.data` (a full `Config`)."""
-    return nn.ModuleList([Discriminator(size, config.gan.ndf, text_dim)
-                          for size in config.data.image_sizes])
+    return nn.ModuleList(
+        [Discriminator(size, config.gan.ndf, text_dim) for size in config.data.image_sizes]
+    )

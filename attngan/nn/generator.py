@@ -6,6 +6,7 @@ the incoming features to the projected words with `word_attention` (its concat v
 [h, context], the residual blocks' input, in one pass) and doubles the side; a tanh head per
 stage makes its image. The original's `weights_init` initialises every layer.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,7 +43,8 @@ def up_block(in_channels: int, out_channels: int) -> nn.Sequential:
         nn.Upsample(scale_factor=2, mode="nearest"),
         _conv3x3(in_channels, out_channels * 2),
         nn.BatchNorm2d(out_channels * 2),
-        nn.GLU(dim=1))
+        nn.GLU(dim=1),
+    )
 
 
 class ResBlock(nn.Module):
@@ -51,8 +53,12 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.body = nn.Sequential(
-            _conv3x3(channels, channels * 2), nn.BatchNorm2d(channels * 2), nn.GLU(dim=1),
-            _conv3x3(channels, channels), nn.BatchNorm2d(channels))
+            _conv3x3(channels, channels * 2),
+            nn.BatchNorm2d(channels * 2),
+            nn.GLU(dim=1),
+            _conv3x3(channels, channels),
+            nn.BatchNorm2d(channels),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -68,8 +74,8 @@ class ConditioningAugmentation(nn.Module):
         self.glu = nn.GLU(dim=1)
 
     def forward(self, sentence: torch.Tensor):
-        x = self.glu(self.fc(sentence))                                  # [B, 2·cond_dim]
-        mu, logvar = x[:, :self.cond_dim], x[:, self.cond_dim:]
+        x = self.glu(self.fc(sentence))  # [B, 2·cond_dim]
+        mu, logvar = x[:, : self.cond_dim], x[:, self.cond_dim :]
         eps = torch.randn_like(mu)
         return mu + eps * torch.exp(0.5 * logvar), mu, logvar
 
@@ -79,16 +85,18 @@ class _FirstStage(nn.Module):
 
     def __init__(self, in_dim: int, ngf: int, num_up: int):
         super().__init__()
-        self.channels = ngf * 2 ** num_up
+        self.channels = ngf * 2**num_up
         self.fc = nn.Sequential(
             nn.Linear(in_dim, self.channels * 4 * 4 * 2, bias=False),
             nn.BatchNorm1d(self.channels * 4 * 4 * 2),
-            nn.GLU(dim=1))
-        self.up = nn.Sequential(*[up_block(self.channels // 2 ** i, self.channels // 2 ** (i + 1))
-                                  for i in range(num_up)])
+            nn.GLU(dim=1),
+        )
+        self.up = nn.Sequential(
+            *[up_block(self.channels // 2**i, self.channels // 2 ** (i + 1)) for i in range(num_up)]
+        )
 
     def forward(self, cz: torch.Tensor) -> torch.Tensor:
-        h = self.fc(cz).view(-1, self.channels, 4, 4)                    # [B, C0, 4, 4]
+        h = self.fc(cz).view(-1, self.channels, 4, 4)  # [B, C0, 4, 4]
         return self.up(h)
 
 
@@ -99,16 +107,22 @@ class _AttentionStage(nn.Module):
     def __init__(self, ngf: int, text_dim: int, r_num: int, impl: str):
         super().__init__()
         self.impl = impl
-        self.project = nn.Conv1d(text_dim, ngf, kernel_size=1, bias=False)   # U of e' = U e
+        self.project = nn.Conv1d(text_dim, ngf, kernel_size=1, bias=False)  # U of e' = U e
         self.residual = nn.Sequential(*[ResBlock(ngf * 2) for _ in range(r_num)])
         self.up = up_block(ngf * 2, ngf)
 
-    def forward(self, h: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor,
-                return_attention: bool = True):
-        projected = self.project(words)                                  # [B, ngf, L]
-        result = word_attention(h, projected, lengths, impl=self.impl,
-                                return_attn=return_attention, concat=True)
-        joined, attn = result if return_attention else (result, None)   # [B, 2ngf, H, W]
+    def forward(
+        self,
+        h: torch.Tensor,
+        words: torch.Tensor,
+        lengths: torch.Tensor,
+        return_attention: bool = True,
+    ):
+        projected = self.project(words)  # [B, ngf, L]
+        result = word_attention(
+            h, projected, lengths, impl=self.impl, return_attn=return_attention, concat=True
+        )
+        joined, attn = result if return_attention else (result, None)  # [B, 2ngf, H, W]
         return self.up(self.residual(joined)), attn
 
 
@@ -130,37 +144,56 @@ class Generator(nn.Module):
          return_attention=False (training: the kernels then write no map); mu, logvar [B, cond_dim])
     """
 
-    def __init__(self, config: GANConfig, text_dim: int, branch_num: int, base_size: int,
-                 impl: str = "auto"):
+    def __init__(
+        self, config: GANConfig, text_dim: int, branch_num: int, base_size: int, impl: str = "auto"
+    ):
         super().__init__()
         num_up = math.log2(base_size / 4) if base_size >= 8 else 0
         if base_size < 8 or num_up != int(num_up):
-            raise ConfigError(f"data.base_size must be 4·2^k with k >= 1 (8, 16, 32, 64, ...), "
-                              f"got {base_size}; set data.base_size=64 (or 32 for CPU presets)")
+            raise ConfigError(
+                f"data.base_size must be 4·2^k with k >= 1 (8, 16, 32, 64, ...), "
+                f"got {base_size}; set data.base_size=64 (or 32 for CPU presets)"
+            )
         if branch_num < 1:
             raise ConfigError(f"data.branch_num must be at least 1, got {branch_num}")
         self.z_dim = config.z_dim
         self.text_dim = text_dim
-        self.image_sizes = tuple(base_size * 2 ** i for i in range(branch_num))
+        self.image_sizes = tuple(base_size * 2**i for i in range(branch_num))
         self.ca = ConditioningAugmentation(text_dim, config.cond_dim)
         self.first = _FirstStage(config.cond_dim + config.z_dim, config.ngf, int(num_up))
-        self.stages = nn.ModuleList([_AttentionStage(config.ngf, text_dim, config.r_num, impl)
-                                     for _ in range(branch_num - 1)])
-        self.heads = nn.ModuleList([nn.Sequential(_conv3x3(config.ngf, 3), nn.Tanh())
-                                    for _ in range(branch_num)])
+        self.stages = nn.ModuleList(
+            [
+                _AttentionStage(config.ngf, text_dim, config.r_num, impl)
+                for _ in range(branch_num - 1)
+            ]
+        )
+        self.heads = nn.ModuleList(
+            [nn.Sequential(_conv3x3(config.ngf, 3), nn.Tanh()) for _ in range(branch_num)]
+        )
         self.apply(init_weights)
 
     @classmethod
     def from_config(cls, config, text_dim: int, impl: str | None = None) -> "Generator":
         """Build from a full `Config`: stages and base size from `config.data`, impl from
         `config.run.impl` unless given."""
-        return cls(config.gan, text_dim, config.data.branch_num, config.data.base_size,
-                   config.run.impl if impl is None else impl)
+        return cls(
+            config.gan,
+            text_dim,
+            config.data.branch_num,
+            config.data.base_size,
+            config.run.impl if impl is None else impl,
+        )
 
-    def forward(self, z: torch.Tensor, sentence: torch.Tensor, words: torch.Tensor,
-                lengths: torch.Tensor, return_attention: bool = True):
-        c, mu, logvar = self.ca(sentence)                                # [B, cond_dim] each
-        h = self.first(torch.cat([c, z], dim=1))                         # [B, ngf, s0, s0]
+    def forward(
+        self,
+        z: torch.Tensor,
+        sentence: torch.Tensor,
+        words: torch.Tensor,
+        lengths: torch.Tensor,
+        return_attention: bool = True,
+    ):
+        c, mu, logvar = self.ca(sentence)  # [B, cond_dim] each
+        h = self.first(torch.cat([c, z], dim=1))  # [B, ngf, s0, s0]
         images = [self.heads[0](h)]
         attention_maps = []
         for stage, head in zip(self.stages, self.heads[1:]):

@@ -11,6 +11,7 @@ resize the images to `config.input_size` themselves:
 
 `trainable_parameters()` returns what DAMSM pretraining optimizes.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,16 +28,23 @@ def _resize(images: torch.Tensor, size: int, align_corners: bool = False) -> tor
     """Check `images` [B, 3, H, W] and bilinearly resize them to [B, 3, size, size]
     (`align_corners` when enlarging: see ImageEncoderConfig.align_corners)."""
     if images.dim() != 4 or images.shape[1] != 3 or not images.dtype.is_floating_point:
-        raise ValueError(f"images must be a float tensor [B, 3, H, W] in [-1, 1], got "
-                         f"{images.dtype} of shape {tuple(images.shape)}")
+        raise ValueError(
+            f"images must be a float tensor [B, 3, H, W] in [-1, 1], got "
+            f"{images.dtype} of shape {tuple(images.shape)}"
+        )
     if images.shape[-2:] == (size, size):
         return images
     # Antialias when shrinking (e.g. a 256 image for a 64 encoder) so the encoder sees the
     # image, not an aliased subsample of it; plain bilinear when enlarging, as the original
     # (whose PyTorch aligned the corners: `align_corners` reproduces that).
     shrinking = images.shape[-2] > size or images.shape[-1] > size
-    return F.interpolate(images, size=(size, size), mode="bilinear",
-                         align_corners=align_corners and not shrinking, antialias=shrinking)
+    return F.interpolate(
+        images,
+        size=(size, size),
+        mode="bilinear",
+        align_corners=align_corners and not shrinking,
+        antialias=shrinking,
+    )
 
 
 def _init_heads(emb_features: nn.Conv2d, emb_cnn_code: nn.Linear) -> None:
@@ -59,8 +67,9 @@ class InceptionEncoder(nn.Module):
     forward(images [B, 3, H, W] in [-1, 1]) -> (regions [B, D, 17, 17], code [B, D]) at 299.
     """
 
-    def __init__(self, embed_dim: int, input_size: int, trunk: InceptionTrunk,
-                 align_corners: bool = False):
+    def __init__(
+        self, embed_dim: int, input_size: int, trunk: InceptionTrunk, align_corners: bool = False
+    ):
         super().__init__()
         self.input_size = input_size
         self.align_corners = align_corners
@@ -76,12 +85,12 @@ class InceptionEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = _resize(images, self.input_size, self.align_corners)  # [B, 3, 299, 299]
-        mixed_6e, mixed_7c = self.trunk(x)                    # [B, 768, 17, 17], [B, 2048, 8, 8]
-        regions = self.emb_features(mixed_6e)                 # [B, D, 17, 17]
+        mixed_6e, mixed_7c = self.trunk(x)  # [B, 768, 17, 17], [B, 2048, 8, 8]
+        regions = self.emb_features(mixed_6e)  # [B, D, 17, 17]
         # The original's 8x8 average pool; the global mean equals it at 299 and also works
         # for the smaller inputs tests use.
         pooled = F.adaptive_avg_pool2d(mixed_7c, 1).flatten(1)  # [B, 2048]
-        code = self.emb_cnn_code(pooled)                      # [B, D]
+        code = self.emb_cnn_code(pooled)  # [B, D]
         return regions, code
 
 
@@ -98,7 +107,8 @@ def _down(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=False),
         _norm(out_channels),
-        nn.LeakyReLU(0.2, inplace=True))
+        nn.LeakyReLU(0.2, inplace=True),
+    )
 
 
 class SmallImageEncoder(nn.Module):
@@ -116,13 +126,17 @@ class SmallImageEncoder(nn.Module):
     def __init__(self, embed_dim: int, input_size: int = 64, width: int = 64):
         super().__init__()
         self.input_size = input_size
-        self.features = nn.Sequential(                        # s -> s/8
-            _down(3, width), _down(width, 2 * width), _down(2 * width, 4 * width),
+        self.features = nn.Sequential(  # s -> s/8
+            _down(3, width),
+            _down(width, 2 * width),
+            _down(2 * width, 4 * width),
             # One more 3x3 at s/8 widens each region's receptive field from 22 to 38 pixels
             # (at 64), enough to see a whole shape, not only part of its outline.
             nn.Conv2d(4 * width, 4 * width, kernel_size=3, padding=1, bias=False),
-            _norm(4 * width), nn.LeakyReLU(0.2, inplace=True))
-        self.deep = _down(4 * width, 8 * width)               # s/8 -> s/16
+            _norm(4 * width),
+            nn.LeakyReLU(0.2, inplace=True),
+        )
+        self.deep = _down(4 * width, 8 * width)  # s/8 -> s/16
         self.emb_features = nn.Conv2d(4 * width, embed_dim, kernel_size=1, bias=False)
         self.emb_cnn_code = nn.Linear(8 * width, embed_dim)
         _init_heads(self.emb_features, self.emb_cnn_code)
@@ -131,13 +145,13 @@ class SmallImageEncoder(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = _resize(images, self.input_size)                  # [B, 3, s, s]
-        local = self.features(x)                              # [B, 4w, s/8, s/8]
-        regions = self.emb_features(local)                    # [B, D, s/8, s/8]
+        x = _resize(images, self.input_size)  # [B, 3, s, s]
+        local = self.features(x)  # [B, 4w, s/8, s/8]
+        regions = self.emb_features(local)  # [B, D, s/8, s/8]
         # Max, not mean, over positions: on mostly black images the mean is nearly the same
         # vector for every image, and DAMSM sat at chance for hundreds of steps (measured).
-        pooled = self.deep(local).amax(dim=(2, 3))            # [B, 8w]
-        code = self.emb_cnn_code(pooled)                      # [B, D]
+        pooled = self.deep(local).amax(dim=(2, 3))  # [B, 8w]
+        code = self.emb_cnn_code(pooled)  # [B, D]
         return regions, code
 
 
@@ -149,39 +163,54 @@ def build_image_encoder(config: ImageEncoderConfig, embed_dim: int) -> nn.Module
     `config.random_init=true`. Raises ConfigError with the fix for any inconsistent setting.
     """
     if embed_dim < 1:
-        raise ConfigError(f"the image encoder's width D must be >= 1, got {embed_dim}; "
-                          "set text_encoder.hidden_dim")
+        raise ConfigError(
+            f"the image encoder's width D must be >= 1, got {embed_dim}; "
+            "set text_encoder.hidden_dim"
+        )
     if config.backbone == "inception":
         if config.input_size < InceptionTrunk.MIN_INPUT_SIZE:
-            raise ConfigError(f"image_encoder.input_size must be at least "
-                              f"{InceptionTrunk.MIN_INPUT_SIZE} for Inception-v3, got "
-                              f"{config.input_size}; set image_encoder.input_size=299")
+            raise ConfigError(
+                f"image_encoder.input_size must be at least "
+                f"{InceptionTrunk.MIN_INPUT_SIZE} for Inception-v3, got "
+                f"{config.input_size}; set image_encoder.input_size=299"
+            )
         trunk = InceptionTrunk()
         ignored: list[str] = []
         if config.weights is not None:
             ignored = load_inception_weights(trunk, config.weights)
         elif not config.random_init:
-            raise ConfigError("the Inception image encoder needs ImageNet weights and "
-                              f"image_encoder.weights is not set; {WEIGHTS_HINT}")
+            raise ConfigError(
+                "the Inception image encoder needs ImageNet weights and "
+                f"image_encoder.weights is not set; {WEIGHTS_HINT}"
+            )
         encoder = InceptionEncoder(embed_dim, config.input_size, trunk, config.align_corners)
         encoder.ignored_weight_keys = ignored
         return encoder
     if config.backbone == "small":
         if config.align_corners:
-            raise ConfigError("image_encoder.align_corners is only read by the inception "
-                              "backbone (the original's resize); remove it")
+            raise ConfigError(
+                "image_encoder.align_corners is only read by the inception "
+                "backbone (the original's resize); remove it"
+            )
         if config.weights is not None:
-            raise ConfigError(f"image_encoder.weights={config.weights} is only read by the "
-                              "inception backbone; remove it or set "
-                              "image_encoder.backbone=inception")
+            raise ConfigError(
+                f"image_encoder.weights={config.weights} is only read by the "
+                "inception backbone; remove it or set "
+                "image_encoder.backbone=inception"
+            )
         if config.input_size < 32 or config.input_size % 16:
-            raise ConfigError(f"image_encoder.input_size must be a multiple of 16 and at least "
-                              f"32 for the small backbone, got {config.input_size}; "
-                              "set image_encoder.input_size=64")
+            raise ConfigError(
+                f"image_encoder.input_size must be a multiple of 16 and at least "
+                f"32 for the small backbone, got {config.input_size}; "
+                "set image_encoder.input_size=64"
+            )
         if config.width < 8 or config.width % 8:
-            raise ConfigError(f"image_encoder.width must be a positive multiple of 8 (its "
-                              f"GroupNorm has 8 groups), got {config.width}; "
-                              "set image_encoder.width=32")
+            raise ConfigError(
+                f"image_encoder.width must be a positive multiple of 8 (its "
+                f"GroupNorm has 8 groups), got {config.width}; "
+                "set image_encoder.width=32"
+            )
         return SmallImageEncoder(embed_dim, config.input_size, config.width)
-    raise ConfigError(f"image_encoder.backbone must be 'inception' or 'small', got "
-                      f"{config.backbone!r}")
+    raise ConfigError(
+        f"image_encoder.backbone must be 'inception' or 'small', got {config.backbone!r}"
+    )

@@ -17,6 +17,7 @@ are only ever read from a path the user names; nothing is downloaded.
 The Google weights expect images scaled to [-1, 1] (no ImageNet mean/std), which is what the
 data pipeline and the generator produce, so no input transform happens here.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,15 +30,23 @@ import torch.nn.functional as F
 from attngan.config import ConfigError
 from attngan.nn.state_files import load_state_exactly, read_state_file
 
-__all__ = ["BasicConv2d", "InceptionClassifier", "InceptionTrunk", "fold_batch_norms",
-           "load_inception_state", "load_inception_weights", "read_inception_file",
-           "WEIGHTS_HINT"]
+__all__ = [
+    "BasicConv2d",
+    "InceptionClassifier",
+    "InceptionTrunk",
+    "fold_batch_norms",
+    "load_inception_state",
+    "load_inception_weights",
+    "read_inception_file",
+    "WEIGHTS_HINT",
+]
 
 WEIGHTS_HINT = (
     "download torchvision's Inception-v3 weights yourself "
     "(https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth) and pass "
     "image_encoder.weights=PATH, or set image_encoder.random_init=true for an untrained trunk "
-    "(tests only), or use image_encoder.backbone=small")
+    "(tests only), or use image_encoder.backbone=small"
+)
 
 
 class BasicConv2d(nn.Module):
@@ -64,13 +73,24 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
             continue
         conv, bn = block.conv, block.bn
         if block.training or bn.running_var is None:
-            raise ValueError("fold_batch_norms: a BatchNorm in training mode (or without running "
-                             "statistics) normalizes with each batch's statistics and cannot be "
-                             "folded; put the network in eval mode first")
+            raise ValueError(
+                "fold_batch_norms: a BatchNorm in training mode (or without running "
+                "statistics) normalizes with each batch's statistics and cannot be "
+                "folded; put the network in eval mode first"
+            )
         scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-        folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                           conv.padding, conv.dilation, conv.groups, bias=True,
-                           device=conv.weight.device, dtype=conv.weight.dtype)
+        folded = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            bias=True,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
         folded.weight.copy_(conv.weight.double() * scale[:, None, None, None])
         folded.bias.copy_(bn.bias.double() - bn.running_mean.double() * scale)
         block.conv = folded.eval().requires_grad_(conv.weight.requires_grad)
@@ -147,8 +167,12 @@ class InceptionC(nn.Module):
         b1 = self.branch1x1(x)
         b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
         b7d = self.branch7x7dbl_1(x)
-        for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
-                      self.branch7x7dbl_5):
+        for layer in (
+            self.branch7x7dbl_2,
+            self.branch7x7dbl_3,
+            self.branch7x7dbl_4,
+            self.branch7x7dbl_5,
+        ):
             b7d = layer(b7d)
         bp = self.branch_pool(_pool_branch_input(x, self.pool))
         return torch.cat([b1, b7, b7d, bp], dim=1)
@@ -244,27 +268,29 @@ class InceptionTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.shape[-1] < self.MIN_INPUT_SIZE or x.shape[-2] < self.MIN_INPUT_SIZE:
-            raise ValueError(f"Inception-v3 needs inputs of at least {self.MIN_INPUT_SIZE}x"
-                             f"{self.MIN_INPUT_SIZE}, got {tuple(x.shape[-2:])}; set "
-                             "image_encoder.input_size to 299 (the size it was trained at)")
-        x = self.Conv2d_1a_3x3(x)                     # [B, 32, 149, 149] at 299
-        x = self.Conv2d_2a_3x3(x)                     # [B, 32, 147, 147]
-        x = self.Conv2d_2b_3x3(x)                     # [B, 64, 147, 147]
+            raise ValueError(
+                f"Inception-v3 needs inputs of at least {self.MIN_INPUT_SIZE}x"
+                f"{self.MIN_INPUT_SIZE}, got {tuple(x.shape[-2:])}; set "
+                "image_encoder.input_size to 299 (the size it was trained at)"
+            )
+        x = self.Conv2d_1a_3x3(x)  # [B, 32, 149, 149] at 299
+        x = self.Conv2d_2a_3x3(x)  # [B, 32, 147, 147]
+        x = self.Conv2d_2b_3x3(x)  # [B, 64, 147, 147]
         x = F.max_pool2d(x, kernel_size=3, stride=2)  # [B, 64, 73, 73]
-        x = self.Conv2d_3b_1x1(x)                     # [B, 80, 73, 73]
-        x = self.Conv2d_4a_3x3(x)                     # [B, 192, 71, 71]
+        x = self.Conv2d_3b_1x1(x)  # [B, 80, 73, 73]
+        x = self.Conv2d_4a_3x3(x)  # [B, 192, 71, 71]
         x = F.max_pool2d(x, kernel_size=3, stride=2)  # [B, 192, 35, 35]
-        x = self.Mixed_5b(x)                          # [B, 256, 35, 35]
-        x = self.Mixed_5c(x)                          # [B, 288, 35, 35]
-        x = self.Mixed_5d(x)                          # [B, 288, 35, 35]
-        x = self.Mixed_6a(x)                          # [B, 768, 17, 17]
+        x = self.Mixed_5b(x)  # [B, 256, 35, 35]
+        x = self.Mixed_5c(x)  # [B, 288, 35, 35]
+        x = self.Mixed_5d(x)  # [B, 288, 35, 35]
+        x = self.Mixed_6a(x)  # [B, 768, 17, 17]
         x = self.Mixed_6b(x)
         x = self.Mixed_6c(x)
         x = self.Mixed_6d(x)
-        mixed_6e = self.Mixed_6e(x)                   # [B, 768, 17, 17]: regions
-        x = self.Mixed_7a(mixed_6e)                   # [B, 1280, 8, 8]
-        x = self.Mixed_7b(x)                          # [B, 2048, 8, 8]
-        mixed_7c = self.Mixed_7c(x)                   # [B, 2048, 8, 8]: global code
+        mixed_6e = self.Mixed_6e(x)  # [B, 768, 17, 17]: regions
+        x = self.Mixed_7a(mixed_6e)  # [B, 1280, 8, 8]
+        x = self.Mixed_7b(x)  # [B, 2048, 8, 8]
+        mixed_7c = self.Mixed_7c(x)  # [B, 2048, 8, 8]: global code
         return mixed_6e, mixed_7c
 
 
@@ -283,7 +309,7 @@ class InceptionClassifier(InceptionTrunk):
         self.logits_bias = logits_bias
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = super().forward(x)[1].mean(dim=(2, 3))   # [B, 2048]: pool3
+        features = super().forward(x)[1].mean(dim=(2, 3))  # [B, 2048]: pool3
         logits = F.linear(features, self.fc.weight, self.fc.bias if self.logits_bias else None)
         return features, logits
 
@@ -294,15 +320,23 @@ def read_inception_file(path: Union[str, Path], hint: str = WEIGHTS_HINT) -> dic
     return read_state_file(path, "Inception weights file", hint, ConfigError)
 
 
-def load_inception_state(module: nn.Module, state: dict, path: Union[str, Path],
-                         hint: str = WEIGHTS_HINT) -> list[str]:
+def load_inception_state(
+    module: nn.Module, state: dict, path: Union[str, Path], hint: str = WEIGHTS_HINT
+) -> list[str]:
     """Load `state` (read from `path` by read_inception_file) into `module`: every parameter
     and BatchNorm statistic with its exact shape (older torchvision files lack the
     `num_batches_tracked` counters); keys the module has no use for (for the trunk: AuxLogits.*,
     fc.*) are ignored and returned, sorted. ConfigError naming the file and `hint` otherwise."""
-    return load_state_exactly(module, state, path, "Inception weights file",
-                              "an Inception-v3 state dict with torchvision's key names", hint,
-                              ConfigError, ignore_unexpected=True)
+    return load_state_exactly(
+        module,
+        state,
+        path,
+        "Inception weights file",
+        "an Inception-v3 state dict with torchvision's key names",
+        hint,
+        ConfigError,
+        ignore_unexpected=True,
+    )
 
 
 def load_inception_weights(trunk: InceptionTrunk, path: Union[str, Path]) -> list[str]:

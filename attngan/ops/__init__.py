@@ -5,6 +5,7 @@
 - `word_attention` (`word_attention.py`): the generator's word-region attention ("Word attention").
 Each takes `impl="auto"` and runs exactly one implementation chosen by `attngan.backend`.
 """
+
 from attngan.ops.damsm import damsm_sentence_loss, damsm_word_loss, damsm_word_similarity
 from attngan.ops.word_attention import word_attention
 

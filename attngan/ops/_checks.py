@@ -5,6 +5,7 @@ implementation runs: TypeError for an argument of the wrong type or dtype, Value
 wrong shape, device or value. The Triton launchers and the compiled kernels check only their own
 preconditions (docs/DESIGN.md, "Validation").
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,10 @@ def check_floating(op: str, **tensors: Tensor) -> None:
     """TypeError unless every tensor is floating point."""
     for name, value in tensors.items():
         if value.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{op}: {name} must be floating point (float16, bfloat16, float32 "
-                            f"or float64), got {value.dtype}")
+            raise TypeError(
+                f"{op}: {name} must be floating point (float16, bfloat16, float32 "
+                f"or float64), got {value.dtype}"
+            )
 
 
 def check_dims(op: str, **tensors: tuple[Tensor, str]) -> None:
@@ -41,8 +44,10 @@ def check_same_device(op: str, **tensors: Tensor) -> None:
     (first, value), *others = tensors.items()
     for name, other in others:
         if other.device != value.device:
-            raise ValueError(f"{op}: {name} is on {other.device} but {first} on {value.device}; "
-                             f"move both to one device")
+            raise ValueError(
+                f"{op}: {name} is on {other.device} but {first} on {value.device}; "
+                f"move both to one device"
+            )
 
 
 def check_not_empty(op: str, **tensors: Tensor) -> None:
@@ -56,16 +61,24 @@ def check_lengths_tensor(op: str, lengths: Tensor, batch: int, device: torch.dev
     """The caption lengths' type, shape and device: an integer [batch] tensor on the CPU or on
     `device`, the features' (values: `check_lengths`)."""
     if lengths.dtype not in INT_DTYPES:
-        raise TypeError(f"{op}: lengths must be an integer tensor (torch.long), got dtype "
-                        f"{lengths.dtype}")
+        raise TypeError(
+            f"{op}: lengths must be an integer tensor (torch.long), got dtype {lengths.dtype}"
+        )
     if lengths.dim() != 1 or lengths.shape[0] != batch:
-        raise ValueError(f"{op}: lengths must be [B] = [{batch}] (one length per caption), got "
-                         f"shape {tuple(lengths.shape)}")
+        raise ValueError(
+            f"{op}: lengths must be [B] = [{batch}] (one length per caption), got "
+            f"shape {tuple(lengths.shape)}"
+        )
     if lengths.device not in (device, torch.device("cpu")):
-        where = ("the CPU" if device.type == "cpu" else
-                 f"the CPU (checked there without waiting for the GPU) or on {device}")
-        raise ValueError(f"{op}: lengths are on {lengths.device} but the features on {device}; "
-                         f"put lengths on {where}")
+        where = (
+            "the CPU"
+            if device.type == "cpu"
+            else f"the CPU (checked there without waiting for the GPU) or on {device}"
+        )
+        raise ValueError(
+            f"{op}: lengths are on {lengths.device} but the features on {device}; "
+            f"put lengths on {where}"
+        )
 
 
 def check_lengths(op: str, lengths: Tensor, num_words: int) -> None:
@@ -77,6 +90,8 @@ def check_lengths(op: str, lengths: Tensor, num_words: int) -> None:
         return
     low, high = torch.stack(torch.aminmax(lengths)).tolist()
     if low < 1 or high > num_words:
-        raise ValueError(f"{op}: every length must be in 1..L = 1..{num_words}, got min {low}, "
-                         f"max {high}: a caption needs at least one word, and lengths must be "
-                         f"<= L, the word slots of words.shape[2]")
+        raise ValueError(
+            f"{op}: every length must be in 1..L = 1..{num_words}, got min {low}, "
+            f"max {high}: a caption needs at least one word, and lengths must be "
+            f"<= L, the word slots of words.shape[2]"
+        )

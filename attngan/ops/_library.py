@@ -7,6 +7,7 @@ and `register_autograd`, whose backward calls the same backend's backward op (it
 op), so `torch.library.opcheck` covers both directions. The launchers are imported only when an
 op runs: this module imports without triton and without the compiled extension.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -50,7 +51,7 @@ def cuda_limits(op: str) -> dict[str, int]:
 
 @torch.compiler.assume_constant_result
 def _cuda_limit_items(op: str) -> tuple[tuple[str, int], ...]:
-    extension = backend.compiled_extension()        # (a tuple: Dynamo takes no dict constant)
+    extension = backend.compiled_extension()  # (a tuple: Dynamo takes no dict constant)
     return () if extension is None else tuple(extension.cuda_limits[op].items())
 
 
@@ -70,8 +71,11 @@ def _compiled_ops():
 def _launchers(module: str, op: str, impl: str) -> tuple[Callable, Callable]:
     """(<op>_fwd, <op>_bwd) of one backend: the Triton launchers in attngan.kernels.<module>, or
     the compiled ops torch.ops.attngan_C.<op>_{fwd,bwd} (C++ on CPU tensors, CUDA on CUDA ones)."""
-    kernels = (importlib.import_module(f"attngan.kernels.{module}") if impl == "triton"
-               else _compiled_ops())
+    kernels = (
+        importlib.import_module(f"attngan.kernels.{module}")
+        if impl == "triton"
+        else _compiled_ops()
+    )
     return getattr(kernels, f"{op}_fwd"), getattr(kernels, f"{op}_bwd")
 
 
@@ -81,18 +85,25 @@ def _launchers(module: str, op: str, impl: str) -> tuple[Callable, Callable]:
 # csrc/registration.cpp); Triton: attngan.kernels.damsm, same signatures.
 # ---------------------------------------------------------------------------------------------
 
+
 def _register_damsm_word_similarity(impl: str):
     """Define attngan::damsm_word_similarity_<impl> (+ _backward) and return the forward op."""
     name = f"attngan::damsm_word_similarity_{impl}"
 
     @torch.library.custom_op(name, mutates_args=())
-    def forward(words: Tensor, lengths: Tensor, regions: Tensor, gamma1: float,
-                gamma2: float) -> Tensor:
+    def forward(
+        words: Tensor, lengths: Tensor, regions: Tensor, gamma1: float, gamma2: float
+    ) -> Tensor:
         if impl in CHECKS_LENGTHS:
             check_lengths("damsm_word_similarity", lengths, words.shape[2])
         launch, _ = _launchers("damsm", "damsm_word_similarity", impl)
-        return launch(words.contiguous(), lengths_on(words.device, lengths), regions.contiguous(),
-                      gamma1, gamma2)
+        return launch(
+            words.contiguous(),
+            lengths_on(words.device, lengths),
+            regions.contiguous(),
+            gamma1,
+            gamma2,
+        )
 
     @forward.register_fake
     def _(words, lengths, regions, gamma1, gamma2):
@@ -100,11 +111,25 @@ def _register_damsm_word_similarity(impl: str):
         return words.new_empty((regions.shape[0], words.shape[0]), dtype=dtype)
 
     @torch.library.custom_op(name + "_backward", mutates_args=())
-    def backward_op(grad_s: Tensor, words: Tensor, lengths: Tensor, regions: Tensor,
-                    gamma1: float, gamma2: float, need_words_grad: bool) -> tuple[Tensor, Tensor]:
+    def backward_op(
+        grad_s: Tensor,
+        words: Tensor,
+        lengths: Tensor,
+        regions: Tensor,
+        gamma1: float,
+        gamma2: float,
+        need_words_grad: bool,
+    ) -> tuple[Tensor, Tensor]:
         _, launch = _launchers("damsm", "damsm_word_similarity", impl)
-        return launch(grad_s.contiguous(), words.contiguous(), lengths_on(words.device, lengths),
-                      regions.contiguous(), gamma1, gamma2, need_words_grad)
+        return launch(
+            grad_s.contiguous(),
+            words.contiguous(),
+            lengths_on(words.device, lengths),
+            regions.contiguous(),
+            gamma1,
+            gamma2,
+            need_words_grad,
+        )
 
     @backward_op.register_fake
     def _(grad_s, words, lengths, regions, gamma1, gamma2, need_words_grad):
@@ -120,10 +145,16 @@ def _register_damsm_word_similarity(impl: str):
         words, lengths, regions = ctx.saved_tensors
         # A frozen text encoder (the GAN step) needs only the regions' gradient: skip the words'.
         need_words = ctx.needs_input_grad[0]
-        grad_words, grad_regions = backward_op(grad_s, words, lengths, regions, *ctx.gammas,
-                                               need_words)
-        return (grad_words if need_words else None, None,
-                grad_regions if ctx.needs_input_grad[2] else None, None, None)
+        grad_words, grad_regions = backward_op(
+            grad_s, words, lengths, regions, *ctx.gammas, need_words
+        )
+        return (
+            grad_words if need_words else None,
+            None,
+            grad_regions if ctx.needs_input_grad[2] else None,
+            None,
+            None,
+        )
 
     forward.register_autograd(backward, setup_context=setup_context)
     return forward
@@ -132,8 +163,7 @@ def _register_damsm_word_similarity(impl: str):
 # impl name -> forward custom op: op(words [Bc, D, L], lengths [Bc] int64 (on the CPU or the
 # device of words), regions [Bi, D, R],
 # gamma1, gamma2) -> S [Bi, Bc] float32 (float64 for float64 inputs), differentiable.
-damsm_word_similarity_ops = {impl: _register_damsm_word_similarity(impl)
-                             for impl in FUSED_BACKENDS}
+damsm_word_similarity_ops = {impl: _register_damsm_word_similarity(impl) for impl in FUSED_BACKENDS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,18 +172,25 @@ damsm_word_similarity_ops = {impl: _register_damsm_word_similarity(impl)
 # csrc/registration.cpp); Triton: attngan.kernels.word_attention, same signatures.
 # ---------------------------------------------------------------------------------------------
 
+
 def _register_word_attention(impl: str):
     """Define attngan::word_attention_<impl> (+ _backward) and return the forward op."""
     name = f"attngan::word_attention_{impl}"
 
     @torch.library.custom_op(name, mutates_args=())
-    def forward(query: Tensor, words: Tensor, lengths: Tensor, return_attn: bool,
-                concat: bool) -> tuple[Tensor, Tensor]:
+    def forward(
+        query: Tensor, words: Tensor, lengths: Tensor, return_attn: bool, concat: bool
+    ) -> tuple[Tensor, Tensor]:
         if impl in CHECKS_LENGTHS:
             check_lengths("word_attention", lengths, words.shape[2])
         launch, _ = _launchers("word_attention", "word_attention", impl)
-        return launch(query.contiguous(), words.contiguous(), lengths_on(words.device, lengths),
-                      return_attn, concat)
+        return launch(
+            query.contiguous(),
+            words.contiguous(),
+            lengths_on(words.device, lengths),
+            return_attn,
+            concat,
+        )
 
     @forward.register_fake
     def _(query, words, lengths, return_attn, concat):
@@ -163,12 +200,24 @@ def _register_word_attention(impl: str):
         return query.new_empty(out_shape), query.new_empty(attn_shape)
 
     @torch.library.custom_op(name + "_backward", mutates_args=())
-    def backward_op(grad_out: Tensor, grad_attn: Optional[Tensor], query: Tensor,
-                    words: Tensor, lengths: Tensor, concat: bool) -> tuple[Tensor, Tensor]:
+    def backward_op(
+        grad_out: Tensor,
+        grad_attn: Optional[Tensor],
+        query: Tensor,
+        words: Tensor,
+        lengths: Tensor,
+        concat: bool,
+    ) -> tuple[Tensor, Tensor]:
         _, launch = _launchers("word_attention", "word_attention", impl)
         grad_attn = grad_attn.contiguous() if grad_attn is not None else None
-        return launch(grad_out.contiguous(), grad_attn, query.contiguous(), words.contiguous(),
-                      lengths_on(words.device, lengths), concat)
+        return launch(
+            grad_out.contiguous(),
+            grad_attn,
+            query.contiguous(),
+            words.contiguous(),
+            lengths_on(words.device, lengths),
+            concat,
+        )
 
     @backward_op.register_fake
     def _(grad_out, grad_attn, query, words, lengths, concat):
@@ -189,8 +238,7 @@ def _register_word_attention(impl: str):
             grad_out = query.new_zeros(ctx.out_shape)
         if not ctx.return_attn or grad_attn is None or grad_attn.numel() == 0:
             grad_attn = None
-        grad_query, grad_words = backward_op(grad_out, grad_attn, query, words, lengths,
-                                             ctx.concat)
+        grad_query, grad_words = backward_op(grad_out, grad_attn, query, words, lengths, ctx.concat)
         return grad_query, grad_words, None, None, None
 
     forward.register_autograd(backward, setup_context=setup_context)

@@ -12,6 +12,7 @@ the queue is full.
 Generations run one at a time on one worker thread (`DeviceQueue`), so the device holds one
 batch at a time; requests beyond the running one and `queue` waiting ones are refused at once.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,7 +36,7 @@ from attngan.serve.served import MAX_IMAGES, ServedRun
 
 __all__ = ["create_app", "DeviceQueue", "ServeError", "MAX_BODY_BYTES", "MAX_CAPTION_CHARS"]
 
-MAX_BODY_BYTES = 16 * 1024    # a request body: a caption and two numbers
+MAX_BODY_BYTES = 16 * 1024  # a request body: a caption and two numbers
 MAX_CAPTION_CHARS = 2000
 EXAMPLE_BODY = '{"caption": "a small red circle at the top left", "n": 4, "seed": 0}'
 
@@ -59,8 +60,8 @@ class DeviceQueue:
 
     def __init__(self, waiting: int):
         self.waiting = waiting
-        self.admitted = 0                          # running and waiting; read and written by
-        self.seconds_per_job: Optional[float] = None   # the event loop's thread only
+        self.admitted = 0  # running and waiting; read and written by
+        self.seconds_per_job: Optional[float] = None  # the event loop's thread only
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attngan-device")
 
     def retry_after(self) -> int:
@@ -70,10 +71,13 @@ class DeviceQueue:
         """(job's result, seconds it waited for the device)."""
         if self.admitted > self.waiting:
             after = self.retry_after()
-            raise ServeError(503, f"the server is busy: {self.admitted} requests are generating "
-                                  f"or waiting, the most it takes (one and attngan serve "
-                                  f"--queue {self.waiting}); retry in {after} s",
-                             {"Retry-After": str(after)})
+            raise ServeError(
+                503,
+                f"the server is busy: {self.admitted} requests are generating "
+                f"or waiting, the most it takes (one and attngan serve "
+                f"--queue {self.waiting}); retry in {after} s",
+                {"Retry-After": str(after)},
+            )
         self.admitted += 1
         loop = asyncio.get_running_loop()
         submitted = time.perf_counter()
@@ -107,8 +111,10 @@ class BodyLimit:
         self.app, self.limit = app, limit
 
     def _message(self) -> str:
-        return (f"the request body is over {self.limit:,} bytes; send a caption of at most "
-                f"{MAX_CAPTION_CHARS:,} characters")
+        return (
+            f"the request body is over {self.limit:,} bytes; send a caption of at most "
+            f"{MAX_CAPTION_CHARS:,} characters"
+        )
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -132,11 +138,16 @@ class BodyLimit:
 
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    caption: str = Field(max_length=MAX_CAPTION_CHARS, examples=["a small red circle at the top "
-                                                                 "left"])
+    caption: str = Field(
+        max_length=MAX_CAPTION_CHARS, examples=["a small red circle at the top left"]
+    )
     n: int = Field(1, ge=1, le=MAX_IMAGES, description="images to draw")
-    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the noise: the same request "
-                                                        "gives the same images")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description="seed of the noise: the same request gives the same images",
+    )
 
 
 class CaptionRequest(BaseModel):
@@ -165,8 +176,9 @@ class Stage(BaseModel):
     images: list[str] = Field(description="PNG data URIs, one per image")
     attention: Optional[list[list[str]]] = Field(
         description="per image, per used word: its attention map coloured as in the sampler's "
-                    "attention figure (PNG data URIs, blended over the image at overlay_alpha "
-                    "there); null for the first stage, which has no attention")
+        "attention figure (PNG data URIs, blended over the image at overlay_alpha "
+        "there); null for the first stage, which has no attention"
+    )
 
 
 class Seconds(BaseModel):
@@ -213,14 +225,19 @@ def _validation_message(errors) -> tuple[int, str]:
     for error in errors:
         if error["type"] == "json_invalid":
             reason = error.get("ctx", {}).get("error", "malformed")
-            return 400, (f"the request body is not valid JSON ({reason}); send an object such "
-                         f"as {EXAMPLE_BODY}")
+            return 400, (
+                f"the request body is not valid JSON ({reason}); send an object such "
+                f"as {EXAMPLE_BODY}"
+            )
     parts = []
     for error in errors:
         where = ".".join(str(part) for part in error["loc"][1:])
         if not where:
-            parts.append("the body is missing" if error["type"] == "missing" else
-                         f"the body is not a JSON object ({error['msg']})")
+            parts.append(
+                "the body is missing"
+                if error["type"] == "missing"
+                else f"the body is not a JSON object ({error['msg']})"
+            )
         elif error["type"] == "missing":
             parts.append(f"{where} is missing")
         else:
@@ -243,9 +260,13 @@ def create_app(run: ServedRun, queue: int = DEFAULT_QUEUE) -> FastAPI:
         yield
         device_queue.close()
 
-    app = FastAPI(title="attngan serve", version=__version__, lifespan=lifespan,
-                  description="Generate images from a caption with an AttnGAN run, with each "
-                              "word's attention maps.")
+    app = FastAPI(
+        title="attngan serve",
+        version=__version__,
+        lifespan=lifespan,
+        description="Generate images from a caption with an AttnGAN run, with each "
+        "word's attention maps.",
+    )
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
 
     @app.exception_handler(ServeError)
@@ -258,16 +279,23 @@ def create_app(run: ServedRun, queue: int = DEFAULT_QUEUE) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
-        messages = {404: f"there is no {request.url.path}; the page is /, the API under /api "
-                         "(see /docs)",
-                    405: f"{request.method} is not allowed on {request.url.path} (see /docs)"}
-        return _error(error.status_code, messages.get(error.status_code, str(error.detail)),
-                      getattr(error, "headers", None))
+        messages = {
+            404: f"there is no {request.url.path}; the page is /, the API under /api (see /docs)",
+            405: f"{request.method} is not allowed on {request.url.path} (see /docs)",
+        }
+        return _error(
+            error.status_code,
+            messages.get(error.status_code, str(error.detail)),
+            getattr(error, "headers", None),
+        )
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception):
-        return _error(500, f"the server failed ({type(error).__name__}: {error}); it goes on "
-                           "serving, and its log has the traceback")
+        return _error(
+            500,
+            f"the server failed ({type(error).__name__}: {error}); it goes on "
+            "serving, and its log has the traceback",
+        )
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index():
@@ -285,8 +313,13 @@ def create_app(run: ServedRun, queue: int = DEFAULT_QUEUE) -> FastAPI:
     async def tokenize(request: CaptionRequest):
         """How the run reads a caption: each word, known or not, and why it cannot be drawn."""
         reading = run.read(request.caption)
-        return {"tokens": reading.tokens, "used": reading.used, "dropped": reading.dropped,
-                "word_limit": run.word_limit, "problem": reading.problem}
+        return {
+            "tokens": reading.tokens,
+            "used": reading.used,
+            "dropped": reading.dropped,
+            "word_limit": run.word_limit,
+            "problem": reading.problem,
+        }
 
     @app.get("/api/random-caption", responses={404: {"model": ErrorMessage}})
     async def random_caption() -> dict:
@@ -296,8 +329,11 @@ def create_app(run: ServedRun, queue: int = DEFAULT_QUEUE) -> FastAPI:
         except LookupError as error:
             raise ServeError(404, str(error)) from None
 
-    @app.post("/api/generate", response_model=Generated,
-              responses={**ERRORS, 503: {"model": ErrorMessage}})
+    @app.post(
+        "/api/generate",
+        response_model=Generated,
+        responses={**ERRORS, 503: {"model": ErrorMessage}},
+    )
     async def generate(request: GenerateRequest):
         """n images of the caption at every stage, with each used word's attention maps."""
         started = time.perf_counter()
@@ -305,12 +341,22 @@ def create_app(run: ServedRun, queue: int = DEFAULT_QUEUE) -> FastAPI:
         if reading.problem:
             raise ServeError(422, reading.problem)
         drawn, waited = await device_queue.run(
-            lambda: run.draw(reading.used, request.n, request.seed))
-        seconds = {**drawn["seconds"], "waiting": round(waited, 4),
-                   "total": round(time.perf_counter() - started, 4)}
-        return {"caption": request.caption, "tokens": reading.used, "dropped": reading.dropped,
-                "n": request.n, "seed": request.seed, "stages": drawn["stages"],
-                "seconds": seconds}
+            lambda: run.draw(reading.used, request.n, request.seed)
+        )
+        seconds = {
+            **drawn["seconds"],
+            "waiting": round(waited, 4),
+            "total": round(time.perf_counter() - started, 4),
+        }
+        return {
+            "caption": request.caption,
+            "tokens": reading.used,
+            "dropped": reading.dropped,
+            "n": request.n,
+            "seed": request.seed,
+            "stages": drawn["stages"],
+            "seconds": seconds,
+        }
 
     app.state.device_queue = device_queue
     return app

@@ -7,6 +7,7 @@ crash mid-write never leaves a truncated checkpoint; training runs write theirs 
 thread (`CheckpointWriter`). RNG state (Python, NumPy, torch CPU and CUDA) is captured and
 restored so a resumed run draws the same numbers as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,10 +35,27 @@ class CheckpointError(ValueError):
 CHECKPOINT_NAMES = {"damsm": "damsm_last.pt", "gan": "gan_last.pt"}
 RUN_NAMES = {"damsm": "DAMSM", "gan": "GAN"}
 REQUIRED_ENTRIES = {
-    "damsm": ("config", "vocab", "vocab_fingerprint", "text_encoder", "image_encoder", "epoch",
-              "step"),
-    "gan": ("config", "damsm_config", "damsm_checkpoint", "damsm_sha256", "vocab",
-            "vocab_fingerprint", "text_encoder", "trainer", "step", "epoch"),
+    "damsm": (
+        "config",
+        "vocab",
+        "vocab_fingerprint",
+        "text_encoder",
+        "image_encoder",
+        "epoch",
+        "step",
+    ),
+    "gan": (
+        "config",
+        "damsm_config",
+        "damsm_checkpoint",
+        "damsm_sha256",
+        "vocab",
+        "vocab_fingerprint",
+        "text_encoder",
+        "trainer",
+        "step",
+        "epoch",
+    ),
 }
 # What a resumed run may set differently from the run it continues: how long it trains, how
 # often it writes, where and with which kernels and step switches it runs (attngan.train.speed:
@@ -45,14 +63,38 @@ REQUIRED_ENTRIES = {
 # are, how the finished run is evaluated, and its learning rates (lowered to go on from the last
 # good checkpoint of a run that diverged). Anything else (a model size, the data's sizes) would
 # not continue the run but start another from its weights, or fail to load them.
-RESUME_MAY_CHANGE = frozenset({
-    "data.root", "data.image_cache", "image_encoder.weights", "data.num_workers",
-    "damsm.epochs", "damsm.log_every", "damsm.checkpoint_every",
-    "damsm.eval_candidates", "damsm.eval_folds", "data.eval_words_num", "damsm.lr",
-    "gan.epochs", "gan.max_steps", "gan.log_every", "gan.sample_every", "gan.checkpoint_every",
-    "gan.lr_g", "gan.lr_d",
-    "run.device", "run.impl", "run.threads", "run.speed", "run.precision", "run.channels_last",
-    "run.cudnn_benchmark", "run.fused_adam", "run.compile", "run.cuda_graphs"})
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "data.root",
+        "data.image_cache",
+        "image_encoder.weights",
+        "data.num_workers",
+        "damsm.epochs",
+        "damsm.log_every",
+        "damsm.checkpoint_every",
+        "damsm.eval_candidates",
+        "damsm.eval_folds",
+        "data.eval_words_num",
+        "damsm.lr",
+        "gan.epochs",
+        "gan.max_steps",
+        "gan.log_every",
+        "gan.sample_every",
+        "gan.checkpoint_every",
+        "gan.lr_g",
+        "gan.lr_d",
+        "run.device",
+        "run.impl",
+        "run.threads",
+        "run.speed",
+        "run.precision",
+        "run.channels_last",
+        "run.cudnn_benchmark",
+        "run.fused_adam",
+        "run.compile",
+        "run.cuda_graphs",
+    }
+)
 
 
 def run_checkpoint_path(out_dir: Path, kind: str, resume: bool) -> Path:
@@ -63,18 +105,25 @@ def run_checkpoint_path(out_dir: Path, kind: str, resume: bool) -> Path:
     name, run = CHECKPOINT_NAMES[kind], RUN_NAMES[kind]
     checkpoint = out_dir / "checkpoints" / name
     if out_dir.exists() and not out_dir.is_dir():
-        raise CheckpointError(f"--out {out_dir} is a file, not a folder; choose a folder for the "
-                              f"{run} run")
+        raise CheckpointError(
+            f"--out {out_dir} is a file, not a folder; choose a folder for the {run} run"
+        )
     for other, other_name in CHECKPOINT_NAMES.items():
         if other != kind and (out_dir / "checkpoints" / other_name).exists():
-            raise CheckpointError(f"{out_dir} holds a {RUN_NAMES[other]} run (checkpoints/"
-                                  f"{other_name}); choose another --out folder for the {run} run")
+            raise CheckpointError(
+                f"{out_dir} holds a {RUN_NAMES[other]} run (checkpoints/"
+                f"{other_name}); choose another --out folder for the {run} run"
+            )
     if checkpoint.exists() and not resume:
-        raise CheckpointError(f"{out_dir} already holds a {run} run ({checkpoint}); pass "
-                              "--resume to continue it or choose another --out folder")
+        raise CheckpointError(
+            f"{out_dir} already holds a {run} run ({checkpoint}); pass "
+            "--resume to continue it or choose another --out folder"
+        )
     if resume and not checkpoint.exists():
-        raise CheckpointError(f"--resume: {checkpoint} does not exist; train without --resume "
-                              "to start a new run in this folder")
+        raise CheckpointError(
+            f"--resume: {checkpoint} does not exist; train without --resume "
+            "to start a new run in this folder"
+        )
     return checkpoint
 
 
@@ -91,6 +140,7 @@ def hold_run_folder(out_dir: str | Path, command: str) -> Iterator[Path]:
 def holds_run_folder(command: str) -> Callable:
     """Decorator of a function with an `out_dir` argument that writes a run: `hold_run_folder`
     for the call."""
+
     def decorate(function: Callable) -> Callable:
         signature = inspect.signature(function)
 
@@ -98,12 +148,15 @@ def holds_run_folder(command: str) -> Callable:
         def run(*args, **kwargs):
             with hold_run_folder(signature.bind(*args, **kwargs).arguments["out_dir"], command):
                 return function(*args, **kwargs)
+
         return run
+
     return decorate
 
 
-def open_run(out_dir: Path, kind: str, resume: bool, config: dict, imported: str
-             ) -> tuple[Path, Optional[dict]]:
+def open_run(
+    out_dir: Path, kind: str, resume: bool, config: dict, imported: str
+) -> tuple[Path, Optional[dict]]:
     """(checkpoint path, the checkpoint to resume from or None) of a `kind` run in `out_dir`:
     run_checkpoint_path's checks, and when resuming, a checkpoint that is not an imported run
     (`imported`: what it holds and what to do with it instead) of a config the resume keeps
@@ -132,10 +185,14 @@ def config_changes(payload: dict, config: dict) -> str:
     """The settings in which `config` (config_to_dict) differs from the run of checkpoint
     `payload` beyond RESUME_MAY_CHANGE, as "key=new (the run's: old), ...", or ""."""
     saved, given = _flat(payload["config"]), _flat(config)
-    changed = sorted(key for key in saved.keys() | given.keys()
-                     if key not in RESUME_MAY_CHANGE and saved.get(key) != given.get(key))
-    return ", ".join(f"{key}={given.get(key)!r} (the run's: {saved.get(key)!r})"
-                     for key in changed[:3]) + (" ..." if len(changed) > 3 else "")
+    changed = sorted(
+        key
+        for key in saved.keys() | given.keys()
+        if key not in RESUME_MAY_CHANGE and saved.get(key) != given.get(key)
+    )
+    return ", ".join(
+        f"{key}={given.get(key)!r} (the run's: {saved.get(key)!r})" for key in changed[:3]
+    ) + (" ..." if len(changed) > 3 else "")
 
 
 def require_resumable_config(payload: dict, config: dict, path: Path, out_dir: Path) -> None:
@@ -148,7 +205,8 @@ def require_resumable_config(payload: dict, config: dict, path: Path, out_dir: P
         raise CheckpointError(
             f"--resume: the config differs from the one {path} was trained with: {shown}; resume "
             f"with the run's config (--config {out_dir / 'config.yaml'}; a resume may change only "
-            f"{', '.join(allowed)}) or start a new run in another --out folder")
+            f"{', '.join(allowed)}) or start a new run in another --out folder"
+        )
 
 
 def trim_metrics(path: Path, last_step: int) -> None:
@@ -165,8 +223,10 @@ def trim_metrics(path: Path, last_step: int) -> None:
         except ValueError:
             if number == len(lines):
                 break
-            raise CheckpointError(f"{path} line {number} is not a JSON record ({line[:40]!r}); "
-                                  "repair or delete that line, then run again") from None
+            raise CheckpointError(
+                f"{path} line {number} is not a JSON record ({line[:40]!r}); "
+                "repair or delete that line, then run again"
+            ) from None
         if record.get("step", 0) <= last_step:
             kept.append(line)
     text = "".join(line + "\n" for line in kept).encode()
@@ -215,8 +275,11 @@ class CheckpointWriter:
     def save(self, path: str | Path, payload: dict) -> None:
         self.wait()
         snapshot = _on_host(payload)
-        self._thread = threading.Thread(target=self._write, args=(Path(path), snapshot),
-                                        name=f"checkpoint writer ({Path(path).name})")
+        self._thread = threading.Thread(
+            target=self._write,
+            args=(Path(path), snapshot),
+            name=f"checkpoint writer ({Path(path).name})",
+        )
         self._thread.start()
 
     def _write(self, path: Path, payload: dict) -> None:
@@ -249,51 +312,76 @@ def resolve_run_checkpoint(path_or_run_dir: str | Path, kind: str) -> Path:
         return checkpoint
     others = sorted(found.name for found in path.glob("checkpoints/*_last.pt"))
     runs = sorted({str(found.parent.parent) for found in path.glob("*/checkpoints/*_last.pt")})
-    holds = (f"; it holds checkpoints/{', '.join(others)}" if others else
-             f"; the runs inside it: {', '.join(runs)}" if runs else "")
-    raise CheckpointError(f"{path} is not a {run_kind} run folder (no checkpoints/{file_name}"
-                          f"{holds}): pass a {run_kind} run folder or its .pt file")
+    holds = (
+        f"; it holds checkpoints/{', '.join(others)}"
+        if others
+        else f"; the runs inside it: {', '.join(runs)}"
+        if runs
+        else ""
+    )
+    raise CheckpointError(
+        f"{path} is not a {run_kind} run folder (no checkpoints/{file_name}"
+        f"{holds}): pass a {run_kind} run folder or its .pt file"
+    )
 
 
-def load_checkpoint(path: str | Path, *, kind: str | None = None,
-                    map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(
+    path: str | Path, *, kind: str | None = None, map_location: str | torch.device = "cpu"
+) -> dict:
     """Read a checkpoint with weights_only=True; if `kind` ("damsm", "gan") is given, check that
     the checkpoint is one of that kind with every entry such a checkpoint holds."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass the .pt file written by "
-                              "a training run (or its run folder)")
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; pass the .pt file written by "
+            "a training run (or its run folder)"
+        )
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch.load fails in many ways on a corrupt file
-        raise CheckpointError(f"checkpoint {path} cannot be read ({load_failure_reason(error)}"
-                              f"); it is corrupt or not an attngan checkpoint: "
-                              "use another checkpoint or retrain") from None
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({load_failure_reason(error)}"
+            f"); it is corrupt or not an attngan checkpoint: "
+            "use another checkpoint or retrain"
+        ) from None
     if not isinstance(payload, dict) or "kind" not in payload:
         raise CheckpointError(f"{path} is not an attngan checkpoint (no 'kind' entry)")
     if kind is not None and payload["kind"] != kind:
-        raise CheckpointError(f"{path} is a '{payload['kind']}' checkpoint, but a '{kind}' "
-                              "checkpoint is needed here")
+        raise CheckpointError(
+            f"{path} is a '{payload['kind']}' checkpoint, but a '{kind}' checkpoint is needed here"
+        )
     missing = [entry for entry in REQUIRED_ENTRIES.get(kind, ()) if entry not in payload]
     if missing:
-        raise CheckpointError(f"{path} is not a complete attngan {kind} checkpoint "
-                              f"(no {', '.join(repr(entry) for entry in missing)}): use another "
-                              "checkpoint or retrain")
+        raise CheckpointError(
+            f"{path} is not a complete attngan {kind} checkpoint "
+            f"(no {', '.join(repr(entry) for entry in missing)}): use another "
+            "checkpoint or retrain"
+        )
     return payload
 
 
-def require_same_vocabulary(payload: dict, fingerprint: str, path: str | Path, data_root: str,
-                            fix: str = "resume with the data it was trained on or start a new "
-                                       "run") -> None:
+def require_same_vocabulary(
+    payload: dict,
+    fingerprint: str,
+    path: str | Path,
+    data_root: str,
+    fix: str = "resume with the data it was trained on or start a new run",
+) -> None:
     """Refuse to use a checkpoint on data whose vocabulary differs from the checkpoint's: its
     word ids would index the wrong embeddings. `fix` ends the message (what to do instead)."""
     if payload["vocab_fingerprint"] != fingerprint:
-        raise CheckpointError(f"{path} was trained with another vocabulary than the data in "
-                              f"{data_root}; {fix}")
+        raise CheckpointError(
+            f"{path} was trained with another vocabulary than the data in {data_root}; {fix}"
+        )
 
 
-def require_same_data(payload: dict, fingerprints: dict[str, dict], path: str | Path,
-                      data_root: str, accept_option: str) -> None:
+def require_same_data(
+    payload: dict,
+    fingerprints: dict[str, dict],
+    path: str | Path,
+    data_root: str,
+    accept_option: str,
+) -> None:
     """Refuse data whose splits (`fingerprints`: split -> SplitRecords.fingerprint()) differ
     from those the run of checkpoint `payload` recorded: a run resumed or evaluated on other
     images or captions would report numbers of neither. `accept_option` goes on anyway. A
@@ -306,15 +394,22 @@ def require_same_data(payload: dict, fingerprints: dict[str, dict], path: str | 
                 f"the {split} split in {data_root} is not the data {path} was made with "
                 f"({now['images']} images now, {then['images']} then, or other images or "
                 f"captions); point data.root (or --data-root) at that data set, or pass "
-                f"{accept_option} to go on with this one")
+                f"{accept_option} to go on with this one"
+            )
 
 
 def load_state(module: torch.nn.Module, state: dict, what: str, path: str | Path) -> None:
     """Load the entry `what` of checkpoint `path` into `module`, which the checkpoint's own
     config built: every key and shape must fit (a CheckpointError names the first misfits)."""
-    load_state_exactly(module, state, path, "checkpoint", f"what its own config builds for "
-                       f"{what}", "the checkpoint or its config was edited or damaged: use an "
-                       "unedited checkpoint or retrain", CheckpointError)
+    load_state_exactly(
+        module,
+        state,
+        path,
+        "checkpoint",
+        f"what its own config builds for {what}",
+        "the checkpoint or its config was edited or damaged: use an unedited checkpoint or retrain",
+        CheckpointError,
+    )
 
 
 def first_non_finite(state: dict, what: str) -> Optional[str]:
@@ -322,8 +417,13 @@ def first_non_finite(state: dict, what: str) -> Optional[str]:
     that holds NaN or infinity, as "what.name", or None."""
     if isinstance(state, torch.Tensor):
         return what if state.is_floating_point() and not bool(state.isfinite().all()) else None
-    items = state.items() if isinstance(state, dict) else \
-        enumerate(state) if isinstance(state, (list, tuple)) else ()
+    items = (
+        state.items()
+        if isinstance(state, dict)
+        else enumerate(state)
+        if isinstance(state, (list, tuple))
+        else ()
+    )
     for name, value in items:
         found = first_non_finite(value, f"{what}.{name}")
         if found:
@@ -335,9 +435,11 @@ def require_finite(state: dict, what: str, path: str | Path) -> None:
     """Refuse weights holding NaN or infinity: a diverged run's, which draw black images."""
     found = first_non_finite(state, what)
     if found:
-        raise CheckpointError(f"{path} holds non-finite weights ({found} has NaN or infinity): "
-                              "the run diverged; use an earlier checkpoint or retrain with "
-                              "lower learning rates")
+        raise CheckpointError(
+            f"{path} holds non-finite weights ({found} has NaN or infinity): "
+            "the run diverged; use an earlier checkpoint or retrain with "
+            "lower learning rates"
+        )
 
 
 def rng_state() -> dict[str, Any]:

@@ -6,6 +6,7 @@ and evaluation. Buffers (BatchNorm running statistics) are not averaged but copi
 live generator, as in the original, where the averaged parameters are loaded into the trained
 network and so use its running statistics.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,9 +36,11 @@ class EMA:
         averages, currents = list(self.module.parameters()), list(model.parameters())
         buffers, sources = list(self.module.buffers()), list(model.buffers())
         if len(averages) != len(currents) or len(buffers) != len(sources):
-            raise ValueError(f"EMA.update: the model has {len(currents)} parameters and "
-                             f"{len(sources)} buffers, the average {len(averages)} and "
-                             f"{len(buffers)}; pass the model the EMA was built from")
+            raise ValueError(
+                f"EMA.update: the model has {len(currents)} parameters and "
+                f"{len(sources)} buffers, the average {len(averages)} and "
+                f"{len(buffers)}; pass the model the EMA was built from"
+            )
         torch._foreach_mul_(averages, self.decay)
         torch._foreach_add_(averages, currents, alpha=1.0 - self.decay)
         if buffers:

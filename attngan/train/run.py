@@ -22,6 +22,7 @@ and dropout from its own random streams (rank 0's those of one process), the los
 the ranks' mean, a divergence on any rank stops every rank, and a checkpoint holds every rank's
 random state, so that a resume on as many ranks continues each exactly.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,13 +38,29 @@ from tqdm import tqdm
 from attngan.config import Config, config_to_dict, save_config
 from attngan.data.dataset import TextImageDataset, build_dataset, read_split
 from attngan.data.vocab import Vocabulary
+from attngan.distributed import (
+    SINGLE,
+    World,
+    all_gather_objects,
+    join_world,
+    local_share,
+    rank_seed,
+    reduce_,
+    this_world,
+)
 from attngan.files import write_text_atomically
-from attngan.distributed import (SINGLE, World, all_gather_objects, join_world, local_share,
-                                 rank_seed, reduce_, this_world)
-from attngan.train.checkpoint import (RUN_NAMES, CheckpointError, CheckpointWriter,
-                                      first_non_finite, hold_run_folder, open_run,
-                                      require_same_data, require_same_vocabulary, set_rng_state,
-                                      trim_metrics)
+from attngan.train.checkpoint import (
+    RUN_NAMES,
+    CheckpointError,
+    CheckpointWriter,
+    first_non_finite,
+    hold_run_folder,
+    open_run,
+    require_same_data,
+    require_same_vocabulary,
+    set_rng_state,
+    trim_metrics,
+)
 from attngan.train.runtime import prepare_run, require_step_fits, seed_everything
 from attngan.train.speed import StepSettings, step_settings
 
@@ -61,8 +78,16 @@ class TrainingDiverged(ValueError):
 def metrics_line(record: dict) -> str:
     """`record` as one line of JSON, a float that is NaN or infinite as null (JSON has
     neither)."""
-    return json.dumps({key: None if isinstance(value, float) and not math.isfinite(value)
-                       else value for key, value in record.items()}, allow_nan=False) + "\n"
+    return (
+        json.dumps(
+            {
+                key: None if isinstance(value, float) and not math.isfinite(value) else value
+                for key, value in record.items()
+            },
+            allow_nan=False,
+        )
+        + "\n"
+    )
 
 
 def _floating_tensors(value: Any) -> Iterator[torch.Tensor]:
@@ -87,8 +112,8 @@ class DivergenceWatch:
     def __init__(self, world: World = SINGLE):
         self.world = world
         self.names: list[str] = []
-        self._step: Optional[torch.Tensor] = None      # int64: that step; 0: none so far
-        self._losses: Optional[torch.Tensor] = None    # float32 [len(names)]: its losses
+        self._step: Optional[torch.Tensor] = None  # int64: that step; 0: none so far
+        self._losses: Optional[torch.Tensor] = None  # float32 [len(names)]: its losses
 
     def update(self, step: int, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         """Watch the losses of `step` (scalar tensors); returns them stacked, in float32."""
@@ -108,24 +133,26 @@ class DivergenceWatch:
         several ranks the step is the latest of any rank's, and the rest sums over the ranks
         (a non-finite loss of any rank stays non-finite)."""
         step = reduce_(self._step.double().view(1), self.world, "max")
-        rest = reduce_(torch.cat([self._losses.double(), *(t.double() for t in tensors)]),
-                       self.world)
+        rest = reduce_(
+            torch.cat([self._losses.double(), *(t.double() for t in tensors)]), self.world
+        )
         values = torch.cat([step, rest]).tolist()
         count = len(self.names)
-        return int(values[0]), dict(zip(self.names, values[1:1 + count])), values[1 + count:]
+        return int(values[0]), dict(zip(self.names, values[1 : 1 + count])), values[1 + count :]
 
 
 class RunOutputs:
     """What a run's training loop writes (`TrainingRun.outputs`): metrics lines and checkpoints,
     the losses watched for divergence. A process that is not the run's writer writes nothing."""
 
-    def __init__(self, run: "TrainingRun", metrics: Optional[TextIO],
-                 checkpoints: Optional[CheckpointWriter]):
+    def __init__(
+        self, run: "TrainingRun", metrics: Optional[TextIO], checkpoints: Optional[CheckpointWriter]
+    ):
         self._run = run
         self._metrics = metrics
         self._checkpoints = checkpoints
         self._watch = DivergenceWatch(run.world)
-        self._last: Optional[torch.Tensor] = None      # the last step's losses, stacked
+        self._last: Optional[torch.Tensor] = None  # the last step's losses, stacked
 
     def track(self, step: int, losses: dict[str, torch.Tensor]) -> None:
         """Watch the losses of `step` (the trainer's step's, on the device) and keep them for
@@ -143,7 +170,7 @@ class RunOutputs:
         `rounded` after `record`'s entries and return them as logged; then stop a run that
         diverged (TrainingDiverged)."""
         first, first_losses, values = self._watch.read(self._last)
-        size = self._run.world.size                  # the ranks' losses summed: their mean
+        size = self._run.world.size  # the ranks' losses summed: their mean
         losses = {name: rounded(value / size) for name, value in zip(self._watch.names, values)}
         self.log({**record, **losses})
         if first:
@@ -163,10 +190,12 @@ class RunOutputs:
         if first:
             raise self._diverged(f"at step {first} (losses {_non_finite(first_losses)})")
         if not (on_host and not any(non_finite)):
-            found = next(name for key, value in payload.items()
-                         if (name := first_non_finite(value, key)))
-            raise self._diverged(f"by step {step} ({found} holds NaN or infinity, the losses "
-                                 "finite)")
+            found = next(
+                name for key, value in payload.items() if (name := first_non_finite(value, key))
+            )
+            raise self._diverged(
+                f"by step {step} ({found} holds NaN or infinity, the losses finite)"
+            )
         if self._run.world.distributed:
             payload = dict(payload, rng=all_gather_objects(payload["rng"], self._run.world))
         if self._checkpoints is not None:
@@ -181,19 +210,24 @@ class RunOutputs:
         run = self._run
         rates = ", ".join(LEARNING_RATES[run.kind])
         if run.saved_step is None:
-            advice = (f"no checkpoint was written before it: lower the learning rates ({rates}) "
-                      "and start the run again")
+            advice = (
+                f"no checkpoint was written before it: lower the learning rates ({rates}) "
+                "and start the run again"
+            )
         else:
-            advice = (f"its last good checkpoint, {run.checkpoint_path} (step {run.saved_step}), "
-                      f"is kept: lower the learning rates ({rates}) and resume from it with "
-                      "--resume")
+            advice = (
+                f"its last good checkpoint, {run.checkpoint_path} (step {run.saved_step}), "
+                f"is kept: lower the learning rates ({rates}) and resume from it with "
+                "--resume"
+            )
         return TrainingDiverged(f"{RUN_NAMES[run.kind]} training diverged {where}; {advice}")
 
 
 def _non_finite(losses: dict[str, float]) -> str:
-    """"name=nan, name=inf, ..." of the losses that are not finite."""
-    return ", ".join(f"{name}={value}" for name, value in losses.items()
-                     if not math.isfinite(value))
+    """ "name=nan, name=inf, ..." of the losses that are not finite."""
+    return ", ".join(
+        f"{name}={value}" for name, value in losses.items() if not math.isfinite(value)
+    )
 
 
 class TrainingRun:
@@ -210,8 +244,16 @@ class TrainingRun:
     ranks go through the phases and write nothing.
     """
 
-    def __init__(self, kind: str, command: str, out_dir: str | Path, *, resume: bool = False,
-                 accept_changed_data: bool = False, progress: bool = True):
+    def __init__(
+        self,
+        kind: str,
+        command: str,
+        out_dir: str | Path,
+        *,
+        resume: bool = False,
+        accept_changed_data: bool = False,
+        progress: bool = True,
+    ):
         self.kind = kind
         self.command = command
         self.out_dir = Path(out_dir)
@@ -220,12 +262,12 @@ class TrainingRun:
         self.world = this_world()
         self.writer = self.world.is_main
         self.progress = progress and self.writer
-        self.config: Optional[Config] = None            # set by `open`
-        self.fingerprints: dict[str, dict] = {}         # set by `read_data`
-        self.checkpoint_path: Optional[Path] = None     # set by `open`
-        self.payload: Optional[dict] = None             # the checkpoint resumed, by `open`
-        self.saved_step: Optional[int] = None           # the step of the last checkpoint
-        self._seconds_before = 0.0                      # the time the resumed run had trained
+        self.config: Optional[Config] = None  # set by `open`
+        self.fingerprints: dict[str, dict] = {}  # set by `read_data`
+        self.checkpoint_path: Optional[Path] = None  # set by `open`
+        self.payload: Optional[dict] = None  # the checkpoint resumed, by `open`
+        self.saved_step: Optional[int] = None  # the step of the last checkpoint
+        self._seconds_before = 0.0  # the time the resumed run had trained
         self._started = time.time()
         self._held = contextlib.ExitStack()
 
@@ -246,21 +288,26 @@ class TrainingRun:
         device = prepare_run(config)
         self.world, device = join_world(device)
         batch_key = "gan.batch_size" if self.kind == "gan" else "damsm.batch_size"
-        local_share(config.gan.batch_size if self.kind == "gan" else config.damsm.batch_size,
-                    self.world, batch_key)
+        local_share(
+            config.gan.batch_size if self.kind == "gan" else config.damsm.batch_size,
+            self.world,
+            batch_key,
+        )
         require_step_fits(config, self.kind, device, self.world.size)
-        return device, step_settings(config.run, device, stage=self.kind,
-                                     processes=self.world.size)
+        return device, step_settings(config.run, device, stage=self.kind, processes=self.world.size)
 
-    def read_data(self, config: Config, with_test_set: bool
-                  ) -> tuple[TextImageDataset, Optional[TextImageDataset]]:
+    def read_data(
+        self, config: Config, with_test_set: bool
+    ) -> tuple[TextImageDataset, Optional[TextImageDataset]]:
         """(the training set, augmented; with `with_test_set` the test set, else None), the
         fingerprints of both splits recorded for the checkpoints and the resume's check."""
         train_set = build_dataset(config.data, "train", augment=True)
         test_set = build_dataset(config.data, "test", augment=False) if with_test_set else None
         test_records = test_set.records if test_set else read_split(config.data, "test")
-        self.fingerprints = {"train": train_set.records.fingerprint(),
-                             "test": test_records.fingerprint()}
+        self.fingerprints = {
+            "train": train_set.records.fingerprint(),
+            "test": test_records.fingerprint(),
+        }
         return train_set, test_set
 
     def open(self, config: Config, vocab: Vocabulary, imported: str) -> Optional[dict]:
@@ -268,14 +315,21 @@ class TrainingRun:
         records), after `open_run`'s checks (`imported`: what an imported run holds instead),
         trained on `vocab` and, unless accept_changed_data, on the data `read_data` read."""
         self.config = config
-        self.checkpoint_path, payload = open_run(self.out_dir, self.kind, self.resume,
-                                                 config_to_dict(config), imported)
+        self.checkpoint_path, payload = open_run(
+            self.out_dir, self.kind, self.resume, config_to_dict(config), imported
+        )
         if payload is not None:
-            require_same_vocabulary(payload, vocab.fingerprint(), self.checkpoint_path,
-                                    config.data.root)
+            require_same_vocabulary(
+                payload, vocab.fingerprint(), self.checkpoint_path, config.data.root
+            )
             if not self.accept_changed_data:
-                require_same_data(payload, self.fingerprints, self.checkpoint_path,
-                                  config.data.root, "--accept-changed-data")
+                require_same_data(
+                    payload,
+                    self.fingerprints,
+                    self.checkpoint_path,
+                    config.data.root,
+                    "--accept-changed-data",
+                )
             states = payload["rng"] if isinstance(payload["rng"], list) else [payload["rng"]]
             if len(states) != self.world.size:
                 raise CheckpointError(
@@ -283,7 +337,8 @@ class TrainingRun:
                     f"process{'es' if len(states) > 1 else ''}, each with random streams of "
                     f"its own that it continues, and this run has {self.world.size}; resume it "
                     f"on {len(states)} (torchrun --nproc_per_node and --nnodes"
-                    f"{', or without torchrun' if len(states) == 1 else ''})")
+                    f"{', or without torchrun' if len(states) == 1 else ''})"
+                )
             self.saved_step = payload["step"]
             self._seconds_before = payload.get("seconds", 0.0)
         self.payload = payload

@@ -20,6 +20,7 @@ paper's. What each switch does:
 - cuda_graphs: the GAN's discriminator and generator updates captured as one CUDA graph and
   replayed (GPU only; the frozen text encoder runs before it).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,12 +34,23 @@ import torch.nn as nn
 from attngan.config import ConfigError, RunConfig
 from attngan.nn.inception import fold_batch_norms
 
-__all__ = ["StepSettings", "FAITHFUL", "SWITCHES", "EAGER_STEPS", "step_settings",
-           "unavailable_reason", "cpu_has_bfloat16", "training_autocast", "backend_flags", "adam",
-           "load_optimizer_state", "frozen_network", "compiled"]
+__all__ = [
+    "StepSettings",
+    "FAITHFUL",
+    "SWITCHES",
+    "EAGER_STEPS",
+    "step_settings",
+    "unavailable_reason",
+    "cpu_has_bfloat16",
+    "training_autocast",
+    "backend_flags",
+    "adam",
+    "load_optimizer_state",
+    "frozen_network",
+    "compiled",
+]
 
-SWITCHES = ("precision", "channels_last", "cudnn_benchmark", "fused_adam", "compile",
-            "cuda_graphs")
+SWITCHES = ("precision", "channels_last", "cudnn_benchmark", "fused_adam", "compile", "cuda_graphs")
 # Steps a trainer runs eagerly before it runs compiled code or captures a graph: the first
 # call of each op decides its implementation (attngan.backend) only eagerly.
 EAGER_STEPS = 1
@@ -47,6 +59,7 @@ EAGER_STEPS = 1
 @dataclasses.dataclass(frozen=True)
 class StepSettings:
     """The resolved switches of a training step (see the module docstring)."""
+
     precision: str = "fp32"
     channels_last: bool = False
     cudnn_benchmark: bool = False
@@ -63,33 +76,47 @@ FAITHFUL = StepSettings()
 _FAST = StepSettings("bf16", True, True, True, True, True)
 
 
-def unavailable_reason(switch: str, value, device: torch.device, stage: str = "gan",
-                       impl: str = "auto", processes: int = 1) -> Optional[str]:
+def unavailable_reason(
+    switch: str,
+    value,
+    device: torch.device,
+    stage: str = "gan",
+    impl: str = "auto",
+    processes: int = 1,
+) -> Optional[str]:
     """Why `switch` = `value` cannot run on `device` in `stage` ("gan" or "damsm") with ops
     `impl` on `processes` ranks, or None. The value that switches a lever off always runs."""
     if value in (False, "fp32"):
         return None
     on_cuda = torch.device(device).type == "cuda"
     if switch in ("compile", "cuda_graphs") and processes > 1:
-        return ("on several processes (torchrun) the DAMSM losses gather every rank's features "
-                "through a collective that a compiled graph or a CUDA graph does not hold; "
-                "train without it under torchrun")
+        return (
+            "on several processes (torchrun) the DAMSM losses gather every rank's features "
+            "through a collective that a compiled graph or a CUDA graph does not hold; "
+            "train without it under torchrun"
+        )
     if switch == "precision" and value == "tf32" and not on_cuda:
         return "TF32 is a format of NVIDIA tensor cores; on the CPU use fp32 or bf16"
     if switch == "cudnn_benchmark" and not on_cuda:
         return "cudnn.benchmark times cuDNN's convolutions, on a CUDA device only"
     if switch == "compile" and stage == "gan" and impl == "loop":
-        return ("run.impl=loop reads the caption lengths back on the host (the original's "
-                "per-caption loop), which a compiled graph cannot hold")
+        return (
+            "run.impl=loop reads the caption lengths back on the host (the original's "
+            "per-caption loop), which a compiled graph cannot hold"
+        )
     if switch == "cuda_graphs":
         if not on_cuda:
             return "CUDA graphs need a CUDA device"
         if stage == "damsm":
-            return ("DAMSM pretraining trains the text encoder, whose packed LSTM cannot be "
-                    "captured in a CUDA graph")
+            return (
+                "DAMSM pretraining trains the text encoder, whose packed LSTM cannot be "
+                "captured in a CUDA graph"
+            )
         if impl == "loop":
-            return ("run.impl=loop reads the caption lengths back on the host (the original's "
-                    "per-caption loop), which a CUDA graph cannot capture")
+            return (
+                "run.impl=loop reads the caption lengths back on the host (the original's "
+                "per-caption loop), which a CUDA graph cannot capture"
+            )
     return None
 
 
@@ -114,13 +141,15 @@ def _fast(switch: str, device: torch.device, stage: str, impl: str, processes: i
     it was measured faster)."""
     value = getattr(_FAST, switch)
     if unavailable_reason(switch, value, device, stage, impl, processes) is not None or (
-            device.type == "cpu" and not _faster_on_cpu(switch, stage)):
+        device.type == "cpu" and not _faster_on_cpu(switch, stage)
+    ):
         return getattr(FAITHFUL, switch)
     return value
 
 
-def step_settings(run: RunConfig, device: torch.device, stage: str = "gan",
-                  processes: int = 1) -> StepSettings:
+def step_settings(
+    run: RunConfig, device: torch.device, stage: str = "gan", processes: int = 1
+) -> StepSettings:
     """The switches of `run` on `device` for `stage` on `processes` ranks: those set in the
     config, the others from run.speed. A set switch that cannot run here is a ConfigError
     naming it and the fix."""
@@ -129,13 +158,18 @@ def step_settings(run: RunConfig, device: torch.device, stage: str = "gan",
     for switch in SWITCHES:
         value = getattr(run, switch)
         if value is None:
-            value = (_fast(switch, device, stage, run.impl, processes) if run.speed == "fast"
-                     else getattr(FAITHFUL, switch))
+            value = (
+                _fast(switch, device, stage, run.impl, processes)
+                if run.speed == "fast"
+                else getattr(FAITHFUL, switch)
+            )
         else:
             reason = unavailable_reason(switch, value, device, stage, run.impl, processes)
             if reason is not None:
-                raise ConfigError(f"run.{switch}={str(value).lower()} cannot run here: {reason}; "
-                                  f"leave run.{switch} unset (null) or change it")
+                raise ConfigError(
+                    f"run.{switch}={str(value).lower()} cannot run here: {reason}; "
+                    f"leave run.{switch} unset (null) or change it"
+                )
         chosen[switch] = value
     return StepSettings(**chosen)
 
@@ -145,8 +179,7 @@ def training_autocast(settings: StepSettings, device: torch.device) -> torch.aut
     precision "bf16" (matrix products and convolutions in bfloat16, what autocast keeps in
     float32, such as the losses, in float32), off otherwise. Backward passes and optimizer
     steps run outside it, on the float32 weights."""
-    return torch.autocast(device.type, dtype=torch.bfloat16,
-                          enabled=settings.precision == "bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16")
 
 
 @contextlib.contextmanager
@@ -168,12 +201,18 @@ def backend_flags(settings: StepSettings, device: torch.device) -> Iterator[None
         matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark = before
 
 
-def adam(parameters: Iterable[nn.Parameter], lr: float, betas: tuple,
-         settings: StepSettings) -> torch.optim.Adam:
+def adam(
+    parameters: Iterable[nn.Parameter], lr: float, betas: tuple, settings: StepSettings
+) -> torch.optim.Adam:
     """torch's Adam: fused with fused_adam, capturable with cuda_graphs (its step count then
     lives on the device), else the multi-tensor (foreach) kernels torch picks by default."""
-    return torch.optim.Adam(parameters, lr=lr, betas=betas, fused=settings.fused_adam or None,
-                            capturable=settings.cuda_graphs)
+    return torch.optim.Adam(
+        parameters,
+        lr=lr,
+        betas=betas,
+        fused=settings.fused_adam or None,
+        capturable=settings.cuda_graphs,
+    )
 
 
 _OWN_SETTINGS = ("lr", "foreach", "fused", "capturable")
@@ -195,14 +234,16 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
             for name, value in entry.items():
                 if name == "step":
                     on_device = bool(kept["fused"] or kept["capturable"])
-                    entry[name] = value.to(device=parameter.device if on_device else "cpu",
-                                           dtype=torch.float32)
+                    entry[name] = value.to(
+                        device=parameter.device if on_device else "cpu", dtype=torch.float32
+                    )
                 elif value.shape == parameter.shape and value.stride() != parameter.stride():
                     entry[name] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
 
 
-def frozen_network(module: nn.Module, settings: StepSettings, device: torch.device,
-                   fold: bool = False) -> nn.Module:
+def frozen_network(
+    module: nn.Module, settings: StepSettings, device: torch.device, fold: bool = False
+) -> nn.Module:
     """A frozen (eval-mode) network as the step runs it: `module` itself when nothing changes,
     else a copy with, for compile and `fold`, its BatchNorm folded into its convolutions
     (`fold_batch_norms`), for channels_last its convolutions in NHWC, and for bf16 the weights
@@ -219,8 +260,9 @@ def frozen_network(module: nn.Module, settings: StepSettings, device: torch.devi
     if settings.channels_last:
         module.to(memory_format=torch.channels_last)
     if cast:
-        kinds = (nn.Conv1d, nn.Conv2d, nn.Linear) + ((nn.LSTM, nn.GRU, nn.Embedding)
-                                                     if device.type == "cuda" else ())
+        kinds = (nn.Conv1d, nn.Conv2d, nn.Linear) + (
+            (nn.LSTM, nn.GRU, nn.Embedding) if device.type == "cuda" else ()
+        )
         for layer in module.modules():
             if isinstance(layer, kinds):
                 layer.to(torch.bfloat16)
@@ -232,5 +274,4 @@ def compiled(function: Callable) -> Callable:
     shapes it is first called with (no dynamic-shape recompiles), with random numbers drawn as
     eagerly (fallback_random: a compiled step draws the noise an eager one would, so resumed
     and compiled runs follow the same random stream)."""
-    return torch.compile(function, fullgraph=True, dynamic=False,
-                         options={"fallback_random": True})
+    return torch.compile(function, fullgraph=True, dynamic=False, options={"fallback_random": True})
