@@ -34,8 +34,6 @@ __all__ = [
     "data_parallel",
     "all_gather_objects",
     "gather_to_main",
-    "broadcast_object",
-    "barrier",
     "rank_seed",
     "DEFAULT_TIMEOUT",
 ]
@@ -236,21 +234,6 @@ def gather_to_main(parts: dict, world: World) -> dict:
     gathered: Optional[list] = [None] * world.size if world.is_main else None
     dist.gather_object(parts, gathered, dst=0)
     return {key: value for rank_parts in gathered or () for key, value in rank_parts.items()}
-
-
-def broadcast_object(value: Any, world: World) -> Any:
-    """Rank 0's picklable `value`, on every rank."""
-    if not world.distributed:
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
-def barrier(world: World) -> None:
-    """Wait until every rank is here."""
-    if world.distributed:
-        dist.barrier()
 
 
 def rank_seed(seed: int, world: World) -> int:
