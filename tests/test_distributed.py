@@ -31,6 +31,7 @@ from attngan.distributed import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_gan_training import single_thread, train_tiny_gan  # noqa: E402,F401
+from test_step_switches import TINY  # noqa: E402
 
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -161,18 +162,6 @@ def test_evaluate_on_two_ranks_equals_one_process(gan_run, tmp_path):
 
 # --- a GAN step on two ranks -----------------------------------------------------------------
 
-TINY = [
-    "data.base_size=16",
-    "data.branch_num=2",
-    "text_encoder.embedding_dim=16",
-    "text_encoder.hidden_dim=16",
-    "image_encoder.input_size=32",
-    "image_encoder.width=8",
-    "gan.ngf=8",
-    "gan.ndf=8",
-    "gan.r_num=1",
-    "gan.batch_size=4",
-]
 HALVES = (slice(0, 2), slice(2, 4))
 
 
@@ -426,9 +415,9 @@ def test_a_run_on_two_ranks_resumes_and_refuses_another_world_size(data_set, gan
     assert torch.load(run / "checkpoints" / "gan_last.pt", weights_only=True)["step"] == 4
 
 
-def test_a_rank_that_dies_ends_the_run(data_set, gan_run, tmp_path):
-    """One rank killed outright mid-run: torchrun ends the other and fails, in seconds."""
-    run = tmp_path / "gan"
+def _training_in_background(data_set: Path, damsm: Path, run: Path, **options):
+    """`torchrun` of a long tiny GAN run on 2 ranks into `run`, checkpointing every step,
+    returned once its first checkpoint is written."""
     launcher = subprocess.Popen(
         [
             sys.executable,
@@ -443,7 +432,7 @@ def test_a_rank_that_dies_ends_the_run(data_set, gan_run, tmp_path):
                 _tiny_settings("train", data_set, "gan.max_steps=100000", "gan.checkpoint_every=1"),
             ),
             "--damsm",
-            str(gan_run.parent / "damsm"),
+            str(damsm),
             "--out",
             str(run),
         ],
@@ -451,11 +440,18 @@ def test_a_rank_that_dies_ends_the_run(data_set, gan_run, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env=ONE_THREAD,
+        **options,
     )
     deadline = time.time() + 120
     while not (run / "checkpoints" / "gan_last.pt").exists():
         assert launcher.poll() is None and time.time() < deadline, launcher.stderr.read()[-2000:]
         time.sleep(0.2)
+    return launcher
+
+
+def test_a_rank_that_dies_ends_the_run(data_set, gan_run, tmp_path):
+    """One rank killed outright mid-run: torchrun ends the other and fails, in seconds."""
+    launcher = _training_in_background(data_set, gan_run.parent / "damsm", tmp_path / "gan")
     workers = [
         int(pid)
         for pid in subprocess.run(
@@ -476,34 +472,9 @@ def test_ctrl_c_ends_every_rank(data_set, gan_run, tmp_path):
     """Ctrl-C in a terminal interrupts every process of the foreground group: each rank stops,
     the run's last checkpoint is whole, and the message says how to go on."""
     run = tmp_path / "gan"
-    launcher = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "attngan",
-            *map(
-                str,
-                _tiny_settings("train", data_set, "gan.max_steps=100000", "gan.checkpoint_every=1"),
-            ),
-            "--damsm",
-            str(gan_run.parent / "damsm"),
-            "--out",
-            str(run),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ONE_THREAD,
-        start_new_session=True,
+    launcher = _training_in_background(
+        data_set, gan_run.parent / "damsm", run, start_new_session=True
     )
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "gan_last.pt").exists():
-        assert launcher.poll() is None and time.time() < deadline, launcher.stderr.read()[-2000:]
-        time.sleep(0.2)
     os.killpg(launcher.pid, signal.SIGINT)
     try:
         _, errors = launcher.communicate(timeout=60)
