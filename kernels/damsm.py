@@ -219,7 +219,7 @@ def _damsm_word_similarity_fwd_kernel(
     m = tl.full(
         [GROUP * BLOCK_L], float("-inf"), tl.float32
     )  # running max of gamma1 * P over regions
-    total = tl.zeros([GROUP * BLOCK_L], dtype=tl.float32)  # running sum of exp(gamma1 * P - m)
+    exp_sum = tl.zeros([GROUP * BLOCK_L], dtype=tl.float32)  # running sum of exp(gamma1 * P - m)
     acc = tl.zeros([BLOCK_D, GROUP * BLOCK_L], dtype=tl.float32)  # running unnormalised context
     for r0 in range(0, R, BLOCK_R):
         r_ok = (r0 + offs_r) < R
@@ -236,13 +236,13 @@ def _damsm_word_similarity_fwd_kernel(
         m_new = tl.maximum(m, tl.max(a, axis=0))
         scale = tl.exp(m - m_new)
         pe = tl.exp(a - m_new[None, :])
-        total = total * scale + tl.sum(pe, axis=0)
+        exp_sum = exp_sum * scale + tl.sum(pe, axis=0)
         acc = acc * scale[None, :] + tl.dot(
             tl.trans(vt), pe.to(vt.dtype), input_precision=DOT_PRECISION
         )
         m = m_new
 
-    c = acc / total[None, :]  # [BD, G*BL]
+    c = acc / exp_sum[None, :]  # [BD, G*BL]
     ef = e.to(tl.float32)
     ec = tl.sum(ef * c, axis=0)
     ee = tl.sum(ef * ef, axis=0)
@@ -295,7 +295,7 @@ def _damsm_word_similarity_fwd_kernel(
             BLOCK_L,
         )  # ge(direct)
         stats = _stats_rows(stats_ptr, pair, offs_t, BLOCK_L)  # [G, BL]
-        tl.store(stats, tl.reshape(m + tl.log(total), (GROUP, BLOCK_L)), mask=cap_ok[:, None])
+        tl.store(stats, tl.reshape(m + tl.log(exp_sum), (GROUP, BLOCK_L)), mask=cap_ok[:, None])
         tl.store(stats + BLOCK_L, tl.reshape(delta, (GROUP, BLOCK_L)), mask=cap_ok[:, None])
 
 

@@ -53,7 +53,7 @@ def cub_fix(root: Path) -> str:
 
 
 def decode_text(raw: bytes, path: Path) -> str:
-    """A caption file's text: UTF-8, a byte that is not read as Latin-1 (`decode_utf8`; a
+    """A caption file's text: UTF-8, with a byte that is not UTF-8 read as Latin-1 (`decode_utf8`; a
     UTF-8 byte-order mark is dropped). UTF-16 or UTF-32 (what some editors save as "Unicode")
     is refused: decoded as UTF-8 its every letter would become a word of its own."""
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw:
