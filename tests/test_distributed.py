@@ -487,6 +487,39 @@ def test_ctrl_c_ends_every_rank(data_set, gan_run, tmp_path):
     assert subprocess.run(["pgrep", "-f", str(run)], capture_output=True).stdout == b""
 
 
+def test_a_machine_that_never_joins_ends_the_run(gan_run, tmp_path):
+    """Two machines named, one started: the rendezvous gives up after its join timeout (here
+    5 s) with torchrun's RendezvousTimeoutError, before any attngan process starts."""
+    started = time.time()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--nproc_per_node=1",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{_free_port()}",
+            "--rdzv-id=lonely",
+            "--rdzv-conf=join_timeout=5",
+            "-m",
+            "attngan",
+            "evaluate",
+            "--ckpt",
+            str(gan_run),
+            "--out",
+            str(tmp_path / "evaluation.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ONE_THREAD,
+        timeout=120,
+    )
+    assert result.returncode != 0 and time.time() - started < 60
+    assert "RendezvousTimeoutError" in result.stderr
+    assert not (tmp_path / "evaluation.json").exists()
+
+
 # --- GPUs: NCCL, one GPU per rank, SyncBatchNorm ---------------------------------------------
 
 

@@ -265,12 +265,12 @@ def prepare_image_cache(
         batch_size=None,
         num_workers=resolve_num_workers(data_config.num_workers, None),
     )
-    images = tqdm(
+    with tqdm(
         loader,
         total=len(dataset),
         desc=f"image cache ({split})",
         unit="image",
         disable=not progress,
-    )
-    write_image_cache(path, identity, (image.numpy() for image in images))
+    ) as images:  # closed before an interruption's message is printed
+        write_image_cache(path, identity, (image.numpy() for image in images))
     return path, True
