@@ -45,32 +45,17 @@ def test_every_tiling_agrees_and_tiles_are_restored():
         assert tune.best(rows, kernel) is not None
 
 
+def _row(kernel: str, config: tuple, current: bool = False, **timing) -> dict:
+    """One row of a sweep: `kernel` run with tiles `config` (the current tiles or a candidate),
+    its time, speed-up over the current tiles and largest difference from their outputs."""
+    return dict(kernel=kernel, config=config, current=current, **timing)
+
+
 def test_render_suggests_an_entry_per_kernel():
     rows = [
-        dict(
-            kernel="words",
-            config=(16, 1, 8, 2),
-            current=True,
-            ms=2.0,
-            vs_current=1.0,
-            difference=0.0,
-        ),
-        dict(
-            kernel="words",
-            config=(32, 2, 8, 2),
-            current=False,
-            ms=1.0,
-            vs_current=2.0,
-            difference=1e-4,
-        ),
-        dict(
-            kernel="words",
-            config=(64, 1, 8, 2),
-            current=False,
-            ms=0.5,
-            vs_current=4.0,
-            difference=0.5,
-        ),
+        _row("words", (16, 1, 8, 2), ms=2.0, vs_current=1.0, difference=0.0, current=True),
+        _row("words", (32, 2, 8, 2), ms=1.0, vs_current=2.0, difference=1e-4),
+        _row("words", (64, 1, 8, 2), ms=0.5, vs_current=4.0, difference=0.5),
     ]
     info = dict(
         device="cuda",
@@ -90,30 +75,9 @@ def test_suggested_tiles_round_trip_through_the_tiles_file(tmp_path):
     swept dtype's slot; bench_damsm.py --tiles reads it back as TILES holds it, and a wrong file
     is one clear error."""
     rows = [
-        dict(
-            kernel="words",
-            config=(16, 1, 8, 2),
-            current=True,
-            ms=2.0,
-            vs_current=1.0,
-            difference=0.0,
-        ),
-        dict(
-            kernel="words",
-            config=(32, 2, 8, 2),
-            current=False,
-            ms=1.0,
-            vs_current=2.0,
-            difference=1e-4,
-        ),
-        dict(
-            kernel="forward",
-            config=(64, 1, 8, 2),
-            current=False,
-            ms=0.1,
-            vs_current=9.0,
-            difference=0.5,
-        ),
+        _row("words", (16, 1, 8, 2), ms=2.0, vs_current=1.0, difference=0.0, current=True),
+        _row("words", (32, 2, 8, 2), ms=1.0, vs_current=2.0, difference=1e-4),
+        _row("forward", (64, 1, 8, 2), ms=0.1, vs_current=9.0, difference=0.5),
     ]  # fastest, but its outputs disagree
     tiles = tune.tuned_tiles(rows, torch.bfloat16)
     assert tiles["words"] == ((32, 2, 8, 2), tk.TILES["words"][1])  # bf16 slot only
