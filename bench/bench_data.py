@@ -63,9 +63,34 @@ CAPTION = "this bird has a {} crown and {} wings with a short pointed beak"
 COLORS = ("red", "brown", "yellow", "black", "white", "grey", "blue", "green")
 
 
+def float_pyramid(array: np.ndarray, sizes, y: int, x: int, flip: bool) -> list[torch.Tensor]:
+    """The pyramid as the loader made it before it handed over uint8: the `top`-px crop of the
+    HWC uint8 `array` at (y, x), flipped or not, each level PIL-resized from it, then made
+    float32 in [-1, 1] on the CPU (the former code)."""
+    top = sizes[-1]
+    crop = array[y : y + top, x : x + top]
+    if flip:
+        crop = crop[:, ::-1]
+    crop = np.ascontiguousarray(crop)
+    levels = []
+    for size in sizes:
+        level = (
+            crop
+            if size == top
+            else np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR))
+        )
+        levels.append(
+            torch.from_numpy(np.array(level, dtype=np.float32))
+            .permute(2, 0, 1)
+            .div_(127.5)
+            .sub_(1.0)
+            .contiguous()
+        )
+    return levels
+
+
 class FloatPyramids(TextImageDataset):
-    """Items as the loader made them before it handed over uint8: the pyramid's levels made
-    float32 in [-1, 1] here, on the CPU, from the HWC crop (the former `images`)."""
+    """Items as the loader made them before it handed over uint8 (the former `images`)."""
 
     def images(self, index, draws=None):
         array = self.loaded(index)
@@ -75,25 +100,8 @@ class FloatPyramids(TextImageDataset):
             y, x = draws.randrange(height - top + 1), draws.randrange(width - top + 1)
         else:
             y, x = (height - top) // 2, (width - top) // 2
-        crop = array[y : y + top, x : x + top]
-        if draws is not None and self.random_flip and draws.random() < 0.5:
-            crop = crop[:, ::-1]
-        crop = np.ascontiguousarray(crop)
-        levels = []
-        for size in self.image_sizes:
-            level = (
-                crop
-                if size == top
-                else np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR))
-            )
-            levels.append(
-                torch.from_numpy(np.array(level, dtype=np.float32))
-                .permute(2, 0, 1)
-                .div_(127.5)
-                .sub_(1.0)
-                .contiguous()
-            )
-        return levels
+        flip = draws is not None and self.random_flip and draws.random() < 0.5
+        return float_pyramid(array, self.image_sizes, y, x, flip)
 
 
 def collate_as_it_was(items: list[dict]) -> dict:

@@ -6,6 +6,8 @@ number of workers, and workers that stop with the loader."""
 import dataclasses
 import multiprocessing
 import random
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,32 +27,10 @@ from attngan.data.loader import (
     training_batches,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from bench_data import float_pyramid  # noqa: E402  the loader's former path, the baseline there
+
 CPU = torch.device("cpu")
-
-
-def float_path(array: np.ndarray, sizes, y: int, x: int, flip: bool) -> list[torch.Tensor]:
-    """The pyramid as the loader computed it before it handed over uint8 (the code as it was):
-    each level PIL-resized from the uint8 crop, then made float32 in [-1, 1]."""
-    top = sizes[-1]
-    crop = array[y : y + top, x : x + top]
-    if flip:
-        crop = crop[:, ::-1]
-    crop = np.ascontiguousarray(crop)
-    levels = []
-    for size in sizes:
-        level = (
-            crop
-            if size == top
-            else np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR))
-        )
-        levels.append(
-            torch.from_numpy(np.array(level, dtype=np.float32))
-            .permute(2, 0, 1)
-            .div_(127.5)
-            .sub_(1.0)
-            .contiguous()
-        )
-    return levels
 
 
 class FixedDraws:
@@ -124,7 +104,7 @@ def test_uint8_pyramids_are_the_float_paths(noisy_cub, random_crop, random_flip)
             ]
         for (y, x, flip), draws in cases:
             levels = [float_images(level[None], CPU)[0] for level in data.images(index, draws)]
-            for got, want in zip(levels, float_path(array, sizes, y, x, flip), strict=True):
+            for got, want in zip(levels, float_pyramid(array, sizes, y, x, flip), strict=True):
                 assert torch.equal(got, want), (index, y, x, flip, got.shape)
 
 
