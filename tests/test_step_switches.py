@@ -88,7 +88,7 @@ def test_speed_resolves_per_device_and_stage(monkeypatch):
     for bfloat16, precision in ((True, "bf16"), (False, "fp32")):  # on a CPU: what is faster
         monkeypatch.setattr(speed, "cpu_has_bfloat16", lambda value=bfloat16: value)
         assert step_settings(fast, CPU) == StepSettings(precision, fused_adam=True, compile=True)
-        assert step_settings(fast, CPU, "damsm") == StepSettings(precision, fused_adam=True)
+        assert step_settings(fast, CPU, "damsm") == StepSettings(fused_adam=True)
     everything = StepSettings("bf16", True, True, True, True, True)
     assert step_settings(fast, CUDA) == everything
     assert step_settings(fast, CUDA, stage="damsm") == StepSettings(
@@ -306,8 +306,9 @@ def test_the_bf16_step_follows_the_bf16_rule(float64_and_float32):
 
 
 def test_damsm_switches_train_as_the_eager_float32_step():
-    """DAMSM pretraining with the CPU's float32 switches (its image encoder compiled after the
-    first step) against its eager float32 step, on the same dropout masks: the first step's
+    """DAMSM pretraining with the CPU's switches (its image encoder compiled after the first
+    step; bf16, which leaves the small encoder, trained whole, in float32) against its eager
+    float32 step, on the same dropout masks: the first step's
     gradients within float32 rounding of each tensor (2e-5 of its largest entry, as the
     implementations of its word loss are held to), every step's losses within 1e-4 of the
     largest (measured: 1.5e-5 with channels_last, whose first Adam step moved a weight with a
@@ -328,9 +329,45 @@ def test_damsm_switches_train_as_the_eager_float32_step():
         return {"losses": torch.stack(losses), "gradients": gradients}
 
     eager = run()
-    for switch in ("run.channels_last=true", "run.fused_adam=true", "run.compile=true"):
+    for switch in (
+        "run.channels_last=true",
+        "run.fused_adam=true",
+        "run.compile=true",
+        "run.precision=bf16",
+    ):
         loss_error, gradient_error = _errors(run(switch), eager)
         assert loss_error <= 1e-4 and gradient_error <= 2e-5, (switch, loss_error, gradient_error)
+
+
+def test_damsm_bf16_runs_only_the_frozen_inception_trunk_in_bfloat16():
+    """DAMSM pretraining with run.precision=bf16 and Inception: the frozen trunk computes in
+    bfloat16 (in training mode, as pretraining runs it), the trained heads, the text encoder
+    and the losses in float32, and only the heads and the text encoder get gradients."""
+
+    def trainer(precision):
+        inception = [
+            "image_encoder.backbone=inception",
+            "image_encoder.random_init=true",
+            "image_encoder.input_size=80",
+        ]
+        overrides = [*TINY, *inception, f"run.precision={precision}"]
+        config = preset_config("shapes", CPU, overrides, stage="damsm")
+        return DAMSMTrainer(config, VOCAB_SIZE, CPU), config
+
+    assert not trainer("fp32")[0].image_encoder.trunk_in_bfloat16
+    bf16, config = trainer("bf16")
+    encoder = bf16.image_encoder
+    assert encoder.trunk_in_bfloat16
+    seen = {}
+    encoder.trunk.register_forward_hook(lambda m, i, out: seen.update(trunk=out[0].dtype))
+    encoder.emb_features.register_forward_hook(lambda m, i, out: seen.update(heads=out.dtype))
+    bf16.text_encoder.register_forward_hook(lambda m, i, out: seen.update(text=out[0].dtype))
+    losses = bf16.step(random_batch(config, CPU, 0, "damsm"))
+    assert seen == {"trunk": torch.bfloat16, "heads": torch.float32, "text": torch.float32}
+    assert all(loss.dtype == torch.float32 and loss.isfinite() for loss in losses.values())
+    assert all(p.grad is None for p in encoder.trunk.parameters())
+    assert all(p.grad is not None for p in encoder.trainable_parameters())
+    assert all(p.grad is not None for p in bf16.text_encoder.parameters())
 
 
 # --- BatchNorm folding, frozen networks, compiling each network ---------------------------

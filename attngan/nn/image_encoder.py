@@ -65,6 +65,9 @@ class InceptionEncoder(nn.Module):
             did on the PyTorch its released encoders were trained with (<= 0.3.1).
 
     forward(images [B, 3, H, W] in [-1, 1]) -> (regions [B, D, 17, 17], code [B, D]) at 299.
+
+    `trunk_in_bfloat16` (set by DAMSM pretraining with run.precision=bf16; not saved): the
+    frozen trunk runs under bfloat16 autocast and hands float32 features to the heads.
     """
 
     def __init__(
@@ -79,13 +82,17 @@ class InceptionEncoder(nn.Module):
         self.emb_cnn_code = nn.Linear(2048, embed_dim)
         _init_heads(self.emb_features, self.emb_cnn_code)
         self.ignored_weight_keys: list[str] = []
+        self.trunk_in_bfloat16 = False
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = _resize(images, self.input_size, self.align_corners)  # [B, 3, 299, 299]
-        mixed_6e, mixed_7c = self.trunk(x)  # [B, 768, 17, 17], [B, 2048, 8, 8]
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=self.trunk_in_bfloat16):
+            mixed_6e, mixed_7c = self.trunk(x)  # [B, 768, 17, 17], [B, 2048, 8, 8]
+        if self.trunk_in_bfloat16:
+            mixed_6e, mixed_7c = mixed_6e.float(), mixed_7c.float()
         regions = self.emb_features(mixed_6e)  # [B, D, 17, 17]
         # The original's 8x8 average pool; the global mean equals it at 299 and also works
         # for the smaller inputs tests use.

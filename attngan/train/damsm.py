@@ -34,7 +34,7 @@ from attngan.data.vocab import Vocabulary
 from attngan.distributed import SINGLE, World, data_parallel
 from attngan.files import file_sha256
 from attngan.metrics.r_precision import check_protocol, r_precision, r_precision_from_blocks
-from attngan.nn.image_encoder import build_image_encoder
+from attngan.nn.image_encoder import InceptionEncoder, build_image_encoder
 from attngan.nn.text_encoder import TextEncoder
 from attngan.ops.damsm import damsm_word_similarity
 from attngan.train.checkpoint import (
@@ -56,7 +56,6 @@ from attngan.train.speed import (
     compiled,
     load_optimizer_state,
     step_settings,
-    training_autocast,
 )
 
 
@@ -114,7 +113,9 @@ class DAMSMTrainer:
 
     The step's switches (`settings`, default: `step_settings` of config.run on `device` for
     DAMSM pretraining) apply as in the GAN's step, but for cuda_graphs (the text encoder trains
-    here); with compile the image encoder runs compiled after the first EAGER_STEPS steps. On
+    here) and bf16, which runs only the frozen Inception trunk in bfloat16: what trains stays
+    in float32, as bfloat16's gradient errors slowed the encoders' training (docs/RESULTS.md);
+    with compile the image encoder runs compiled after the first EAGER_STEPS steps. On
     several ranks of `world` both encoders run under DistributedDataParallel (SyncBatchNorm on
     GPUs) and the losses match every caption against every image of the global batch.
     """
@@ -139,6 +140,8 @@ class DAMSMTrainer:
         ).to(device)
         if settings.channels_last:
             self.image_encoder.to(memory_format=torch.channels_last)
+        if isinstance(self.image_encoder, InceptionEncoder):
+            self.image_encoder.trunk_in_bfloat16 = settings.precision == "bf16"
         self._text_encoder = data_parallel(self.text_encoder, world, device)
         image_encoder = data_parallel(self.image_encoder, world, device)
         trainable = list(self.text_encoder.parameters()) + list(
@@ -156,10 +159,9 @@ class DAMSMTrainer:
         config, device, settings = self.config, self.device, self.settings
         image_encoder = self._image_encoders[self.steps >= EAGER_STEPS]
         with backend_flags(settings, device):
-            with training_autocast(settings, device):
-                losses = batch_losses(
-                    self._text_encoder, image_encoder, batch, config, device, self.world
-                )
+            losses = batch_losses(
+                self._text_encoder, image_encoder, batch, config, device, self.world
+            )
             self.optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(self.text_encoder.parameters(), config.damsm.grad_clip)

@@ -8,9 +8,11 @@ them changes the model: batch size, BatchNorm statistics, losses and update orde
 paper's. What each switch does:
 
 - precision: "fp32" turns TF32 off for cuBLAS and cuDNN (torch's default lets cuDNN's
-  convolutions use TF32); "tf32" turns it on (GPU only); "bf16" runs the forward passes under
-  bfloat16 autocast, with the frozen networks' matrix weights cast to bfloat16 once
-  (`frozen_network`) instead of by autocast on every call, and TF32 for what stays float32.
+  convolutions use TF32); "tf32" turns it on (GPU only); "bf16" runs the GAN's forward passes
+  under bfloat16 autocast, with the frozen networks' matrix weights cast to bfloat16 once
+  (`frozen_network`) instead of by autocast on every call, and TF32 for what stays float32; in
+  DAMSM pretraining it runs only the frozen Inception trunk in bfloat16 (the encoders it trains
+  stay in float32: trained in bfloat16 they learned less, docs/RESULTS.md).
 - channels_last: the networks' convolution weights in NHWC memory format.
 - cudnn_benchmark: cuDNN times its algorithms for each convolution shape once (GPU only).
 - fused_adam: torch's fused Adam kernel (capturable when the step is captured).
@@ -128,11 +130,12 @@ def cpu_has_bfloat16() -> bool:
 
 def _faster_on_cpu(switch: str, stage: str) -> bool:
     """Whether `switch` made the `stage`'s step faster on the development CPU (docs/RESULTS.md,
-    "The training step's switches"): not channels_last, nor compile in DAMSM pretraining (its
-    small image encoder runs faster through oneDNN eagerly), nor bfloat16 on a CPU without
-    bfloat16 instructions."""
+    "The training step's switches"): not channels_last, nor compile or bfloat16 in DAMSM
+    pretraining (its small image encoder runs faster through oneDNN eagerly, and bfloat16
+    there is only for a frozen Inception trunk), nor bfloat16 on a CPU without bfloat16
+    instructions."""
     if switch == "precision":
-        return cpu_has_bfloat16()
+        return cpu_has_bfloat16() and stage == "gan"
     return switch != "channels_last" and not (switch == "compile" and stage == "damsm")
 
 
