@@ -732,6 +732,8 @@ def test_ctrl_c_leaves_the_interrupted_line_last(tiny, tmp_path, command):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell's background job starts with SIGINT ignored, and Python then keeps it so
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     while not checkpoint.exists():

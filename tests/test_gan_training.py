@@ -121,9 +121,9 @@ def test_a_few_steps_train_and_write_the_run(tiny, tmp_path):
 
 @pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
 def test_precision_of_training_steps(precision, dtype, tmp_path, monkeypatch):
-    """run.precision=bf16: the forward passes of DAMSM pretraining and of the GAN steps run in
-    bfloat16 (the fused ops receive bfloat16 features), losses stay finite, the weights float32;
-    fp32 (the default) runs them in float32."""
+    """run.precision=bf16: the forward passes of the GAN steps run in bfloat16 (the fused ops
+    receive bfloat16 features), DAMSM pretraining's small encoder, which it trains whole, in
+    float32; losses stay finite, the weights float32; fp32 (the default) runs all in float32."""
     import attngan.train.losses as losses_module
 
     seen = {"damsm": set(), "gan": set(), "image encoder training": set()}
@@ -146,8 +146,7 @@ def test_precision_of_training_steps(precision, dtype, tmp_path, monkeypatch):
     config, damsm = make_tiny_run(tmp_path, f"run.precision={precision}")
     pretraining[0] = False
     train_gan(_with(config, max_steps=3), damsm, tmp_path / "gan", progress=False)
-    # (the DAMSM run's test loss is evaluated in float32: what it measures stays comparable)
-    assert seen["damsm"] == {dtype, torch.float32} and seen["gan"] == {dtype}
+    assert seen["damsm"] == {torch.float32} and seen["gan"] == {dtype}
     assert seen["image encoder training"] == {False}
     for line in _losses(tmp_path / "gan"):
         assert all(

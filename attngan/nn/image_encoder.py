@@ -89,10 +89,12 @@ class InceptionEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = _resize(images, self.input_size, self.align_corners)  # [B, 3, 299, 299]
-        with torch.autocast(x.device.type, torch.bfloat16, enabled=self.trunk_in_bfloat16):
-            mixed_6e, mixed_7c = self.trunk(x)  # [B, 768, 17, 17], [B, 2048, 8, 8]
         if self.trunk_in_bfloat16:
+            with torch.autocast(x.device.type, torch.bfloat16):
+                mixed_6e, mixed_7c = self.trunk(x)
             mixed_6e, mixed_7c = mixed_6e.float(), mixed_7c.float()
+        else:  # (as it is, also under an autocast of the caller's)
+            mixed_6e, mixed_7c = self.trunk(x)  # [B, 768, 17, 17], [B, 2048, 8, 8]
         regions = self.emb_features(mixed_6e)  # [B, D, 17, 17]
         # The original's 8x8 average pool; the global mean equals it at 299 and also works
         # for the smaller inputs tests use.
