@@ -1,8 +1,8 @@
 # The commands of the README: `make demo`, `make test`, `make lint` (ruff, as CI checks it) and
-# `make serve` (the demo's run in a browser). Each sets up a local .venv on a fresh machine: torch (CPU build, from the local disk)
-# first, then the project without build isolation so pip never fetches a CUDA torch, then it
-# runs. The venv also gets the extras the suite uses (serve: fastapi and uvicorn; test: httpx2
-# and selenium, which drive `attngan serve`).
+# `make serve` (the demo's run in a browser). Each sets up a local .venv on a fresh machine:
+# torch (CPU build, from the local disk) first, then the project without build isolation so pip
+# never fetches a CUDA torch, then it runs. The venv also gets the extras the suite uses
+# (serve: fastapi and uvicorn; test: httpx2 and selenium, which drive `attngan serve`; ruff).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
